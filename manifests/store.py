@@ -1,0 +1,94 @@
+"""File-system helpers shared by writers and readers: fsspec URLs, atomic writes, hashing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import fsspec
+from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
+
+CHUNK = 1 << 20
+
+
+def fs_and_path(url: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Resolve a local path or fsspec URL to ``(filesystem, path)``."""
+    return url_to_fs(str(url))
+
+
+def join(url: str | os.PathLike, *parts: str) -> str:
+    """Join URL parts with '/' (works for local paths and object-store URLs)."""
+    out = str(url).rstrip("/")
+    for p in parts:
+        out = f"{out}/{p.lstrip('/')}"
+    return out
+
+
+def dumps(obj: Any) -> bytes:
+    """Canonical JSON encoding: sorted keys, fixed separators, UTF-8, trailing newline."""
+    return (json.dumps(obj, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode()
+
+
+def jsonl_bytes(rows: Iterable[dict]) -> bytes:
+    """Canonical JSON-lines encoding of ``rows``."""
+    return b"".join(
+        (json.dumps(r, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n").encode() for r in rows
+    )
+
+
+def sha256_bytes(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(url: str | os.PathLike) -> str:
+    """sha256 of a local file or fsspec URL, streamed."""
+    fs, path = fs_and_path(url)
+    h = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write(url: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temporary sibling and move it into place, so readers never see a partial file.
+
+    Local files are fsynced before the rename; object stores publish an object only when its upload completes.
+    """
+    fs, path = fs_and_path(url)
+    if isinstance(fs, LocalFileSystem):
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex[:8]}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    else:
+        fs.pipe_file(path, bytes(data))
+
+
+def read_bytes(url: str | os.PathLike) -> bytes:
+    fs, path = fs_and_path(url)
+    return fs.cat_file(path)
+
+
+def read_json(url: str | os.PathLike) -> Any:
+    return json.loads(read_bytes(url))
+
+
+def iter_jsonl(url: str | os.PathLike) -> Iterator[dict]:
+    """Rows of a JSON-lines file; a missing file yields nothing."""
+    fs, path = fs_and_path(url)
+    if not fs.exists(path):
+        return
+    with fs.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
