@@ -1,0 +1,183 @@
+"""What every converter shares: the record of one input sample, the converter interface, the registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterable
+
+import numpy as np
+
+from ..imaging import ConversionError, binarize, decode
+from ..tree import SourceTree, natural_key, stem
+
+# Default modality table (the papers' order) and the order of the authors' released ESP-MedSAM checkpoints.
+MODALITY_MAPS: dict[str, dict[str, int]] = {
+    "default": {"dermoscopy": 0, "x-ray": 1, "fundus": 2, "colonoscopy": 3, "ultrasound": 4, "microscopy": 5},
+    "esp-medsam": {"dermoscopy": 0, "x-ray": 1, "ultrasound": 2, "fundus": 3, "microscopy": 4, "colonoscopy": 5},
+}
+
+
+def modality_id(modality: str, table: str = "default") -> int:
+    try:
+        ids = MODALITY_MAPS[table]
+    except KeyError:
+        raise ValueError(f"--modality-map {table!r}: expected one of {', '.join(MODALITY_MAPS)}") from None
+    if modality not in ids:
+        raise ValueError(f"modality {modality!r} is not in the {table!r} table ({', '.join(ids)})")
+    return ids[modality]
+
+
+@dataclass(frozen=True)
+class Record:
+    """One input sample as found in the download: its id, its files and what the layout tells about it."""
+
+    source_id: str
+    image: str
+    masks: tuple[str, ...]
+    split: str | None = None  # official split, when the layout has one
+    group: str | None = None  # video sequence / patient, for --group-by
+    extras: dict[str, str] = field(default_factory=dict)  # name -> file, written as <name>.png (e.g. DRIVE fov)
+    info: dict[str, Any] = field(default_factory=dict)  # extra meta fields (e.g. BUSI class)
+
+    def files(self) -> list[str]:
+        return [self.image, *self.masks, *self.extras.values()]
+
+
+@dataclass
+class Loaded:
+    """Decoded content of one record, before resizing."""
+
+    image: np.ndarray
+    mask: np.ndarray  # bool, same height/width as image
+    extras: dict[str, np.ndarray] = field(default_factory=dict)  # bool masks
+    inst: np.ndarray | None = None  # uint16 instance map
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An input that could not be turned into a sample."""
+
+    source_id: str
+    files: tuple[str, ...]
+    reason: str
+    stage: str = "discover"
+
+    def row(self) -> dict[str, Any]:
+        return {"source_id": self.source_id, "files": list(self.files), "reason": self.reason, "stage": self.stage}
+
+
+class Converter:
+    """A dataset in its official download layout. Subclasses describe it; ``medprep.prep.build`` does the rest.
+
+    Class attributes: ``name`` (the --dataset value), ``title``, ``modality``, ``layout`` (expected files, shown by
+    ``medprep datasets`` and in errors), ``marker`` (a glob that locates the dataset root), ``split_rule``
+    ('official', '811' or 'test'), ``valid_from_train`` (fraction of the official training split carved out as
+    validation when the download has no validation split).
+    """
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    modality: ClassVar[str]
+    layout: ClassVar[str]
+    marker: ClassVar[str]
+    split_rule: ClassVar[str] = "811"
+    valid_from_train: ClassVar[float] = 0.0
+    options: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **options: Any):
+        unknown = set(options) - set(self.options)
+        if unknown:
+            raise ValueError(f"--dataset {self.name} does not take {', '.join(sorted(unknown))}"
+                             f" (options: {', '.join(self.options) or 'none'})")
+        self.opts = {**self.options, **options}
+
+    def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:
+        """Find every sample (and every input that cannot become one) in the download."""
+        raise NotImplementedError
+
+    def load(self, blobs: dict[str, bytes], rec: Record) -> Loaded:
+        """Decode one record from its files' bytes. Default: image + OR of its masks + binary extras."""
+        image = decode(blobs[rec.image], rec.image)
+        return Loaded(image, self.merge_masks(blobs, rec.masks, image.shape[:2]),
+                      extras={k: self.read_mask(blobs, p, image.shape[:2]) for k, p in rec.extras.items()})
+
+    def split_file_id(self, source_id: str) -> str:
+        """The id the authors' split files use for ``source_id`` (their renamed file stems)."""
+        return source_id
+
+    # helpers for subclasses -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def read_mask(blobs: dict[str, bytes], path: str, hw: tuple[int, int]) -> np.ndarray:
+        m = binarize(decode(blobs[path], path), path)
+        if m.shape != hw:
+            raise ConversionError(f"{path}: mask is {m.shape[1]}x{m.shape[0]} but the image is {hw[1]}x{hw[0]}")
+        return m
+
+    @classmethod
+    def merge_masks(cls, blobs: dict[str, bytes], paths: Iterable[str], hw: tuple[int, int]) -> np.ndarray:
+        out = np.zeros(hw, bool)
+        for p in paths:
+            out |= cls.read_mask(blobs, p, hw)
+        return out
+
+    def root(self, tree: SourceTree) -> str:
+        """Prefix (possibly '') of the dataset root inside the tree."""
+        return tree.find_root(self.marker, self.name)
+
+
+def at(prefix: str, rel: str) -> str:
+    return f"{prefix}/{rel}" if prefix else rel
+
+
+def pair_by_name(
+    tree: SourceTree,
+    images: list[str],
+    mask_of: Callable[[str], list[str]],
+    *,
+    split: str | None = None,
+    id_of: Callable[[str], str] = stem,
+    mask_glob: str | None = None,
+    **fields: Any,
+) -> tuple[list[Record], list[Failure]]:
+    """Records for ``images`` whose masks are named by ``mask_of(image)``; images without a mask and (when
+    ``mask_glob`` is given) masks without an image become failures."""
+    records, failures, used = [], [], set()
+    for img in images:
+        masks = mask_of(img)
+        missing = [m for m in masks if not tree.exists(m)]
+        if missing or not masks:
+            failures.append(Failure(id_of(img), (img,), f"image without mask: expected {', '.join(missing) or '?'}"))
+            continue
+        used.update(masks)
+        records.append(Record(id_of(img), img, tuple(masks), split=split, **fields))
+    if mask_glob is not None:
+        for m in tree.glob(mask_glob):
+            if m not in used:
+                failures.append(Failure(stem(m), (m,), "mask without image"))
+    return records, failures
+
+
+REGISTRY: dict[str, type[Converter]] = {}
+
+
+def register(cls: type[Converter]) -> type[Converter]:
+    """Class decorator adding a converter to the registry under its ``name``."""
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_converter(name: str, **options: Any) -> Converter:
+    from . import load_all
+
+    load_all()
+    try:
+        cls = REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown --dataset {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
+    return cls(**options)
+
+
+__all__ = ["Converter", "Failure", "Loaded", "Record", "REGISTRY", "MODALITY_MAPS", "at", "get_converter",
+           "modality_id", "natural_key", "pair_by_name", "register", "stem"]

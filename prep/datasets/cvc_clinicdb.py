@@ -1,0 +1,55 @@
+"""CVC-ClinicDB colonoscopy polyps: ``Original/`` and ``Ground Truth/`` (TIFF, or the PNG variant)."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from ..tree import LayoutError, SourceTree, stem
+from .base import Converter, Failure, Record, at, pair_by_name, register
+
+
+@register
+class CVCClinicDB(Converter):
+    name = "cvc-clinicdb"
+    title = "CVC-ClinicDB"
+    modality = "colonoscopy"
+    marker = "Original/*.tif"
+    layout = ("CVC-ClinicDB/Original/{1..612}.tif + CVC-ClinicDB/Ground Truth/{1..612}.tif; or the PNG variant "
+              "PNG/Original/*.png + PNG/Ground Truth/*.png; metadata.csv (frame -> sequence) for --group-by sequence")
+    options = {"variant": "auto", "groups_file": None}
+
+    def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:
+        ext = {"tif": "tif", "png": "png"}.get(self.opts["variant"])
+        if ext is None:
+            try:
+                root, ext = tree.find_root("Original/*.tif", self.name), "tif"
+            except LayoutError:
+                root, ext = tree.find_root("Original/*.png", self.name), "png"
+        else:
+            root = tree.find_root(f"Original/*.{ext}", self.name)
+        groups = self._groups(tree)
+        truth = at(root, "Ground Truth")
+        records, failures = pair_by_name(
+            tree, tree.glob(at(root, f"Original/*.{ext}")),
+            lambda img: [f"{truth}/{img.rsplit('/', 1)[1]}"], mask_glob=f"{truth}/*.{ext}")
+        return [Record(r.source_id, r.image, r.masks, group=groups.get(r.source_id)) for r in records], failures
+
+    def _groups(self, tree: SourceTree) -> dict[str, str]:
+        """frame id -> sequence id, from ``--groups-file`` or the mirror's metadata.csv (absent: empty)."""
+        path = self.opts["groups_file"]
+        if path is not None:
+            with open(path, newline="") as f:
+                text = f.read()
+        else:
+            found = [f for f in tree.files if f.rsplit("/", 1)[-1].lower() == "metadata.csv"]
+            if not found:
+                return {}
+            text = tree.read(found[0]).decode("utf-8-sig")
+        rows = list(csv.DictReader(io.StringIO(text)))
+        cols = list(rows[0]) if rows else []
+        frame = next((c for c in cols if "frame" in c.lower()), None)
+        seq = next((c for c in cols if "seq" in c.lower()), None)
+        if frame is None or seq is None:
+            raise LayoutError(f"{path or 'metadata.csv'}: expected a frame column and a sequence column, found {cols}")
+        return {stem(str(r[frame]).replace("\\", "/")): str(r[seq]) for r in rows}

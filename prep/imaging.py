@@ -1,0 +1,208 @@
+"""Pixel work: decode, normalise to RGB uint8 / binary masks, resize, patch targets, deterministic encoding."""
+
+from __future__ import annotations
+
+import gzip
+import io
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image
+
+cv2.setNumThreads(1)
+
+RESIZE_MODES = ("stretch", "longest")
+# formats cv2 decodes faithfully; everything else (GIF, palette images, PPM, odd TIFFs) goes through PIL
+_CV2_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+class ConversionError(ValueError):
+    """An input that cannot be converted; the message is the reason written to failures.jsonl."""
+
+
+def _pil_decode(data: bytes, name: str) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            if im.mode == "P":
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+            elif im.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
+                im = im.convert("L" if im.mode == "1" else "RGB")
+            elif im.mode == "LA":
+                im = im.convert("L")
+            elif im.mode == "PA":
+                im = im.convert("RGBA")
+            return np.asarray(im).copy()
+    except Exception as e:  # PIL raises many types for broken files
+        raise ConversionError(f"cannot decode {name}: {e}") from None
+
+
+def decode(data: bytes, name: str) -> np.ndarray:
+    """Decode image bytes to an array (H, W) or (H, W, C) in RGB(A) order, keeping the bit depth.
+
+    Gzipped files (``.ppm.gz``) are unpacked first; truncated PNG/JPEG files are rejected, not half-read.
+    """
+    lname = name.lower()
+    if lname.endswith(".gz"):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as e:
+            raise ConversionError(f"cannot gunzip {name}: {e}") from None
+        lname = lname[:-3]
+    if not data:
+        raise ConversionError(f"{name} is empty (0 bytes)")
+    if lname.endswith((".jpg", ".jpeg")) and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        raise ConversionError(f"{name} is a truncated JPEG (no end-of-image marker)")
+    if lname.endswith(".png") and not data.endswith(b"IEND\xaeB`\x82"):
+        raise ConversionError(f"{name} is a truncated PNG (no IEND chunk)")
+    arr = None
+    if lname.endswith(_CV2_EXT) and not _is_palette_png(data):
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if arr is not None and arr.ndim == 3:
+            arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA if arr.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    if arr is None:
+        arr = _pil_decode(data, name)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or arr.size == 0:
+        raise ConversionError(f"{name}: unsupported array shape {arr.shape}")
+    return arr
+
+
+def _is_palette_png(data: bytes) -> bool:
+    # IHDR colour type byte (offset 25) == 3 means indexed colour
+    return data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 25 and data[25] == 3
+
+
+def to_uint8(arr: np.ndarray) -> tuple[np.ndarray, str]:
+    """Scale any integer/float array to uint8; returns the array and the rule applied (recorded in meta)."""
+    if arr.dtype == np.uint8:
+        return arr, "none"
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255, "bool"
+    a = arr.astype(np.float64)
+    lo, hi = float(a.min()), float(a.max())
+    if hi <= lo:
+        return np.zeros(arr.shape, np.uint8), "constant"
+    return np.round((a - lo) * (255.0 / (hi - lo))).astype(np.uint8), f"minmax[{lo:g},{hi:g}]"
+
+
+def to_rgb(arr: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Normalise a decoded image to RGB uint8: grey is replicated, alpha dropped, >8-bit rescaled by min-max."""
+    info = {"source_channels": 1 if arr.ndim == 2 else int(arr.shape[2]), "source_dtype": str(arr.dtype)}
+    arr, info["intensity"] = to_uint8(arr)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    elif arr.shape[2] == 4:
+        info["alpha_dropped"] = bool((arr[:, :, 3] != 255).any())
+        arr = arr[:, :, :3]
+    elif arr.shape[2] == 2:
+        arr = np.repeat(arr[:, :, :1], 3, axis=2)
+    return np.ascontiguousarray(arr), info
+
+
+# A mask whose values are not a clean two-level set is accepted only if it is near-binary: JPEG ringing leaves
+# a few pixels away from 0 and 255 (Kvasir-SEG: 0-8 and 247-255). More mid-range pixels than this fraction means
+# the file is not a mask we can interpret.
+MID_FRACTION_MAX = 0.02
+
+
+def binarize(arr: np.ndarray, name: str) -> np.ndarray:
+    """Turn a mask in any of the usual encodings into a bool array.
+
+    Accepted: 0/1, 0/255, any two-level {0, v}, palette/RGB/RGBA masks (a pixel is foreground if any colour
+    channel is set), and JPEG-compressed masks (threshold at half range). Anything else raises ConversionError.
+    """
+    if arr.ndim == 3:
+        arr = arr[:, :, :3].max(axis=2) if arr.shape[2] >= 3 else arr[:, :, 0]
+    if arr.dtype == bool:
+        return arr
+    values = np.unique(arr)
+    if values.size == 1:
+        return np.zeros(arr.shape, bool) if values[0] == 0 else _fail_const(name, values[0])
+    if values.size == 2 and values[0] == 0:
+        return arr > 0
+    top = 255 if arr.dtype == np.uint8 else float(values[-1])
+    lo_band, hi_band = top * 0.125, top * 0.875
+    if values[-1] < lo_band:
+        raise ConversionError(
+            f"{name}: mask holds several small labels {values.tolist()[:8]}; expected a binary mask (0/1 or 0/255)"
+        )
+    mid = np.count_nonzero((arr > lo_band) & (arr < hi_band)) / arr.size
+    if mid <= MID_FRACTION_MAX:
+        return arr > top / 2
+    shown = ", ".join(str(v) for v in values[:8]) + (" ..." if values.size > 8 else "")
+    raise ConversionError(
+        f"{name}: mask is not binary and not a compressed binary mask: {values.size} distinct values ({shown}), "
+        f"{mid:.1%} of pixels in the mid range; expected 0/1, 0/255 or a two-level mask"
+    )
+
+
+def _fail_const(name: str, value: object) -> np.ndarray:
+    raise ConversionError(f"{name}: mask is constant {value} everywhere; expected 0 for background")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How an original (h, w) maps into the square output: scaled size and the valid (unpadded) region."""
+
+    size: int
+    mode: str
+    src_hw: tuple[int, int]
+    out_hw: tuple[int, int]  # size of the resized content before padding
+
+    @classmethod
+    def plan(cls, src_hw: tuple[int, int], size: int, mode: str) -> "Geometry":
+        if mode == "stretch":
+            return cls(size, mode, src_hw, (size, size))
+        if mode == "longest":
+            h, w = src_hw
+            scale = size / max(h, w)
+            return cls(size, mode, src_hw, (int(h * scale + 0.5), int(w * scale + 0.5)))
+        raise ValueError(f"resize mode {mode!r}: expected one of {RESIZE_MODES}")
+
+    def interpolation(self) -> str:
+        """Image interpolation: area when shrinking, linear when enlarging."""
+        return "area" if self.out_hw[0] * self.out_hw[1] < self.src_hw[0] * self.src_hw[1] else "linear"
+
+    def _place(self, resized: np.ndarray) -> np.ndarray:
+        if self.out_hw == (self.size, self.size):
+            return resized
+        out = np.zeros((self.size, self.size) + resized.shape[2:], resized.dtype)
+        out[: self.out_hw[0], : self.out_hw[1]] = resized
+        return out
+
+    def image(self, img: np.ndarray) -> np.ndarray:
+        flag = cv2.INTER_AREA if self.interpolation() == "area" else cv2.INTER_LINEAR
+        return self._place(cv2.resize(img, self.out_hw[::-1], interpolation=flag))
+
+    def label(self, lab: np.ndarray) -> np.ndarray:
+        """Nearest-neighbour resize for masks and label maps (bool in, bool out)."""
+        src = lab.view(np.uint8) if lab.dtype == bool else lab
+        out = cv2.resize(src, self.out_hw[::-1], interpolation=cv2.INTER_NEAREST)
+        return self._place(out.astype(bool) if lab.dtype == bool else out)
+
+
+def patch_targets(mask: np.ndarray, patch: int) -> np.ndarray:
+    """Max-pool of a bool mask with kernel = stride = ``patch``: uint8 0/1 grid of shape (H/patch, W/patch)."""
+    h, w = mask.shape
+    if h % patch or w % patch:
+        raise ValueError(f"patch size {patch} does not divide the mask size {h}x{w}")
+    return mask.reshape(h // patch, patch, w // patch, patch).any(axis=(1, 3)).astype(np.uint8)
+
+
+def encode_png(arr: np.ndarray) -> bytes:
+    """Deterministic PNG (RGB, grey or 16-bit grey) via OpenCV's default fast settings."""
+    if arr.ndim == 3:
+        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", arr)
+    if not ok:
+        raise ConversionError(f"PNG encoding failed for array {arr.shape} {arr.dtype}")
+    return buf.tobytes()
+
+
+def encode_npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()

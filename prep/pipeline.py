@@ -1,0 +1,412 @@
+"""The build: discover -> split -> plan shards -> convert in tasks (one per planned shard) -> publish.
+
+Every task writes its shard(s) under temporary names in ``<out>/.partial/`` and records its result there last,
+so a killed build resumes by skipping finished tasks and produces the same bytes. Shards get their final names
+only when all tasks are done, in plan order, followed by samples.jsonl, failures.jsonl, the wids indexes and
+finally manifest.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from webdataset import TarWriter
+
+from medprep import __version__
+from medprep.manifests import (
+    FAILURES, MANIFEST, SAMPLES, SPLITS, Manifest, ShardEntry, atomic_write, dumps, jsonl_bytes, sha256_bytes,
+    wids_index,
+)
+
+from . import splits as splitting
+from .datasets import Converter, Failure, Record, get_converter, modality_id
+from .sample import SampleParams, convert, make_key, worst_case_bytes
+from .tree import LayoutError, SourceTree, natural_key
+
+log = logging.getLogger("medprep.build")
+
+PARTIAL = ".partial"
+TAR_MTIME = 0  # fixed tar member mtime (1970-01-01) for byte-identical rebuilds
+
+
+class BuildError(RuntimeError):
+    """A build that cannot proceed (bad parameters, bad layout, --strict failure)."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """One planned output shard: which records go in it."""
+
+    split: str
+    index: int
+    records: tuple[tuple[Record, str], ...]  # (record, key)
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}-{self.index:06d}"
+
+
+@dataclass
+class BuildResult:
+    """What a build produced (also printed as the summary)."""
+
+    out: Path
+    manifest: Manifest
+    failures: list[dict[str, Any]]
+    seconds: float = 0.0
+    skipped_tasks: int = 0
+    reused: bool = False
+
+    def summary(self) -> str:
+        c = self.manifest.counts
+        per_split = ", ".join(f"{k} {v}" for k, v in c["splits"].items())
+        lines = [
+            f"{self.manifest.dataset}: {c['inputs']} inputs found = {c['samples']} samples written "
+            f"+ {c['failures']} failures" + ("" if c["inputs"] == c["samples"] + c["failures"] else "  (MISMATCH)"),
+            f"  splits: {per_split or 'none'}; {len(self.manifest.shards)} shards in {self.out}",
+        ]
+        reasons: dict[str, int] = {}
+        for f in self.failures:
+            kind = f["reason"].split(":")[0]
+            reasons[kind] = reasons.get(kind, 0) + 1
+        lines += [f"  failure: {n} x {r}" for r, n in sorted(reasons.items(), key=lambda x: -x[1])[:8]]
+        rep = self.manifest.split_report
+        if rep.get("split_file"):
+            lines.append(f"  split file: {rep['matched']} matched, {len(rep['in_file_not_found'])} listed but not "
+                         f"found, {len(rep['found_not_in_file'])} found but not listed")
+        if not self.reused and self.seconds:
+            lines.append(f"  {self.seconds:.1f} s, {c['samples'] / self.seconds:.1f} samples/s"
+                         + (f" ({self.skipped_tasks} shards resumed)" if self.skipped_tasks else ""))
+        return "\n".join(lines)
+
+
+@dataclass
+class BuildParams:
+    """All build parameters that the output depends on (recorded in the manifest)."""
+
+    dataset: str
+    size: int = 1024
+    resize: str = "stretch"
+    patch_sizes: tuple[int, ...] = (16, 32, 64)
+    modality_map: str = "default"
+    seed: int = 0
+    split_rule: str | None = None
+    split_file: str | None = None
+    group_by: str | None = None
+    shard_size: int = 1_000_000_000
+    shard_samples: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def sample_params(self) -> SampleParams:
+        return SampleParams(self.size, self.resize, tuple(self.patch_sizes), self.modality_map)
+
+    def recorded(self, split_file_sha: str | None) -> dict[str, Any]:
+        d = asdict(self)
+        d["patch_sizes"] = list(self.patch_sizes)
+        d["split_file"] = {"name": Path(self.split_file).name, "sha256": split_file_sha} if self.split_file else None
+        d["options"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.options.items()}
+        return d
+
+
+# ---------------------------------------------------------------------------------------------------- planning
+
+
+def _assign_splits(conv: Converter, records: list[Record], p: BuildParams, failures: list[Failure]
+                   ) -> tuple[dict[str, str], dict[str, Any]]:
+    """source id -> split, and the split report; records left without a split are added to ``failures``."""
+    rule = "file" if p.split_file else (p.split_rule or conv.split_rule)
+    if rule not in splitting.SPLIT_RULES:
+        raise BuildError(f"--split-rule {rule!r}: expected one of {', '.join(splitting.SPLIT_RULES[:3])}")
+    ids = [r.source_id for r in records]
+    report: dict[str, Any] = {"rule": rule, "seed": p.seed}
+    if rule == "file":
+        if p.split_file is None:
+            raise BuildError("--split-rule file needs --split-file FILE")
+        mapping, ignored = splitting.read_split_file(p.split_file)
+        assigned, rep = splitting.apply_split_file({r.source_id: conv.split_file_id(r.source_id) for r in records},
+                                                   mapping)
+        report.update(rep, split_file=Path(p.split_file).name, ignored_keys={k: len(v) for k, v in ignored.items()})
+        for r in records:
+            if r.source_id not in assigned:
+                failures.append(Failure(r.source_id, tuple(r.files()),
+                                        f"not listed in --split-file {Path(p.split_file).name} "
+                                        f"(looked up as {conv.split_file_id(r.source_id)!r})", stage="split"))
+        return assigned, report
+    if p.group_by:
+        groups = {r.source_id: r.group for r in records}
+        missing = [i for i, g in groups.items() if g is None]
+        if missing:
+            raise BuildError(f"--group-by {p.group_by}: no {p.group_by} known for {len(missing)} of {len(ids)} "
+                             f"samples (e.g. {missing[:3]}); give a frame-to-{p.group_by} table")
+        report["group_by"] = p.group_by
+        return splitting.split_groups(groups, p.seed), report  # type: ignore[arg-type]
+    if rule == "811":
+        return splitting.split_811(ids, p.seed), report
+    if rule == "test":
+        return {i: "test" for i in ids}, report
+    # official
+    out = {r.source_id: r.split or "train" for r in records}
+    if conv.valid_from_train and not any(s == "valid" for s in out.values()):
+        carved = splitting.carve_valid([i for i, s in out.items() if s == "train"], conv.valid_from_train, p.seed)
+        out.update({i: "valid" for i in carved})
+        report["valid_from_train"] = conv.valid_from_train
+    return out, report
+
+
+def plan(conv: Converter, tree: SourceTree, p: BuildParams) -> tuple[list[Task], list[Failure], dict[str, Any], int]:
+    """Discover inputs, assign splits and cut each split into planned shards. Returns
+    (tasks, failures so far, split report, number of inputs found)."""
+    records, failures = conv.discover(tree)
+    if not records and not failures:
+        raise LayoutError(f"{conv.name}: found no input files under {tree.label}; expected {conv.layout}")
+    inputs = len(records) + len(failures)
+    keyed: dict[str, Record] = {}
+    for r in sorted(records, key=lambda r: natural_key(r.source_id)):
+        key = make_key(conv.name, r.source_id)
+        if key in keyed:
+            failures.append(Failure(r.source_id, tuple(r.files()),
+                                    f"duplicate sample key {key} (also {keyed[key].source_id})", stage="key"))
+        else:
+            keyed[key] = r
+    assigned, report = _assign_splits(conv, list(keyed.values()), p, failures)
+    per_shard = p.shard_samples or max(1, p.shard_size // max(1, worst_case_bytes(p.sample_params()) // 2))
+    tasks = []
+    for split in SPLITS + tuple(sorted(set(assigned.values()) - set(SPLITS))):
+        members = [(r, k) for k, r in keyed.items() if assigned.get(r.source_id) == split]
+        random.Random(f"{p.seed}:{split}").shuffle(members)  # mixed shards; the order is part of the recorded plan
+        tasks += [Task(split, i // per_shard, tuple(members[i: i + per_shard]))
+                  for i in range(0, len(members), per_shard)]
+    return tasks, failures, report, inputs
+
+
+# ---------------------------------------------------------------------------------------------------- tasks
+
+
+def _open_part(path: Path) -> tuple[Any, TarWriter]:
+    f = open(path, "wb")
+    return f, TarWriter(f, encoder=False, mtime=TAR_MTIME, user="medprep", group="medprep", format="PAX_FORMAT")
+
+
+def run_task(task: Task, src: str, partial: str, p: BuildParams) -> dict[str, Any]:
+    """Convert one planned shard; writes ``<partial>/<task>.partNN.tar`` and, last, ``<partial>/<task>.json``.
+
+    Runs in any process (dask worker or the caller); everything it needs comes in its arguments.
+    """
+    conv = get_converter(p.dataset, **p.options)
+    tree = SourceTree(src)
+    sp = p.sample_params()
+    mid = modality_id(conv.modality, p.modality_map)
+    parts: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
+    state: dict[str, Any] = {"f": None, "w": None, "n": 0, "path": None}
+
+    def close_part() -> None:
+        if state["w"] is None:
+            return
+        state["w"].close()
+        state["f"].flush()
+        os.fsync(state["f"].fileno())
+        state["f"].close()
+        data = Path(state["path"]).read_bytes()
+        parts.append({"file": Path(state["path"]).name, "nsamples": state["n"], "bytes": len(data),
+                      "sha256": sha256_bytes(data)})
+        state.update(f=None, w=None, n=0)
+
+    for rec, key in task.records:
+        try:
+            blobs = {f: tree.read(f) for f in rec.files()}
+            sample, row = convert(conv, rec, blobs, key, task.split, mid, sp)
+        except Exception as e:  # every input ends up converted or listed with its reason
+            failures.append(Failure(rec.source_id, tuple(rec.files()), _reason(e), stage="convert").row())
+            continue
+        size = sum(len(v) + 1024 for k, v in sample.items() if k != "__key__")
+        if state["w"] is not None and state["bytes"] + size > p.shard_size:
+            close_part()
+        if state["w"] is None:
+            state["path"] = str(Path(partial) / f"{task.name}.part{len(parts):02d}.tar")
+            state["f"], state["w"] = _open_part(Path(state["path"]))
+            state["bytes"] = 1024
+        state["w"].write(sample)
+        state["n"] += 1
+        state["bytes"] += size
+        rows.append({**row, "part": len(parts)})
+    close_part()
+    result = {"task": task.name, "parts": parts, "rows": rows, "failures": failures}
+    atomic_write(Path(partial) / f"{task.name}.json", dumps(result))
+    return result
+
+
+def _reason(e: Exception) -> str:
+    return str(e) if type(e).__name__ == "ConversionError" else f"{type(e).__name__}: {e}"
+
+
+def _load_done(partial: Path, task: Task) -> dict[str, Any] | None:
+    """A finished task's result, if its record and all its part files are intact."""
+    rec = partial / f"{task.name}.json"
+    if not rec.exists():
+        return None
+    res = json.loads(rec.read_text())
+    return res if all((partial / pt["file"]).exists() for pt in res["parts"]) else None
+
+
+# ---------------------------------------------------------------------------------------------------- driver
+
+
+def _execute(tasks: list[Task], src: str, partial: Path, p: BuildParams, workers: int, scheduler: str | None,
+             progress: Callable[[int, int], None] | None) -> list[dict[str, Any]]:
+    """Run tasks locally (workers=1, no scheduler) or through dask.distributed; results in task order."""
+    results: dict[str, dict[str, Any]] = {}
+    if workers <= 1 and scheduler is None:
+        for i, t in enumerate(tasks):
+            results[t.name] = run_task(t, src, str(partial), p)
+            if progress:
+                progress(i + 1, len(tasks))
+    else:
+        from dask.distributed import Client, LocalCluster, as_completed
+
+        cluster = None if scheduler else LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        try:
+            with Client(scheduler or cluster) as client:
+                futures = client.map(run_task, tasks, src=src, partial=str(partial), p=p, pure=False)
+                for i, fut in enumerate(as_completed(futures)):
+                    r = fut.result()
+                    results[r["task"]] = r
+                    if progress:
+                        progress(i + 1, len(tasks))
+        finally:
+            if cluster is not None:
+                cluster.close()
+    return [results[t.name] for t in tasks]
+
+
+def build(
+    dataset: str,
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    size: int = 1024,
+    resize: str = "stretch",
+    patch_sizes: tuple[int, ...] = (16, 32, 64),
+    modality_map: str = "default",
+    seed: int = 0,
+    split_rule: str | None = None,
+    split_file: str | os.PathLike | None = None,
+    group_by: str | None = None,
+    shard_size: int = 1_000_000_000,
+    shard_samples: int | None = None,
+    workers: int = 1,
+    scheduler: str | None = None,
+    strict: bool = False,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    **options: Any,
+) -> BuildResult:
+    """Build ``dataset`` from its official layout under ``src`` into webdataset shards under ``out``.
+
+    Reruns with the same parameters resume an interrupted build or return the finished one unchanged; a finished
+    build with other parameters is replaced only with ``overwrite=True``.
+    """
+    t0 = time.perf_counter()
+    options = {k: v for k, v in options.items() if v is not None}
+    p = BuildParams(dataset, size, resize, tuple(patch_sizes), modality_map, seed, split_rule,
+                    str(split_file) if split_file else None, group_by, int(shard_size), shard_samples, options)
+    p.sample_params().check()
+    conv = get_converter(dataset, **options)
+    modality_id(conv.modality, modality_map)
+    if shard_size < 1 or (shard_samples is not None and shard_samples < 1):
+        raise BuildError("--shard-size and --shard-samples must be positive")
+    out = Path(out)
+    tree = SourceTree(src)
+    split_sha = sha256_bytes(Path(split_file).read_bytes()) if split_file else None
+    tasks, failures, report, inputs = plan(conv, tree, p)
+    plan_doc = {"params": p.recorded(split_sha), "medprep_version": __version__,
+                "tasks": [[t.name, [k for _, k in t.records]] for t in tasks]}
+    plan_sha = sha256_bytes(dumps(plan_doc))
+
+    existing = out / MANIFEST
+    if existing.exists():
+        old = json.loads(existing.read_text())
+        if old.get("params", {}).get("plan_sha256") == plan_sha:
+            log.info("%s is up to date", out)
+            return BuildResult(out, Manifest.from_json(old), [json.loads(x) for x in
+                               (out / FAILURES).read_text().splitlines() if x.strip()], reused=True)
+        if not overwrite:
+            raise BuildError(f"{out} already holds a build of {old.get('dataset')} with other parameters or inputs; "
+                             f"pass --overwrite to replace it or choose another --out")
+        for f in list(out.glob("*.tar")) + [out / SAMPLES, out / FAILURES, existing] + list(out.glob("*.wids.json")):
+            f.unlink(missing_ok=True)
+
+    partial = out / PARTIAL
+    stamp = partial / "plan.sha256"
+    if partial.exists() and (not stamp.exists() or stamp.read_text() != plan_sha):
+        shutil.rmtree(partial)  # leftovers of an interrupted build with other parameters
+    partial.mkdir(parents=True, exist_ok=True)
+    atomic_write(stamp, plan_sha.encode())
+
+    done = {t.name: r for t in tasks if (r := _load_done(partial, t)) is not None}
+    todo = [t for t in tasks if t.name not in done]
+    fresh = _execute(todo, str(tree.root), partial, p, workers, scheduler, progress)
+    results = [done.get(t.name) or fresh[todo.index(t)] for t in tasks]
+
+    all_failures = [f.row() for f in failures] + [f for r in results for f in r["failures"]]
+    all_failures.sort(key=lambda f: natural_key(f["source_id"]))
+    if strict and all_failures:
+        shown = "\n  ".join(f"{f['source_id']}: {f['reason']}" for f in all_failures[:10])
+        raise BuildError(f"--strict: {len(all_failures)} input(s) could not be converted:\n  {shown}\n"
+                         f"(nothing was published; partial results kept in {partial})")
+    manifest = _publish(out, partial, tasks, results, all_failures, p, conv, report, inputs, split_sha, plan_sha)
+    shutil.rmtree(partial)
+    return BuildResult(out, manifest, all_failures, time.perf_counter() - t0, skipped_tasks=len(done))
+
+
+def _publish(out: Path, partial: Path, tasks: list[Task], results: list[dict[str, Any]],
+             failures: list[dict[str, Any]], p: BuildParams, conv: Converter, report: dict[str, Any], inputs: int,
+             split_sha: str | None, plan_sha: str) -> Manifest:
+    """Give parts their final shard names in plan order, then write samples, failures, wids and the manifest."""
+    shards: list[ShardEntry] = []
+    rows: list[dict[str, Any]] = []
+    counter: dict[str, int] = {}
+    for task, res in zip(tasks, results):
+        names = []
+        for part in res["parts"]:
+            n = counter.get(task.split, 0)
+            counter[task.split] = n + 1
+            name = f"{task.split}-{n:06d}.tar"
+            src = partial / part["file"]
+            if src.exists():
+                os.replace(src, out / name)
+            shards.append(ShardEntry(name, task.split, part["nsamples"], part["bytes"], part["sha256"]))
+            names.append(name)
+        rows += [{**{k: v for k, v in r.items() if k != "part"}, "shard": names[r["part"]]} for r in res["rows"]]
+    samples_b, failures_b = jsonl_bytes(rows), jsonl_bytes(failures)
+    atomic_write(out / SAMPLES, samples_b)
+    atomic_write(out / FAILURES, failures_b)
+    split_counts = {s: sum(x.nsamples for x in shards if x.split == s) for s in dict.fromkeys(x.split for x in shards)}
+    for split in split_counts:
+        atomic_write(out / f"{split}.wids.json",
+                     dumps(wids_index([s for s in shards if s.split == split], f"{conv.name}-{split}")))
+    params = p.recorded(split_sha)
+    params["plan_sha256"] = plan_sha
+    manifest = Manifest(
+        dataset=conv.name, modality=conv.modality, modality_id=modality_id(conv.modality, p.modality_map),
+        medprep_version=__version__, params=params, shards=shards,
+        counts={"inputs": inputs, "samples": len(rows), "failures": len(failures), "splits": split_counts},
+        split_report=report,
+        files={"samples": SAMPLES, "samples_sha256": sha256_bytes(samples_b), "failures": FAILURES,
+               "failures_sha256": sha256_bytes(failures_b)},
+    )
+    atomic_write(out / MANIFEST, dumps(manifest.to_json()))
+    return manifest
+
+
+__all__ = ["BuildError", "BuildParams", "BuildResult", "Task", "build", "plan", "run_task"]

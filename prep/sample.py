@@ -1,0 +1,99 @@
+"""Turn one record into one webdataset sample (the entries of DESIGN.md, 'Sample format')."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .datasets.base import Converter, Record
+from .imaging import Geometry, encode_npy, encode_png, patch_targets, to_rgb
+
+
+@dataclass(frozen=True)
+class SampleParams:
+    """Everything a sample's bytes depend on besides its input files."""
+
+    size: int = 1024
+    resize: str = "stretch"
+    patch_sizes: tuple[int, ...] = (16, 32, 64)
+    modality_map: str = "default"
+
+    def check(self) -> None:
+        Geometry.plan((1, 1), self.size, self.resize)  # validates the mode
+        bad = [p for p in self.patch_sizes if p <= 0 or self.size % p]
+        if bad:
+            raise ValueError(f"--patch-sizes {bad} must divide --size {self.size}")
+
+
+def make_key(dataset: str, source_id: str) -> str:
+    """Tar-safe sample key ``<dataset>-<source id>``: runs of characters other than [A-Za-z0-9_-] become '_'."""
+    return f"{dataset}-{re.sub(r'[^A-Za-z0-9_-]+', '_', source_id).strip('_') or 'x'}"
+
+
+def convert(conv: Converter, rec: Record, blobs: dict[str, bytes], key: str, split: str, modality_id: int,
+            params: SampleParams) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Decode, normalise, resize and encode one record. Returns (webdataset sample, samples.jsonl row).
+
+    Raises ``ConversionError`` (or another exception) for inputs that cannot be converted.
+    """
+    loaded = conv.load(blobs, rec)
+    image, intensity = to_rgb(loaded.image)
+    geo = Geometry.plan(image.shape[:2], params.size, params.resize)
+    mask = geo.label(loaded.mask)
+    hashes = {p: hashlib.sha256(blobs[p]).hexdigest() for p in rec.files()}
+    valid = mask[: geo.out_hw[0], : geo.out_hw[1]]
+    meta = {
+        "dataset": conv.name,
+        "split": split,
+        "modality": conv.modality,
+        "modality_id": modality_id,
+        "modality_map": params.modality_map,
+        "source_id": rec.source_id,
+        "source": {"image": rec.image, "masks": list(rec.masks), **({"extras": rec.extras} if rec.extras else {})},
+        "sha256": hashes,
+        "original_hw": list(image.shape[:2]),
+        "size": params.size,
+        "resize": params.resize,
+        "interpolation": {"image": geo.interpolation(), "mask": "nearest"},
+        "valid_hw": list(geo.out_hw),
+        "foreground": round(float(valid.mean()), 6),
+        "image_normalisation": intensity,
+        **({"group": rec.group} if rec.group is not None else {}),
+        **rec.info,
+        **loaded.info,
+    }
+    sample: dict[str, Any] = {
+        "__key__": key,
+        "image.png": encode_png(geo.image(image)),
+        "mask.png": encode_png(mask.astype(np.uint8) * 255),
+        "modality.cls": str(modality_id).encode(),
+        "meta.json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode(),
+    }
+    for p in params.patch_sizes:
+        sample[f"patch{p}.npy"] = encode_npy(patch_targets(mask, p))
+    for name, extra in loaded.extras.items():
+        sample[f"{name}.png"] = encode_png(geo.label(extra).astype(np.uint8) * 255)
+    if loaded.inst is not None:
+        sample["inst.png"] = encode_png(geo.label(loaded.inst))
+    row = {
+        "key": key,
+        "split": split,
+        "source_id": rec.source_id,
+        "sha256": hashes,
+        "original_hw": meta["original_hw"],
+        "foreground": meta["foreground"],
+        **({"group": rec.group} if rec.group is not None else {}),
+    }
+    return sample, row
+
+
+def worst_case_bytes(params: SampleParams, extras: int = 2) -> int:
+    """Upper bound of one sample's size in a tar: raw pixels of every entry plus headers."""
+    px = params.size * params.size
+    patches = sum(px // (p * p) + 512 for p in params.patch_sizes)
+    return int((3 * px + px + 2 * px * extras + patches) * 1.01) + 16 * 1024
