@@ -2,9 +2,43 @@
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
+
+
+def parse_size(text: str) -> int:
+    """'1GB', '500MB', '2GiB', '123' -> bytes."""
+    t = text.strip().upper().replace(" ", "")
+    units = {"KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "KB": 10**3, "MB": 10**6, "GB": 10**9, "B": 1}
+    for u, mult in units.items():
+        if t.endswith(u):
+            return int(float(t[: -len(u)]) * mult)
+    return int(t)
+
+
+def parse_options(pairs: list[str]) -> dict[str, object]:
+    """``KEY=VALUE`` pairs (converter options) -> dict; values parsed as JSON when they look like it."""
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--option {pair!r}: expected KEY=VALUE")
+        try:
+            out[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.replace("-", "_")] = value
+    return out
+
+
+def fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg="red", err=True)
+    raise typer.Exit(2)
 
 
 @app.command()
@@ -13,6 +47,96 @@ def version() -> None:
     from medprep import __version__
 
     typer.echo(__version__)
+
+
+@app.command()
+def build(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset name (see 'medprep datasets')."),
+    src: Path = typer.Option(..., "--src", help="Folder of the official download."),
+    out: Path = typer.Option(..., "--out", help="Output folder; shards go to OUT/<dataset>/."),
+    size: int = typer.Option(1024, help="Output side length in pixels."),
+    resize: str = typer.Option("stretch", help="stretch (the papers) or longest (SAM: longest side + pad)."),
+    patch_sizes: str = typer.Option("16,32,64", help="Comma-separated max-pool patch sizes."),
+    modality_map: str = typer.Option("default", help="Modality id table: default or esp-medsam."),
+    seed: int = typer.Option(0, help="Seed of the 8:1:1 split and of the shard order."),
+    split_rule: Optional[str] = typer.Option(None, help="official, 811 or test (default: the dataset's own)."),
+    split_file: Optional[Path] = typer.Option(None, help="Authors' split JSON {train,valid,test}."),
+    group_by: Optional[str] = typer.Option(None, help="Keep groups in one split (cvc-clinicdb: sequence)."),
+    groups_file: Optional[Path] = typer.Option(None, help="CSV mapping frame -> sequence for --group-by."),
+    shard_size: str = typer.Option("1GB", help="Hard upper bound of a shard's size."),
+    shard_samples: Optional[int] = typer.Option(None, help="Samples per shard (planned)."),
+    workers: int = typer.Option(1, help="Worker processes (a dask LocalCluster when > 1)."),
+    scheduler: Optional[str] = typer.Option(None, help="dask scheduler address, e.g. tcp://host:8786."),
+    strict: bool = typer.Option(False, help="Fail (publish nothing) if any input cannot be converted."),
+    overwrite: bool = typer.Option(False, help="Replace a finished build made with other parameters."),
+    option: list[str] = typer.Option([], "--option", "-o", help="Converter option KEY=VALUE (repeatable)."),
+) -> None:
+    """Convert a dataset from its official layout into webdataset shards with a manifest."""
+    from tqdm import tqdm
+
+    from medprep.prep import BuildError, LayoutError, build as run_build
+
+    opts = parse_options(option)
+    if groups_file is not None:
+        opts["groups_file"] = str(groups_file)
+    bar = tqdm(total=0, unit="shard", desc=f"build {dataset}", disable=not sys.stderr.isatty())
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        result = run_build(
+            dataset, src, out / dataset, size=size, resize=resize,
+            patch_sizes=tuple(int(p) for p in patch_sizes.split(",") if p), modality_map=modality_map, seed=seed,
+            split_rule=split_rule, split_file=split_file, group_by=group_by, shard_size=parse_size(shard_size),
+            shard_samples=shard_samples, workers=workers, scheduler=scheduler, strict=strict, overwrite=overwrite,
+            progress=progress, **opts)
+    except (BuildError, LayoutError, ValueError) as e:
+        bar.close()
+        fail(str(e))
+    bar.close()
+    typer.echo(result.summary())
+
+
+@app.command()
+def datasets() -> None:
+    """List the datasets medprep converts, their modality and expected layout."""
+    from medprep.prep import datasets as registry
+    from medprep.prep.datasets import modality_id
+
+    for name, cls in registry().items():
+        typer.echo(f"{name:14s} {cls.modality} (id {modality_id(cls.modality)}), split: {cls.split_rule}")
+        typer.echo(f"{'':14s} {cls.title}")
+        typer.echo(f"{'':14s} layout: {cls.layout}")
+        opts = ", ".join(f"{k}={v}" for k, v in cls.options.items())
+        if opts:
+            typer.echo(f"{'':14s} options (-o KEY=VALUE): {opts}")
+
+
+@app.command()
+def verify(path: Path = typer.Argument(..., help="A built dataset folder (holding manifest.json).")) -> None:
+    """Check every shard of a built dataset against the sizes and sha256 of its manifest."""
+    from medprep.manifests import open_dataset
+
+    ds = open_dataset(path)
+    problems = ds.verify()
+    for p in problems:
+        typer.echo(f"FAIL {p}")
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"ok: {len(ds.manifest.shards)} shards, {ds.manifest.nsamples()} samples match {path}/manifest.json")
+
+
+@app.command()
+def demo(out: Path = typer.Option(..., "--out", help="Folder for the fake downloads and the built shards."),
+         size: int = typer.Option(256, help="Output side length (small, so the demo runs in seconds)."),
+         workers: int = typer.Option(1, help="Worker processes.")) -> None:
+    """Generate small fake copies of the source-domain datasets in their official layouts and build them."""
+    from medprep.prep.demo import run_demo
+
+    typer.echo(run_demo(out, size=size, workers=workers))
 
 
 if __name__ == "__main__":

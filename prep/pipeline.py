@@ -68,9 +68,11 @@ class BuildResult:
     def summary(self) -> str:
         c = self.manifest.counts
         per_split = ", ".join(f"{k} {v}" for k, v in c["splits"].items())
+        made = (f"{c['samples']} samples written" if c["converted"] == c["samples"]
+                else f"{c['converted']} converted ({c['samples']} samples)")
         lines = [
-            f"{self.manifest.dataset}: {c['inputs']} inputs found = {c['samples']} samples written "
-            f"+ {c['failures']} failures" + ("" if c["inputs"] == c["samples"] + c["failures"] else "  (MISMATCH)"),
+            f"{self.manifest.dataset}: {c['inputs']} inputs found = {made} + {c['failures']} failures"
+            + ("" if c["inputs"] == c["converted"] + c["failures"] else "  (MISMATCH)"),
             f"  splits: {per_split or 'none'}; {len(self.manifest.shards)} shards in {self.out}",
         ]
         reasons: dict[str, int] = {}
@@ -207,6 +209,7 @@ def run_task(task: Task, src: str, partial: str, p: BuildParams) -> dict[str, An
     parts: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
+    converted = 0
     state: dict[str, Any] = {"f": None, "w": None, "n": 0, "path": None}
 
     def close_part() -> None:
@@ -222,25 +225,33 @@ def run_task(task: Task, src: str, partial: str, p: BuildParams) -> dict[str, An
         state.update(f=None, w=None, n=0)
 
     for rec, key in task.records:
+        produced = 0
         try:
             blobs = {f: tree.read(f) for f in rec.files()}
-            sample, row = convert(conv, rec, blobs, key, task.split, mid, sp)
+            hashes = {f: sha256_bytes(b) for f, b in blobs.items()}
+            for sid, loaded in conv.samples(blobs, rec):
+                skey = key if sid == rec.source_id else make_key(conv.name, sid)
+                sample, row = convert(conv, rec, loaded, hashes, skey, sid, task.split, mid, sp)
+                size = sum(len(v) + 1024 for k, v in sample.items() if k != "__key__")
+                if state["w"] is not None and state["bytes"] + size > p.shard_size:
+                    close_part()
+                if state["w"] is None:
+                    state["path"] = str(Path(partial) / f"{task.name}.part{len(parts):02d}.tar")
+                    state["f"], state["w"] = _open_part(Path(state["path"]))
+                    state["bytes"] = 1024
+                state["w"].write(sample)
+                state["n"] += 1
+                state["bytes"] += size
+                rows.append({**row, "part": len(parts)})
+                produced += 1
+            if not produced:
+                raise ValueError("yields no sample (no slice with foreground)")
         except Exception as e:  # every input ends up converted or listed with its reason
             failures.append(Failure(rec.source_id, tuple(rec.files()), _reason(e), stage="convert").row())
             continue
-        size = sum(len(v) + 1024 for k, v in sample.items() if k != "__key__")
-        if state["w"] is not None and state["bytes"] + size > p.shard_size:
-            close_part()
-        if state["w"] is None:
-            state["path"] = str(Path(partial) / f"{task.name}.part{len(parts):02d}.tar")
-            state["f"], state["w"] = _open_part(Path(state["path"]))
-            state["bytes"] = 1024
-        state["w"].write(sample)
-        state["n"] += 1
-        state["bytes"] += size
-        rows.append({**row, "part": len(parts)})
+        converted += 1
     close_part()
-    result = {"task": task.name, "parts": parts, "rows": rows, "failures": failures}
+    result = {"task": task.name, "parts": parts, "rows": rows, "failures": failures, "converted": converted}
     atomic_write(Path(partial) / f"{task.name}.json", dumps(result))
     return result
 
@@ -400,7 +411,8 @@ def _publish(out: Path, partial: Path, tasks: list[Task], results: list[dict[str
     manifest = Manifest(
         dataset=conv.name, modality=conv.modality, modality_id=modality_id(conv.modality, p.modality_map),
         medprep_version=__version__, params=params, shards=shards,
-        counts={"inputs": inputs, "samples": len(rows), "failures": len(failures), "splits": split_counts},
+        counts={"inputs": inputs, "converted": sum(r["converted"] for r in results), "samples": len(rows),
+                "failures": len(failures), "splits": split_counts},
         split_report=report,
         files={"samples": SAMPLES, "samples_sha256": sha256_bytes(samples_b), "failures": FAILURES,
                "failures_sha256": sha256_bytes(failures_b)},

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -10,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .datasets.base import Converter, Record
+from .datasets.base import Converter, Loaded, Record
 from .imaging import Geometry, encode_npy, encode_png, patch_targets, to_rgb
 
 
@@ -35,17 +34,15 @@ def make_key(dataset: str, source_id: str) -> str:
     return f"{dataset}-{re.sub(r'[^A-Za-z0-9_-]+', '_', source_id).strip('_') or 'x'}"
 
 
-def convert(conv: Converter, rec: Record, blobs: dict[str, bytes], key: str, split: str, modality_id: int,
-            params: SampleParams) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Decode, normalise, resize and encode one record. Returns (webdataset sample, samples.jsonl row).
+def convert(conv: Converter, rec: Record, loaded: Loaded, hashes: dict[str, str], key: str, sample_id: str,
+            split: str, modality_id: int, params: SampleParams) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Normalise, resize and encode one decoded sample of ``rec``. Returns (webdataset sample, samples.jsonl row).
 
     Raises ``ConversionError`` (or another exception) for inputs that cannot be converted.
     """
-    loaded = conv.load(blobs, rec)
     image, intensity = to_rgb(loaded.image)
     geo = Geometry.plan(image.shape[:2], params.size, params.resize)
     mask = geo.label(loaded.mask)
-    hashes = {p: hashlib.sha256(blobs[p]).hexdigest() for p in rec.files()}
     valid = mask[: geo.out_hw[0], : geo.out_hw[1]]
     meta = {
         "dataset": conv.name,
@@ -53,7 +50,7 @@ def convert(conv: Converter, rec: Record, blobs: dict[str, bytes], key: str, spl
         "modality": conv.modality,
         "modality_id": modality_id,
         "modality_map": params.modality_map,
-        "source_id": rec.source_id,
+        "source_id": sample_id,
         "source": {"image": rec.image, "masks": list(rec.masks), **({"extras": rec.extras} if rec.extras else {})},
         "sha256": hashes,
         "original_hw": list(image.shape[:2]),
@@ -83,7 +80,7 @@ def convert(conv: Converter, rec: Record, blobs: dict[str, bytes], key: str, spl
     row = {
         "key": key,
         "split": split,
-        "source_id": rec.source_id,
+        "source_id": sample_id,
         "sha256": hashes,
         "original_hw": meta["original_hw"],
         "foreground": meta["foreground"],

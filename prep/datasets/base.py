@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 import numpy as np
 
@@ -101,6 +101,11 @@ class Converter:
         image = decode(blobs[rec.image], rec.image)
         return Loaded(image, self.merge_masks(blobs, rec.masks, image.shape[:2]),
                       extras={k: self.read_mask(blobs, p, image.shape[:2]) for k, p in rec.extras.items()})
+
+    def samples(self, blobs: dict[str, bytes], rec: Record) -> Iterator[tuple[str, Loaded]]:
+        """The samples one record yields as (source id, content). Default: one sample, ``load``; converters of
+        multi-sample inputs (volumes cut into slices) override this and name each sample, e.g. ``<id>_z0042``."""
+        yield rec.source_id, self.load(blobs, rec)
 
     def split_file_id(self, source_id: str) -> str:
         """The id the authors' split files use for ``source_id`` (their renamed file stems)."""
