@@ -1,0 +1,298 @@
+"""The streaming cache: decode pool -> encoder -> writer thread, overlapped through bounded queues.
+
+Work is partitioned by zarr shard: :func:`cache_teacher` processes a list of shard indices (all by default), so
+several workers (one per GPU) can share a run. Batches never cross a zarr shard, so a shard's features do not
+depend on which shards were done before it: a resumed or partitioned run gives the same arrays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import medprep
+
+from .preprocess import Preprocess
+from .sources import Source
+from .store import DTYPES, VIEWS, FeatureStore
+from .teachers import Teacher
+
+AUTOCASTS = ("auto", "bfloat16", "float16", "none")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One sample ready for the device: host canvas, resized size and its valid region in cells."""
+
+    canvas: torch.Tensor
+    size: tuple[int, int]
+    valid_h: int
+    valid_x: tuple[int, int]
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def valid_cells(src_hw: tuple[int, int], valid_px: tuple[int, int] | None, resized_hw: tuple[int, int],
+                stride: int, flipped: bool) -> tuple[int, tuple[int, int]]:
+    """Valid rows and ``[x0, x1)`` columns in embedding cells of an image whose content is ``valid_px``.
+
+    ``valid_px`` is the top-left region of the source image that is not padding (None: all of it); the
+    flipped view mirrors it inside the resized image. Cells partly covering content count as valid.
+    """
+    (h, w), (rh, rw) = src_hw, resized_hw
+    vh, vw = valid_px or (h, w)
+    rows = _ceil_div(vh * rh, h * stride)
+    if flipped:
+        return rows, ((w - vw) * rw // (w * stride), _ceil_div(rw, stride))
+    return rows, (0, _ceil_div(vw * rw, w * stride))
+
+
+def prepare(source: Source, i: int, view: str, pre: Preprocess, stride: int) -> Prepared:
+    """Load sample ``i`` of ``source`` and run the host part of the preprocessing for ``view``."""
+    image, valid_px = source.load(i)
+    if view == "hflip":
+        image = image[:, ::-1]
+    canvas, size = pre.host(image)
+    rows, cols = valid_cells(image.shape[:2], valid_px, size, stride, view == "hflip")
+    return Prepared(canvas, size, rows, cols)
+
+
+def resolve_autocast(autocast: str, device: str) -> str:
+    """The autocast dtype actually used: ``auto`` is bfloat16 on CUDA and none (float32) elsewhere."""
+    if autocast not in AUTOCASTS:
+        raise ValueError(f"unknown autocast {autocast!r}: expected one of {AUTOCASTS}")
+    if autocast == "auto":
+        return "bfloat16" if torch.device(device).type == "cuda" else "none"
+    return autocast
+
+
+class Encoder:
+    """A teacher on its device: batches of :class:`Prepared` in, float32 CPU features out."""
+
+    def __init__(self, teacher: Teacher, device: str = "cpu", autocast: str = "auto", compile: bool = False):
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+        self.autocast = resolve_autocast(autocast, device)
+        self.pre = teacher.preprocess
+        self.module = teacher.encoder.to(self.device)
+        self.fn = torch.compile(self.module) if compile else self.module
+
+    def __call__(self, items: Sequence[Prepared]) -> torch.Tensor:
+        canvases = torch.stack([p.canvas for p in items])
+        sizes = torch.tensor([p.size for p in items])
+        if self.device.type == "cuda":
+            canvases = canvases.pin_memory().to(self.device, non_blocking=True)
+        with torch.inference_mode(), self._autocast():
+            x = self.pre.device(canvases, sizes)
+            return self.fn(x).float().cpu()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast == "none":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=getattr(torch, self.autocast))
+
+
+def feature_shape(teacher: Teacher) -> tuple[int, int, int]:
+    """``(C, H, W)`` of the teacher's features, from one forward pass of a blank image."""
+    s = teacher.preprocess.img_size
+    param = next(teacher.encoder.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    with torch.inference_mode():
+        out = teacher.encoder(torch.zeros(1, 3, s, s, device=device))
+    return tuple(out.shape[1:])
+
+
+def run_attrs(teacher: Teacher, source: Source, dtype: str, views: Sequence[str], shard_size: int,
+              autocast: str) -> dict[str, Any]:
+    """Everything the stored features depend on (the run's identity, recorded in the zarr attrs)."""
+    src = source.describe()
+    return {
+        **teacher.to_attrs(),
+        "preprocess": teacher.preprocess.to_attrs(),
+        "input_size": teacher.preprocess.img_size,
+        "resize": teacher.preprocess.resize,
+        "pixel_mean": list(teacher.preprocess.pixel_mean),
+        "pixel_std": list(teacher.preprocess.pixel_std),
+        "autocast": autocast,
+        "source": src,
+        "source_manifest_sha256": src.get("manifest_sha256"),
+        "dtype": dtype,
+        "views": list(views),
+        "shard_size": shard_size,
+        "medprep_version": medprep.__version__,
+    }
+
+
+@dataclass
+class CacheResult:
+    """What one call of :func:`cache_teacher` did."""
+
+    store: FeatureStore
+    shards_written: list[int]
+    shards_skipped: list[int]
+    images: int
+
+
+def open_run(teacher: Teacher, source: Source, out: str, run: str, *, dtype: str = "float16",
+             views: Sequence[str] = ("identity",), shard_size: int = 16, device: str = "cpu",
+             autocast: str = "auto") -> FeatureStore:
+    """Create (or reopen, checking its parameters) the run group; call once before starting workers."""
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown --dtype {dtype!r}: expected one of {DTYPES}")
+    bad = [v for v in views if v not in VIEWS]
+    if bad or "identity" not in views:
+        raise ValueError(f"--views {list(views)}: expected 'identity' plus optionally 'hflip'")
+    if shard_size < 1:
+        raise ValueError(f"--shard-size must be at least 1, got {shard_size}")
+    attrs = run_attrs(teacher, source, dtype, [v for v in VIEWS if v in views], shard_size,
+                      resolve_autocast(autocast, device))
+    return FeatureStore.create_or_open(out, run, source.keys, attrs, lambda: feature_shape(teacher))
+
+
+def cache_teacher(teacher: Teacher, source: Source, out: str, run: str, *, dtype: str = "float16",
+                  views: Sequence[str] = ("identity",), shard_size: int = 16, batch_size: int = 8,
+                  device: str = "cpu", autocast: str = "auto", compile: bool = False, workers: int = 4,
+                  shards: Sequence[int] | None = None, progress: bool = True, prefetch: int = 4) -> CacheResult:
+    """Cache ``teacher`` features of ``source`` into run ``run`` of the zarr store ``out``.
+
+    Processes the zarr shards ``shards`` (default: all) that are not done yet; a killed run resumes where it
+    stopped. ``workers`` threads decode and preprocess, the calling thread runs the encoder, a writer thread
+    writes whole zarr shards; ``prefetch`` bounds the batches decoded ahead.
+    """
+    store = open_run(teacher, source, out, run, dtype=dtype, views=views, shard_size=shard_size,
+                     device=device, autocast=autocast)
+    encoder = Encoder(teacher, device, store.attrs["autocast"], compile)
+    stride = teacher.preprocess.img_size // store.attrs["feature_shape"][1]
+    wanted = range(store.nshards) if shards is None else shards
+    if any(not 0 <= s < store.nshards for s in wanted):
+        raise ValueError(f"shard indices must be in [0, {store.nshards}), got {sorted(wanted)}")
+    done = store.done_shards()
+    todo = [s for s in wanted if not done[s]]
+    skipped = [s for s in wanted if done[s]]
+    total = sum(len(store.indices(s)) for s in todo) * len(store.views)
+    bar = tqdm(total=total, unit="img", desc=f"cache {run}", disable=not progress, smoothing=0.1)
+    with ThreadPoolExecutor(max(workers, 1), thread_name_prefix="medprep-decode") as pool:
+        batches = _Prefetch(_batches(todo, store, source, teacher.preprocess, stride, batch_size, pool), prefetch)
+        writer = _Writer(store)
+        try:
+            current, parts = None, {}
+            for s, view, futures in batches:
+                if s != current:
+                    if current is not None:
+                        writer.put(current, parts)
+                    current, parts = s, {}
+                items = [f.result() for f in futures]
+                parts.setdefault(view, []).append((encoder(items), items))
+                bar.update(len(items))
+            if current is not None:
+                writer.put(current, parts)
+        finally:
+            batches.close()
+            writer.close()
+            bar.close()
+    return CacheResult(store, todo, skipped, total)
+
+
+def _batches(todo: Sequence[int], store: FeatureStore, source: Source, pre: Preprocess, stride: int,
+             batch_size: int, pool: ThreadPoolExecutor) -> Iterator[tuple[int, str, list[Future]]]:
+    for s in todo:
+        idx = store.indices(s)
+        for view in store.views:
+            for b in range(0, len(idx), batch_size):
+                yield s, view, [pool.submit(prepare, source, i, view, pre, stride) for i in idx[b:b + batch_size]]
+
+
+class _Prefetch:
+    """Run an iterator in a thread, ``size`` items ahead, re-raising its errors in the consumer."""
+
+    _END = object()
+
+    def __init__(self, it: Iterator, size: int):
+        self._q: queue.Queue = queue.Queue(maxsize=max(size, 1))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(it,), daemon=True, name="medprep-feed")
+        self._thread.start()
+
+    def _run(self, it: Iterator) -> None:
+        try:
+            for item in it:
+                while not self._stop.is_set():
+                    try:
+                        self._q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        pass
+                if self._stop.is_set():
+                    return
+            self._q.put(self._END)
+        except BaseException as e:  # handed to the consumer
+            self._q.put(e)
+
+    def __iter__(self) -> Iterator:
+        while True:
+            item = self._q.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                for f in self._q.get(timeout=0.1)[2]:
+                    f.cancel()
+            except (queue.Empty, TypeError, IndexError):
+                pass
+
+
+class _Writer:
+    """A thread that writes finished zarr shards; at most two wait in its queue."""
+
+    def __init__(self, store: FeatureStore):
+        self.store = store
+        self._q: queue.Queue = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="medprep-writer")
+        self._thread.start()
+
+    def put(self, s: int, parts: dict[str, list[tuple[torch.Tensor, list[Prepared]]]]) -> None:
+        if self._error is not None:
+            raise self._error
+        self._q.put((s, parts))
+
+    def _run(self) -> None:
+        while (job := self._q.get()) is not None:
+            if self._error is not None:
+                continue
+            try:
+                self._write(*job)
+            except BaseException as e:
+                self._error = e
+
+    def _write(self, s: int, parts: dict[str, list[tuple[torch.Tensor, list[Prepared]]]]) -> None:
+        feats = {view: torch.cat([x for x, _ in p]) for view, p in parts.items()}
+        ident = [item for _, items in parts["identity"] for item in items]
+        valid_hw = np.array([(p.valid_h, p.valid_x[1]) for p in ident], dtype=np.int32)
+        flip = None
+        if "hflip" in parts:
+            flip = np.array([item.valid_x for _, items in parts["hflip"] for item in items], dtype=np.int32)
+        self.store.write_shard(s, feats, valid_hw, flip)
+
+    def close(self) -> None:
+        self._q.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error

@@ -1,0 +1,151 @@
+"""Frozen teacher image encoders: SAM ViT-H/L/B and MedSAM from local checkpoints, or any ``module:callable``.
+
+A ``module:callable`` teacher is called as ``fn(checkpoint=None, **encoder_kwargs)`` and returns
+``(module, Preprocess)``; the module maps a normalised ``(B, 3, S, S)`` batch to ``(B, C, H, W)`` features.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+
+from medprep.manifests import sha256_file
+
+from .preprocess import Preprocess
+
+SAM_ENCODERS = ("vit_h", "vit_l", "vit_b")
+BUILTIN = SAM_ENCODERS + ("medsam",)
+
+
+@dataclass
+class Teacher:
+    """A frozen image encoder and everything its features depend on."""
+
+    name: str
+    encoder: nn.Module
+    preprocess: Preprocess
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_attrs(self) -> dict[str, Any]:
+        return {
+            "encoder": self.name,
+            "encoder_kwargs": self.kwargs,
+            "checkpoint": self.checkpoint,
+            "checkpoint_sha256": self.checkpoint_sha256,
+        }
+
+
+def load_state(model: nn.Module, checkpoint: str, prefix: str = "") -> None:
+    """Load a local checkpoint into ``model`` (``weights_only=True``, on CPU), keeping keys under ``prefix``."""
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist: pass the path of a local .pth file") from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if prefix:
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint {checkpoint} does not fit the encoder: {len(missing)} missing keys (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}); check --encoder matches the checkpoint"
+        )
+
+
+def random_sam(
+    checkpoint: str | None = None,
+    img_size: int = 1024,
+    patch_size: int = 16,
+    embed_dim: int = 32,
+    depth: int = 2,
+    num_heads: int = 2,
+    window_size: int = 4,
+    out_chans: int = 256,
+    seed: int = 0,
+    normalize: str = "sam",
+    resize: str = "pil",
+) -> tuple[nn.Module, Preprocess]:
+    """A tiny SAM-architecture ``ImageEncoderViT`` with RANDOM weights (seeded), for tests and demos only.
+
+    Its features carry no meaning; it has SAM's structure (windowed + global attention, relative positions, neck).
+    """
+    from segment_anything.modeling import ImageEncoderViT
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        enc = ImageEncoderViT(
+            img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+            mlp_ratio=4, out_chans=out_chans, qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            use_rel_pos=True, window_size=window_size, global_attn_indexes=(depth - 1,),
+        )
+        # SAM initialises position embeddings to zero; give them values so positions matter, as in trained weights.
+        for name, p in enc.named_parameters():
+            if "pos" in name:
+                nn.init.normal_(p, std=0.02)
+    if checkpoint is not None:
+        load_state(enc, checkpoint)
+    return enc, Preprocess.named(normalize, img_size=img_size, resize=resize)
+
+
+def _sam_encoder(kind: str, checkpoint: str) -> nn.Module:
+    from segment_anything import sam_model_registry
+
+    sam = sam_model_registry[kind](checkpoint=None)
+    load_state(sam, checkpoint)
+    return sam.image_encoder
+
+
+def _import_callable(spec: str) -> Any:
+    mod_name, _, attr = spec.partition(":")
+    try:
+        obj = importlib.import_module(mod_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot import teacher {spec!r} ({e}): expected 'package.module:function'") from None
+    return obj
+
+
+def load_teacher(
+    encoder: str,
+    checkpoint: str | None = None,
+    *,
+    normalize: str | None = None,
+    resize: str | None = None,
+    encoder_kwargs: dict[str, Any] | None = None,
+) -> Teacher:
+    """Build a frozen teacher.
+
+    ``encoder``: ``vit_h``/``vit_l``/``vit_b`` (SAM, needs ``checkpoint``), ``medsam`` (ViT-B, [0, 1] input,
+    needs ``checkpoint``) or ``package.module:callable``. ``normalize`` (sam, unit, esp-medsam) and ``resize``
+    (pil, torch) override the teacher's default preprocessing.
+    """
+    kwargs = dict(encoder_kwargs or {})
+    if encoder in BUILTIN:
+        if checkpoint is None:
+            raise ValueError(f"--encoder {encoder} needs --checkpoint: the path of a local SAM/MedSAM .pth file")
+        if kwargs:
+            raise ValueError(f"--encoder {encoder} takes no encoder arguments, got {sorted(kwargs)}")
+        module = _sam_encoder("vit_b" if encoder == "medsam" else encoder, checkpoint)
+        pre = Preprocess.named("unit" if encoder == "medsam" else "sam", 1024, resize or "pil")
+    elif ":" in encoder:
+        module, pre = _import_callable(encoder)(checkpoint=checkpoint, **kwargs)
+        if not isinstance(pre, Preprocess):
+            raise TypeError(f"teacher {encoder} must return (module, Preprocess), got a {type(pre).__name__}")
+    else:
+        raise ValueError(f"unknown --encoder {encoder!r}: expected one of {BUILTIN} or 'package.module:callable'")
+    if normalize is not None:
+        pre = Preprocess.named(normalize, pre.img_size, pre.resize)
+    if resize is not None:
+        pre = Preprocess(pre.img_size, pre.pixel_mean, pre.pixel_std, resize)
+    module.eval().requires_grad_(False)
+    sha = sha256_file(checkpoint) if checkpoint is not None else None
+    return Teacher(encoder, module, pre, checkpoint, sha, kwargs)
