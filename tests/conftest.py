@@ -1,0 +1,53 @@
+"""Shared test helpers (imported as ``from conftest import ...``): read built shards back as decoded samples."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def read_shard(path: str | Path) -> dict[str, dict[str, bytes]]:
+    """key -> {entry: bytes} for one tar shard, in file order."""
+    out: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path) as tf:
+        for m in tf.getmembers():
+            key, entry = m.name.split(".", 1)
+            out.setdefault(key, {})[entry] = tf.extractfile(m).read()
+    return out
+
+
+def decode_entry(entry: str, data: bytes):
+    """Decode one sample entry the way a consumer would."""
+    if entry.endswith(".png"):
+        return np.asarray(Image.open(io.BytesIO(data)))
+    if entry.endswith(".npy"):
+        return np.load(io.BytesIO(data))
+    if entry.endswith(".json"):
+        return json.loads(data)
+    return data.decode()
+
+
+def read_built(out: str | Path) -> dict[str, dict]:
+    """key -> decoded sample dict (plus '__shard__') for every shard listed in a built dataset's manifest."""
+    manifest = json.loads((Path(out) / "manifest.json").read_text())
+    samples = {}
+    for shard in manifest["shards"]:
+        for key, entries in read_shard(Path(out) / shard["name"]).items():
+            assert key not in samples, f"duplicate key {key}"
+            samples[key] = {e: decode_entry(e, b) for e, b in entries.items()} | {"__shard__": shard["name"]}
+    return samples
+
+
+def maxpool(mask: np.ndarray, k: int) -> np.ndarray:
+    """Reference max-pool (kernel = stride = k) written independently of medprep."""
+    h, w = mask.shape
+    out = np.zeros((h // k, w // k), np.uint8)
+    for i in range(h // k):
+        for j in range(w // k):
+            out[i, j] = mask[i * k:(i + 1) * k, j * k:(j + 1) * k].max() > 0
+    return out
