@@ -139,5 +139,71 @@ def demo(out: Path = typer.Option(..., "--out", help="Folder for the fake downlo
     typer.echo(run_demo(out, size=size, workers=workers))
 
 
+@app.command("cache-teacher")
+def cache_teacher(
+    source: str = typer.Option(..., "--source", help="Built dataset folder, SA-1B folder/tar, or image folder."),
+    out: str = typer.Option(..., "--out", help="zarr store (path or fsspec URL), e.g. teacher.zarr."),
+    encoder: str = typer.Option(..., "--encoder", help="vit_h, vit_l, vit_b, medsam or package.module:callable."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Local teacher checkpoint (.pth)."),
+    encoder_arg: list[str] = typer.Option([], "--encoder-arg", help="KEY=VALUE for a module:callable teacher."),
+    normalize: Optional[str] = typer.Option(None, help="Override pixel normalisation: sam, unit, esp-medsam."),
+    resize: Optional[str] = typer.Option(None, help="Override resize path: pil (SamPredictor) or torch."),
+    run: Optional[str] = typer.Option(None, help="Run (group) name; default <encoder>-<source name>."),
+    source_kind: str = typer.Option("auto", help="auto, medical, sa1b or folder."),
+    split: Optional[str] = typer.Option(None, help="Medical split to cache (default: all)."),
+    fraction: Optional[float] = typer.Option(None, help="SA-1B: deterministic subset fraction, e.g. 0.01."),
+    seed: int = typer.Option(0, help="SA-1B: seed of the --fraction subset."),
+    subset_file: Optional[str] = typer.Option(None, help="SA-1B: text file of images to cache (sa_N per line)."),
+    dtype: str = typer.Option("float16", help="float16, int8 (per-channel scale), bfloat16 or float32."),
+    views: str = typer.Option("identity", help="identity or identity,hflip."),
+    shard_size: int = typer.Option(16, help="Samples per zarr shard object (the unit of work and resume)."),
+    batch_size: int = typer.Option(8, help="Encoder batch size (keep it a divisor of --shard-size)."),
+    device: str = typer.Option("cuda", help="cuda or cpu."),
+    autocast: str = typer.Option("auto", help="auto (bfloat16 on CUDA), bfloat16, float16 or none."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the encoder."),
+    workers: int = typer.Option(4, help="Decode/preprocess threads."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Cache frozen teacher features of a source in a zarr store (resumable: rerun to continue)."""
+    from medprep.distill import SourceSpec, cache_teacher as run_cache, load_teacher, open_source
+    from medprep.distill.sources import safe_key
+
+    try:
+        teacher = load_teacher(encoder, checkpoint, normalize=normalize, resize=resize,
+                               encoder_kwargs=parse_options(encoder_arg))
+        src = open_source(SourceSpec(source, source_kind, split, fraction, seed, subset_file))
+        name = run or safe_key(f"{encoder.rpartition(':')[2]}-{Path(source.rstrip('/')).name}")
+        result = run_cache(teacher, src, out, name, dtype=dtype, views=views.split(","), shard_size=shard_size,
+                           batch_size=batch_size, device=device, autocast=autocast, compile=compile,
+                           workers=workers, progress=progress and sys.stderr.isatty())
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError, TypeError) as e:
+        fail(str(e))
+    typer.echo(f"{out}/{name}: {len(result.shards_written)} zarr shards written ({result.images} images), "
+               f"{len(result.shards_skipped)} already done")
+
+
+@app.command("check-teacher")
+def check_teacher(
+    store: str = typer.Argument(..., help="zarr teacher store written by cache-teacher."),
+    run: Optional[str] = typer.Option(None, help="Run to check (default: the store's only run)."),
+    samples: int = typer.Option(8, "--samples", "-k", help="Random samples to recompute."),
+    seed: int = typer.Option(0, help="Seed of the sample choice."),
+    device: str = typer.Option("cpu", help="cuda or cpu."),
+    checkpoint: Optional[str] = typer.Option(None, help="Checkpoint path, if it moved since caching."),
+    source: Optional[str] = typer.Option(None, help="Source path, if it moved since caching."),
+    min_cosine: float = typer.Option(0.99, help="Exit with status 1 below this cosine similarity."),
+) -> None:
+    """Recompute K random samples of a teacher store; report max/mean abs error and cosine similarity."""
+    from medprep.distill.check import check_teacher as run_check
+
+    try:
+        report = run_check(store, run, samples, seed=seed, device=device, checkpoint=checkpoint, source=source)
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+        fail(str(e))
+    typer.echo(report.summary())
+    if report.cosine_min < min_cosine:
+        raise typer.Exit(1)
+
+
 if __name__ == "__main__":
     app()

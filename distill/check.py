@@ -1,0 +1,74 @@
+"""``check-teacher``: recompute random samples of a store and compare them with what it holds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import numpy as np
+
+from .pipeline import Encoder, prepare
+from .preprocess import Preprocess
+from .sources import SourceSpec, open_source
+from .store import FeatureStore
+from .teachers import load_teacher
+
+
+@dataclass
+class CheckReport:
+    """Errors of stored features against recomputed ones, over the checked samples and views."""
+
+    run: str
+    keys: list[str]
+    max_abs: float
+    mean_abs: float
+    cosine_min: float
+    cosine_mean: float
+
+    def summary(self) -> str:
+        return (f"{self.run}: {len(self.keys)} samples checked: max |err| {self.max_abs:.3g}, "
+                f"mean |err| {self.mean_abs:.3g}, cosine min {self.cosine_min:.6f} mean {self.cosine_mean:.6f}")
+
+
+def check_teacher(store: str, run: str | None = None, samples: int = 8, *, seed: int = 0, device: str = "cpu",
+                  checkpoint: str | None = None, source: str | None = None) -> CheckReport:
+    """Recompute ``samples`` random finished samples of ``store``/``run`` with the recorded teacher and source.
+
+    ``checkpoint``/``source`` replace the recorded locations when the files have moved; the checkpoint's
+    sha256 must still match the recorded one.
+    """
+    fs = FeatureStore.open(store, run)
+    a = fs.attrs
+    teacher = load_teacher(a["encoder"], checkpoint or a["checkpoint"], encoder_kwargs=a["encoder_kwargs"])
+    teacher.preprocess = Preprocess(**a["preprocess"])
+    if teacher.checkpoint_sha256 != a["checkpoint_sha256"]:
+        raise ValueError(f"checkpoint {teacher.checkpoint} has sha256 {teacher.checkpoint_sha256}, the store was "
+                         f"cached with {a['checkpoint_sha256']}: pass the checkpoint used for caching")
+    src_attrs = a["source"]
+    spec = SourceSpec(source or src_attrs["url"], src_attrs["kind"], src_attrs.get("split"),
+                      src_attrs.get("fraction"), src_attrs.get("seed", 0), src_attrs.get("subset_file"))
+    src = open_source(spec)
+    keys = fs.keys()
+    if src.keys != keys:
+        raise ValueError(f"source {spec.url} does not hold the keys the store was cached from "
+                         f"({len(src.keys)} keys vs {len(keys)}); pass --source with the original data")
+    done = np.flatnonzero(fs.group["done"][:])
+    if done.size == 0:
+        raise ValueError(f"{store}/{fs.run} has no finished samples yet; run 'medprep cache-teacher' first")
+    pick = np.sort(np.random.default_rng(seed).choice(done, size=min(samples, done.size), replace=False))
+    encoder = Encoder(teacher, device, a["autocast"])
+    stride = teacher.preprocess.img_size // a["feature_shape"][1]
+    errs, coss = [], []
+    for i in pick:
+        for view in fs.views:
+            ref = encoder([prepare(src, int(i), view, teacher.preprocess, stride)])[0].numpy()
+            got = fs.read(int(i), view)
+            errs.append(np.abs(got - ref).ravel())
+            coss.append(_cosine(got, ref))
+    err = np.concatenate(errs)
+    return CheckReport(fs.run, [keys[i] for i in pick], float(err.max()), float(err.mean()),
+                       float(min(coss)), float(np.mean(coss)))
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a64, b64 = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a64 @ b64 / max(np.linalg.norm(a64) * np.linalg.norm(b64), 1e-30))
+
