@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import shutil
+import tarfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from medprep.manifests import (
 
 from . import splits as splitting
 from .datasets import Converter, Failure, Record, get_converter, modality_id
+from .imaging import ConversionError
 from .sample import SampleParams, convert, make_key, worst_case_bytes
 from .tree import LayoutError, SourceTree, natural_key
 
@@ -232,13 +234,16 @@ def run_task(task: Task, src: str, partial: str, p: BuildParams) -> dict[str, An
             for sid, loaded in conv.samples(blobs, rec):
                 skey = key if sid == rec.source_id else make_key(conv.name, sid)
                 sample, row = convert(conv, rec, loaded, hashes, skey, sid, task.split, mid, sp)
-                size = sum(len(v) + 1024 for k, v in sample.items() if k != "__key__")
-                if state["w"] is not None and state["bytes"] + size > p.shard_size:
+                size = _tar_bytes(sample)
+                if _tar_file_size(size) > p.shard_size:
+                    raise ConversionError(f"sample {skey} takes {_tar_file_size(size)} bytes in a tar, more than "
+                                          f"--shard-size {p.shard_size}; raise --shard-size")
+                if state["w"] is not None and _tar_file_size(state["bytes"] + size) > p.shard_size:
                     close_part()
                 if state["w"] is None:
                     state["path"] = str(Path(partial) / f"{task.name}.part{len(parts):02d}.tar")
                     state["f"], state["w"] = _open_part(Path(state["path"]))
-                    state["bytes"] = 1024
+                    state["bytes"] = 0
                 state["w"].write(sample)
                 state["n"] += 1
                 state["bytes"] += size
@@ -254,6 +259,22 @@ def run_task(task: Task, src: str, partial: str, p: BuildParams) -> dict[str, An
     result = {"task": task.name, "parts": parts, "rows": rows, "failures": failures, "converted": converted}
     atomic_write(Path(partial) / f"{task.name}.json", dumps(result))
     return result
+
+
+def _tar_bytes(sample: dict[str, Any]) -> int:
+    """Bytes the members of ``sample`` take in a tar: a 512-byte header each (plus a PAX header for long names)
+    and the data padded to 512."""
+    total = 0
+    for entry, value in sample.items():
+        if entry != "__key__":
+            name = f"{sample['__key__']}.{entry}"
+            total += 512 + (1536 if len(name) > 99 else 0) + -(-len(value) // 512) * 512
+    return total
+
+
+def _tar_file_size(members: int) -> int:
+    """File size of a tar holding ``members`` bytes: end-of-archive blocks, padded to the 10240-byte record."""
+    return -(-(members + 1024) // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
 
 
 def _reason(e: Exception) -> str:
