@@ -11,9 +11,12 @@ from ..imaging import ConversionError, binarize, decode
 from ..tree import SourceTree, natural_key, stem
 
 # Default modality table (the papers' order) and the order of the authors' released ESP-MedSAM checkpoints.
+# ct (6) and mr (7) are medprep's additions for slices of volumes (--dataset volumes / medsam-npz), in both tables.
 MODALITY_MAPS: dict[str, dict[str, int]] = {
-    "default": {"dermoscopy": 0, "x-ray": 1, "fundus": 2, "colonoscopy": 3, "ultrasound": 4, "microscopy": 5},
-    "esp-medsam": {"dermoscopy": 0, "x-ray": 1, "ultrasound": 2, "fundus": 3, "microscopy": 4, "colonoscopy": 5},
+    "default": {"dermoscopy": 0, "x-ray": 1, "fundus": 2, "colonoscopy": 3, "ultrasound": 4, "microscopy": 5,
+                "ct": 6, "mr": 7},
+    "esp-medsam": {"dermoscopy": 0, "x-ray": 1, "ultrasound": 2, "fundus": 3, "microscopy": 4, "colonoscopy": 5,
+                   "ct": 6, "mr": 7},
 }
 
 
