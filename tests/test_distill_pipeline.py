@@ -1,0 +1,99 @@
+"""The cache pipeline end to end: views, valid regions, determinism across partitions, check-teacher, CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from typer.testing import CliRunner
+
+from medprep.cli import app
+from medprep.distill import FeatureStore, SA1BSource, cache_teacher, load_teacher
+from medprep.distill.check import check_teacher
+from medprep.distill.pipeline import valid_cells
+from medprep.distill.synthetic import write_sa1b_tar
+
+TINY = "medprep.distill.teachers:random_sam"
+KW = {"img_size": 64}
+
+
+@pytest.fixture(scope="module")
+def sa1b(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sa1b")
+    rng = np.random.default_rng(0)
+    sizes = [(48, 64), (64, 30), (64, 64), (20, 64), (33, 17), (64, 50), (50, 64)]
+    write_sa1b_tar(root / "sa_000000.tar", list(range(1, 8)), rng, sizes=sizes)
+    return root
+
+
+def _arrays(url: str, run: str) -> dict[str, np.ndarray]:
+    g = zarr.open_group(url, mode="r")[run]
+    return {name: a[:] for name, a in g.arrays()}
+
+
+def test_hflip_view_is_the_flipped_image(tmp_path, sa1b):
+    teacher = load_teacher(TINY, encoder_kwargs=KW)
+    src = SA1BSource(str(sa1b))
+    out = str(tmp_path / "t.zarr")
+    cache_teacher(teacher, src, out, "r", dtype="float32", views=["identity", "hflip"], shard_size=3,
+                  batch_size=2, progress=False)
+    store = FeatureStore.open(out, "r")
+    pre = teacher.preprocess
+    for i in range(src.keys.__len__()):
+        image, _ = src.load(i)
+        canvas, size = pre.host(np.ascontiguousarray(image[:, ::-1]))
+        with torch.inference_mode():
+            ref = teacher.encoder(pre.device(canvas[None], torch.tensor([size])))[0].numpy()
+        assert np.abs(store.read(i, "hflip") - ref).max() <= 1e-5
+        # SAM pads bottom/right after the flip, so the flipped view's content also starts at column 0
+        assert np.array_equal(store.valid_mask(i, "hflip"), store.valid_mask(i))
+    assert not np.array_equal(store.read(0, "hflip"), store.read(0))
+
+
+def test_valid_cells_of_padded_sources():
+    # a 128x128 medical image whose content is the top-left 100x60 (longest-side build), teacher input 64
+    assert valid_cells((128, 128), (100, 60), (64, 64), 16, flipped=False) == (4, (0, 2))
+    # flipped: the content moves to the right: pixels [34, 64) of the teacher input -> cells [2, 4)
+    assert valid_cells((128, 128), (100, 60), (64, 64), 16, flipped=True) == (4, (2, 4))
+    # SA-1B style: no padding in the source; SAM pads the 64x43 resized image itself
+    assert valid_cells((90, 60), None, (64, 43), 16, flipped=False) == (4, (0, 3))
+    assert valid_cells((90, 60), None, (64, 43), 16, flipped=True) == (4, (0, 3))
+
+
+def test_same_arrays_whatever_the_partition(tmp_path, sa1b):
+    teacher = load_teacher(TINY, encoder_kwargs=KW)
+    src = SA1BSource(str(sa1b))
+    kw = dict(dtype="int8", views=["identity", "hflip"], shard_size=2, batch_size=2, progress=False)
+    whole = cache_teacher(teacher, src, str(tmp_path / "a.zarr"), "r", **kw)
+    assert whole.shards_written == [0, 1, 2, 3] and whole.images == 14
+    first = cache_teacher(teacher, src, str(tmp_path / "b.zarr"), "r", shards=[3, 1], workers=1, **kw)
+    assert first.shards_written == [3, 1]
+    assert FeatureStore.open(str(tmp_path / "b.zarr")).done_shards() == [False, True, False, True]
+    rest = cache_teacher(teacher, src, str(tmp_path / "b.zarr"), "r", **kw)
+    assert rest.shards_written == [0, 2] and rest.shards_skipped == [1, 3]
+    a, b = _arrays(str(tmp_path / "a.zarr"), "r"), _arrays(str(tmp_path / "b.zarr"), "r")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    attrs = FeatureStore.open(str(tmp_path / "a.zarr")).attrs
+    for key in ("encoder", "checkpoint_sha256", "input_size", "resize", "pixel_mean", "pixel_std", "autocast",
+                "source_manifest_sha256", "medprep_version", "views", "dtype"):
+        assert key in attrs
+    with pytest.raises(ValueError, match="cached with other parameters"):
+        cache_teacher(teacher, src, str(tmp_path / "a.zarr"), "r", **{**kw, "views": ["identity"]})
+
+
+def test_check_teacher_and_cli(tmp_path, sa1b):
+    out = str(tmp_path / "t.zarr")
+    runner = CliRunner()
+    args = ["cache-teacher", "--source", str(sa1b), "--out", out, "--encoder", TINY, "--encoder-arg", "img_size=64",
+            "--device", "cpu", "--dtype", "int8", "--shard-size", "4", "--batch-size", "2", "--run", "r"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "2 zarr shards written (7 images)" in res.output
+    report = check_teacher(out, samples=3)
+    assert len(report.keys) == 3 and report.cosine_min >= 0.999 and report.max_abs < 0.05
+    res = runner.invoke(app, ["check-teacher", out, "-k", "2"])
+    assert res.exit_code == 0 and "2 samples checked" in res.output, res.output
+    res = runner.invoke(app, ["cache-teacher", "--source", str(sa1b), "--out", out, "--encoder", "vit_h",
+                              "--device", "cpu"])
+    assert res.exit_code == 2 and "needs --checkpoint" in res.output
