@@ -176,7 +176,7 @@ def register(cls: type[Converter]) -> type[Converter]:
     return cls
 
 
-def get_converter(name: str, **options: Any) -> Converter:
+def get_converter(name: str, /, **options: Any) -> Converter:  # positional: converters take a "name" option
     from . import load_all
 
     load_all()
