@@ -1,0 +1,164 @@
+"""Sample fields: which tar entries each requested field needs, and how raw entries become tensors.
+
+Only the entries of the requested fields are read from the tar and decoded. Field names:
+
+=============== ==================== ===============================================================
+field           entry                tensor
+=============== ==================== ===============================================================
+``image``       ``image.png``        float32 ``(3, H, W)``, normalised as chosen (see ``NORMALIZATIONS``)
+``mask``        ``mask.png``         float32 ``(1, H, W)`` in {0, 1}
+``patchN``      ``patchN.npy``       float32 ``(1, H/N, W/N)`` in {0, 1} (max-pool of the mask)
+``fov``         ``fov.png``          float32 ``(1, H, W)`` in {0, 1} (DRIVE field of view)
+``inst``        ``inst.png``         int32 ``(1, H, W)`` instance ids, 0 = background (DSB-2018)
+``modality_id`` ``modality.cls``     int64 scalar
+``meta``        ``meta.json``        dict
+``key``         (the tar key)        str
+=============== ==================== ===============================================================
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from typing import TYPE_CHECKING, Any, Iterable
+
+import cv2
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from .augment import Augment
+
+cv2.setNumThreads(1)
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+# none: 0..255; unit: [0, 1]; sam: (x - mean) / std as segment_anything; esp-medsam: (x - mean) / mean, as the
+# authors' BinaryLoader does (it builds pixel_std from pixel_mean)
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+    "unit": ((0.0, 0.0, 0.0), (255.0, 255.0, 255.0)),
+    "sam": (PIXEL_MEAN, PIXEL_STD),
+    "esp-medsam": (PIXEL_MEAN, PIXEL_MEAN),
+}
+DEFAULT_FIELDS = ("image", "mask", "patch32", "modality_id", "key")
+_ENTRIES = {"image": "image.png", "mask": "mask.png", "fov": "fov.png", "inst": "inst.png",
+            "modality_id": "modality.cls", "meta": "meta.json", "key": None}
+_PATCH = re.compile(r"^patch([1-9][0-9]*)$")
+
+
+def patch_size(field: str) -> int | None:
+    """N for a ``patchN`` field name, else None."""
+    m = _PATCH.match(field)
+    return int(m.group(1)) if m else None
+
+
+def check_fields(fields: Iterable[str]) -> tuple[str, ...]:
+    """Validate field names; returns them as a tuple without duplicates (order kept)."""
+    out = tuple(dict.fromkeys(fields))
+    bad = [f for f in out if f not in _ENTRIES and patch_size(f) is None]
+    if bad or not out:
+        raise ValueError(f"unknown fields {bad or '(none given)'}: expected some of {', '.join(_ENTRIES)}, "
+                         f"patchN (e.g. patch16, patch32, patch64)")
+    return out
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """PNG bytes -> array (H, W) or (H, W, 3) RGB, keeping the bit depth."""
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise ValueError("not a decodable PNG")
+    return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB) if arr.ndim == 3 else arr
+
+
+def normalise(image: np.ndarray, how: str) -> torch.Tensor:
+    """uint8 ``(H, W, 3)`` RGB -> float32 ``(3, H, W)`` tensor, ``(x - mean) / std`` with the constants of ``how``."""
+    mean, std = NORMALIZATIONS[how]
+    x = image.astype(np.float32)
+    if how != "none":
+        x -= np.asarray(mean, np.float32)
+        x *= np.asarray([1.0 / s for s in std], np.float32)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+def _binary(arr: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)[None])
+
+
+class Decoder:
+    """Turns a raw webdataset sample (entry name -> bytes) into a dict of tensors with the requested fields.
+
+    ``augment`` (optional) is applied to the decoded arrays before they become tensors; it gets the mask decoded
+    as well when it has to recompute patch targets.
+    """
+
+    def __init__(self, fields: Iterable[str] = DEFAULT_FIELDS, normalize: str = "sam",
+                 augment: Augment | None = None):
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize={normalize!r}: expected one of {', '.join(NORMALIZATIONS)}")
+        self.fields = check_fields(fields)
+        self.normalize = normalize
+        self.augment = augment
+        self.patches = [f for f in self.fields if patch_size(f)]
+        spatial = [f for f in self.fields if f in ("image", "mask", "fov", "inst") or f in self.patches]
+        self.arrays = list(spatial)
+        if augment is not None and augment.recomputes_patches and self.patches and "mask" not in spatial:
+            self.arrays.append("mask")  # needed to recompute the patch targets, dropped afterwards
+
+    @property
+    def entries(self) -> set[str]:
+        """Tar entries to read (always ``modality.cls``, so that every sample has at least one)."""
+        names = {"modality.cls"}
+        for f in set(self.fields) | set(self.arrays):
+            names.add(f"{f}.npy" if patch_size(f) else _ENTRIES[f])
+        names.discard(None)  # type: ignore[arg-type]
+        return names
+
+    def _entry(self, raw: dict[str, Any], name: str) -> bytes:
+        try:
+            return raw[name]
+        except KeyError:
+            have = sorted(k for k in raw if not k.startswith("__"))
+            raise KeyError(
+                f"sample {raw.get('__key__')!r} in {raw.get('__url__')} has no {name} (it has {', '.join(have)}): "
+                f"request only fields that every source has"
+            ) from None
+
+    def decode_arrays(self, raw: dict[str, Any]) -> dict[str, np.ndarray]:
+        """The spatial fields as numpy arrays: image uint8 (H, W, 3), masks bool, inst uint16, patches uint8."""
+        out: dict[str, np.ndarray] = {}
+        for f in self.arrays:
+            if patch_size(f):
+                out[f] = np.load(io.BytesIO(self._entry(raw, f"{f}.npy")), allow_pickle=False)
+            else:
+                arr = decode_png(self._entry(raw, _ENTRIES[f]))
+                out[f] = arr if f in ("image", "inst") else arr > 0
+        return out
+
+    def __call__(self, raw: dict[str, Any], rng: np.random.Generator | None = None) -> dict[str, Any]:
+        arrays = self.decode_arrays(raw)
+        if self.augment is not None:
+            arrays = self.augment(arrays, rng if rng is not None else np.random.default_rng())
+        out: dict[str, Any] = {}
+        for f in self.fields:
+            if f == "image":
+                out[f] = normalise(arrays[f], self.normalize)
+            elif f == "inst":
+                out[f] = torch.from_numpy(np.ascontiguousarray(arrays[f], dtype=np.int32)[None])
+            elif f in arrays:
+                out[f] = _binary(arrays[f])
+            elif f == "modality_id":
+                out[f] = torch.tensor(int(self._entry(raw, "modality.cls")), dtype=torch.int64)
+            elif f == "meta":
+                out[f] = json.loads(self._entry(raw, "meta.json"))
+            elif f == "key":
+                out[f] = raw["__key__"]
+        return out
+
+
+def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Batch samples: tensors are stacked, everything else (keys, meta dicts) is kept as a list."""
+    first = batch[0]
+    return {k: torch.stack([s[k] for s in batch]) if isinstance(first[k], torch.Tensor) else [s[k] for s in batch]
+            for k in first}
