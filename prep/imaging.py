@@ -118,7 +118,10 @@ def binarize(arr: np.ndarray, name: str) -> np.ndarray:
         arr = arr[:, :, :3].max(axis=2) if arr.shape[2] >= 3 else arr[:, :, 0]
     if arr.dtype == bool:
         return arr
-    values = np.unique(arr)
+    if arr.dtype == np.uint8:  # a histogram is much cheaper than np.unique on large masks
+        values = np.flatnonzero(np.bincount(arr.ravel(), minlength=256)).astype(np.uint8)
+    else:
+        values = np.unique(arr)
     if values.size == 1:
         return np.zeros(arr.shape, bool) if values[0] == 0 else _fail_const(name, values[0])
     if values.size == 2 and values[0] == 0:
@@ -186,10 +189,24 @@ class Geometry:
 
 def patch_targets(mask: np.ndarray, patch: int) -> np.ndarray:
     """Max-pool of a bool mask with kernel = stride = ``patch``: uint8 0/1 grid of shape (H/patch, W/patch)."""
-    h, w = mask.shape
-    if h % patch or w % patch:
-        raise ValueError(f"patch size {patch} does not divide the mask size {h}x{w}")
-    return mask.reshape(h // patch, patch, w // patch, patch).any(axis=(1, 3)).astype(np.uint8)
+    return _pool(mask, patch).astype(np.uint8)
+
+
+def _pool(grid: np.ndarray, k: int) -> np.ndarray:
+    h, w = grid.shape
+    if h % k or w % k:
+        raise ValueError(f"patch size {k} does not divide the mask size {h}x{w}")
+    return grid.reshape(h // k, k, w // k, k).any(axis=(1, 3))
+
+
+def patch_pyramid(mask: np.ndarray, patches: tuple[int, ...]) -> dict[int, np.ndarray]:
+    """``patch_targets`` for several sizes at once, each coarser grid pooled from the finest one dividing it
+    (max-pooling composes exactly), so the full-resolution mask is scanned once."""
+    out: dict[int, np.ndarray] = {}
+    for p in sorted(patches):
+        base = max((q for q in out if p % q == 0), default=None)
+        out[p] = _pool(mask, p) if base is None else _pool(out[base], p // base)
+    return {p: out[p].astype(np.uint8) for p in patches}
 
 
 def encode_png(arr: np.ndarray) -> bytes:

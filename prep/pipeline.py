@@ -8,6 +8,7 @@ finally manifest.json.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -18,8 +19,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
-
-from webdataset import TarWriter
 
 from medprep import __version__
 from medprep.manifests import (
@@ -194,9 +193,32 @@ def plan(conv: Converter, tree: SourceTree, p: BuildParams) -> tuple[list[Task],
 # ---------------------------------------------------------------------------------------------------- tasks
 
 
-def _open_part(path: Path) -> tuple[Any, TarWriter]:
-    f = open(path, "wb")
-    return f, TarWriter(f, encoder=False, mtime=TAR_MTIME, user="medprep", group="medprep", format="PAX_FORMAT")
+class TarShard:
+    """A webdataset shard writer: members ``<key>.<entry>`` in sorted entry order, fixed mtime/owner/mode.
+
+    The same member layout as ``webdataset.TarWriter``, written with ``tarfile`` directly so that conversion
+    workers do not import torch (which webdataset does) for a few lines of tar code.
+    """
+
+    def __init__(self, path: Path):
+        self.file = open(path, "wb")
+        self.tar = tarfile.open(fileobj=self.file, mode="w|", format=tarfile.PAX_FORMAT)
+
+    def write(self, sample: dict[str, Any]) -> None:
+        key = sample["__key__"]
+        for entry in sorted(k for k in sample if k != "__key__"):
+            data = sample[entry]
+            info = tarfile.TarInfo(f"{key}.{entry}")
+            info.size, info.mtime, info.mode = len(data), TAR_MTIME, 0o444
+            info.uname = info.gname = "medprep"
+            self.tar.addfile(info, io.BytesIO(data))
+
+    def close(self) -> None:
+        """Finish the archive and fsync it."""
+        self.tar.close()
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
 
 
 def run_task(task: Task, src: str, partial: str, p: BuildParams) -> dict[str, Any]:
@@ -212,19 +234,16 @@ def run_task(task: Task, src: str, partial: str, p: BuildParams) -> dict[str, An
     rows: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
     converted = 0
-    state: dict[str, Any] = {"f": None, "w": None, "n": 0, "path": None}
+    state: dict[str, Any] = {"w": None, "n": 0, "path": None}
 
     def close_part() -> None:
         if state["w"] is None:
             return
         state["w"].close()
-        state["f"].flush()
-        os.fsync(state["f"].fileno())
-        state["f"].close()
         data = Path(state["path"]).read_bytes()
         parts.append({"file": Path(state["path"]).name, "nsamples": state["n"], "bytes": len(data),
                       "sha256": sha256_bytes(data)})
-        state.update(f=None, w=None, n=0)
+        state.update(w=None, n=0)
 
     for rec, key in task.records:
         produced = 0
@@ -242,7 +261,7 @@ def run_task(task: Task, src: str, partial: str, p: BuildParams) -> dict[str, An
                     close_part()
                 if state["w"] is None:
                     state["path"] = str(Path(partial) / f"{task.name}.part{len(parts):02d}.tar")
-                    state["f"], state["w"] = _open_part(Path(state["path"]))
+                    state["w"] = TarShard(Path(state["path"]))
                     state["bytes"] = 0
                 state["w"].write(sample)
                 state["n"] += 1

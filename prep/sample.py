@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .datasets.base import Converter, Loaded, Record
-from .imaging import Geometry, encode_npy, encode_png, patch_targets, to_rgb
+from .imaging import Geometry, encode_npy, encode_png, patch_pyramid, to_rgb
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def convert(conv: Converter, rec: Record, loaded: Loaded, hashes: dict[str, str]
         "resize": params.resize,
         "interpolation": {"image": geo.interpolation(), "mask": "nearest"},
         "valid_hw": list(geo.out_hw),
-        "foreground": round(float(valid.mean()), 6),
+        "foreground": round(np.count_nonzero(valid) / max(1, valid.size), 6),
         "image_normalisation": intensity,
         **({"group": rec.group} if rec.group is not None else {}),
         **rec.info,
@@ -71,8 +71,8 @@ def convert(conv: Converter, rec: Record, loaded: Loaded, hashes: dict[str, str]
         "modality.cls": str(modality_id).encode(),
         "meta.json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode(),
     }
-    for p in params.patch_sizes:
-        sample[f"patch{p}.npy"] = encode_npy(patch_targets(mask, p))
+    for p, grid in patch_pyramid(mask, params.patch_sizes).items():
+        sample[f"patch{p}.npy"] = encode_npy(grid)
     for name, extra in loaded.extras.items():
         sample[f"{name}.png"] = encode_png(geo.label(extra).astype(np.uint8) * 255)
     if loaded.inst is not None:

@@ -152,3 +152,13 @@ def test_sample_larger_than_shard_size_is_a_failure(src, tmp_path):
     result = build("dsb2018", src, tmp_path / "tiny", size=64, shard_size=5_000)
     assert result.manifest.counts["samples"] == 0 and len(result.failures) == 14
     assert "more than --shard-size 5000" in result.failures[0]["reason"]
+
+
+def test_shards_read_back_through_webdataset(reference):
+    import webdataset as wds
+
+    from medprep.manifests import open_dataset
+
+    ds = open_dataset(reference)
+    keys = [s["__key__"] for s in wds.WebDataset(ds.shard_urls(), shardshuffle=False, empty_check=False)]
+    assert keys == ds.keys()

@@ -1,0 +1,57 @@
+"""CVC-ColonDB, CVC-300 and ETIS-Larib as distributed in the common polyp-benchmark mirrors (PraNet's TestDataset
+and alikes): ``images/N.png`` + ``masks/N.png``, masks often RGB and not exactly binary (thresholded)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from ..tree import LayoutError, SourceTree
+from .base import Converter, Failure, Record, at, register
+from .folder import pair_pattern
+
+
+class ColonMirror(Converter):
+    """One polyp set of the mirrors; ``folders`` are the names it has there, preferred when --src holds several."""
+
+    modality = "colonoscopy"
+    split_rule = "test"
+    marker = "images/*"
+    folders: ClassVar[tuple[str, ...]]
+
+    def root(self, tree: SourceTree) -> str:
+        for folder in self.folders:
+            try:
+                return at(tree.find_root(f"{folder}/images/*", self.name), folder)
+            except LayoutError:
+                continue
+        return tree.find_root(self.marker, self.name)
+
+    def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:
+        return pair_pattern(tree, "images/*", "masks/{stem}.*", root=self.root(tree))
+
+
+@register
+class CVCColonDB(ColonMirror):
+    name = "cvc-colondb"
+    title = "CVC-ColonDB (mirror layout)"
+    folders = ("CVC-ColonDB", "ColonDB")
+    layout = "CVC-ColonDB/images/N.png + CVC-ColonDB/masks/N.png (RGB, not exactly binary masks); 380"
+
+    def split_file_id(self, source_id: str) -> str:
+        return f"colondb_{source_id}" if source_id.isdigit() else source_id
+
+
+@register
+class CVC300(ColonMirror):
+    name = "cvc-300"
+    title = "CVC-300 (EndoScene test set, mirror layout)"
+    folders = ("CVC-300", "EndoScene")
+    layout = "CVC-300/images/N.png + CVC-300/masks/N.png; 60"
+
+
+@register
+class ETISLarib(ColonMirror):
+    name = "etis-larib"
+    title = "ETIS-LaribPolypDB (mirror layout)"
+    folders = ("ETIS-LaribPolypDB", "ETIS-Larib", "ETIS")
+    layout = "ETIS-LaribPolypDB/images/N.png + ETIS-LaribPolypDB/masks/N.png; 196"

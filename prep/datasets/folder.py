@@ -1,0 +1,136 @@
+"""Any 2D dataset given as an image glob and a mask pattern (``--dataset folder``); ``pair_pattern`` is also the
+pairing rule of the declarative converters of folder-shaped datasets (Kvasir-SEG, the colon mirrors, BUSI, ...)."""
+
+from __future__ import annotations
+
+import glob as globlib
+import re
+from pathlib import PurePosixPath
+from typing import Any, Callable, Sequence
+
+from ..tree import LayoutError, SourceTree, _glob_regex, stem
+from .base import Converter, Failure, Record, at, register
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".ppm.gz", ".webp")
+PLACEHOLDERS = ("stem", "name", "dir", "parent")
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+
+
+def _fill(pattern: str, image: str, root: str) -> str:
+    """``pattern`` with the placeholders of ``image`` (path relative to the tree) filled in, glob-escaped."""
+    rel = PurePosixPath(image[len(root) + 1:] if root else image)
+    values = {"stem": rel.stem, "name": rel.name, "dir": str(rel.parent) if str(rel.parent) != "." else "",
+              "parent": rel.parent.name}
+    try:
+        filled = pattern.format(**{k: globlib.escape(v) for k, v in values.items()})
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"mask pattern {pattern!r}: unknown placeholder {e}; use {{stem}}, {{name}}, {{dir}} or "
+                         f"{{parent}}") from None
+    return at(root, re.sub(r"/+", "/", filled).strip("/"))
+
+
+def _pattern_regex(pattern: str, root: str) -> re.Pattern[str]:
+    """Regex matching every file the mask ``pattern`` can name, whatever the placeholders hold."""
+    out = []
+    for part in re.split(r"(\{dir\}/?|\{\w+\})", pattern):
+        if part.startswith("{dir}"):
+            out.append("(?:.*/)?" if part.endswith("/") else ".*")
+        elif re.fullmatch(r"\{\w+\}", part):
+            out.append("[^/]+")
+        elif part:
+            out.append(_glob_regex(part))
+    return re.compile((re.escape(root + "/") if root else "") + "".join(out))
+
+
+def relative_id(glob: str) -> Callable[[str], str]:
+    """Ids of the files of ``glob``: the path below the glob's fixed folders, without extension
+    ('imgs/*/*.png' names 'imgs/case1/001.png' 'case1/001'), so equal file names in two folders stay apart."""
+    head = re.split(r"[*?\[]", glob, maxsplit=1)[0]
+    prefix = head.rsplit("/", 1)[0] + "/" if "/" in head else ""
+
+    def id_of(path: str) -> str:
+        rel = path[len(prefix):] if path.startswith(prefix) else path
+        return str(PurePosixPath(rel).parent / stem(rel)) if "/" in rel else stem(rel)
+
+    return id_of
+
+
+def pair_pattern(
+    tree: SourceTree,
+    images: str,
+    masks: str | Sequence[str],
+    *,
+    root: str = "",
+    extras: dict[str, str] | None = None,
+    ignore_case: bool = False,
+    id_of: Callable[[str], str] = stem,
+    **fields: Any,
+) -> tuple[list[Record], list[Failure]]:
+    """Records for the image files matching the glob ``images`` (below ``root``), each paired with the files of the
+    mask pattern ``masks`` (several matches are OR-merged; a sequence of patterns is tried in order).
+
+    Patterns use ``{stem}``, ``{name}``, ``{dir}`` (the image's folder below ``root``) and ``{parent}`` (that
+    folder's name) and may hold wildcards. Files the mask pattern can name never count as images; images without
+    a mask and masks without an image become failures. ``id_of`` names a record after its image (default: the file
+    stem). ``extras`` maps an optional extra entry (e.g. ``fov``) to a pattern.
+    """
+    patterns = [masks] if isinstance(masks, str) else list(masks)
+    mask_rx = [_pattern_regex(p, root) for p in patterns]
+    is_mask = lambda f: any(rx.fullmatch(f) for rx in mask_rx)  # noqa: E731
+    found = [f for f in tree.glob(at(root, images), ignore_case=ignore_case)
+             if f.lower().endswith(IMAGE_EXTS) and not is_mask(f)]
+    records, failures, used = [], [], set()
+    for img in found:
+        sid = id_of(img)
+        tried, matched = [], []
+        for p in patterns:
+            tried.append(_fill(p, img, root))
+            matched = tree.glob(tried[-1], ignore_case=ignore_case)
+            if matched:
+                break
+        if not matched:
+            failures.append(Failure(sid, (img,), f"image without mask: expected {' or '.join(tried)}"))
+            continue
+        used.update(matched)
+        extra = {}
+        for key, pat in (extras or {}).items():
+            hits = tree.glob(_fill(pat, img, root), ignore_case=ignore_case)
+            if hits:
+                extra[key] = hits[0]
+        records.append(Record(sid, img, tuple(matched), extras=extra, **fields))
+    for f in tree.files:
+        if f not in used and is_mask(f) and f.lower().endswith(IMAGE_EXTS):
+            failures.append(Failure(stem(f), (f,), "mask without image"))
+    return records, failures
+
+
+@register
+class Folder(Converter):
+    """A dataset medprep has no converter for: ``--images GLOB --masks PATTERN --modality NAME --name NAME``."""
+
+    name = "folder"
+    title = "Any 2D image/mask folder (generic pairing rule)"
+    modality = "?"
+    split_rule = "test"
+    marker = "*"
+    layout = ("--images 'imgs/*.png' --masks 'labels/{stem}_mask.png': the image glob and the mask pattern, relative "
+              "to --src; placeholders {stem}, {name}, {dir}, {parent}; several mask matches are OR-merged")
+    options = {"images": None, "masks": None, "modality": None, "name": None}
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        missing = [k for k in self.options if not self.opts[k]]
+        if missing:
+            raise ValueError(f"--dataset folder needs {', '.join('--' + k for k in missing)} (e.g. --images "
+                             f"'imgs/*.png' --masks 'labels/{{stem}}_mask.png' --modality dermoscopy --name mylesions)")
+        if not _NAME.fullmatch(self.opts["name"]):
+            raise ValueError(f"--name {self.opts['name']!r}: expected lower-case letters, digits, '_' and '-' "
+                             f"(it starts every sample key)")
+        self.name = self.opts["name"]
+        self.modality = self.opts["modality"]
+
+    def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:
+        if not tree.glob(self.opts["images"]):
+            raise LayoutError(f"{self.name}: --images {self.opts['images']!r} matches no file under {tree.label}; "
+                              f"found {tree.top_level()}")
+        return pair_pattern(tree, self.opts["images"], self.opts["masks"], id_of=relative_id(self.opts["images"]))

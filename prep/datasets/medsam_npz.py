@@ -1,0 +1,100 @@
+"""CVPR 2024 "MedSAM on laptop" npz files: ``imgs``, ``gts`` (label maps) and ``spacing``, 2D and 3D.
+
+2D files hold ``imgs`` (H, W, 3) or (H, W) and ``gts`` (H, W): one sample each. 3D files hold ``imgs`` and ``gts``
+(D, H, W), already windowed to uint8 by the challenge, cut along axis 0 into slices ``<id>_z0042``; ``spacing`` is
+in SimpleITK (x, y, z) order and goes into meta as [slice, row, col]. Files are named ``<Modality>_<dataset>...``;
+a file whose prefix names another modality than ``-o modality`` is a failure, so select one modality per build
+with ``-o images=GLOB``.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import PurePosixPath
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..imaging import ConversionError, to_uint8
+from ..tree import LayoutError, SourceTree
+from ..volumes import LABEL_MODES, cut, label_values
+from .base import Converter, Failure, Loaded, Record, register
+
+# the challenge's file name prefixes whose modality is unambiguous
+PREFIX_MODALITY = {"CT": "ct", "MR": "mr", "Dermoscopy": "dermoscopy", "Fundus": "fundus", "XRay": "x-ray",
+                   "X-Ray": "x-ray", "US": "ultrasound", "Microscope": "microscopy", "Microscopy": "microscopy"}
+
+
+@register
+class MedSAMNpz(Converter):
+    name = "medsam-npz"
+    title = 'CVPR 2024 "MedSAM on laptop" npz files, 2D and 3D (-o modality=NAME required)'
+    modality = "ct"
+    marker = "*.npz"
+    layout = ("<Modality>_<dataset>_<case>.npz at any depth (or -o images=GLOB), each with imgs (H,W,3)|(H,W) + gts "
+              "(H,W), or imgs + gts (D,H,W) and spacing (x,y,z)")
+    options = {"name": "medsam-npz", "modality": None, "images": None, "multilabel": "binary",
+               "min_object_pixels": 0}
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        o = self.opts
+        if not o["modality"]:
+            raise ValueError("--dataset medsam-npz needs -o modality=NAME (ct, mr, dermoscopy, ...)")
+        if o["multilabel"] not in LABEL_MODES:
+            raise ValueError(f"-o multilabel={o['multilabel']!r}: expected binary or each")
+        if not isinstance(o["min_object_pixels"], int) or o["min_object_pixels"] < 0:
+            raise ValueError(f"-o min_object_pixels={o['min_object_pixels']!r}: expected a whole number >= 0")
+        self.name, self.modality = str(o["name"]), str(o["modality"])
+
+    def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:
+        pattern = self.opts["images"]
+        files = tree.glob(pattern) if pattern else [f for f in tree.files if f.lower().endswith(".npz")]
+        if not files:
+            raise LayoutError(f"{self.name}: no {pattern or '.npz files'} under {tree.label}; expected {self.layout};"
+                              f" found {tree.top_level()}")
+        records, failures = [], []
+        for f in files:
+            sid = PurePosixPath(f).name.rsplit(".", 1)[0]
+            declared = PREFIX_MODALITY.get(sid.split("_", 1)[0])
+            if not f.lower().endswith(".npz"):
+                failures.append(Failure(sid, (f,), "not an npz file"))
+            elif declared and declared != self.modality:
+                failures.append(Failure(sid, (f,), f"file name prefix says modality {declared}, this build is "
+                                        f"-o modality={self.modality}; build each modality with its own -o images=GLOB"))
+            else:
+                records.append(Record(sid, f, ()))
+        return records, failures
+
+    def samples(self, blobs: dict[str, bytes], rec: Record) -> Iterator[tuple[str, Loaded]]:
+        """One sample per 2D file; the slices with foreground of a 3D file."""
+        try:
+            with np.load(io.BytesIO(blobs[rec.image]), allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except (ValueError, OSError, zipfile.BadZipFile) as e:
+            raise ConversionError(f"cannot read {rec.image} as npz: {e}") from None
+        missing = [k for k in ("imgs", "gts") if k not in arrays]
+        if missing:
+            raise ConversionError(f"{rec.image}: no {' or '.join(missing)} array; found {', '.join(arrays) or 'none'}"
+                                  f" (expected imgs, gts, spacing)")
+        imgs, gts = arrays["imgs"], label_values(arrays["gts"], rec.image)
+        info: dict[str, Any] = {}
+        if "spacing" in arrays:
+            info["npz_spacing"] = [round(float(s), 6) for s in np.ravel(arrays["spacing"])]
+        if gts.ndim == 2:
+            if imgs.shape[:2] != gts.shape or imgs.ndim not in (2, 3):
+                raise ConversionError(f"{rec.image}: 2D gts {gts.shape} but imgs {imgs.shape}; expected imgs (H, W, 3)"
+                                      f" or (H, W) of the same height and width")
+            yield from cut(rec.source_id, gts[None], lambda z, v: (imgs, {}), letter=None,
+                           mode=self.opts["multilabel"], min_object_pixels=self.opts["min_object_pixels"], info=info)
+            return
+        if gts.ndim != 3 or imgs.shape != gts.shape:
+            raise ConversionError(f"{rec.image}: gts {gts.shape} and imgs {imgs.shape}; expected both (D, H, W) for a "
+                                  f"3D file, or gts (H, W) for a 2D one")
+        volume, rule = to_uint8(imgs)
+        info["intensity"] = {"rule": rule}
+        if len(info.get("npz_spacing", ())) == 3:
+            info["spacing"] = info["npz_spacing"][::-1]  # (x, y, z) -> [slice, row, col]
+        yield from cut(rec.source_id, gts, lambda z, v: (volume[z], {}), letter="z", mode=self.opts["multilabel"],
+                       min_object_pixels=self.opts["min_object_pixels"], info={**info, "slice_axis": 0})

@@ -1,0 +1,80 @@
+"""MoNuSeg nuclei: H&E TIFF tiles with Aperio ImageScope XML polygons, rasterised to a mask and an instance map."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import PurePosixPath
+
+import cv2
+import numpy as np
+
+from ..imaging import ConversionError, decode
+from ..tree import LayoutError, SourceTree, stem
+from .base import Converter, Failure, Loaded, Record, register
+
+IMAGE_EXTS = (".tif", ".tiff", ".png")
+
+
+def rasterise(xml: bytes, hw: tuple[int, int], name: str) -> tuple[np.ndarray, int]:
+    """uint16 instance map of the ``<Region>`` polygons of an Aperio XML (numbered in file order; a later
+    polygon wins where two overlap) and the number of overlapping pixels."""
+    try:
+        regions = ET.fromstring(xml).iter("Region")
+        polygons = [np.array([[float(v.get("X")), float(v.get("Y"))] for v in r.iter("Vertex")]) for r in regions]
+    except (ET.ParseError, TypeError, ValueError) as e:
+        raise ConversionError(f"{name}: not an Aperio ImageScope annotation XML ({e})") from None
+    polygons = [p for p in polygons if len(p) >= 3]
+    if not polygons:
+        raise ConversionError(f"{name}: holds no <Region> with 3 or more <Vertex X= Y=>; expected Aperio XML polygons")
+    if len(polygons) > np.iinfo(np.uint16).max:
+        raise ConversionError(f"{name}: {len(polygons)} polygons do not fit a uint16 instance map")
+    inst = np.zeros(hw, np.uint16)
+    overlap = 0
+    for n, poly in enumerate(polygons, start=1):
+        pts = np.round(poly).astype(np.int32)
+        x0, y0 = np.maximum(pts.min(axis=0), 0)
+        x1, y1 = np.minimum(pts.max(axis=0) + 1, (hw[1], hw[0]))
+        if x1 <= x0 or y1 <= y0:
+            continue  # entirely outside the tile
+        local = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        cv2.fillPoly(local, [pts - (x0, y0)], 1)
+        window = inst[y0:y1, x0:x1]
+        overlap += int(np.count_nonzero(local.astype(bool) & (window > 0)))
+        window[local.astype(bool)] = n
+    return inst, overlap
+
+
+@register
+class MoNuSeg(Converter):
+    name = "monuseg"
+    title = "MoNuSeg 2018 (multi-organ nuclei segmentation)"
+    modality = "microscopy"
+    split_rule = "test"
+    marker = "*.xml"
+    layout = ('"MoNuSeg 2018 Training Data"/Tissue Images/TCGA-*.tif + Annotations/TCGA-*.xml; MoNuSegTestData/'
+              "TCGA-*.tif + TCGA-*.xml (Aperio polygons); 37 + 14 (--split-rule official keeps training/test)")
+
+    def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:
+        xmls = [f for f in tree.files if f.lower().endswith(".xml")]
+        if not xmls:
+            raise LayoutError(f"{self.name}: expected Aperio annotation XML files (Annotations/*.xml or beside the "
+                              f"tiles) under {tree.label}; found {tree.top_level()}")
+        records, failures, used = [], [], set()
+        for img in (f for f in tree.files if f.lower().endswith(IMAGE_EXTS)):
+            folder = PurePosixPath(img).parent
+            candidates = [str(folder / f"{stem(img)}.xml"), str(folder.parent / "Annotations" / f"{stem(img)}.xml")]
+            xml = next((c for c in candidates if tree.exists(c)), None)
+            if xml is None:
+                failures.append(Failure(stem(img), (img,), f"image without mask: expected {' or '.join(candidates)}"))
+                continue
+            used.add(xml)
+            split = "test" if "test" in img.lower() else "train"
+            records.append(Record(stem(img), img, (xml,), split=split, info={"part": split}))
+        failures += [Failure(stem(x), (x,), "mask without image") for x in xmls if x not in used]
+        return records, failures
+
+    def load(self, blobs: dict[str, bytes], rec: Record) -> Loaded:
+        image = decode(blobs[rec.image], rec.image)
+        inst, overlap = rasterise(blobs[rec.masks[0]], image.shape[:2], rec.masks[0])
+        return Loaded(image, inst > 0, inst=inst,
+                      info={"instances": int(np.count_nonzero(np.bincount(inst.ravel())[1:])), "overlap_pixels": overlap, "mask_from": "aperio-xml"})

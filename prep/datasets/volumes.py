@@ -1,0 +1,239 @@
+"""CT / MR volumes (NIfTI, MHA, NRRD, DICOM series) with label volumes, cut into 2D slices.
+
+Pairing: the nnU-Net layout (``imagesTr/<case>_0000.nii.gz`` + ``labelsTr/<case>.nii.gz``), the Medical Segmentation
+Decathlon layout (``imagesTr/<case>.nii.gz`` + ``labelsTr/<case>.nii.gz``), or explicit ``-o images=GLOB
+-o labels=PATTERN`` (placeholders ``{stem}``: file name without the volume suffix, or the DICOM series
+folder's name; ``{case}``: stem without an nnU-Net ``_0000`` channel suffix; ``{name}``, ``{dir}``, ``{parent}``).
+``.dcm`` files matched by ``images`` are grouped by folder into one series each.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..imaging import ConversionError
+from ..tree import LayoutError, SourceTree
+from ..volumes import (
+    AXES, CT_PRESETS, DEFAULT_PRESET, LABEL_MODES, NIFTI_SUFFIXES, READERS, SITK_SUFFIXES, PercentileClip, Window, axis_name, canonical, check_grids,
+    cut, label_values, read_volume, stack, volume_suffix,
+)
+from .base import Converter, Failure, Loaded, Record, at, pair_by_name, register
+
+INTENSITY_RULES = ("window", "percentile")
+_NNUNET = re.compile(r"(.+)_(\d{4})$")
+
+
+@dataclass(frozen=True)
+class SeriesRecord(Record):
+    """A record whose image is a DICOM series: ``image`` names the series folder, ``parts`` lists its files."""
+
+    parts: tuple[str, ...] = ()
+
+    def files(self) -> list[str]:
+        return [*self.parts, *self.masks]
+
+
+def _window(spec: Any, where: str) -> Window:
+    """A window from a preset name or [level, width]."""
+    if isinstance(spec, str):
+        return Window.named(spec)
+    if isinstance(spec, (list, tuple)) and len(spec) == 2:
+        return Window(float(spec[0]), float(spec[1]))
+    raise ValueError(f"{where}: expected a preset ({', '.join(CT_PRESETS)}) or [level, width], got {spec!r}")
+
+
+def _volume_id(path: str) -> str:
+    name = PurePosixPath(path).name
+    suffix = volume_suffix(name)
+    return name[: -len(suffix)] if suffix else name
+
+
+@register
+class Volumes(Converter):
+    name = "volumes"
+    title = "CT / MR volumes with label volumes, cut into 2D slices (-o modality=ct|mr required)"
+    modality = "ct"
+    marker = "imagesTr/*"
+    layout = ("imagesTr/<case>_0000.nii.gz + labelsTr/<case>.nii.gz (nnU-Net), imagesTr/<case>.nii.gz + "
+              "labelsTr/<case>.nii.gz (MSD), or -o images=GLOB -o labels=PATTERN (placeholders {stem}, {case}, "
+              "{name}, {dir}, {parent}); .nii, .nii.gz, .mha, .nrrd, folders of .dcm")
+    options = {
+        "name": "volumes",  # dataset name in keys and manifest; give each volume dataset its own
+        "modality": None,  # ct or mr (any modality of the table): required
+        "images": None,
+        "labels": None,
+        "axis": "axial",
+        "intensity": None,  # window (default for ct) or percentile (default otherwise)
+        "preset": None,
+        "window_level": None,
+        "window_width": None,
+        "label_windows": None,  # {label: preset or [level, width]}, with multilabel=each
+        "multilabel": "binary",
+        "min_object_pixels": 0,
+        "reader": "auto",
+        "channel": 0,
+    }
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        o = self.opts
+        if not o["modality"]:
+            raise ValueError("--dataset volumes needs -o modality=ct or -o modality=mr")
+        self.name, self.modality = str(o["name"]), str(o["modality"])
+        self.axis = axis_name(str(o["axis"]))
+        self.intensity = o["intensity"] or ("window" if self.modality == "ct" else "percentile")
+        checks = [
+            (self.intensity in INTENSITY_RULES, f"-o intensity={self.intensity!r}: expected window or percentile"),
+            (o["multilabel"] in LABEL_MODES, f"-o multilabel={o['multilabel']!r}: expected binary or each"),
+            (o["reader"] in READERS, f"-o reader={o['reader']!r}: expected one of {', '.join(READERS)}"),
+            (bool(o["images"]) == bool(o["labels"]), "-o images=GLOB and -o labels=PATTERN go together"),
+            (isinstance(o["min_object_pixels"], int) and o["min_object_pixels"] >= 0,
+             f"-o min_object_pixels={o['min_object_pixels']!r}: expected a whole number >= 0"),
+            (isinstance(o["channel"], int) and o["channel"] >= 0, f"-o channel={o['channel']!r}: expected >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+        explicit = o["window_level"] is not None or o["window_width"] is not None
+        if self.intensity != "window" and (explicit or o["preset"] or o["label_windows"]):
+            raise ValueError("CT window options (preset, window_level/width, label_windows) need -o intensity=window")
+        if explicit and o["preset"]:
+            raise ValueError("give either -o preset=NAME or -o window_level=L -o window_width=W, not both")
+        if o["label_windows"] and o["multilabel"] != "each":
+            raise ValueError("-o label_windows applies per label: it needs -o multilabel=each")
+        default = Window.named(DEFAULT_PRESET)
+        self.window = (Window(float(o["window_level"] if o["window_level"] is not None else default.level),
+                              float(o["window_width"] if o["window_width"] is not None else default.width))
+                       if explicit else Window.named(o["preset"] or DEFAULT_PRESET))
+        self.label_windows = {int(k): _window(v, f"-o label_windows {k}") for k, v in (o["label_windows"] or {}).items()}
+
+    # discovery ------------------------------------------------------------------------------------------------
+
+    def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:
+        if self.opts["images"]:
+            records, failures = self._explicit(tree)
+        else:
+            records, failures = self._decathlon(tree)
+        if self.opts["reader"] != "nibabel":
+            return records, failures
+        nifti = [not isinstance(r, SeriesRecord) and all(volume_suffix(f) in NIFTI_SUFFIXES for f in r.files())
+                 for r in records]
+        failures += [Failure(r.source_id, tuple(r.files()), "-o reader=nibabel reads NIfTI only; use reader=sitk or "
+                             "reader=auto for MHA, NRRD and DICOM") for r, ok in zip(records, nifti) if not ok]
+        return [r for r, ok in zip(records, nifti) if ok], failures
+
+    def _decathlon(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:
+        """nnU-Net (``_0000`` channel suffix) or MSD pairing of imagesTr/ and labelsTr/."""
+        root = self.root(tree)
+        self._check_declared_modality(tree, root)
+        files = tree.glob(at(root, "imagesTr/*"))
+        failures = [Failure(PurePosixPath(f).name, (f,), f"not a volume file: expected {', '.join(SITK_SUFFIXES)}")
+                    for f in files if not volume_suffix(f)]
+        vols = [f for f in files if volume_suffix(f)]
+        nnunet = bool(vols) and all(_NNUNET.fullmatch(_volume_id(f)) for f in vols)
+        if nnunet:
+            channel = f"{self.opts['channel']:04d}"
+            vols = [f for f in vols if _NNUNET.fullmatch(_volume_id(f)).group(2) == channel]  # type: ignore[union-attr]
+
+        def case(img: str) -> str:
+            vid = _volume_id(img)
+            return _NNUNET.fullmatch(vid).group(1) if nnunet else vid  # type: ignore[union-attr]
+
+        records, f = pair_by_name(tree, vols, lambda img: [at(root, f"labelsTr/{case(img)}{volume_suffix(img)}")],
+                                  id_of=case, mask_glob=at(root, "labelsTr/*"))
+        return records, failures + f
+
+    def _check_declared_modality(self, tree: SourceTree, root: str) -> None:
+        """Refuse a modality that contradicts the dataset.json of an MSD / nnU-Net dataset."""
+        path = at(root, "dataset.json")
+        if not tree.exists(path):
+            return
+        try:
+            doc = json.loads(tree.read(path))
+        except ValueError as e:
+            raise LayoutError(f"{path}: not valid JSON ({e})") from None
+        names = doc.get("channel_names") or doc.get("modality") or {}
+        declared = str(names.get(str(self.opts["channel"]), "")) if isinstance(names, dict) else ""
+        is_ct = declared.upper() == "CT"
+        is_mr = bool(re.search(r"MR|T1|T2|FLAIR|ADC|DWI", declared.upper()))
+        if (is_ct and self.modality != "ct") or (is_mr and self.modality == "ct"):
+            raise LayoutError(f"{path} declares channel {self.opts['channel']} as {declared!r} but -o modality="
+                              f"{self.modality}; pass the modality of the data")
+
+    def _explicit(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:
+        """-o images=GLOB -o labels=PATTERN; .dcm files are grouped by folder into series."""
+        pattern = str(self.opts["labels"])
+        label_glob = None if "{dir}" in pattern else re.sub(r"\{[^}]*\}", "*", pattern)
+        label_like = set(tree.glob(label_glob)) if label_glob else set()
+        files = [f for f in tree.glob(str(self.opts["images"])) if f not in label_like]  # labels are never images
+        if not files:
+            raise LayoutError(f"-o images={self.opts['images']} matches nothing under {tree.label}; "
+                              f"found {tree.top_level()}")
+        series: dict[str, list[str]] = {}
+        entries, failures = [], []
+        for f in files:
+            if f.lower().endswith(".dcm"):
+                series.setdefault(str(PurePosixPath(f).parent), []).append(f)
+            elif volume_suffix(f):
+                entries.append(f)
+            else:
+                failures.append(Failure(PurePosixPath(f).name, (f,),
+                                        f"not a volume file: expected {', '.join(SITK_SUFFIXES)} or .dcm"))
+        entries += list(series)
+
+        def id_of(entry: str) -> str:
+            return PurePosixPath(entry).name if entry in series else _volume_id(entry)
+
+        def label_of(entry: str) -> list[str]:
+            p, vid = PurePosixPath(entry), id_of(entry)
+            case = _NNUNET.fullmatch(vid)
+            fields = {"stem": vid, "case": case.group(1) if case else vid, "name": p.name, "parent": p.parent.name,
+                      "dir": str(p.parent) if str(p.parent) != "." else ""}
+            try:
+                return [pattern.format(**fields)]
+            except (KeyError, IndexError, ValueError) as e:
+                raise ValueError(f"-o labels={pattern}: unknown placeholder {e}; use "
+                                 f"{', '.join('{' + k + '}' for k in fields)}") from None
+
+        records, f = pair_by_name(tree, entries, label_of, mask_glob=label_glob, id_of=id_of)
+        records = [SeriesRecord(r.source_id, r.image, r.masks, parts=tuple(series[r.image])) if r.image in series
+                   else r for r in records]
+        return records, failures + f
+
+    # conversion -----------------------------------------------------------------------------------------------
+
+    def samples(self, blobs: dict[str, bytes], rec: Record) -> Iterator[tuple[str, Loaded]]:
+        """Read image and label volume, check their grids, reorient to RAS and yield the slices with foreground."""
+        o = self.opts
+        parts = rec.parts if isinstance(rec, SeriesRecord) else (rec.image,)
+        image = read_volume({p: blobs[p] for p in parts}, rec.image, o["reader"], o["channel"])
+        label_path = rec.masks[0]
+        label = read_volume({label_path: blobs[label_path]}, label_path, o["reader"])
+        check_grids(image, label, rec.image, label_path)
+        from nibabel.orientations import aff2axcodes
+
+        source_orientation = "".join(aff2axcodes(image.affine))
+        image, label = canonical(image), canonical(label)
+        images, spacing = stack(image, self.axis)
+        labels, _ = stack(label, self.axis)
+        labels = label_values(labels, label_path)
+        if self.intensity == "window":
+            def image_of(z: int, v: int | None) -> tuple[np.ndarray, dict[str, Any]]:
+                w = self.label_windows.get(v, self.window) if v is not None else self.window
+                return w(images[z]), {"intensity": w.info()}
+        else:
+            clip = PercentileClip.of(image.data, rec.image)
+
+            def image_of(z: int, v: int | None) -> tuple[np.ndarray, dict[str, Any]]:
+                return clip(images[z]), {"intensity": clip.info()}
+
+        info = {"volume_id": rec.source_id, "slice_axis": self.axis, "spacing": spacing, "orientation": "RAS",
+                "source_orientation": source_orientation}
+        yield from cut(rec.source_id, labels, image_of, letter=AXES[self.axis][0], mode=o["multilabel"],
+                       min_object_pixels=o["min_object_pixels"], info=info)
