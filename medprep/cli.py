@@ -165,7 +165,7 @@ def cache_teacher(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Cache frozen teacher features of a source in a zarr store (resumable: rerun to continue)."""
-    from medprep.distill import SourceSpec, cache_teacher as run_cache, load_teacher, open_source
+    from medprep.distill import SourceSpec, cache_teacher as run_cache, load_teacher, open_run, open_source
     from medprep.distill.sources import safe_key
 
     try:
@@ -173,6 +173,10 @@ def cache_teacher(
                                encoder_kwargs=parse_options(encoder_arg))
         src = open_source(SourceSpec(source, source_kind, split, fraction, seed, subset_file))
         name = run or safe_key(f"{encoder.rpartition(':')[2]}-{Path(source.rstrip('/')).name}")
+        store = open_run(teacher, src, out, name, dtype=dtype, views=views.split(","), shard_size=shard_size,
+                         device=device, autocast=autocast)
+        typer.echo(f"{out}/{name}: {store.done_shards().count(False)} of {store.nshards} zarr shards to write",
+                   err=True)
         result = run_cache(teacher, src, out, name, dtype=dtype, views=views.split(","), shard_size=shard_size,
                            batch_size=batch_size, device=device, autocast=autocast, compile=compile,
                            workers=workers, progress=progress and sys.stderr.isatty())
@@ -203,6 +207,25 @@ def check_teacher(
     typer.echo(report.summary())
     if report.cosine_min < min_cosine:
         raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    sources: list[str] = typer.Argument(..., help="Built dataset folders or URLs (holding manifest.json)."),
+    out: str = typer.Option(..., "--out", help="Output folder or URL."),
+    layout: str = typer.Option(..., "--layout", help="esp-medsam, nnunet or folder."),
+    split: list[str] = typer.Option([], "--split", help="Split to export (repeatable; default: all)."),
+    name: Optional[str] = typer.Option(None, help="esp-medsam split-file name / nnU-Net dataset name."),
+    dataset_id: int = typer.Option(501, help="nnU-Net dataset id (DatasetXXX_Name)."),
+) -> None:
+    """Export built datasets to the ESP-MedSAM, nnU-Net raw or plain image/mask folder layout."""
+    from medprep.prep.export import export as run_export
+
+    try:
+        result = run_export(sources, out, layout, splits=split or None, name=name, dataset_id=dataset_id)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    typer.echo(result.summary())
 
 
 if __name__ == "__main__":
