@@ -107,7 +107,11 @@ def datasets() -> None:
     from medprep.prep.datasets import modality_id
 
     for name, cls in registry().items():
-        typer.echo(f"{name:14s} {cls.modality} (id {modality_id(cls.modality)}), split: {cls.split_rule}")
+        try:
+            modality = f"{cls.modality} (id {modality_id(cls.modality)})"
+        except ValueError:
+            modality = "modality given with --modality"
+        typer.echo(f"{name:14s} {modality}, split: {cls.split_rule}")
         typer.echo(f"{'':14s} {cls.title}")
         typer.echo(f"{'':14s} layout: {cls.layout}")
         opts = ", ".join(f"{k}={v}" for k, v in cls.options.items())
