@@ -64,7 +64,7 @@ def mr_like(label: np.ndarray, seed: int = 0) -> np.ndarray:
     img = np.zeros(label.shape, np.float32)
     s = tuple(slice(2, n - 2) for n in label.shape)
     img[s] = rng.normal(300, 40, img[s].shape).clip(1, None)
-    img[label > 0] += 400 * label[label > 0]
+    img[label > 0] += 400 * label[label > 0].astype(np.float32)
     return img
 
 

@@ -75,7 +75,7 @@ class Grid:
 
     def describe(self) -> str:
         def f(v: tuple[float, ...]) -> str:
-            return "(" + ", ".join(f"{x:.6g}" for x in v) + ")"
+            return "(" + ", ".join(f"{x + 0.0:.6g}" for x in v) + ")"  # + 0.0: no '-0'
 
         return (f"shape {'x'.join(map(str, self.shape))}, spacing {f(self.spacing)} mm, origin {f(self.origin)} mm, "
                 f"direction {' '.join(f(r) for r in self.direction)} (RAS)")
@@ -198,7 +198,8 @@ def read_volume(files: dict[str, bytes], name: str, reader: str = "auto", channe
 
 
 def check_grids(image: Volume, label: Volume, image_name: str, label_name: str) -> None:
-    """Raise ConversionError naming both grids when the label volume is not on the image's voxel grid."""
+    """Raise ConversionError naming both grids when the label volume is not on the image's voxel grid. Compare
+    :func:`canonical` volumes: a label storing the same voxels in another axis order is on the same grid."""
     gi, gl = image.grid, label.grid
     if not gi.matches(gl):
         raise ConversionError(f"label grid differs from image grid (not resampled): image {image_name}: "

@@ -215,11 +215,11 @@ class Volumes(Converter):
         image = read_volume({p: blobs[p] for p in parts}, rec.image, o["reader"], o["channel"])
         label_path = rec.masks[0]
         label = read_volume({label_path: blobs[label_path]}, label_path, o["reader"])
-        check_grids(image, label, rec.image, label_path)
         from nibabel.orientations import aff2axcodes
 
         source_orientation = "".join(aff2axcodes(image.affine))
         image, label = canonical(image), canonical(label)
+        check_grids(image, label, rec.image, label_path)
         images, spacing = stack(image, self.axis)
         labels, _ = stack(label, self.axis)
         labels = label_values(labels, label_path)
