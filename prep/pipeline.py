@@ -164,9 +164,24 @@ def _assign_splits(conv: Converter, records: list[Record], p: BuildParams, failu
     return out, report
 
 
-def plan(conv: Converter, tree: SourceTree, p: BuildParams) -> tuple[list[Task], list[Failure], dict[str, Any], int]:
-    """Discover inputs, assign splits and cut each split into planned shards. Returns
-    (tasks, failures so far, split report, number of inputs found)."""
+def common_folder(paths: list[str]) -> str:
+    """The folder prefix ('a/b/' or '') shared by all ``paths``: recorded paths are relative to it, so pointing
+    --src at the dataset folder or at a folder above it gives the same bytes."""
+    if not paths:
+        return ""
+    parts = [p.split("/")[:-1] for p in paths]
+    common = []
+    for level in zip(*parts):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    return "".join(f"{c}/" for c in common)
+
+
+def plan(conv: Converter, tree: SourceTree, p: BuildParams
+         ) -> tuple[list[Task], list[Failure], dict[str, Any], int, str]:
+    """Discover inputs, assign splits and cut each split into planned shards. Returns (tasks, failures so far,
+    split report, number of inputs found, the folder prefix shared by all inputs)."""
     records, failures = conv.discover(tree)
     if not records and not failures:
         raise LayoutError(f"{conv.name}: found no input files under {tree.label}; expected {conv.layout}")
@@ -180,6 +195,7 @@ def plan(conv: Converter, tree: SourceTree, p: BuildParams) -> tuple[list[Task],
         else:
             keyed[key] = r
     assigned, report = _assign_splits(conv, list(keyed.values()), p, failures)
+    root = common_folder([f for r in records for f in r.files()] + [f for x in failures for f in x.files])
     per_shard = p.shard_samples or max(1, p.shard_size // max(1, worst_case_bytes(p.sample_params()) // 2))
     tasks = []
     for split in SPLITS + tuple(sorted(set(assigned.values()) - set(SPLITS))):
@@ -187,7 +203,7 @@ def plan(conv: Converter, tree: SourceTree, p: BuildParams) -> tuple[list[Task],
         random.Random(f"{p.seed}:{split}").shuffle(members)  # mixed shards; the order is part of the recorded plan
         tasks += [Task(split, i // per_shard, tuple(members[i: i + per_shard]))
                   for i in range(0, len(members), per_shard)]
-    return tasks, failures, report, inputs
+    return tasks, failures, report, inputs, root
 
 
 # ---------------------------------------------------------------------------------------------------- tasks
@@ -221,7 +237,7 @@ class TarShard:
         self.file.close()
 
 
-def run_task(task: Task, src: str, partial: str, p: BuildParams) -> dict[str, Any]:
+def run_task(task: Task, src: str, partial: str, p: BuildParams, root: str = "") -> dict[str, Any]:
     """Convert one planned shard; writes ``<partial>/<task>.partNN.tar`` and, last, ``<partial>/<task>.json``.
 
     Runs in any process (dask worker or the caller); everything it needs comes in its arguments.
@@ -249,10 +265,11 @@ def run_task(task: Task, src: str, partial: str, p: BuildParams) -> dict[str, An
         produced = 0
         try:
             blobs = {f: tree.read(f) for f in rec.files()}
-            hashes = {f: sha256_bytes(b) for f, b in blobs.items()}
+            shown = rec.relative_to(root)
+            hashes = {f[len(root):]: sha256_bytes(b) for f, b in blobs.items()}
             for sid, loaded in conv.samples(blobs, rec):
                 skey = key if sid == rec.source_id else make_key(conv.name, sid)
-                sample, row = convert(conv, rec, loaded, hashes, skey, sid, task.split, mid, sp)
+                sample, row = convert(conv, shown, loaded, hashes, skey, sid, task.split, mid, sp)
                 size = _tar_bytes(sample)
                 if _tar_file_size(size) > p.shard_size:
                     raise ConversionError(f"sample {skey} takes {_tar_file_size(size)} bytes in a tar, more than "
@@ -271,7 +288,8 @@ def run_task(task: Task, src: str, partial: str, p: BuildParams) -> dict[str, An
             if not produced:
                 raise ValueError("yields no sample (no slice with foreground)")
         except Exception as e:  # every input ends up converted or listed with its reason
-            failures.append(Failure(rec.source_id, tuple(rec.files()), _reason(e), stage="convert").row())
+            failures.append(Failure(rec.source_id, tuple(rec.relative_to(root).files()), _reason(e),
+                                    stage="convert").row())
             continue
         converted += 1
     close_part()
@@ -312,13 +330,13 @@ def _load_done(partial: Path, task: Task) -> dict[str, Any] | None:
 # ---------------------------------------------------------------------------------------------------- driver
 
 
-def _execute(tasks: list[Task], src: str, partial: Path, p: BuildParams, workers: int, scheduler: str | None,
-             progress: Callable[[int, int], None] | None) -> list[dict[str, Any]]:
+def _execute(tasks: list[Task], src: str, root: str, partial: Path, p: BuildParams, workers: int,
+             scheduler: str | None, progress: Callable[[int, int], None] | None) -> list[dict[str, Any]]:
     """Run tasks locally (workers=1, no scheduler) or through dask.distributed; results in task order."""
     results: dict[str, dict[str, Any]] = {}
     if workers <= 1 and scheduler is None:
         for i, t in enumerate(tasks):
-            results[t.name] = run_task(t, src, str(partial), p)
+            results[t.name] = run_task(t, src, str(partial), p, root)
             if progress:
                 progress(i + 1, len(tasks))
     else:
@@ -328,7 +346,7 @@ def _execute(tasks: list[Task], src: str, partial: Path, p: BuildParams, workers
             n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
         try:
             with Client(scheduler or cluster) as client:
-                futures = client.map(run_task, tasks, src=src, partial=str(partial), p=p, pure=False)
+                futures = client.map(run_task, tasks, src=src, partial=str(partial), p=p, root=root, pure=False)
                 for i, fut in enumerate(as_completed(futures)):
                     r = fut.result()
                     results[r["task"]] = r
@@ -379,7 +397,7 @@ def build(
     out = Path(out)
     tree = SourceTree(src)
     split_sha = sha256_bytes(Path(split_file).read_bytes()) if split_file else None
-    tasks, failures, report, inputs = plan(conv, tree, p)
+    tasks, failures, report, inputs, root = plan(conv, tree, p)
     plan_doc = {"params": p.recorded(split_sha), "medprep_version": __version__,
                 "tasks": [[t.name, [k for _, k in t.records]] for t in tasks]}
     plan_sha = sha256_bytes(dumps(plan_doc))
@@ -406,10 +424,11 @@ def build(
 
     done = {t.name: r for t in tasks if (r := _load_done(partial, t)) is not None}
     todo = [t for t in tasks if t.name not in done]
-    fresh = _execute(todo, str(tree.root), partial, p, workers, scheduler, progress)
+    fresh = _execute(todo, str(tree.root), root, partial, p, workers, scheduler, progress)
     results = [done.get(t.name) or fresh[todo.index(t)] for t in tasks]
 
-    all_failures = [f.row() for f in failures] + [f for r in results for f in r["failures"]]
+    all_failures = [{**f.row(), "files": [x[len(root):] for x in f.files]} for f in failures]
+    all_failures += [f for r in results for f in r["failures"]]
     all_failures.sort(key=lambda f: natural_key(f["source_id"]))
     if strict and all_failures:
         shown = "\n  ".join(f"{f['source_id']}: {f['reason']}" for f in all_failures[:10])

@@ -162,3 +162,20 @@ def test_shards_read_back_through_webdataset(reference):
     ds = open_dataset(reference)
     keys = [s["__key__"] for s in wds.WebDataset(ds.shard_urls(), shardshuffle=False, empty_check=False)]
     assert keys == ds.keys()
+
+
+def test_src_at_dataset_folder_or_above_gives_identical_bytes(src, reference, tmp_path):
+    """Recorded paths are relative to the dataset's own folder, not to wherever --src pointed."""
+    out = tmp_path / "deeper"
+    build("dsb2018", src / "stage1_train", out, size=64, shard_samples=3)
+    assert digest(out) == digest(reference)
+    meta = next(iter(read_built(out).values()))["meta.json"]
+    assert meta["source"]["image"].count("/") == 2 and not meta["source"]["image"].startswith("stage1_train")
+
+
+def test_scheduler_address_of_a_running_cluster(src, reference, tmp_path):
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster:
+        build("dsb2018", src, tmp_path / "sched", size=64, shard_samples=3, scheduler=cluster.scheduler_address)
+    assert digest(tmp_path / "sched") == digest(reference)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 import numpy as np
@@ -44,6 +44,12 @@ class Record:
 
     def files(self) -> list[str]:
         return [self.image, *self.masks, *self.extras.values()]
+
+    def relative_to(self, prefix: str) -> "Record":
+        """The record with ``prefix`` (a folder path ending in '/') removed from its file paths."""
+        cut = len(prefix)
+        return replace(self, image=self.image[cut:], masks=tuple(m[cut:] for m in self.masks),
+                       extras={k: v[cut:] for k, v in self.extras.items()})
 
 
 @dataclass
