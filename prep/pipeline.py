@@ -30,7 +30,7 @@ from . import splits as splitting
 from .datasets import Converter, Failure, Record, get_converter, modality_id
 from .imaging import ConversionError
 from .sample import SampleParams, convert, make_key, worst_case_bytes
-from .tree import LayoutError, SourceTree, natural_key
+from .tree import LayoutError, SourceTree, natural_key, open_source
 
 log = logging.getLogger("medprep.build")
 
@@ -243,7 +243,7 @@ def run_task(task: Task, src: str, partial: str, p: BuildParams, root: str = "")
     Runs in any process (dask worker or the caller); everything it needs comes in its arguments.
     """
     conv = get_converter(p.dataset, **p.options)
-    tree = SourceTree(src)
+    tree = open_source(src)
     sp = p.sample_params()
     mid = modality_id(conv.modality, p.modality_map)
     parts: list[dict[str, Any]] = []
@@ -395,7 +395,7 @@ def build(
     if shard_size < 1 or (shard_samples is not None and shard_samples < 1):
         raise BuildError("--shard-size and --shard-samples must be positive")
     out = Path(out)
-    tree = SourceTree(src)
+    tree = open_source(src)
     split_sha = sha256_bytes(Path(split_file).read_bytes()) if split_file else None
     tasks, failures, report, inputs, root = plan(conv, tree, p)
     plan_doc = {"params": p.recorded(split_sha), "medprep_version": __version__,

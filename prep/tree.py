@@ -113,3 +113,14 @@ def stem(path: str) -> str:
     """File name without directory and without all extensions ('im0001.ah.ppm.gz' -> 'im0001')."""
     name = PurePosixPath(path).name
     return name.split(".", 1)[0] if not name.startswith(".") else name
+
+
+def open_source(src: str | os.PathLike) -> SourceTree:
+    """The tree of a download as the user passed it: an archive file (zip/tar, read in place), a folder without
+    subfolders holding the download's archives side by side, or the extracted folder."""
+    from .archive import ArchiveTree, holds_archives
+
+    path = Path(src)
+    if (path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES)) or (path.is_dir() and holds_archives(path)):
+        return ArchiveTree(path)
+    return SourceTree(path)

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import numpy as np
+
+from ..imaging import ConversionError, decode
 from ..tree import LayoutError, SourceTree
-from .base import Converter, Failure, Record, at, register
+from .base import Converter, Failure, Loaded, Record, at, register
+
+THRESHOLD = 128  # the benchmarks' own rule (PraNet evaluation: gt > 128 after reading as grey)
 from .folder import pair_pattern
 
 
@@ -28,6 +33,20 @@ class ColonMirror(Converter):
 
     def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:
         return pair_pattern(tree, "images/*", "masks/{stem}.*", root=self.root(tree))
+
+    def load(self, blobs: dict[str, bytes], rec: Record) -> Loaded:
+        """The mirrors' masks were resized with interpolation (grey ramps along the border, often RGB): threshold
+        the brightest channel at 128 instead of insisting on a binary file."""
+        image = decode(blobs[rec.image], rec.image)
+        mask = np.zeros(image.shape[:2], bool)
+        for path in rec.masks:
+            m = decode(blobs[path], path)
+            m = m[:, :, :3].max(axis=2) if m.ndim == 3 else m
+            if m.dtype != np.uint8 or m.shape != mask.shape:
+                raise ConversionError(f"{path}: mask is {m.shape[1]}x{m.shape[0]} {m.dtype}; expected 8-bit "
+                                      f"{mask.shape[1]}x{mask.shape[0]} like its image")
+            mask |= m >= THRESHOLD
+        return Loaded(image, mask, info={"mask_threshold": THRESHOLD})
 
 
 @register
