@@ -109,7 +109,8 @@ def write_sitk(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
     return path
 
 
-def write_dicom_series(folder: Path, data: np.ndarray, affine: np.ndarray, uid: str = "1.2.826.0.1.3680043.9.7") -> Path:
+def write_dicom_series(folder: Path, data: np.ndarray, affine: np.ndarray,
+                       uid: str = "1.2.826.0.1.3680043.9.7") -> Path:
     """A CT DICOM series (one int16 file per slice along the third voxel axis) via SimpleITK's GDCM writer."""
     import SimpleITK as sitk
 

@@ -103,14 +103,17 @@ def volume_suffix(path: str) -> str | None:
     return next((s for s in sorted(SITK_SUFFIXES, key=len, reverse=True) if low.endswith(s)), None)
 
 
+def _check_channel(channels: int, channel: int, name: str) -> None:
+    if not 0 <= channel < channels:
+        raise ConversionError(f"{name}: has {channels} channels (4th dimension); -o channel={channel} is out of range")
+
+
 def _select(arr: np.ndarray, channel: int, name: str) -> np.ndarray:
     """(i, j, k) from (i, j, k), (i, j, k, c) or (i, j, k, 1, c)-shaped NIfTI data."""
     if arr.ndim == 5 and arr.shape[3] == 1:  # NIfTI vector data: (i, j, k, 1, c)
         arr = arr[:, :, :, 0]
     if arr.ndim == 4:
-        if not 0 <= channel < arr.shape[3]:
-            raise ConversionError(f"{name}: has {arr.shape[3]} channels (4th dimension); -o channel={channel} "
-                                  f"is out of range")
+        _check_channel(arr.shape[3], channel, name)
         arr = arr[:, :, :, channel]
     if arr.ndim != 3:
         raise ConversionError(f"{name}: expected a 3D volume (or 4D with channels), found shape {arr.shape}")
@@ -144,8 +147,7 @@ def _sitk_volume(img: Any, name: str, channel: int) -> Volume:
 
     if img.GetDimension() == 4:
         size = list(img.GetSize())
-        if not 0 <= channel < size[3]:
-            raise ConversionError(f"{name}: has {size[3]} channels (4th dimension); -o channel={channel} is out of range")
+        _check_channel(size[3], channel, name)
         img = sitk.Extract(img, size[:3] + [0], [0, 0, 0, channel])
     if img.GetDimension() != 3:
         raise ConversionError(f"{name}: expected a 3D volume, found {img.GetDimension()}D")

@@ -61,8 +61,8 @@ class MedSAMNpz(Converter):
             if not f.lower().endswith(".npz"):
                 failures.append(Failure(sid, (f,), "not an npz file"))
             elif declared and declared != self.modality:
-                failures.append(Failure(sid, (f,), f"file name prefix says modality {declared}, this build is "
-                                        f"-o modality={self.modality}; build each modality with its own -o images=GLOB"))
+                failures.append(Failure(sid, (f,), f"file name prefix says modality {declared}, this build is -o "
+                                        f"modality={self.modality}; build each modality with its own -o images=GLOB"))
             else:
                 records.append(Record(sid, f, ()))
         return records, failures

@@ -17,11 +17,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..imaging import ConversionError
 from ..tree import LayoutError, SourceTree
 from ..volumes import (
-    AXES, CT_PRESETS, DEFAULT_PRESET, LABEL_MODES, NIFTI_SUFFIXES, READERS, SITK_SUFFIXES, PercentileClip, Window, axis_name, canonical, check_grids,
-    cut, label_values, read_volume, stack, volume_suffix,
+    AXES, CT_PRESETS, DEFAULT_PRESET, LABEL_MODES, NIFTI_SUFFIXES, READERS, SITK_SUFFIXES, PercentileClip, Window,
+    axis_name, canonical, check_grids, cut, label_values, read_volume, stack, volume_suffix,
 )
 from .base import Converter, Failure, Loaded, Record, at, pair_by_name, register
 
@@ -111,7 +110,8 @@ class Volumes(Converter):
         self.window = (Window(float(o["window_level"] if o["window_level"] is not None else default.level),
                               float(o["window_width"] if o["window_width"] is not None else default.width))
                        if explicit else Window.named(o["preset"] or DEFAULT_PRESET))
-        self.label_windows = {int(k): _window(v, f"-o label_windows {k}") for k, v in (o["label_windows"] or {}).items()}
+        self.label_windows = {int(k): _window(v, f"-o label_windows {k}")
+                              for k, v in (o["label_windows"] or {}).items()}
 
     # discovery ------------------------------------------------------------------------------------------------
 
