@@ -256,3 +256,36 @@ def test_nibabel_reader_refuses_other_formats(tmp_path):
     src = s3.make_volumes(tmp_path, cases=1, suffix=".mha")
     samples, failures = convert_all(src, reader="nibabel")
     assert not samples and len(failures) == 1 and "reads NIfTI only" in failures[0].reason
+
+
+def test_zip_archive_gives_identical_shards(tmp_path):
+    import zipfile
+
+    src = s3.make_volumes(tmp_path / "src", cases=2, axcodes="PIL")
+    with zipfile.ZipFile(tmp_path / "Task01_Phantom.zip", "w") as z:
+        for p in sorted(src.rglob("*")):
+            z.write(p, p.relative_to(src.parent))
+    a = build("volumes", src, tmp_path / "a", size=64, modality="ct")
+    b = build("volumes", tmp_path / "Task01_Phantom.zip", tmp_path / "b", size=64, modality="ct")
+    assert a.manifest.counts["samples"] == 18 and [s.sha256 for s in a.manifest.shards] == [
+        s.sha256 for s in b.manifest.shards]
+
+
+def test_cli_options_pass_through(tmp_path):
+    from typer.testing import CliRunner
+
+    from medprep.cli import app
+
+    src = s3.make_volumes(tmp_path / "src", cases=1, suffix=".mha")
+    res = CliRunner().invoke(app, [
+        "build", "--dataset", "volumes", "--src", str(src), "--out", str(tmp_path / "out"), "--size", "64",
+        "--split-rule", "test", "-o", "modality=ct", "-o", "name=phantom", "-o", "axis=coronal",
+        "-o", "multilabel=each", "-o", "min-object-pixels=5", "-o", 'label_windows={"2": "bone"}'])
+    assert res.exit_code == 0, res.output
+    assert "phantom: 1 inputs found = 1 converted" in res.output
+    built = read_built(tmp_path / "out" / "volumes")
+    meta = built["phantom-case_000_y0020_l2"]["meta.json"]
+    assert meta["intensity"] == {"rule": "ct_window", "level": 400.0, "width": 1800.0} and meta["label"] == 2
+    assert meta["slice_axis"] == "coronal" and meta["spacing"] == [0.8, 2.5, 0.9]
+    res = CliRunner().invoke(app, ["build", "--dataset", "volumes", "--src", str(src), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "needs -o modality=ct" in res.output

@@ -30,7 +30,7 @@ PREFIX_MODALITY = {"CT": "ct", "MR": "mr", "Dermoscopy": "dermoscopy", "Fundus":
 class MedSAMNpz(Converter):
     name = "medsam-npz"
     title = 'CVPR 2024 "MedSAM on laptop" npz files, 2D and 3D (-o modality=NAME required)'
-    modality = "ct"
+    modality = "?"  # given with -o modality=
     marker = "*.npz"
     layout = ("<Modality>_<dataset>_<case>.npz at any depth (or -o images=GLOB), each with imgs (H,W,3)|(H,W) + gts "
               "(H,W), or imgs + gts (D,H,W) and spacing (x,y,z)")

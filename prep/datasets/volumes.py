@@ -57,7 +57,7 @@ def _volume_id(path: str) -> str:
 class Volumes(Converter):
     name = "volumes"
     title = "CT / MR volumes with label volumes, cut into 2D slices (-o modality=ct|mr required)"
-    modality = "ct"
+    modality = "?"  # given with -o modality=
     marker = "imagesTr/*"
     layout = ("imagesTr/<case>_0000.nii.gz + labelsTr/<case>.nii.gz (nnU-Net), imagesTr/<case>.nii.gz + "
               "labelsTr/<case>.nii.gz (MSD), or -o images=GLOB -o labels=PATTERN (placeholders {stem}, {case}, "
