@@ -70,6 +70,14 @@ def build(
     strict: bool = typer.Option(False, help="Fail (publish nothing) if any input cannot be converted."),
     overwrite: bool = typer.Option(False, help="Replace a finished build made with other parameters."),
     option: list[str] = typer.Option([], "--option", "-o", help="Converter option KEY=VALUE (repeatable)."),
+    images: Optional[str] = typer.Option(None, help="folder: image glob below --src; nih-lung: image folder."),
+    masks: Optional[str] = typer.Option(None, help="folder: mask pattern ({stem}, {name}, {dir}, {parent}); "
+                                                   "nih-lung: mask folder."),
+    modality: Optional[str] = typer.Option(None, help="folder: modality of the table (e.g. dermoscopy)."),
+    name: Optional[str] = typer.Option(None, help="folder: dataset name, used in sample keys and as OUT/<name>."),
+    check_against: list[Path] = typer.Option([], help="Built dataset to run the leakage check against "
+                                                      "(repeatable); the report goes to OUT/<dataset>/leakage.json."),
+    leak_threshold: Optional[int] = typer.Option(None, help="Hamming threshold of --check-against (default 6)."),
 ) -> None:
     """Convert a dataset from its official layout into webdataset shards with a manifest."""
     from tqdm import tqdm
@@ -79,6 +87,8 @@ def build(
     opts = parse_options(option)
     if groups_file is not None:
         opts["groups_file"] = str(groups_file)
+    opts.update({k: v for k, v in (("images", images), ("masks", masks), ("modality", modality), ("name", name))
+                 if v is not None})
     bar = tqdm(total=0, unit="shard", desc=f"build {dataset}", disable=not sys.stderr.isatty())
 
     def progress(done: int, total: int) -> None:
@@ -88,7 +98,7 @@ def build(
 
     try:
         result = run_build(
-            dataset, src, out / dataset, size=size, resize=resize,
+            dataset, src, out / str(opts.get("name") or dataset), size=size, resize=resize,
             patch_sizes=tuple(int(p) for p in patch_sizes.split(",") if p), modality_map=modality_map, seed=seed,
             split_rule=split_rule, split_file=split_file, group_by=group_by, shard_size=parse_size(shard_size),
             shard_samples=shard_samples, workers=workers, scheduler=scheduler, strict=strict, overwrite=overwrite,
@@ -98,6 +108,40 @@ def build(
         fail(str(e))
     bar.close()
     typer.echo(result.summary())
+    if check_against:
+        from medprep.prep.leakage import DEFAULT_THRESHOLD, check_build
+
+        try:
+            report = check_build(result.out, check_against, DEFAULT_THRESHOLD if leak_threshold is None
+                                 else leak_threshold)
+        except (FileNotFoundError, ValueError) as e:
+            fail(str(e))
+        typer.echo(report.table())
+
+
+@app.command()
+def leakage(
+    built: list[Path] = typer.Argument(..., metavar="DATASET...", help="Built dataset folders (one checks its own "
+                                                                       "splits; several are compared pairwise)."),
+    threshold: Optional[int] = typer.Option(None, help="Hamming distance (of 64 bits) counted as a near-duplicate "
+                                                       "(default 6)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report (every pair) as JSON."),
+    strict: bool = typer.Option(False, help="Exit with status 1 when any pair is found."),
+    workers: int = typer.Option(0, help="Threads hashing shards (0: one per CPU)."),
+) -> None:
+    """Find near-duplicate images across splits and datasets (perceptual hash of the normalised images)."""
+    from medprep.manifests import atomic_write, dumps
+    from medprep.prep.leakage import DEFAULT_THRESHOLD, check
+
+    try:
+        report = check(built, DEFAULT_THRESHOLD if threshold is None else threshold, workers=workers)
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    typer.echo(report.table())
+    if json_out is not None:
+        atomic_write(json_out, dumps(report.to_json()))
+    if strict and not report.clean:
+        raise typer.Exit(1)
 
 
 @app.command()
