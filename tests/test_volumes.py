@@ -129,6 +129,18 @@ def test_dicom_series_with_nifti_labels(tmp_path):
     rec = get_converter("volumes", modality="ct", images="dicom/*/*.dcm", labels="labels/{stem}.nii.gz").discover(
         SourceTree(tmp_path))[0][0]
     assert rec.image == "dicom/case_000" and len(rec.files()) == img.shape[2] + 1  # a file per slice + the label
+    for f in (tmp_path / "dicom" / "case_001").iterdir():
+        f.rename(f.with_suffix(""))  # DICOM files often have no suffix
+    plain, failures = convert_all(tmp_path, images="dicom/*/*", labels="labels/{stem}.nii.gz", dicom=True)
+    assert not failures and ids(plain, "case_001") == ids(got, "case_001")
+
+
+def test_msd_ids_ending_in_four_digits_are_not_nnunet_channels(tmp_path):
+    src = s3.make_volumes(tmp_path, cases=1)
+    for part in ("imagesTr", "labelsTr"):
+        (src / part / "case_000.nii.gz").rename(src / part / "scan_0001.nii.gz")
+    samples, failures = convert_all(src)
+    assert not failures and ids(samples, "scan_0001") == z([6, 7, 8, 9, 10, 11, 12, 13, SPECK_K], "scan_0001")
 
 
 def test_window_arithmetic():
@@ -283,7 +295,7 @@ def test_cli_options_pass_through(tmp_path):
         "-o", "multilabel=each", "-o", "min-object-pixels=5", "-o", 'label_windows={"2": "bone"}'])
     assert res.exit_code == 0, res.output
     assert "phantom: 1 inputs found = 1 converted" in res.output
-    built = read_built(tmp_path / "out" / "volumes")
+    built = read_built(tmp_path / "out" / "phantom")  # the folder is named after -o name
     meta = built["phantom-case_000_y0020_l2"]["meta.json"]
     assert meta["intensity"] == {"rule": "ct_window", "level": 400.0, "width": 1800.0} and meta["label"] == 2
     assert meta["slice_axis"] == "coronal" and meta["spacing"] == [0.8, 2.5, 0.9]

@@ -4,7 +4,7 @@ Pairing: the nnU-Net layout (``imagesTr/<case>_0000.nii.gz`` + ``labelsTr/<case>
 Decathlon layout (``imagesTr/<case>.nii.gz`` + ``labelsTr/<case>.nii.gz``), or explicit ``-o images=GLOB
 -o labels=PATTERN`` (placeholders ``{stem}``: file name without the volume suffix, or the DICOM series
 folder's name; ``{case}``: stem without an nnU-Net ``_0000`` channel suffix; ``{name}``, ``{dir}``, ``{parent}``).
-``.dcm`` files matched by ``images`` are grouped by folder into one series each.
+``.dcm`` files matched by ``images`` (every file, with ``-o dicom=true``) are grouped by folder into one series each.
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ class Volumes(Converter):
         "min_object_pixels": 0,
         "reader": "auto",
         "channel": 0,
+        "dicom": False,  # every file matched by -o images is a DICOM slice (files without .dcm suffix)
     }
 
     def __init__(self, **options: Any):
@@ -136,7 +137,10 @@ class Volumes(Converter):
         failures = [Failure(PurePosixPath(f).name, (f,), f"not a volume file: expected {', '.join(SITK_SUFFIXES)}")
                     for f in files if not volume_suffix(f)]
         vols = [f for f in files if volume_suffix(f)]
-        nnunet = bool(vols) and all(_NNUNET.fullmatch(_volume_id(f)) for f in vols)
+        # nnU-Net: every image ends in a channel suffix and no label carries an image's own name (MSD ids may
+        # end in 4 digits too)
+        nnunet = (bool(vols) and all(_NNUNET.fullmatch(_volume_id(f)) for f in vols)
+                  and not any(tree.exists(at(root, f"labelsTr/{PurePosixPath(f).name}")) for f in vols))
         if nnunet:
             channel = f"{self.opts['channel']:04d}"
             vols = [f for f in vols if _NNUNET.fullmatch(_volume_id(f)).group(2) == channel]  # type: ignore[union-attr]
@@ -178,7 +182,7 @@ class Volumes(Converter):
         series: dict[str, list[str]] = {}
         entries, failures = [], []
         for f in files:
-            if f.lower().endswith(".dcm"):
+            if self.opts["dicom"] or f.lower().endswith(".dcm"):
                 series.setdefault(str(PurePosixPath(f).parent), []).append(f)
             elif volume_suffix(f):
                 entries.append(f)
