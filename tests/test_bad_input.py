@@ -62,13 +62,6 @@ def test_truncated_jpeg_is_a_failure(tmp_path):
     assert "truncated JPEG" in result.failures[0]["reason"]
 
 
-def test_archive_next_to_nothing_says_unpack(tmp_path):
-    (tmp_path / "DRIVE.zip").write_bytes(b"PK\x05\x06" + b"\0" * 18)
-    with pytest.raises(Exception) as e:
-        build("drive", tmp_path, tmp_path / "out", size=64)
-    assert "training/images/*_training.tif" in str(e.value) and "DRIVE.zip" in str(e.value)
-
-
 def test_missing_src(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         build("drive", tmp_path / "nope", tmp_path / "out", size=64)
@@ -126,3 +119,34 @@ def test_binarize_rejects_label_maps_and_images():
         binarize(np.tile(np.arange(256, dtype=np.uint8), (10, 1)), "gradient.png")
     with pytest.raises(ConversionError, match="constant"):
         binarize(np.full((4, 4), 255, np.uint8), "white.png")
+
+
+@pytest.mark.parametrize("kind", ["grey", "grey16", "rgba", "palette", "la", "rgb"])
+def test_images_are_normalised_to_rgb_uint8(kind):
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    if kind == "grey":
+        data, expect = _png(rgb[..., 0]), np.repeat(rgb[..., :1], 3, axis=2)
+    elif kind == "grey16":
+        g = rgb[..., 0].astype(np.uint16) * 100 + 500
+        data = _png(g)
+        lo, hi = g.min(), g.max()
+        expect = np.repeat(np.round((g - lo) * (255 / (hi - lo))).astype(np.uint8)[..., None], 3, axis=2)
+    elif kind == "rgba":
+        data, expect = _png(np.dstack([rgb, np.full((20, 30), 255, np.uint8)])), rgb
+    elif kind == "palette":
+        im = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        data, expect = buf.getvalue(), np.asarray(im.convert("RGB"))
+    elif kind == "la":
+        data = _png(np.dstack([rgb[..., 0], np.full((20, 30), 255, np.uint8)]))
+        expect = np.repeat(rgb[..., :1], 3, axis=2)
+    else:
+        data, expect = _png(rgb), rgb
+    from medprep.prep.imaging import to_rgb
+
+    out, info = to_rgb(decode(data, f"{kind}.png"))
+    assert out.dtype == np.uint8 and out.shape == (20, 30, 3)
+    np.testing.assert_array_equal(out, expect)
+    assert info["source_dtype"] == ("uint16" if kind == "grey16" else "uint8")
