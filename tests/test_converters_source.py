@@ -188,3 +188,14 @@ def test_longest_side_resize_pads_and_records_valid_region(tmp_path):
         assert not s["image.png"][vh:].any() and not s["image.png"][:, vw:].any()
         assert not s["mask.png"][vh:].any() and not s["mask.png"][:, vw:].any()
         assert s["meta.json"]["resize"] == "longest"
+
+
+def test_lung_is_montgomery_plus_shenzhen(tmp_path):
+    synthetic.make("montgomery", tmp_path / "src", n=6)
+    synthetic.make("shenzhen", tmp_path / "src", n=5, unmasked=1)
+    result = build("lung", tmp_path / "src", tmp_path / "out", size=SIZE)
+    assert result.manifest.counts["inputs"] == 11 and result.manifest.counts["samples"] == 10
+    assert result.manifest.counts["splits"] == {"train": 8, "valid": 1, "test": 1}
+    ids = {s["meta.json"]["source_id"] for s in read_built(tmp_path / "out").values()}
+    assert {i[:6] for i in ids} == {"MCUCXR", "CHNCXR"}
+    assert {s["modality.cls"] for s in read_built(tmp_path / "out").values()} == {"1"}

@@ -1,0 +1,28 @@
+"""The papers' x-ray source domain: Montgomery and Shenzhen together (138 + 566 = 704 -> 563/70/71).
+
+The authors' ``lung_data_split.json`` lists both sets' stems in one file; build it with ``--dataset lung``.
+"""
+
+from __future__ import annotations
+
+from ..tree import SourceTree
+from .base import Converter, Failure, Record, register
+from .montgomery import Montgomery
+from .shenzhen import Shenzhen
+
+
+@register
+class Lung(Converter):
+    name = "lung"
+    title = "Montgomery + Shenzhen chest X-rays (the papers' x-ray domain)"
+    modality = "x-ray"
+    marker = "CXR_png/*CXR_*.png"
+    layout = f"both downloads side by side: {Montgomery.layout}; {Shenzhen.layout}"
+
+    def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:
+        records, failures = [], []
+        for part in (Montgomery(), Shenzhen()):
+            r, f = part.discover(tree)
+            records += r
+            failures += f
+        return records, failures
