@@ -89,6 +89,13 @@ class Volume:
     affine: np.ndarray
 
     @property
+    def axcodes(self) -> str:
+        """Orientation of the voxel axes, e.g. 'LPS' (i towards left, j posterior, k superior)."""
+        from nibabel.orientations import aff2axcodes
+
+        return "".join(aff2axcodes(self.affine))
+
+    @property
     def grid(self) -> Grid:
         m = self.affine[:3, :3]
         spacing = np.sqrt((m ** 2).sum(axis=0))

@@ -107,10 +107,9 @@ class Volumes(Converter):
             raise ValueError("give either -o preset=NAME or -o window_level=L -o window_width=W, not both")
         if o["label_windows"] and o["multilabel"] != "each":
             raise ValueError("-o label_windows applies per label: it needs -o multilabel=each")
-        default = Window.named(DEFAULT_PRESET)
-        self.window = (Window(float(o["window_level"] if o["window_level"] is not None else default.level),
-                              float(o["window_width"] if o["window_width"] is not None else default.width))
-                       if explicit else Window.named(o["preset"] or DEFAULT_PRESET))
+        base = Window.named(o["preset"] or DEFAULT_PRESET)
+        self.window = Window(float(base.level if o["window_level"] is None else o["window_level"]),
+                             float(base.width if o["window_width"] is None else o["window_width"]))
         self.label_windows = {int(k): _window(v, f"-o label_windows {k}")
                               for k, v in (o["label_windows"] or {}).items()}
 
@@ -219,9 +218,7 @@ class Volumes(Converter):
         image = read_volume({p: blobs[p] for p in parts}, rec.image, o["reader"], o["channel"])
         label_path = rec.masks[0]
         label = read_volume({label_path: blobs[label_path]}, label_path, o["reader"])
-        from nibabel.orientations import aff2axcodes
-
-        source_orientation = "".join(aff2axcodes(image.affine))
+        source_orientation = image.axcodes
         image, label = canonical(image), canonical(label)
         check_grids(image, label, rec.image, label_path)
         images, spacing = stack(image, self.axis)
