@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 from conftest import read_built
@@ -301,3 +302,17 @@ def test_cli_options_pass_through(tmp_path):
     assert meta["slice_axis"] == "coronal" and meta["spacing"] == [0.8, 2.5, 0.9]
     res = CliRunner().invoke(app, ["build", "--dataset", "volumes", "--src", str(src), "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "needs -o modality=ct" in res.output
+
+
+@pytest.mark.parametrize("reader", ["nibabel", "sitk"])
+def test_4d_image_channel(tmp_path, reader):
+    src = s3.make_volumes(tmp_path, cases=1, axcodes="PIL")
+    ref, _ = convert_all(src)
+    path = src / "imagesTr" / "case_000.nii.gz"
+    ct = nib.load(path)
+    data = np.asanyarray(ct.dataobj)
+    s3.write_nifti(path, np.stack([np.zeros_like(data), data], axis=3), ct.affine)
+    got, _ = convert_all(src, channel=1, reader=reader)
+    assert sorted(got) == sorted(ref) and all(np.array_equal(got[k].image, ref[k].image) for k in ref)
+    with pytest.raises(ValueError, match="has 2 channels"):
+        convert_all(src, channel=2, reader=reader)
