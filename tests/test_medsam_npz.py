@@ -39,7 +39,7 @@ def test_3d_npz_slices_match_the_volume_converter(tmp_path):
         assert np.array_equal(got[sid].image, r.image) and np.array_equal(got[sid].mask, r.mask), sid
     info = samples["CT_Phantom_0000_z0008"].info
     assert info["npz_spacing"] == list(s3.SPACING) and info["spacing"] == [2.5, 0.8, 0.9]
-    assert info["slice_index"] == 8 and info["num_slices"] == s3.SHAPE[2] and info["slice_axis"] == 0
+    assert info["slice_index"] == 8 and info["num_slices"] == s3.SHAPE[2] and info["slice_axis"] == "axis0"
 
 
 def test_2d_npz_binary_and_each(tmp_path):

@@ -97,4 +97,4 @@ class MedSAMNpz(Converter):
         if len(info.get("npz_spacing", ())) == 3:
             info["spacing"] = info["npz_spacing"][::-1]  # (x, y, z) -> [slice, row, col]
         yield from cut(rec.source_id, gts, lambda z, v: (volume[z], {}), letter="z", mode=self.opts["multilabel"],
-                       min_object_pixels=self.opts["min_object_pixels"], info={**info, "slice_axis": 0})
+                       min_object_pixels=self.opts["min_object_pixels"], info={**info, "slice_axis": "axis0"})
