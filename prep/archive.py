@@ -38,7 +38,9 @@ class Limits:
 
     max_member: int = 4 << 30  # one member (inner archives are held in memory)
     max_total: int = 256 << 30  # all members of all archives of one source
-    max_ratio: float = 1000.0  # uncompressed / compressed, per zip member or per compressed tar
+    # uncompressed / compressed, per zip member or per compressed tar; deflate tops out near 1032:1 (an all-zero
+    # member), so the default only stops bzip2/lzma members and forged headers, never a real (even empty) image
+    max_ratio: float = 2000.0
     ratio_from: int = 1 << 20  # members (or compressed tars) smaller than this are not ratio-checked
     max_depth: int = 2  # archives inside archives inside the archive
 
