@@ -458,6 +458,12 @@ def _publish(out: Path, partial: Path, tasks: list[Task], results: list[dict[str
             shards.append(ShardEntry(name, task.split, part["nsamples"], part["bytes"], part["sha256"]))
             names.append(name)
         rows += [{**{k: v for k, v in r.items() if k != "part"}, "shard": names[r["part"]]} for r in res["rows"]]
+    seen: dict[str, str] = {}
+    for r in rows:
+        if r["key"] in seen:
+            raise BuildError(f"two samples got the key {r['key']} (from {seen[r['key']]} and {r['source_id']}); "
+                             f"rename one input or report this as a converter bug")
+        seen[r["key"]] = r["source_id"]
     samples_b, failures_b = jsonl_bytes(rows), jsonl_bytes(failures)
     atomic_write(out / SAMPLES, samples_b)
     atomic_write(out / FAILURES, failures_b)
