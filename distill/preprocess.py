@@ -73,11 +73,12 @@ class Preprocess:
         s = self.img_size
         h, w = resized_shape(image.shape[0], image.shape[1], s)
         if self.resize == "pil":
-            img = np.require(image, requirements=["C", "W"])
+            img = image
             if (h, w) != img.shape[:2]:
-                img = np.array(Image.fromarray(img).resize((w, h), Image.BILINEAR))
-            canvas = torch.zeros((3, s, s), dtype=torch.uint8)
-            canvas[:, :h, :w] = torch.from_numpy(img).permute(2, 0, 1)
+                img = np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((w, h), Image.BILINEAR))
+            canvas = np.zeros((3, s, s), dtype=np.uint8)  # numpy: no torch thread pool in decode threads
+            canvas[:, :h, :w] = img.transpose(2, 0, 1)
+            canvas = torch.from_numpy(canvas)
         else:
             x = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)[None].float()
             if (h, w) != image.shape[:2]:
