@@ -77,7 +77,7 @@ def build(
     name: Optional[str] = typer.Option(None, help="folder: dataset name, used in sample keys and as OUT/<name>."),
     check_against: list[Path] = typer.Option([], help="Built dataset to run the leakage check against "
                                                       "(repeatable); the report goes to OUT/<dataset>/leakage.json."),
-    leak_threshold: Optional[int] = typer.Option(None, help="Hamming threshold of --check-against (default 6)."),
+    leak_threshold: Optional[int] = typer.Option(None, help="Hamming threshold of --check-against (default 10)."),
 ) -> None:
     """Convert a dataset from its official layout into webdataset shards with a manifest."""
     from tqdm import tqdm
@@ -124,17 +124,20 @@ def leakage(
     built: list[Path] = typer.Argument(..., metavar="DATASET...", help="Built dataset folders (one checks its own "
                                                                        "splits; several are compared pairwise)."),
     threshold: Optional[int] = typer.Option(None, help="Hamming distance (of 64 bits) counted as a near-duplicate "
-                                                       "(default 6)."),
+                                                       "(default 10)."),
+    min_correlation: Optional[float] = typer.Option(None, help="Thumbnail correlation confirming a pair (default "
+                                                               "0.9; -1 keeps every hash match)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report (every pair) as JSON."),
     strict: bool = typer.Option(False, help="Exit with status 1 when any pair is found."),
     workers: int = typer.Option(0, help="Threads hashing shards (0: one per CPU)."),
 ) -> None:
     """Find near-duplicate images across splits and datasets (perceptual hash of the normalised images)."""
     from medprep.manifests import atomic_write, dumps
-    from medprep.prep.leakage import DEFAULT_THRESHOLD, check
+    from medprep.prep.leakage import DEFAULT_MIN_CORRELATION, DEFAULT_THRESHOLD, check
 
     try:
-        report = check(built, DEFAULT_THRESHOLD if threshold is None else threshold, workers=workers)
+        report = check(built, DEFAULT_THRESHOLD if threshold is None else threshold,
+                       DEFAULT_MIN_CORRELATION if min_correlation is None else min_correlation, workers=workers)
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
     typer.echo(report.table())
