@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from medprep.distill.store import FeatureStore
-from medprep.manifests import open_dataset
+from medprep.distill.sources import in_fraction
 
 
 class TeacherFeatures:
@@ -73,33 +73,46 @@ class TeacherFeatures:
 
 
 class TeacherJoin(torch.utils.data.IterableDataset):
-    """Samples (dicts with ``__key__``, e.g. from webdataset or MedShards) joined with their teacher features.
+    """Samples (dicts with ``key`` or ``__key__``, e.g. from ``MedShards``) joined with their teacher features.
 
-    Adds ``teacher`` (float32 tensor ``(C, H, W)``), ``teacher_valid`` (bool tensor ``(H, W)``) and
-    ``teacher_view``. A sample whose key is not in the store raises ``KeyError``: nothing is skipped silently.
-    With ``view="hflip"`` the targets are those of the horizontally flipped image: flip the input to match.
+    Adds ``teacher`` (float32 ``(C, H, W)``), ``teacher_valid`` (bool ``(H, W)``, False over padding) and
+    ``teacher_view``. A key missing from the store raises ``KeyError``: nothing is skipped silently.
+    ``hflip`` (needs a store cached with ``--views identity,hflip``): probability of flipping a sample; every
+    tensor of two or more dimensions (image, mask, patch grids, ``(C, H, W)`` layout) is flipped along its last
+    axis and the target is the teacher's feature of the flipped image. The draw depends on ``(seed, epoch, key)``
+    only. Do not combine with geometric augmentation upstream: the stored targets would no longer match.
     """
 
-    def __init__(self, samples: Iterable[dict[str, Any]], features: TeacherFeatures, view: str = "identity"):
-        if view not in features.views:
-            raise ValueError(f"view {view!r} was not cached (views in the store: {features.views})")
-        self.samples, self.features, self.view = samples, features, view
+    def __init__(self, samples: Iterable[dict[str, Any]], features: TeacherFeatures, hflip: float = 0.0,
+                 seed: int = 0):
+        if hflip and "hflip" not in features.views:
+            raise ValueError(f"hflip={hflip} needs the hflip view, but the store holds only {features.views}: "
+                             f"cache it with --views identity,hflip")
+        self.samples, self.features, self.hflip, self.seed, self.epoch = samples, features, hflip, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.samples, "set_epoch"):
+            self.samples.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for sample in self.samples:
-            key = sample["__key__"]
+            key = sample["__key__"] if "__key__" in sample else sample["key"]
+            view = "hflip" if self.hflip and in_fraction(f"{self.epoch}:{key}", self.hflip, self.seed) else "identity"
+            if view == "hflip":
+                sample = {k: v.flip(-1) if isinstance(v, torch.Tensor) and v.ndim >= 2 else v
+                          for k, v in sample.items()}
             yield {
                 **sample,
-                "teacher": torch.from_numpy(self.features.get(key, self.view)),
-                "teacher_valid": torch.from_numpy(self.features.valid_mask(key, self.view)),
-                "teacher_view": self.view,
+                "teacher": torch.from_numpy(self.features.get(key, view)),
+                "teacher_valid": torch.from_numpy(self.features.valid_mask(key, view)),
+                "teacher_view": view,
             }
 
 
-def teacher_shards(dataset: str, store: str, run: str | None = None, split: str | None = None,
-                   view: str = "identity") -> TeacherJoin:
-    """The raw webdataset samples of a built dataset (entries as bytes, manifest order) joined with features."""
-    import webdataset as wds
+def teacher_shards(dataset: str, store: str, run: str | None = None, split: str = "train", hflip: float = 0.0,
+                   seed: int = 0, **medshards: Any) -> TeacherJoin:
+    """``MedShards(dataset, split, **medshards)`` joined with the features of ``store``/``run``."""
+    from .shards import MedShards
 
-    urls = open_dataset(dataset).shard_urls(split)
-    return TeacherJoin(wds.WebDataset(urls, shardshuffle=False, empty_check=False), TeacherFeatures(store, run), view)
+    return TeacherJoin(MedShards(dataset, split, seed=seed, **medshards), TeacherFeatures(store, run), hflip, seed)

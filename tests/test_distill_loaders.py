@@ -1,0 +1,93 @@
+"""Student side: features by key, joined with MedShards samples, flipped views, padding masks, the loss."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medprep.distill import MedicalSource, cache_teacher, load_teacher
+from medprep.distill.loss import masked_mse
+from medprep.loaders.teacher import TeacherFeatures, TeacherJoin, teacher_shards
+from medprep.prep import build, synthetic
+
+TINY = "medprep.distill.teachers:random_sam"
+FIELDS = ("image", "mask", "patch16", "key")
+
+
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory):
+    """Tall ISIC images built longest-side at 128 (content in the left third), cached with both views."""
+    root = tmp_path_factory.mktemp("med")
+    src = synthetic.make("isic2018", root / "src", n=(4, 1, 1), hw=(120, 40))
+    out = root / "shards" / "isic2018"
+    build("isic2018", src, out, size=128, resize="longest")
+    teacher = load_teacher(TINY, encoder_kwargs={"img_size": 128})
+    store = str(root / "t.zarr")
+    cache_teacher(teacher, MedicalSource(str(out)), store, "r", dtype="float32", views=["identity", "hflip"],
+                  shard_size=2, batch_size=2, progress=False)
+    return out, store, teacher
+
+
+def test_features_by_key_and_padding_masks(cached):
+    out, store, teacher = cached
+    feats = TeacherFeatures(store)
+    src = MedicalSource(str(out))
+    assert feats.keys() == src.keys and len(feats) == 6 and src.keys[0] in feats
+    for key in src.keys[:2]:
+        image, valid_px = src.load(src.keys.index(key))
+        assert valid_px[0] == 128 and valid_px[1] < 50
+        flipped, size = teacher.preprocess.host(np.ascontiguousarray(image[:, ::-1]))
+        with torch.inference_mode():
+            ref = teacher.encoder(teacher.preprocess.device(flipped[None], torch.tensor([size])))[0].numpy()
+        assert np.abs(feats.get(key, "hflip") - ref).max() <= 1e-5
+        ident, flip = feats.valid_mask(key), feats.valid_mask(key, "hflip")
+        assert ident.all(axis=0)[:3].all() and not ident[:, 4:].any()  # content: left 3 columns of cells
+        assert flip[:, 5:].all() and not flip[:, :4].any()  # mirrored to the right
+    with pytest.raises(KeyError, match="not in teacher store"):
+        feats.get("isic2018-nope")
+
+
+def test_join_with_medshards_flips_inputs_and_targets(cached):
+    out, store, _ = cached
+    plain = {s["key"]: s for s in teacher_shards(str(out), store, split="train", fields=FIELDS, shuffle=False)}
+    flipped = list(teacher_shards(str(out), store, split="train", hflip=1.0, fields=FIELDS, shuffle=False))
+    feats = TeacherFeatures(store)
+    assert len(flipped) == len(plain) == 4
+    for s in flipped:
+        p = plain[s["key"]]
+        assert s["teacher_view"] == "hflip" and p["teacher_view"] == "identity"
+        assert torch.equal(s["image"], p["image"].flip(-1)) and torch.equal(s["patch16"], p["patch16"].flip(-1))
+        assert np.array_equal(s["teacher"].numpy(), feats.get(s["key"], "hflip"))
+        assert torch.equal(s["teacher_valid"], torch.from_numpy(feats.valid_mask(s["key"], "hflip")))
+        assert torch.equal(p["teacher"], torch.from_numpy(feats.get(p["key"])))
+    some = list(teacher_shards(str(out), store, split="train", hflip=0.5, seed=3, fields=FIELDS, shuffle=False))
+    again = list(teacher_shards(str(out), store, split="train", hflip=0.5, seed=3, fields=FIELDS, shuffle=False))
+    assert [s["teacher_view"] for s in some] == [s["teacher_view"] for s in again]
+
+
+def test_missing_and_unfinished_keys_fail_loudly(cached, tmp_path):
+    out, _, teacher = cached
+    store = str(tmp_path / "part.zarr")
+    src = MedicalSource(str(out), "train")
+    cache_teacher(teacher, src, store, "r", shard_size=2, batch_size=2, shards=[0], progress=False)
+    feats = TeacherFeatures(store)
+    assert feats.get(src.keys[0]).shape == (256, 8, 8)
+    with pytest.raises(KeyError, match="not cached yet"):
+        feats.get(src.keys[2])
+    with pytest.raises(KeyError, match="another dataset or split"):
+        list(TeacherJoin([{"key": "isic2018-elsewhere"}], feats))
+    with pytest.raises(ValueError, match="needs the hflip view"):
+        TeacherJoin([], feats, hflip=0.5)
+
+
+def test_masked_mse_ignores_padding():
+    teacher = torch.zeros(2, 4, 3, 3)
+    student = torch.zeros(2, 4, 3, 3)
+    student[:, :, :, 2] = 100.0  # wrong only in the padded column
+    valid = torch.ones(2, 3, 3, dtype=torch.bool)
+    valid[:, :, 2] = False
+    assert masked_mse(student, teacher, valid).item() == 0.0
+    assert masked_mse(student, teacher).item() > 0
+    with pytest.raises(ValueError, match="project the student"):
+        masked_mse(torch.zeros(2, 4, 6, 6), teacher)
