@@ -91,7 +91,8 @@ class _Container:
                 raise ArchiveError(f"{label}: {Path(name).suffix} archives cannot be read in place; unpack it "
                                    f"(e.g. '7z x {Path(name).name}') and pass the folder as --src")
         except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError) as e:
-            raise ArchiveError(f"{label}: not a readable {Path(name).suffix} archive ({e}); download it again") from None
+            raise ArchiveError(f"{label}: not a readable {Path(name).suffix} archive ({e}); download it again"
+                               ) from None
 
     @property
     def is_zip(self) -> bool:

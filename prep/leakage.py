@@ -177,7 +177,8 @@ def find_pairs(items: Sequence[Item], threshold: int = DEFAULT_THRESHOLD,
             if focus is not None and y.dataset == focus and x.dataset != focus:
                 x, y = y, x  # the focused dataset first
             pairs.append({"kind": "split" if x.dataset == y.dataset else "cross-dataset",
-                          "distance": int(dist[i, j]), "correlation": round(corr, 4), "a_dataset": x.dataset, "a_key": x.key, "a_split": x.split,
+                          "distance": int(dist[i, j]), "correlation": round(corr, 4),
+                          "a_dataset": x.dataset, "a_key": x.key, "a_split": x.split,
                           "b_dataset": y.dataset, "b_key": y.key, "b_split": y.split})
     pairs.sort(key=lambda p: (p["distance"], p["a_dataset"], p["a_key"], p["b_dataset"], p["b_key"]))
     return pairs
@@ -214,5 +215,5 @@ def check_build(out: str | os.PathLike, others: Sequence[str | os.PathLike], thr
     return report
 
 
-__all__ = ["DEFAULT_MIN_CORRELATION", "DEFAULT_THRESHOLD", "Item", "LeakageReport", "check", "check_build", "find_pairs", "hash_dataset",
-           "phash", "thumbnail"]
+__all__ = ["DEFAULT_MIN_CORRELATION", "DEFAULT_THRESHOLD", "Item", "LeakageReport", "check", "check_build",
+           "find_pairs", "hash_dataset", "phash", "thumbnail"]

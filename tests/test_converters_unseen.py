@@ -16,7 +16,6 @@ from PIL import Image
 
 from medprep.prep import LayoutError, build, get_converter, synthetic
 from medprep.prep.datasets import modality_id
-from medprep.prep.imaging import decode
 from medprep.prep.tree import open_source
 
 SIZE = 64

@@ -76,5 +76,6 @@ class MoNuSeg(Converter):
     def load(self, blobs: dict[str, bytes], rec: Record) -> Loaded:
         image = decode(blobs[rec.image], rec.image)
         inst, overlap = rasterise(blobs[rec.masks[0]], image.shape[:2], rec.masks[0])
+        visible = int(np.count_nonzero(np.bincount(inst.ravel())[1:]))  # polygons not wholly covered by later ones
         return Loaded(image, inst > 0, inst=inst,
-                      info={"instances": int(np.count_nonzero(np.bincount(inst.ravel())[1:])), "overlap_pixels": overlap, "mask_from": "aperio-xml"})
+                      info={"instances": visible, "overlap_pixels": overlap, "mask_from": "aperio-xml"})
