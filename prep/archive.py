@@ -11,6 +11,7 @@ members are refused, and declared sizes and compression ratios are checked befor
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import stat
@@ -24,6 +25,9 @@ from typing import IO, Iterator
 from .tree import ARCHIVE_SUFFIXES, SourceTree
 
 READABLE = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+SLOW_COMPRESSED_TAR = 256 << 20  # compressed tars have no random access: each backwards read decompresses again
+
+log = logging.getLogger("medprep.build")
 
 
 class ArchiveError(ValueError):
@@ -215,6 +219,9 @@ class ArchiveTree(SourceTree):
                 raise ArchiveError(f"{c.label}: {declared} uncompressed bytes from {c.nbytes} compressed (ratio over "
                                    f"{self.limits.max_ratio:g}); refusing a likely decompression bomb")
             members.append(m)
+        if c.compressed and c.nbytes > SLOW_COMPRESSED_TAR:
+            log.warning("%s is a compressed tar of %d MB: members are read by decompressing from its start; "
+                        "gunzip it to a .tar (still read in place) for a faster build", c.label, c.nbytes >> 20)
         visible = [m for m in members if not _hidden(m.name)]
         tops = {m.name.split("/", 1)[0] if "/" in m.name else None for m in visible}
         prefix = base if len(tops) == 1 and None not in tops else _join(base, archive_stem(c.name))
