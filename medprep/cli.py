@@ -183,11 +183,16 @@ def verify(path: Path = typer.Argument(..., help="A built dataset folder (holdin
 @app.command()
 def demo(out: Path = typer.Option(..., "--out", help="Folder for the fake downloads and the built shards."),
          size: int = typer.Option(256, help="Output side length (small, so the demo runs in seconds)."),
-         workers: int = typer.Option(1, help="Worker processes.")) -> None:
+         workers: int = typer.Option(1, help="Worker processes."),
+         teacher: bool = typer.Option(True, help="Also cache features of a tiny random-weight teacher.")) -> None:
     """Generate small fake copies of the source-domain datasets in their official layouts and build them."""
     from medprep.prep.demo import run_demo
 
     typer.echo(run_demo(out, size=size, workers=workers))
+    if teacher:
+        from medprep.distill.demo import cache_demo
+
+        typer.echo(cache_demo(out / "shards", out / "teacher.zarr", size=size))
 
 
 @app.command("cache-teacher")

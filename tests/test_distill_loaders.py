@@ -91,3 +91,12 @@ def test_masked_mse_ignores_padding():
     assert masked_mse(student, teacher).item() > 0
     with pytest.raises(ValueError, match="project the student"):
         masked_mse(torch.zeros(2, 4, 6, 6), teacher)
+
+
+def test_demo_cache_step_is_labelled_random(cached, tmp_path):
+    from medprep.distill.demo import cache_demo
+
+    out, _, _ = cached
+    text = cache_demo(out.parent, tmp_path / "d.zarr", size=64)
+    assert "RANDOM-WEIGHT" in text and "random-sam-isic2018: 6 samples" in text
+    assert len(TeacherFeatures(str(tmp_path / "d.zarr"), "random-sam-isic2018")) == 6
