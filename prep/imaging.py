@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import gzip
 import io
+import zlib
 from dataclasses import dataclass
 
 import cv2
@@ -38,6 +38,25 @@ def _pil_decode(data: bytes, name: str) -> np.ndarray:
         raise ConversionError(f"cannot decode {name}: {e}") from None
 
 
+# An image file inside a .gz is at most this large once unpacked (a 16-bit 4-channel 16k x 16k image is 2 GiB);
+# anything larger is a decompression bomb, not an image.
+GUNZIP_MAX = 2 << 30
+
+
+def gunzip(data: bytes, name: str, limit: int = GUNZIP_MAX) -> bytes:
+    """Unpack a gzip member, refusing output beyond ``limit`` bytes."""
+    d = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
+    try:
+        out = d.decompress(data, limit + 1)
+    except zlib.error as e:
+        raise ConversionError(f"cannot gunzip {name}: {e}") from None
+    if len(out) > limit:
+        raise ConversionError(f"{name} unpacks to more than {limit} bytes: refused as a decompression bomb")
+    if not d.eof:
+        raise ConversionError(f"cannot gunzip {name}: the file is truncated")
+    return out
+
+
 def decode(data: bytes, name: str) -> np.ndarray:
     """Decode image bytes to an array (H, W) or (H, W, C) in RGB(A) order, keeping the bit depth.
 
@@ -45,10 +64,7 @@ def decode(data: bytes, name: str) -> np.ndarray:
     """
     lname = name.lower()
     if lname.endswith(".gz"):
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as e:
-            raise ConversionError(f"cannot gunzip {name}: {e}") from None
+        data = gunzip(data, name)
         lname = lname[:-3]
     if not data:
         raise ConversionError(f"{name} is empty (0 bytes)")

@@ -150,3 +150,17 @@ def test_images_are_normalised_to_rgb_uint8(kind):
     assert out.dtype == np.uint8 and out.shape == (20, 30, 3)
     np.testing.assert_array_equal(out, expect)
     assert info["source_dtype"] == ("uint16" if kind == "grey16" else "uint8")
+
+
+def test_gunzip_is_capped_and_checks_truncation():
+    import gzip
+
+    from medprep.prep.imaging import gunzip
+
+    bomb = gzip.compress(b"\0" * 5_000_000)
+    assert len(bomb) < 10_000
+    with pytest.raises(ConversionError, match="decompression bomb"):
+        gunzip(bomb, "im0001.ppm.gz", limit=1_000_000)
+    assert gunzip(bomb, "x.gz") == b"\0" * 5_000_000
+    with pytest.raises(ConversionError, match="truncated"):
+        gunzip(bomb[:-20], "x.gz")
