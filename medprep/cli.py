@@ -219,23 +219,28 @@ def cache_teacher(
     compile: bool = typer.Option(False, "--compile", help="torch.compile the encoder."),
     workers: int = typer.Option(4, help="Decode/preprocess threads."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    devices: Optional[str] = typer.Option(None, help="One dask worker per device, e.g. cuda:0,cuda:1."),
+    scheduler: Optional[str] = typer.Option(None, help="dask scheduler address (default: a LocalCluster)."),
 ) -> None:
     """Cache frozen teacher features of a source in a zarr store (resumable: rerun to continue)."""
-    from medprep.distill import SourceSpec, cache_teacher as run_cache, load_teacher, open_run, open_source
+    from medprep.distill import SourceSpec
+    from medprep.distill.distributed import CacheJob, cache_distributed
     from medprep.distill.sources import safe_key
 
+    name = run or safe_key(f"{encoder.rpartition(':')[2]}-{Path(source.rstrip('/')).name}")
+    job = CacheJob(encoder, SourceSpec(source, source_kind, split, fraction, seed, subset_file), out, name,
+                   checkpoint, parse_options(encoder_arg), normalize, resize, dtype, tuple(views.split(",")),
+                   shard_size, batch_size, device, autocast, compile, workers)
     try:
-        teacher = load_teacher(encoder, checkpoint, normalize=normalize, resize=resize,
-                               encoder_kwargs=parse_options(encoder_arg))
-        src = open_source(SourceSpec(source, source_kind, split, fraction, seed, subset_file))
-        name = run or safe_key(f"{encoder.rpartition(':')[2]}-{Path(source.rstrip('/')).name}")
-        store = open_run(teacher, src, out, name, dtype=dtype, views=views.split(","), shard_size=shard_size,
-                         device=device, autocast=autocast)
+        if devices or scheduler:
+            written = cache_distributed(job, devices.split(",") if devices else [device], scheduler)
+            typer.echo(f"{out}/{name}: {len(written)} zarr shards written")
+            return
+        teacher, src = job.teacher(), job.open_source()
+        store = job.open(teacher, src)
         typer.echo(f"{out}/{name}: {store.done_shards().count(False)} of {store.nshards} zarr shards to write",
                    err=True)
-        result = run_cache(teacher, src, out, name, dtype=dtype, views=views.split(","), shard_size=shard_size,
-                           batch_size=batch_size, device=device, autocast=autocast, compile=compile,
-                           workers=workers, progress=progress and sys.stderr.isatty())
+        result = job.execute(teacher, src, progress=progress and sys.stderr.isatty())
     except (ValueError, FileNotFoundError, KeyError, RuntimeError, TypeError) as e:
         fail(str(e))
     typer.echo(f"{out}/{name}: {len(result.shards_written)} zarr shards written ({result.images} images), "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -97,3 +99,17 @@ def test_check_teacher_and_cli(tmp_path, sa1b):
     res = runner.invoke(app, ["cache-teacher", "--source", str(sa1b), "--out", out, "--encoder", "vit_h",
                               "--device", "cpu"])
     assert res.exit_code == 2 and "needs --checkpoint" in res.output
+
+
+def test_dask_workers_one_per_device(tmp_path, sa1b):
+    from medprep.distill import SourceSpec
+    from medprep.distill.distributed import CacheJob, cache_distributed
+
+    job = CacheJob(TINY, SourceSpec(str(sa1b)), str(tmp_path / "one.zarr"), "r", encoder_kwargs=KW,
+                   views=("identity", "hflip"), shard_size=2, batch_size=2, device="cpu", workers=1)
+    job.execute(job.teacher(), job.open_source())
+    two = replace(job, out=str(tmp_path / "two.zarr"))
+    assert cache_distributed(two, ["cpu", "cpu"]) == [0, 1, 2, 3]
+    a, b = _arrays(job.out, "r"), _arrays(two.out, "r")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert cache_distributed(two, ["cpu", "cpu"]) == []  # all done: nothing to resume
