@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import cv2
 import numpy as np
 import torch
+from torch.utils.data import default_collate
 
 if TYPE_CHECKING:
     from .augment import Augment
@@ -72,14 +73,24 @@ def decode_png(data: bytes) -> np.ndarray:
     return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB) if arr.ndim == 3 else arr
 
 
-def normalise(image: np.ndarray, how: str) -> torch.Tensor:
-    """uint8 ``(H, W, 3)`` RGB -> float32 ``(3, H, W)`` tensor, ``(x - mean) / std`` with the constants of ``how``."""
+def _lut(how: str) -> np.ndarray:
+    """(3, 256) float32 table: the normalised value of every uint8 level, per channel."""
     mean, std = NORMALIZATIONS[how]
-    x = image.astype(np.float32)
-    if how != "none":
-        x -= np.asarray(mean, np.float32)
-        x *= np.asarray([1.0 / s for s in std], np.float32)
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+    levels = np.arange(256, dtype=np.float64)
+    return np.stack([(levels - m) / s for m, s in zip(mean, std)]).astype(np.float32)
+
+
+_LUTS = {how: _lut(how) for how in NORMALIZATIONS}
+
+
+def normalise(image: np.ndarray, how: str) -> torch.Tensor:
+    """uint8 ``(H, W, 3)`` RGB -> float32 ``(3, H, W)`` tensor, ``(x - mean) / std`` with the constants of ``how``
+    (one table look-up per pixel and channel, straight into channel-first order)."""
+    lut = _LUTS[how]
+    out = np.empty((3,) + image.shape[:2], np.float32)
+    for c in range(3):
+        np.take(lut[c], image[:, :, c], out=out[c])
+    return torch.from_numpy(out)
 
 
 def _binary(arr: np.ndarray) -> torch.Tensor:
@@ -158,7 +169,8 @@ class Decoder:
 
 
 def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """Batch samples: tensors are stacked, everything else (keys, meta dicts) is kept as a list."""
+    """Batch samples: tensors are stacked (into shared memory inside DataLoader workers, by torch's
+    ``default_collate``), everything else (keys, meta dicts) is kept as a list."""
     first = batch[0]
-    return {k: torch.stack([s[k] for s in batch]) if isinstance(first[k], torch.Tensor) else [s[k] for s in batch]
-            for k in first}
+    return {k: default_collate([s[k] for s in batch]) if isinstance(first[k], torch.Tensor)
+            else [s[k] for s in batch] for k in first}
