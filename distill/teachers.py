@@ -52,7 +52,11 @@ def load_state(model: nn.Module, checkpoint: str, prefix: str = "") -> None:
         state = state["model"]
     if prefix:
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ValueError(f"checkpoint {checkpoint} does not fit the encoder ({str(e)[:300]}); "
+                         f"check --encoder matches the checkpoint") from None
     if missing or unexpected:
         raise ValueError(
             f"checkpoint {checkpoint} does not fit the encoder: {len(missing)} missing keys (e.g. {missing[:3]}), "

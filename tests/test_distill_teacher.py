@@ -58,6 +58,8 @@ def test_checkpoint_loaded_weights_only(tmp_path):
     torch.save({"something": torch.zeros(1)}, tmp_path / "wrong.pth")
     with pytest.raises(ValueError, match="does not fit the encoder"):
         load_teacher(TINY, str(tmp_path / "wrong.pth"), encoder_kwargs={"img_size": 64})
+    with pytest.raises(ValueError, match="does not fit the encoder"):  # same keys, other shapes
+        load_teacher(TINY, str(ckpt), encoder_kwargs={"img_size": 64, "embed_dim": 48})
 
 
 def test_builtin_teachers_need_a_checkpoint():
@@ -88,3 +90,19 @@ def test_normalisations_and_resize_paths():
         Preprocess.named("imagenet")
     with pytest.raises(ValueError, match="RGB uint8"):
         pil.host(img.astype(np.float32))
+
+
+def test_registry_vit_b_and_medsam_from_a_local_checkpoint(tmp_path):
+    """The real builder path (sam_model_registry) with a full SAM state dict; no forward pass (15 s at 1024)."""
+    from segment_anything import sam_model_registry
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        sam = sam_model_registry["vit_b"]()
+    ckpt = tmp_path / "sam_vit_b.pth"
+    torch.save(sam.state_dict(), ckpt)
+    for name, norm in (("vit_b", "sam"), ("medsam", "unit")):
+        teacher = load_teacher(name, str(ckpt))
+        assert torch.equal(teacher.encoder.patch_embed.proj.weight, sam.image_encoder.patch_embed.proj.weight)
+        assert teacher.preprocess == Preprocess.named(norm, 1024)
+        assert teacher.to_attrs()["checkpoint_sha256"] == teacher.checkpoint_sha256
