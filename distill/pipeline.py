@@ -28,6 +28,9 @@ from .teachers import Teacher
 AUTOCASTS = ("auto", "bfloat16", "float16", "none")
 
 
+Valid = tuple[int, tuple[int, int]]  # valid rows, [x0, x1) valid columns, in embedding cells
+
+
 @dataclass(frozen=True)
 class Prepared:
     """One sample ready for the device: host canvas, resized size and its valid region in cells."""
@@ -59,7 +62,11 @@ def valid_cells(src_hw: tuple[int, int], valid_px: tuple[int, int] | None, resiz
 
 def prepare(source: Source, i: int, view: str, pre: Preprocess, stride: int) -> Prepared:
     """Load sample ``i`` of ``source`` and run the host part of the preprocessing for ``view``."""
-    image, valid_px = source.load(i)
+    try:
+        image, valid_px = source.load(i)
+    except Exception as e:
+        raise RuntimeError(f"cannot read sample {source.keys[i]!r} ({type(e).__name__}: {e}); fix or remove the "
+                           f"input, then rerun to resume") from e
     if view == "hflip":
         image = image[:, ::-1]
     canvas, size = pre.host(image)
@@ -193,7 +200,7 @@ def cache_teacher(teacher: Teacher, source: Source, out: str, run: str, *, dtype
                         writer.put(current, parts)
                     current, parts = s, {}
                 items = [f.result() for f in futures]
-                parts.setdefault(view, []).append((encoder(items), items))
+                parts.setdefault(view, []).append((encoder(items), [(p.valid_h, p.valid_x) for p in items]))
                 bar.update(len(items))
             if current is not None:
                 writer.put(current, parts)
@@ -249,13 +256,16 @@ class _Prefetch:
             yield item
 
     def close(self) -> None:
+        """Stop the producer (cancelling the decode work it queued) and wait for it."""
         self._stop.set()
         while self._thread.is_alive():
             try:
-                for f in self._q.get(timeout=0.1)[2]:
+                item = self._q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if isinstance(item, tuple):
+                for f in item[2]:
                     f.cancel()
-            except (queue.Empty, TypeError, IndexError):
-                pass
 
 
 class _Writer:
@@ -268,7 +278,7 @@ class _Writer:
         self._thread = threading.Thread(target=self._run, daemon=True, name="medprep-writer")
         self._thread.start()
 
-    def put(self, s: int, parts: dict[str, list[tuple[torch.Tensor, list[Prepared]]]]) -> None:
+    def put(self, s: int, parts: dict[str, list[tuple[torch.Tensor, list[Valid]]]]) -> None:
         if self._error is not None:
             raise self._error
         self._q.put((s, parts))
@@ -282,13 +292,11 @@ class _Writer:
             except BaseException as e:
                 self._error = e
 
-    def _write(self, s: int, parts: dict[str, list[tuple[torch.Tensor, list[Prepared]]]]) -> None:
+    def _write(self, s: int, parts: dict[str, list[tuple[torch.Tensor, list[Valid]]]]) -> None:
         feats = {view: torch.cat([x for x, _ in p]) for view, p in parts.items()}
-        ident = [item for _, items in parts["identity"] for item in items]
-        valid_hw = np.array([(p.valid_h, p.valid_x[1]) for p in ident], dtype=np.int32)
-        flip = None
-        if "hflip" in parts:
-            flip = np.array([item.valid_x for _, items in parts["hflip"] for item in items], dtype=np.int32)
+        valid = {view: [v for _, vs in p for v in vs] for view, p in parts.items()}
+        valid_hw = np.array([(h, x1) for h, (_, x1) in valid["identity"]], dtype=np.int32)
+        flip = np.array([x for _, x in valid["hflip"]], dtype=np.int32) if "hflip" in valid else None
         self.store.write_shard(s, feats, valid_hw, flip)
 
     def close(self) -> None:

@@ -113,3 +113,20 @@ def test_dask_workers_one_per_device(tmp_path, sa1b):
     a, b = _arrays(job.out, "r"), _arrays(two.out, "r")
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert cache_distributed(two, ["cpu", "cpu"]) == []  # all done: nothing to resume
+
+
+def test_unreadable_input_names_its_key_and_the_run_resumes(tmp_path):
+    from medprep.distill import FolderSource
+    from medprep.distill.synthetic import write_image_folder
+
+    root = write_image_folder(tmp_path / "imgs", 4, np.random.default_rng(0))
+    good = (root / "img_003.png").read_bytes()
+    (root / "img_003.png").write_bytes(b"not a png")
+    teacher = load_teacher(TINY, encoder_kwargs=KW)
+    kw = dict(shard_size=2, batch_size=2, progress=False)
+    with pytest.raises(RuntimeError, match="cannot read sample 'imgs-img_003'"):
+        cache_teacher(teacher, FolderSource(str(root)), str(tmp_path / "t.zarr"), "r", workers=1, **kw)
+    assert FeatureStore.open(str(tmp_path / "t.zarr")).done_shards() == [True, False]
+    (root / "img_003.png").write_bytes(good)
+    res = cache_teacher(teacher, FolderSource(str(root)), str(tmp_path / "t.zarr"), "r", **kw)
+    assert res.shards_written == [1] and res.shards_skipped == [0]
