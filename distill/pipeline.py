@@ -12,7 +12,7 @@ import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -95,14 +95,29 @@ class Encoder:
         self.module = teacher.encoder.to(self.device)
         self.fn = torch.compile(self.module) if compile else self.module
 
-    def __call__(self, items: Sequence[Prepared]) -> torch.Tensor:
+    def launch(self, items: Sequence[Prepared]) -> Callable[[], torch.Tensor]:
+        """Start encoding a batch; the returned function waits for it and gives float32 CPU features.
+
+        On CUDA the kernels and the copy back run asynchronously, so the next batch can be queued first.
+        """
         canvases = torch.stack([p.canvas for p in items])
         sizes = torch.tensor([p.size for p in items])
-        if self.device.type == "cuda":
-            canvases = canvases.pin_memory().to(self.device, non_blocking=True)
+        if self.device.type != "cuda":
+            with torch.inference_mode(), self._autocast():
+                out = self.fn(self.pre.device(canvases, sizes)).float()
+            return lambda: out
+        canvases = canvases.pin_memory().to(self.device, non_blocking=True)
         with torch.inference_mode(), self._autocast():
-            x = self.pre.device(canvases, sizes)
-            return self.fn(x).float().cpu()
+            y = self.fn(self.pre.device(canvases, sizes))
+            host = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
+            host.copy_(y, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return lambda: (done.synchronize(), host.float())[1]
+
+    def __call__(self, items: Sequence[Prepared]) -> torch.Tensor:
+        """Encode a batch: float32 CPU features ``(B, C, H, W)``."""
+        return self.launch(items)()
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast == "none":
@@ -193,17 +208,13 @@ def cache_teacher(teacher: Teacher, source: Source, out: str, run: str, *, dtype
         batches = _Prefetch(_batches(todo, store, source, teacher.preprocess, stride, batch_size, pool), prefetch)
         writer = _Writer(store)
         try:
-            current, parts = None, {}
-            for s, view, futures in batches:
-                if s != current:
-                    if current is not None:
-                        writer.put(current, parts)
-                    current, parts = s, {}
-                items = [f.result() for f in futures]
-                parts.setdefault(view, []).append((encoder(items), [(p.valid_h, p.valid_x) for p in items]))
-                bar.update(len(items))
-            if current is not None:
-                writer.put(current, parts)
+            parts: dict[int, dict[str, list[tuple[torch.Tensor, list[Valid]]]]] = {}
+            for s, view, feats, valid in _encoded(batches, encoder):
+                shard = parts.setdefault(s, {})
+                shard.setdefault(view, []).append((feats, valid))
+                bar.update(len(valid))
+                if sum(len(v) for p in shard.values() for _, v in p) == len(store.indices(s)) * len(store.views):
+                    writer.put(s, parts.pop(s))  # complete: hand it over at once
         finally:
             batches.close()
             writer.close()
@@ -218,6 +229,32 @@ def _batches(todo: Sequence[int], store: FeatureStore, source: Source, pre: Prep
         for view in store.views:
             for b in range(0, len(idx), batch_size):
                 yield s, view, [pool.submit(prepare, source, i, view, pre, stride) for i in idx[b:b + batch_size]]
+
+
+Launched = tuple[int, str, Callable[[], torch.Tensor], list[Valid]]
+
+
+def _collect(b: Launched) -> tuple[int, str, torch.Tensor, list[Valid]]:
+    return b[0], b[1], b[2](), b[3]
+
+
+def _encoded(batches: Iterator[tuple[int, str, list[Future]]],
+             encoder: Encoder) -> Iterator[tuple[int, str, torch.Tensor, list[Valid]]]:
+    """Encoded batches in order, keeping one batch queued on the device while the previous one is collected."""
+    pending: Launched | None = None
+    for s, view, futures in batches:
+        try:
+            items = [f.result() for f in futures]
+        except Exception:
+            if pending is not None:  # the batch already encoded still reaches its shard
+                yield _collect(pending)
+            raise
+        launched = (s, view, encoder.launch(items), [(p.valid_h, p.valid_x) for p in items])
+        if pending is not None:
+            yield _collect(pending)
+        pending = launched
+    if pending is not None:
+        yield _collect(pending)
 
 
 class _Prefetch:
