@@ -87,9 +87,7 @@ class Encoder:
     """A teacher on its device: batches of :class:`Prepared` in, float32 CPU features out."""
 
     def __init__(self, teacher: Teacher, device: str = "cpu", autocast: str = "auto", compile: bool = False):
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+        self.device = check_device(device)
         self.autocast = resolve_autocast(autocast, device)
         self.pre = teacher.preprocess
         self.module = teacher.encoder.to(self.device)
@@ -125,14 +123,28 @@ class Encoder:
         return torch.autocast(self.device.type, dtype=getattr(torch, self.autocast))
 
 
-def feature_shape(teacher: Teacher) -> tuple[int, int, int]:
-    """``(C, H, W)`` of the teacher's features, from one forward pass of a blank image."""
+def feature_shape(teacher: Teacher, device: str = "cpu") -> tuple[int, int, int]:
+    """``(C, H, W)`` of the teacher's features: from a SAM ``ImageEncoderViT``'s config, else one forward pass."""
+    try:
+        from segment_anything.modeling import ImageEncoderViT
+    except ImportError:  # segment-anything is optional for teachers from elsewhere
+        ImageEncoderViT = ()
+    enc = teacher.encoder
     s = teacher.preprocess.img_size
-    param = next(teacher.encoder.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
+    if isinstance(enc, ImageEncoderViT):  # no forward pass: ViT-H takes a minute on a CPU
+        grid = s // enc.patch_embed.proj.kernel_size[0]
+        return enc.neck[0].out_channels, grid, grid
     with torch.inference_mode():
-        out = teacher.encoder(torch.zeros(1, 3, s, s, device=device))
+        out = enc.to(device)(torch.zeros(1, 3, s, s, device=device))
     return tuple(out.shape[1:])
+
+
+def check_device(device: str) -> torch.device:
+    """The torch device, or a clear error when CUDA is asked for but absent."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {device} was asked for but no CUDA GPU is visible; use --device cpu")
+    return dev
 
 
 def run_attrs(teacher: Teacher, source: Source, dtype: str, views: Sequence[str], shard_size: int,
@@ -179,7 +191,8 @@ def open_run(teacher: Teacher, source: Source, out: str, run: str, *, dtype: str
         raise ValueError(f"--shard-size must be at least 1, got {shard_size}")
     attrs = run_attrs(teacher, source, dtype, [v for v in VIEWS if v in views], shard_size,
                       resolve_autocast(autocast, device))
-    return FeatureStore.create_or_open(out, run, source.keys, attrs, lambda: feature_shape(teacher))
+    check_device(device)
+    return FeatureStore.create_or_open(out, run, source.keys, attrs, lambda: feature_shape(teacher, device))
 
 
 def cache_teacher(teacher: Teacher, source: Source, out: str, run: str, *, dtype: str = "float16",
