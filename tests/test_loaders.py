@@ -303,3 +303,20 @@ def test_meta_and_keys_are_lists_after_collate(shards):
                                  collate_fn=collate)))
     assert isinstance(batch["meta"], list) and isinstance(batch["key"], list) and batch["mask"].shape == (3, 1, 64, 64)
     assert json.dumps(batch["meta"][0])
+
+
+def test_fsspec_urls(shards):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for f in Path(shards["drive4"]).iterdir():
+        if f.is_file():
+            fs.pipe(f"/loader-test/drive/{f.name}", f.read_bytes())
+    url = "memory://loader-test/drive"
+    local = list(MedShards(shards["drive4"], fields=["key", "mask"], seed=1))
+    remote = list(MedShards(url, fields=["key", "mask"], seed=1))
+    assert [s["key"] for s in remote] == [s["key"] for s in local]
+    assert all(torch.equal(a["mask"], b["mask"]) for a, b in zip(local, remote))
+    ix = MedShardsIndexed(url, "train", ["key", "image"])
+    assert ix.keys() == open_dataset(shards["drive4"]).keys("train")
+    assert torch.equal(ix[5]["image"], MedShardsIndexed(shards["drive4"], "train", ["image"])[5]["image"])
