@@ -21,6 +21,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import zarr
+from fsspec.implementations.local import LocalFileSystem
+
+from medprep.manifests import fs_and_path
 
 FORMAT = "medprep-teacher-v1"
 DTYPES = ("float16", "int8", "bfloat16", "float32")
@@ -38,6 +41,12 @@ def identity(attrs: dict[str, Any]) -> dict[str, Any]:
     if isinstance(out.get("source"), dict):
         out["source"] = {k: v for k, v in out["source"].items() if k not in ("url", "subset_file")}
     return out
+
+
+def _location(url: str) -> str:
+    """What zarr opens: a plain path for local files (also ``file://`` URLs), else the fsspec URL."""
+    fs, path = fs_and_path(url)
+    return path if isinstance(fs, LocalFileSystem) else url
 
 
 def suffix(view: str) -> str:
@@ -93,7 +102,7 @@ class FeatureStore:
     def open(cls, url: str, run: str | None = None, mode: str = "r") -> "FeatureStore":
         """Open run ``run`` of the store at ``url`` (``run=None``: the store's only run)."""
         try:
-            root = zarr.open_group(url, mode=mode)
+            root = zarr.open_group(_location(url), mode=mode)
         except FileNotFoundError:
             raise FileNotFoundError(f"no teacher store at {url}: create it with 'medprep cache-teacher'") from None
         runs = sorted(name for name, _ in root.groups())
@@ -114,7 +123,7 @@ class FeatureStore:
         for locations and versions (see :func:`identity`). ``shape()`` gives ``(C, H, W)`` when creating.
         A run whose creation was interrupted (no ``format`` attr yet) is created again.
         """
-        root = zarr.open_group(url, mode="a")
+        root = zarr.open_group(_location(url), mode="a")
         if run in root and root[run].attrs.get("format") == FORMAT:
             store = cls(root[run], url, run)
             old, new = identity(store.attrs), identity(attrs)

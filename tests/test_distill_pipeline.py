@@ -130,3 +130,12 @@ def test_unreadable_input_names_its_key_and_the_run_resumes(tmp_path):
     (root / "img_003.png").write_bytes(good)
     res = cache_teacher(teacher, FolderSource(str(root)), str(tmp_path / "t.zarr"), "r", **kw)
     assert res.shards_written == [1] and res.shards_skipped == [0]
+
+
+def test_fsspec_store_urls(tmp_path, sa1b):
+    teacher = load_teacher(TINY, encoder_kwargs=KW)
+    src = SA1BSource(str(sa1b))
+    for url in (f"memory://{tmp_path.name}/t.zarr", f"file://{tmp_path}/t.zarr"):
+        cache_teacher(teacher, src, url, "r", shard_size=4, batch_size=4, progress=False)
+        store = FeatureStore.open(url)
+        assert store.done_shards() == [True, True] and store.read(6).shape == (256, 4, 4)
