@@ -96,6 +96,10 @@ def test_check_teacher_and_cli(tmp_path, sa1b):
     assert len(report.keys) == 3 and report.cosine_min >= 0.999 and report.max_abs < 0.05
     res = runner.invoke(app, ["check-teacher", out, "-k", "2"])
     assert res.exit_code == 0 and "2 samples checked" in res.output, res.output
+    g = zarr.open_group(out, mode="r+")["r"]
+    g["features"][5] = np.flip(g["features"][5], axis=-1)  # a corrupted sample is caught
+    res = runner.invoke(app, ["check-teacher", out, "-k", "7", "--source", str(sa1b)])
+    assert res.exit_code == 1 and "7 samples checked" in res.output, res.output
     res = runner.invoke(app, ["cache-teacher", "--source", str(sa1b), "--out", out, "--encoder", "vit_h",
                               "--device", "cpu"])
     assert res.exit_code == 2 and "needs --checkpoint" in res.output
