@@ -100,3 +100,17 @@ def test_demo_cache_step_is_labelled_random(cached, tmp_path):
     text = cache_demo(out.parent, tmp_path / "d.zarr", size=64)
     assert "RANDOM-WEIGHT" in text and "random-sam-isic2018: 6 samples" in text
     assert len(TeacherFeatures(str(tmp_path / "d.zarr"), "random-sam-isic2018")) == 6
+
+
+def test_join_in_dataloader_workers(cached):
+    from medprep.loaders import collate
+
+    out, store, _ = cached
+    data = teacher_shards(str(out), store, split="train", fields=FIELDS, shuffle=False)
+    loader = torch.utils.data.DataLoader(data, batch_size=2, num_workers=2, collate_fn=collate)
+    batches = list(loader)
+    keys = sorted(k for b in batches for k in b["key"])
+    assert keys == sorted(MedicalSource(str(out), "train").keys)
+    for b in batches:
+        assert b["teacher"].shape[1:] == (256, 8, 8) and b["teacher_valid"].dtype == torch.bool
+        assert masked_mse(torch.zeros_like(b["teacher"]), b["teacher"], b["teacher_valid"]) > 0
