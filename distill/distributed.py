@@ -46,7 +46,8 @@ class CacheJob:
     def open(self, teacher: Teacher, source: Source) -> FeatureStore:
         """Create or reopen the run (see :func:`open_run`)."""
         return open_run(teacher, source, self.out, self.run, dtype=self.dtype, views=self.views,
-                        shard_size=self.shard_size, device=self.device, autocast=self.autocast)
+                        shard_size=self.shard_size, device=self.device, autocast=self.autocast,
+                        compile=self.compile)
 
     def execute(self, teacher: Teacher, source: Source, shards: Sequence[int] | None = None,
                 progress: bool = False) -> CacheResult:

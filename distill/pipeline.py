@@ -148,7 +148,7 @@ def check_device(device: str) -> torch.device:
 
 
 def run_attrs(teacher: Teacher, source: Source, dtype: str, views: Sequence[str], shard_size: int,
-              autocast: str) -> dict[str, Any]:
+              autocast: str, compile: bool = False) -> dict[str, Any]:
     """Everything the stored features depend on (the run's identity, recorded in the zarr attrs)."""
     src = source.describe()
     return {
@@ -159,6 +159,7 @@ def run_attrs(teacher: Teacher, source: Source, dtype: str, views: Sequence[str]
         "pixel_mean": list(teacher.preprocess.pixel_mean),
         "pixel_std": list(teacher.preprocess.pixel_std),
         "autocast": autocast,
+        "compile": compile,
         "source": src,
         "source_manifest_sha256": src.get("manifest_sha256"),
         "dtype": dtype,
@@ -180,7 +181,7 @@ class CacheResult:
 
 def open_run(teacher: Teacher, source: Source, out: str, run: str, *, dtype: str = "float16",
              views: Sequence[str] = ("identity",), shard_size: int = 16, device: str = "cpu",
-             autocast: str = "auto") -> FeatureStore:
+             autocast: str = "auto", compile: bool = False) -> FeatureStore:
     """Create (or reopen, checking its parameters) the run group; call once before starting workers."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown --dtype {dtype!r}: expected one of {DTYPES}")
@@ -190,7 +191,7 @@ def open_run(teacher: Teacher, source: Source, out: str, run: str, *, dtype: str
     if shard_size < 1:
         raise ValueError(f"--shard-size must be at least 1, got {shard_size}")
     attrs = run_attrs(teacher, source, dtype, [v for v in VIEWS if v in views], shard_size,
-                      resolve_autocast(autocast, device))
+                      resolve_autocast(autocast, device), compile)
     check_device(device)
     return FeatureStore.create_or_open(out, run, source.keys, attrs, lambda: feature_shape(teacher, device))
 
@@ -206,7 +207,7 @@ def cache_teacher(teacher: Teacher, source: Source, out: str, run: str, *, dtype
     writes whole zarr shards; ``prefetch`` bounds the batches decoded ahead.
     """
     store = open_run(teacher, source, out, run, dtype=dtype, views=views, shard_size=shard_size,
-                     device=device, autocast=autocast)
+                     device=device, autocast=autocast, compile=compile)
     encoder = Encoder(teacher, device, store.attrs["autocast"], compile)
     stride = teacher.preprocess.img_size // store.attrs["feature_shape"][1]
     wanted = range(store.nshards) if shards is None else shards
