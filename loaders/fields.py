@@ -65,11 +65,12 @@ def check_fields(fields: Iterable[str]) -> tuple[str, ...]:
     return out
 
 
-def decode_png(data: bytes) -> np.ndarray:
+def decode_png(data: bytes, where: str = "PNG entry") -> np.ndarray:
     """PNG bytes -> array (H, W) or (H, W, 3) RGB, keeping the bit depth."""
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
-        raise ValueError("not a decodable PNG")
+        raise ValueError(f"{where} is not a decodable PNG ({len(data)} bytes): the shard is damaged; run "
+                         f"'medprep verify' on its dataset and rebuild")
     return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB) if arr.ndim == 3 else arr
 
 
@@ -143,7 +144,8 @@ class Decoder:
             if patch_size(f):
                 out[f] = np.load(io.BytesIO(self._entry(raw, f"{f}.npy")), allow_pickle=False)
             else:
-                arr = decode_png(self._entry(raw, _ENTRIES[f]))
+                entry = _ENTRIES[f]
+                arr = decode_png(self._entry(raw, entry), f"{raw.get('__key__')}.{entry} in {raw.get('__url__')}")
                 out[f] = arr if f in ("image", "inst") else arr > 0
         return out
 

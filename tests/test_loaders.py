@@ -320,3 +320,10 @@ def test_fsspec_urls(shards):
     ix = MedShardsIndexed(url, "train", ["key", "image"])
     assert ix.keys() == open_dataset(shards["drive4"]).keys("train")
     assert torch.equal(ix[5]["image"], MedShardsIndexed(shards["drive4"], "train", ["image"])[5]["image"])
+
+
+def test_damaged_entry_is_named():
+    raw = {"__key__": "drive-21_training", "__url__": "shards/train-000000.tar", "image.png": b"\x89PNG broken",
+           "modality.cls": b"2"}
+    with pytest.raises(ValueError, match=r"drive-21_training.image.png in shards/train-000000.tar is not a decodable"):
+        Decoder(["image"])(raw)
