@@ -327,3 +327,35 @@ def test_damaged_entry_is_named():
            "modality.cls": b"2"}
     with pytest.raises(ValueError, match=r"drive-21_training.image.png in shards/train-000000.tar is not a decodable"):
         Decoder(["image"])(raw)
+
+
+def _ddp_rank(rank: int, root: str, rendezvous: str, out: str) -> None:
+    """One process of a 2-rank gloo group: reads its part of an exact and of a resampled epoch."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
+    try:
+        exact = keys_of(MedShards(root, fields=["key"]), 2)
+        resampled = DataLoader(MedShards(root, fields=["key"], resampled=True, epoch_samples=7), batch_size=2,
+                               num_workers=2, collate_fn=collate)
+        batches = torch.tensor([len(list(resampled))])
+        torch.distributed.all_reduce(batches, op=torch.distributed.ReduceOp.MAX)
+        Path(out).write_text(json.dumps({"exact": exact, "resampled": len(list(resampled)),
+                                         "max_batches": int(batches)}))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_real_process_group(shards, tmp_path):
+    """Two ranks in a real torch.distributed (gloo) group, rank and world size taken from the group."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_ddp_rank, args=(r, str(shards["drive8"]), str(tmp_path / "rdv"),
+                                                 str(tmp_path / f"rank{r}.json"))) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert Counter(got[0]["exact"] + got[1]["exact"]) == Counter(open_dataset(shards["drive8"]).keys("train"))
+    assert got[0]["resampled"] == got[1]["resampled"] == got[0]["max_batches"] == 4  # 7 samples: 2 workers, 4 + 3
