@@ -31,8 +31,10 @@ class MedShards(torch.utils.data.IterableDataset):
     modality per round, in a random order), so a batch size that is a multiple of the number of modalities gives
     exactly balanced batches.
 
-    Order: shards are shuffled by ``(seed, epoch)`` and samples through a ``shuffle_buffer``; identical for identical
-    seed, epoch and number of workers/ranks. Call ``set_epoch`` before each epoch (it reaches persistent workers).
+    Order: shards are shuffled by ``(seed, epoch)`` and samples through a ``shuffle_buffer`` of raw samples per
+    worker (split among the sources in resampled mode); identical for identical seed, epoch and numbers of workers
+    and ranks; ``shuffle=False`` reads the manifest order. Call ``set_epoch`` before each epoch (it reaches
+    persistent workers).
     """
 
     def __init__(
@@ -128,8 +130,9 @@ class MedShards(torch.utils.data.IterableDataset):
             stream = partition.shuffled(stream, self.shuffle_buffer, partition.rng(self.seed, epoch, consumer.index, 2))
         return stream
 
-    def _source_stream(self, source: int, gen: np.random.Generator) -> Iterator[dict[str, Any]]:
-        """Endless samples of one source: whole shards drawn with probability proportional to their size."""
+    def _source_stream(self, source: int, buffer: int, gen: np.random.Generator) -> Iterator[dict[str, Any]]:
+        """Endless samples of one source: whole shards drawn with probability proportional to their size, through
+        a shuffle buffer of ``buffer`` samples."""
         shards = [s for s in self.shards if s.source == source]
         p = np.array([s.nsamples for s in shards], float)
         p /= p.sum()
@@ -138,12 +141,14 @@ class MedShards(torch.utils.data.IterableDataset):
             while True:
                 yield from read_samples(shards[int(gen.choice(len(shards), p=p))].url, self.entries)
 
-        return partition.shuffled(endless(), self.shuffle_buffer, gen) if self.shuffle_buffer > 1 else endless()
+        return partition.shuffled(endless(), buffer, gen) if buffer > 1 else endless()
 
     def _resampled(self, consumer: partition.Consumer, epoch: int) -> Iterator[dict[str, Any]]:
         gen = partition.rng(self.seed, epoch, consumer.index, 3)
         usable = [i for i, w in enumerate(self.weights) if w > 0]
-        streams = {i: self._source_stream(i, partition.rng(self.seed, epoch, consumer.index, 4, i)) for i in usable}
+        buffer = self.shuffle_buffer // len(usable)  # the buffers of all sources together hold shuffle_buffer samples
+        streams = {i: self._source_stream(i, buffer, partition.rng(self.seed, epoch, consumer.index, 4, i))
+                   for i in usable}
         if self.balance == "modality":
             groups: dict[int, list[int]] = {}
             for i in usable:
