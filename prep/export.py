@@ -88,8 +88,8 @@ def _mask01(png: bytes, where: str) -> bytes:
     return encode_png((decode(png, where) > 0).astype(np.uint8))
 
 
-def export(sources: Source | Sequence[Source], out: str | os.PathLike, layout: str, *, splits: Sequence[str] | None = None,
-           name: str | None = None, dataset_id: int = 501) -> ExportResult:
+def export(sources: Source | Sequence[Source], out: str | os.PathLike, layout: str, *,
+           splits: Sequence[str] | None = None, name: str | None = None, dataset_id: int = 501) -> ExportResult:
     """Write the samples of ``splits`` (default: all) of one or more built datasets to ``out`` in ``layout``.
 
     ``name``: the esp-medsam split file's name (default from ``ESP_NAMES``) or the nnU-Net dataset name (default:

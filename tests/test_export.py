@@ -83,7 +83,7 @@ def test_esp_medsam_merges_lung_sets_and_rejects_clashes(built, tmp_path):
     splits = json.loads(Path(result.index).read_text())
     assert Path(result.index).name == "lung_data_split.json"
     ids = [f for v in splits.values() for f in v]
-    expected = open_dataset(built["montgomery"]).manifest.nsamples() + open_dataset(built["shenzhen"]).manifest.nsamples()
+    expected = sum(open_dataset(built[d]).manifest.nsamples() for d in ("montgomery", "shenzhen"))
     assert len(ids) == len(set(ids)) == expected == 11  # one Shenzhen image has no mask
     assert {f[:6] for f in ids} == {"MCUCXR", "CHNCXR"}
     assert sorted(os.listdir(tmp_path / "lung" / "image_1024")) == sorted(ids)
@@ -106,7 +106,7 @@ def test_nnunet_raw_layout(built, tmp_path):
     assert sorted(p.name for p in (root / "imagesTr").iterdir()) == [f"{c}_0000.png" for c in cases]
     fold = json.loads((root / "splits_final.json").read_text())[0]
     assert sorted(fold["train"] + fold["val"]) == cases
-    assert set(fold["val"]) == set(open_dataset(built["drive"]).keys("valid") + open_dataset(built["udiat"]).keys("valid"))
+    assert set(fold["val"]) == {k for d in ("drive", "udiat") for k in open_dataset(built[d]).keys("valid")}
     test_keys = open_dataset(built["drive"]).keys("test")
     assert sorted(p.name for p in (root / "labelsTs").iterdir() if p.name.startswith("drive")) == \
         sorted(f"{k}.png" for k in test_keys)
