@@ -6,6 +6,15 @@ The student follows the ESP-MedSAM / De-LightSAM recipe at toy scale: a conv ima
 predicts which 32x32 patches hold foreground (trained on the shards' ``patch32`` with BCE) and whose output
 prompts the decoder; a mask head that matches decoder features against one learned query per modality (focal +
 Dice on ``mask``). The data side is three lines: ``MedShards(...)``, ``DataLoader(...)``, ``set_epoch``.
+
+With ``--teacher STORE`` (a store written by ``medprep cache-teacher`` over the same shards) the student also
+distils the teacher's image embeddings: a 1x1 projection of its deep features, resized to the teacher's grid, is
+pulled towards the stored features with an MSE that ignores padding cells (``teacher_valid``). Inputs are then
+flipped through the store's ``hflip`` view (when cached) instead of free augmentation, so targets stay right.
+
+    medprep demo --out demo/     # shards + a cache from a RANDOM-WEIGHT teacher (plumbing only)
+    python examples/train_student.py --shards demo/shards/drive --teacher demo/teacher.zarr \
+        --teacher-run random-sam-drive --steps 5
 """
 
 from __future__ import annotations
@@ -19,7 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from medprep.distill.loss import masked_mse
 from medprep.loaders import Augment, MedShards, collate
+from medprep.loaders.teacher import TeacherFeatures, TeacherJoin
 
 N_MODALITIES = 6  # rows of the modality table (medprep.prep.datasets.base.MODALITY_MAPS)
 FIELDS = ["image", "mask", "patch32", "modality_id", "key"]
@@ -33,7 +44,8 @@ def block(cin: int, cout: int) -> nn.Sequential:
 class TinyStudent(nn.Module):
     """Encoder to 1/32 resolution; patch head at 1/32 (the self-prompt); mask head at 1/4 with modality queries."""
 
-    def __init__(self, dim: int = 32, n_modalities: int = N_MODALITIES):
+    def __init__(self, dim: int = 32, n_modalities: int = N_MODALITIES,
+                 teacher_shape: tuple[int, int, int] | None = None):
         super().__init__()
         self.stem = nn.Sequential(block(3, 16), block(16, dim))  # 1/4
         self.deep = nn.Sequential(block(dim, dim), block(dim, dim), block(dim, dim))  # 1/32
@@ -41,6 +53,9 @@ class TinyStudent(nn.Module):
         self.prompt = nn.Conv2d(1, dim, 1)  # embeds the predicted patch map as a dense prompt
         self.fuse = nn.Sequential(nn.Conv2d(2 * dim, dim, 3, padding=1), nn.GELU(), nn.Conv2d(dim, dim, 1))
         self.queries = nn.Embedding(n_modalities, dim)
+        # projection of the deep features to the teacher's embedding (C, H, W), when distilling
+        self.teacher_shape = teacher_shape
+        self.embed = nn.Conv2d(dim, teacher_shape[0], 1) if teacher_shape else None
 
     def forward(self, image: torch.Tensor, modality_id: torch.Tensor) -> dict[str, torch.Tensor]:
         shallow = self.stem(image)
@@ -52,7 +67,11 @@ class TinyStudent(nn.Module):
         query = self.queries(modality_id)  # (B, dim): one learned query per modality
         mask_logits = torch.einsum("bchw,bc->bhw", feats, query)[:, None] / math.sqrt(feats.shape[1])
         mask_logits = F.interpolate(mask_logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
-        return {"patch32": patch_logits, "mask": mask_logits}
+        out = {"patch32": patch_logits, "mask": mask_logits}
+        if self.embed is not None:
+            out["embed"] = F.interpolate(self.embed(deep), size=self.teacher_shape[1:], mode="bilinear",
+                                         align_corners=False)
+        return out
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
@@ -75,24 +94,31 @@ def student_loss(out: dict[str, torch.Tensor], batch: dict[str, Any],
                  weights: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
     """The loss terms and their weighted sum ``total``. Add terms here (e.g. feature distillation against a
     teacher): every term in the returned dict with a weight in ``weights`` enters ``total``."""
-    w = {"patch_bce": 1.0, "mask_focal": 20.0, "mask_dice": 1.0, **(weights or {})}
+    w = {"patch_bce": 1.0, "mask_focal": 20.0, "mask_dice": 1.0, "distill": 1.0, **(weights or {})}
     terms = {
         "patch_bce": F.binary_cross_entropy_with_logits(out["patch32"], batch["patch32"]),
         "mask_focal": focal_loss(out["mask"], batch["mask"]),
         "mask_dice": dice_loss(out["mask"], batch["mask"]),
     }
+    if "embed" in out:  # feature distillation: MSE against the stored teacher embedding, padding masked
+        terms["distill"] = masked_mse(out["embed"], batch["teacher"], batch["teacher_valid"])
     terms["total"] = sum(w[k] * v for k, v in terms.items() if k in w)
     return terms
 
 
 def train(shards: Sequence[str], steps: int = 5, batch_size: int = 4, workers: int = 0, lr: float = 1e-3,
-          seed: int = 0, balance: str | None = None) -> tuple[TinyStudent, list[dict[str, float]]]:
+          seed: int = 0, balance: str | None = None, teacher: str | None = None, teacher_run: str | None = None,
+          distill_weight: float = 1.0) -> tuple[TinyStudent, list[dict[str, float]]]:
     """Train for ``steps`` optimiser steps; returns the model and the loss terms of every step."""
     torch.manual_seed(seed)
-    data = MedShards(shards, split="train", fields=FIELDS, normalize="sam", augment=Augment(), seed=seed,
-                     resampled=True, epoch_samples=steps * batch_size, balance=balance)
+    features = TeacherFeatures(teacher, teacher_run) if teacher else None
+    data: MedShards | TeacherJoin = MedShards(
+        shards, split="train", fields=FIELDS, normalize="sam", augment=None if features else Augment(), seed=seed,
+        resampled=True, epoch_samples=steps * batch_size, balance=balance)
+    if features is not None:
+        data = TeacherJoin(data, features, hflip=0.5 if "hflip" in features.views else 0.0, seed=seed)
     loader = DataLoader(data, batch_size=batch_size, num_workers=workers, collate_fn=collate, drop_last=True)
-    model = TinyStudent()
+    model = TinyStudent(teacher_shape=tuple(features.store.attrs["feature_shape"]) if features else None)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     history: list[dict[str, float]] = []
     epoch = 0
@@ -100,7 +126,7 @@ def train(shards: Sequence[str], steps: int = 5, batch_size: int = 4, workers: i
         data.set_epoch(epoch)
         for batch in loader:
             out = model(batch["image"], batch["modality_id"])
-            losses = student_loss(out, batch)
+            losses = student_loss(out, batch, {"distill": distill_weight})
             opt.zero_grad()
             losses["total"].backward()
             opt.step()
@@ -121,9 +147,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, float]]:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--balance", choices=["modality"], default=None, help="modality-balanced batches")
+    ap.add_argument("--teacher", default=None, help="teacher feature store (medprep cache-teacher) to distil")
+    ap.add_argument("--teacher-run", default=None, help="run in the store (default: its only run)")
+    ap.add_argument("--distill-weight", type=float, default=1.0)
     ap.add_argument("--save", default=None, help="write the trained weights here")
     args = ap.parse_args(argv)
-    model, history = train(args.shards, args.steps, args.batch_size, args.workers, args.lr, args.seed, args.balance)
+    model, history = train(args.shards, args.steps, args.batch_size, args.workers, args.lr, args.seed, args.balance,
+                           args.teacher, args.teacher_run, args.distill_weight)
     if args.save:
         torch.save(model.state_dict(), args.save)
     return history

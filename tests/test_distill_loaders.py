@@ -114,3 +114,16 @@ def test_join_in_dataloader_workers(cached):
     for b in batches:
         assert b["teacher"].shape[1:] == (256, 8, 8) and b["teacher_valid"].dtype == torch.bool
         assert masked_mse(torch.zeros_like(b["teacher"]), b["teacher"], b["teacher_valid"]) > 0
+
+
+def test_train_student_example_distils_stored_features(cached, tmp_path):
+    """examples/train_student.py --teacher: the distillation term enters the loss and the student learns it."""
+    import runpy
+    from pathlib import Path
+
+    out, store, _ = cached
+    example = runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples" / "train_student.py"))
+    history = example["main"](["--shards", str(out), "--teacher", store, "--steps", "12", "--batch-size", "2",
+                               "--lr", "3e-3"])
+    assert len(history) == 12 and all("distill" in h and np.isfinite(h["distill"]) for h in history)
+    assert min(h["distill"] for h in history[-3:]) < history[0]["distill"]
