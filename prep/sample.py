@@ -67,14 +67,14 @@ def convert(conv: Converter, rec: Record, loaded: Loaded, hashes: dict[str, str]
     sample: dict[str, Any] = {
         "__key__": key,
         "image.png": encode_png(geo.image(image)),
-        "mask.png": encode_png(mask.astype(np.uint8) * 255),
+        "mask.png": encode_png(mask.view(np.uint8) * np.uint8(255)),
         "modality.cls": str(modality_id).encode(),
         "meta.json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode(),
     }
     for p, grid in patch_pyramid(mask, params.patch_sizes).items():
         sample[f"patch{p}.npy"] = encode_npy(grid)
     for name, extra in loaded.extras.items():
-        sample[f"{name}.png"] = encode_png(geo.label(extra).astype(np.uint8) * 255)
+        sample[f"{name}.png"] = encode_png(geo.label(extra).view(np.uint8) * np.uint8(255))
     if loaded.inst is not None:
         sample["inst.png"] = encode_png(geo.label(loaded.inst))
     row = {

@@ -14,6 +14,7 @@ import pytest
 from conftest import read_built
 
 from medprep.prep import BuildError, build, synthetic
+from medprep.prep.pipeline import staging_dir
 
 
 def digest(out: Path) -> dict[str, str]:
@@ -72,37 +73,36 @@ def test_crash_midway_then_resume_gives_identical_bytes(src, reference, tmp_path
     with pytest.raises(KeyboardInterrupt):
         build("dsb2018", src, out, size=64, shard_samples=3, progress=crash_after_two)
     assert not (out / "manifest.json").exists() and not list(out.glob("*.tar"))  # nothing final is visible
-    assert len(list((out / ".partial").glob("*.json"))) == 2
+    assert len(list(staging_dir(out).glob("*.json"))) == 2
     result = build("dsb2018", src, out, size=64, shard_samples=3)
     assert result.skipped_tasks == 2
     assert digest(out) == digest(reference)
-    assert not (out / ".partial").exists()
+    assert not staging_dir(out).exists()
 
 
-@pytest.mark.parametrize("finished_tasks", [0, 1, 3, 5])
+@pytest.mark.parametrize("finished_tasks", [0, 1, 3, 5, 6])
 def test_sigkill_at_several_points_then_resume(src, reference, tmp_path, finished_tasks):
     """Really kill a build process at different moments (before any task finished, after 1, 3 or 5 of 6 tasks);
-    the resumed build equals the uninterrupted one, and no final name ever holds a partial file."""
+    the resumed build equals the uninterrupted one, and no final name ever holds a partial file: ``out`` is either
+    absent or a complete build (6: killed while publishing)."""
     out = tmp_path / "killed"
     code = ("import sys; from medprep.prep import build; "
             "build('dsb2018', sys.argv[1], sys.argv[2], size=64, shard_samples=3)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(src), str(out)], start_new_session=True)
     deadline = time.monotonic() + 60
-    while len(list((out / ".partial").glob("*.json"))) < finished_tasks and proc.poll() is None:
+    while len(list(staging_dir(out).glob("*.json"))) < finished_tasks and proc.poll() is None:
         assert time.monotonic() < deadline
         time.sleep(0.005)
     if finished_tasks == 0:
-        while not (out / ".partial").exists() and proc.poll() is None:
+        while not staging_dir(out).exists() and proc.poll() is None:
             time.sleep(0.005)
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    if (out / "manifest.json").exists():  # killed while cleaning up: what is published is complete
+    if out.exists():  # killed after the swap: what is published is complete
         from medprep.manifests import open_dataset
 
-        assert open_dataset(out).verify() == []
-    else:
-        assert not list(out.glob("*.tar"))
+        assert open_dataset(out).verify() == [] and open_dataset(out).manifest.nsamples() == 14
     build("dsb2018", src, out, size=64, shard_samples=3)
     assert digest(out) == digest(reference)
 
@@ -179,3 +179,21 @@ def test_scheduler_address_of_a_running_cluster(src, reference, tmp_path):
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster:
         build("dsb2018", src, tmp_path / "sched", size=64, shard_samples=3, scheduler=cluster.scheduler_address)
     assert digest(tmp_path / "sched") == digest(reference)
+
+
+def test_a_failed_rebuild_leaves_the_previous_build_intact(src, reference, tmp_path):
+    out = tmp_path / "keep"
+    build("dsb2018", src, out, size=64, shard_samples=3)
+    before = digest(out)
+    with pytest.raises(BuildError, match="--strict"):
+        build("dsb2018", src, out, size=64, shard_samples=3, shard_size=5_000, strict=True, overwrite=True)
+    assert digest(out) == before
+
+
+def test_out_that_is_not_a_build_is_refused(src, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my files")
+    with pytest.raises(BuildError, match="not a medprep build"):
+        build("dsb2018", src, out, size=64)
+    assert (out / "notes.txt").exists()
