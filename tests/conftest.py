@@ -51,3 +51,17 @@ def maxpool(mask: np.ndarray, k: int) -> np.ndarray:
         for j in range(w // k):
             out[i, j] = mask[i * k:(i + 1) * k, j * k:(j + 1) * k].max() > 0
     return out
+
+
+def convert_all(dataset: str, src: str | Path, **options) -> tuple[dict, list]:
+    """sample id -> Loaded for every record a converter finds under ``src`` (no shards), and the discovery
+    failures: for checking what a multi-sample converter (volumes, npz) yields."""
+    from medprep.prep import SourceTree, get_converter
+
+    conv = get_converter(dataset, **options)
+    tree = SourceTree(src)
+    records, failures = conv.discover(tree)
+    out = {}
+    for rec in records:
+        out.update(conv.samples({f: tree.read(f) for f in rec.files()}, rec))
+    return out, failures

@@ -64,7 +64,7 @@ def test_archive_gives_the_same_bytes_as_the_extracted_folder(tmp_path, kind):
     dataset, folder, archive = extracted_and_archived(kind, tmp_path)
     assert isinstance(open_source(archive), ArchiveTree) and type(open_source(folder)) is SourceTree
     a = build(dataset, archive, tmp_path / "out-archive", size=SIZE, shard_samples=3)
-    b = build(dataset, folder, tmp_path / "out-folder", size=SIZE, shard_samples=3)
+    build(dataset, folder, tmp_path / "out-folder", size=SIZE, shard_samples=3)
     assert a.manifest.counts["samples"] > 0
     assert_same_build(tmp_path / "out-archive", tmp_path / "out-folder")
 

@@ -6,21 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import convert_all as convert_any
 from conftest import read_built
-
 from medprep.prep import SourceTree, build, get_converter
 from medprep.prep import synthetic3d as s3
 
 
 def convert_all(src: Path, **options) -> tuple[dict, list]:
-    """sample id -> Loaded for every npz found under ``src``, and the discovery failures."""
-    conv = get_converter("medsam-npz", **options)
-    tree = SourceTree(src)
-    records, failures = conv.discover(tree)
-    out = {}
-    for rec in records:
-        out.update(conv.samples({f: tree.read(f) for f in rec.files()}, rec))
-    return out, failures
+    return convert_any("medsam-npz", src, **options)
 
 
 def test_3d_npz_slices_match_the_volume_converter(tmp_path):

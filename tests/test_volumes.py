@@ -9,8 +9,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import convert_all as convert_any
 from conftest import read_built
-
 from medprep.prep import LayoutError, SourceTree, build, get_converter
 from medprep.prep import synthetic3d as s3
 from medprep.prep.volumes import PercentileClip, Window, remove_small_objects
@@ -20,14 +20,8 @@ SPECK_K = s3.SPECK[0][2]  # slice 18: a 2x2-pixel object of label 1
 
 
 def convert_all(src: Path, **options) -> tuple[dict, list]:
-    """sample id -> Loaded for every record found under ``src``, and the discovery failures."""
-    conv = get_converter("volumes", **{"modality": "ct", **options})
-    tree = SourceTree(src)
-    records, failures = conv.discover(tree)
-    out = {}
-    for rec in records:
-        out.update(conv.samples({f: tree.read(f) for f in rec.files()}, rec))
-    return out, failures
+    """sample id -> Loaded for every record found under ``src`` (CT unless told), and the discovery failures."""
+    return convert_any("volumes", src, **{"modality": "ct", **options})
 
 
 def ids(samples: dict, case: str = "case_000") -> list[str]:
