@@ -4,15 +4,16 @@
 
 Inputs: fake ISIC-2018 downloads (JPEG images, PNG masks) of the given size. Three measurements on the same files:
 - naive: the throw-away script researchers write (cv2.imread, cv2.resize, cv2.imwrite PNG), one process;
-- codec floor: read + decode + resize + encode of image and mask, output in memory, one core (the work no tool
-  can avoid),
-  with medprep's own PNG encoder (the target's reference) and with OpenCV's (the naive script's encoder);
+- codec floors, one core: decode + resize + encode of image and mask with medprep's codecs, in memory (the
+  target's reference); the same plus reading the inputs and appending the outputs to a file; and with OpenCV's
+  PNG writer (the naive script's encoder) for reference;
 - medprep build with 1 and 2 workers (dask LocalCluster for 2), wall clock including cluster start.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 import time
@@ -45,18 +46,27 @@ def cv2_png(arr: np.ndarray) -> bytes:
     return cv2.imencode(".png", arr)[1].tobytes()
 
 
-def codec_floor(src: Path, size: int, encode: Callable[[np.ndarray], bytes]) -> float:
-    """Seconds per image of read + decode + resize + encode (image and mask), output kept in memory, one core."""
+def codec_floor(src: Path, size: int, encode: Callable[[np.ndarray], bytes], sink: Path | None = None) -> float:
+    """Seconds per image of decode + resize + encode (image and mask) on one core.
+
+    Without ``sink`` the inputs are read before the clock starts and the outputs stay in memory (the issue's
+    definition); with ``sink`` reading the inputs and appending the encoded bytes to that file are timed too.
+    """
     cv2.setNumThreads(1)
     files = sorted((src / "ISIC2018_Task1-2_Training_Input").glob("*.jpg"))
     pairs = [(f, src / "ISIC2018_Task1_Training_GroundTruth" / f"{f.stem}_segmentation.png") for f in files]
-    t0 = time.perf_counter()
-    for img_path, mask_path in pairs:
-        img = cv2.imdecode(np.frombuffer(img_path.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
-        mask = cv2.imdecode(np.frombuffer(mask_path.read_bytes(), np.uint8), cv2.IMREAD_GRAYSCALE)
-        encode(cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR))
-        encode(cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST))
-    return (time.perf_counter() - t0) / len(pairs)
+    blobs = None if sink else [(i.read_bytes(), m.read_bytes()) for i, m in pairs]
+    with open(sink or os.devnull, "wb") as out:
+        t0 = time.perf_counter()
+        for k, (img_path, mask_path) in enumerate(pairs):
+            img_b, mask_b = (img_path.read_bytes(), mask_path.read_bytes()) if blobs is None else blobs[k]
+            img = cv2.imdecode(np.frombuffer(img_b, np.uint8), cv2.IMREAD_COLOR)
+            mask = cv2.imdecode(np.frombuffer(mask_b, np.uint8), cv2.IMREAD_GRAYSCALE)
+            encoded = (encode(cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)),
+                       encode(cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)))
+            if sink:
+                out.writelines(encoded)
+        return (time.perf_counter() - t0) / len(pairs)
 
 
 def main() -> None:
@@ -80,8 +90,9 @@ def main() -> None:
         t0 = time.perf_counter()
         n = naive(src, work / "naive", args.size)
         t_naive = time.perf_counter() - t0
-        floor_cv2 = codec_floor(src, args.size, cv2_png)
-        floor = codec_floor(src, args.size, encode_png)
+        floors = {"medprep codecs": codec_floor(src, args.size, encode_png),
+                  "medprep codecs + file I/O": codec_floor(src, args.size, encode_png, work / "sink"),
+                  "OpenCV PNG writer (naive's)": codec_floor(src, args.size, cv2_png)}
         rows = [("naive script (1 process)", n / t_naive, t_naive / n)]
         for workers in (1, 2):
             out = work / f"medprep-{workers}"
@@ -94,20 +105,20 @@ def main() -> None:
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"codec floor, medprep's codecs (read, cv2 decode, resize, {PNG_CODEC} encode), 1 core: "
-          f"{1 / floor:.1f} images/s, {floor * 1000:.1f} ms/image")
-    print(f"codec floor, OpenCV PNG writer (the naive script's encoder), 1 core: "
-          f"{1 / floor_cv2:.1f} images/s, {floor_cv2 * 1000:.1f} ms/image\n")
-    print("(the last column compares with the floor of medprep's codecs)")
-    print(f"| {'contender':28s} | images/s | vs naive | core-ms/image | vs codec floor |")
-    print(f"|{'-' * 30}|---------:|---------:|--------------:|---------------:|")
+    floor, floor_io = floors["medprep codecs"], floors["medprep codecs + file I/O"]
+    print(f"codec floors (decode + resize + encode of image and mask, 1 core; PNG writer {PNG_CODEC}):")
+    for name, sec in floors.items():
+        print(f"  {name:28s} {1 / sec:6.1f} images/s  {sec * 1000:6.1f} ms/image")
+    print(f"\n| {'contender':28s} | images/s | vs naive | core-ms/image | vs codec floor | vs floor + I/O |")
+    print(f"|{'-' * 30}|---------:|---------:|--------------:|---------------:|---------------:|")
     for name, ips, per_core in rows:
         print(f"| {name:28s} | {ips:8.1f} | {ips / rows[0][1]:7.2f}x | {per_core * 1000:13.1f} | "
-              f"{per_core / floor:13.2f}x |")
+              f"{per_core / floor:13.2f}x | {per_core / floor_io:13.2f}x |")
     ratio = rows[2][1] / rows[0][1]
-    overhead = rows[1][2] / floor - 1
+    over, over_io = rows[1][2] / floor - 1, rows[1][2] / floor_io - 1
     print(f"\ntargets: 2 workers >= 1.8x naive: {ratio:.2f}x {'OK' if ratio >= 1.8 else 'MISSED'}; "
-          f"per core <= 15% above the codec floor: {overhead:+.1%} {'OK' if overhead <= 0.15 else 'MISSED'}")
+          f"per core <= 15% above the codec floor: {over:+.1%} {'OK' if over <= 0.15 else 'MISSED'} "
+          f"(with file I/O in the floor: {over_io:+.1%} {'OK' if over_io <= 0.15 else 'MISSED'})")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ no build, the previous one or the new one, never a partial one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -213,14 +214,16 @@ def plan(conv: Converter, tree: SourceTree, p: BuildParams
 class TarShard:
     """A webdataset shard writer: members ``<key>.<entry>`` in sorted entry order, fixed mtime/owner/mode.
 
-    The member layout of ``webdataset.TarWriter``; headers come from ``tarfile.TarInfo`` and the bytes are written
+    The member layout of ``webdataset.TarWriter``; headers come from ``tarfile.TarInfo`` and the bytes are laid out
     the way ``tarfile`` writes them (header, data, padding to 512; two zero blocks and padding to the record size
-    at the end), without its per-chunk copying and without importing torch (which webdataset does) in workers.
+    at the end). Each member is one ``writev`` and the sha256 is computed on the way, so the shard is never copied
+    or read back; workers do not import torch (which webdataset does) for this.
     """
 
     def __init__(self, path: Path):
-        self.file = open(path, "wb", buffering=4 << 20)
-        self.offset = 0
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.hash = hashlib.sha256()
+        self.nbytes = 0
 
     def write(self, sample: dict[str, Any]) -> None:
         key = sample["__key__"]
@@ -229,21 +232,27 @@ class TarShard:
             info = tarfile.TarInfo(f"{key}.{entry}")
             info.size, info.mtime, info.mode = len(data), TAR_MTIME, 0o444
             info.uname = info.gname = "medprep"
-            pad = -len(data) % tarfile.BLOCKSIZE
-            self._put(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"), data, tarfile.NUL * pad)
+            self._put(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"), data,
+                      tarfile.NUL * (-len(data) % tarfile.BLOCKSIZE))
 
     def _put(self, *parts: bytes) -> None:
-        for part in parts:
-            self.file.write(part)
-            self.offset += len(part)
+        total = sum(len(x) for x in parts)
+        written = os.writev(self.fd, parts)
+        if written != total:  # a short write (rare, e.g. a signal): finish it the slow way
+            rest = b"".join(parts)[written:]
+            while rest:
+                rest = rest[os.write(self.fd, rest):]
+        for x in parts:
+            self.hash.update(x)
+        self.nbytes += total
 
-    def close(self) -> None:
-        """End the archive (two zero blocks, padded to a whole record) and fsync it."""
-        end = self.offset + 2 * tarfile.BLOCKSIZE
+    def close(self) -> tuple[int, str]:
+        """End the archive (two zero blocks, padded to a whole record), fsync it; returns (bytes, sha256)."""
+        end = self.nbytes + 2 * tarfile.BLOCKSIZE
         self._put(tarfile.NUL * (2 * tarfile.BLOCKSIZE + (-end % tarfile.RECORDSIZE)))
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
+        os.fsync(self.fd)
+        os.close(self.fd)
+        return self.nbytes, self.hash.hexdigest()
 
 
 def run_task(task: Task, src: str, partial: str, p: BuildParams, root: str = "") -> dict[str, Any]:
@@ -264,10 +273,8 @@ def run_task(task: Task, src: str, partial: str, p: BuildParams, root: str = "")
     def close_part() -> None:
         if state["w"] is None:
             return
-        state["w"].close()
-        data = Path(state["path"]).read_bytes()
-        parts.append({"file": Path(state["path"]).name, "nsamples": state["n"], "bytes": len(data),
-                      "sha256": sha256_bytes(data)})
+        nbytes, digest = state["w"].close()
+        parts.append({"file": Path(state["path"]).name, "nsamples": state["n"], "bytes": nbytes, "sha256": digest})
         state.update(w=None, n=0)
 
     for rec, key in task.records:
