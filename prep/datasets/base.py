@@ -131,10 +131,12 @@ class Converter:
 
     @classmethod
     def merge_masks(cls, blobs: dict[str, bytes], paths: Iterable[str], hw: tuple[int, int]) -> np.ndarray:
-        out = np.zeros(hw, bool)
+        """OR of the binarised masks at ``paths`` (all of size ``hw``; none gives an empty mask)."""
+        out = None
         for p in paths:
-            out |= cls.read_mask(blobs, p, hw)
-        return out
+            m = cls.read_mask(blobs, p, hw)
+            out = m if out is None else np.logical_or(out, m, out=out)
+        return np.zeros(hw, bool) if out is None else out
 
     def root(self, tree: SourceTree) -> str:
         """Prefix (possibly '') of the dataset root inside the tree."""
