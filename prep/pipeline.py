@@ -246,6 +246,22 @@ class TarShard:
             self.hash.update(x)
         self.nbytes += total
 
+    @staticmethod
+    def member_bytes(sample: dict[str, Any]) -> int:
+        """Bytes the members of ``sample`` take: a 512-byte header each (plus a PAX header for names over 99
+        characters) and the data padded to 512."""
+        total = 0
+        for entry, value in sample.items():
+            if entry != "__key__":
+                name = f"{sample['__key__']}.{entry}"
+                total += tarfile.BLOCKSIZE * (1 + 3 * (len(name) > 99)) + -(-len(value) // tarfile.BLOCKSIZE) * 512
+        return total
+
+    @staticmethod
+    def file_size(members: int) -> int:
+        """File size of a shard holding ``members`` bytes: end blocks, padded to the 10240-byte record."""
+        return -(-(members + 2 * tarfile.BLOCKSIZE) // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+
     def close(self) -> tuple[int, str]:
         """End the archive (two zero blocks, padded to a whole record), fsync it; returns (bytes, sha256)."""
         end = self.nbytes + 2 * tarfile.BLOCKSIZE
@@ -286,11 +302,11 @@ def run_task(task: Task, src: str, partial: str, p: BuildParams, root: str = "")
             for sid, loaded in conv.samples(blobs, rec):
                 skey = key if sid == rec.source_id else make_key(conv.name, sid)
                 sample, row = convert(conv, shown, loaded, hashes, skey, sid, task.split, mid, sp)
-                size = _tar_bytes(sample)
-                if _tar_file_size(size) > p.shard_size:
-                    raise ConversionError(f"sample {skey} takes {_tar_file_size(size)} bytes in a tar, more than "
+                size = TarShard.member_bytes(sample)
+                if TarShard.file_size(size) > p.shard_size:
+                    raise ConversionError(f"sample {skey} takes {TarShard.file_size(size)} bytes in a tar, more than "
                                           f"--shard-size {p.shard_size}; raise --shard-size")
-                if state["w"] is not None and _tar_file_size(state["bytes"] + size) > p.shard_size:
+                if state["w"] is not None and TarShard.file_size(state["bytes"] + size) > p.shard_size:
                     close_part()
                 if state["w"] is None:
                     state["path"] = str(Path(partial) / f"{task.name}.part{len(parts):02d}.tar")
@@ -312,22 +328,6 @@ def run_task(task: Task, src: str, partial: str, p: BuildParams, root: str = "")
     result = {"task": task.name, "parts": parts, "rows": rows, "failures": failures, "converted": converted}
     atomic_write(Path(partial) / f"{task.name}.json", dumps(result))
     return result
-
-
-def _tar_bytes(sample: dict[str, Any]) -> int:
-    """Bytes the members of ``sample`` take in a tar: a 512-byte header each (plus a PAX header for long names)
-    and the data padded to 512."""
-    total = 0
-    for entry, value in sample.items():
-        if entry != "__key__":
-            name = f"{sample['__key__']}.{entry}"
-            total += 512 + (1536 if len(name) > 99 else 0) + -(-len(value) // 512) * 512
-    return total
-
-
-def _tar_file_size(members: int) -> int:
-    """File size of a tar holding ``members`` bytes: end-of-archive blocks, padded to the 10240-byte record."""
-    return -(-(members + 1024) // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
 
 
 def _reason(e: Exception) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..imaging import ConversionError, to_uint8
 from ..tree import LayoutError, SourceTree
-from ..volumes import LABEL_MODES, cut, label_values
+from ..volumes import cut, label_values, slicing_options
 from .base import Converter, Failure, Loaded, Record, register
 
 # the challenge's file name prefixes whose modality is unambiguous
@@ -39,14 +39,8 @@ class MedSAMNpz(Converter):
 
     def __init__(self, **options: Any):
         super().__init__(**options)
-        o = self.opts
-        if not o["modality"]:
-            raise ValueError("--dataset medsam-npz needs -o modality=NAME (ct, mr, dermoscopy, ...)")
-        if o["multilabel"] not in LABEL_MODES:
-            raise ValueError(f"-o multilabel={o['multilabel']!r}: expected binary or each")
-        if not isinstance(o["min_object_pixels"], int) or o["min_object_pixels"] < 0:
-            raise ValueError(f"-o min_object_pixels={o['min_object_pixels']!r}: expected a whole number >= 0")
-        self.name, self.modality = str(o["name"]), str(o["modality"])
+        self.name, self.modality = slicing_options(self.opts, "medsam-npz",
+                                                     "-o modality=NAME (ct, mr, dermoscopy, ...)")
 
     def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:
         pattern = self.opts["images"]

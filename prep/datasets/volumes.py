@@ -19,8 +19,8 @@ import numpy as np
 
 from ..tree import LayoutError, SourceTree
 from ..volumes import (
-    AXES, CT_PRESETS, DEFAULT_PRESET, LABEL_MODES, NIFTI_SUFFIXES, READERS, SITK_SUFFIXES, PercentileClip, Window,
-    axis_name, canonical, check_grids, cut, label_values, read_volume, stack, volume_suffix,
+    AXES, CT_PRESETS, DEFAULT_PRESET, NIFTI_SUFFIXES, READERS, SITK_SUFFIXES, PercentileClip, Window,
+    axis_name, canonical, check_grids, cut, label_values, read_volume, slicing_options, stack, volume_suffix,
 )
 from .base import Converter, Failure, Loaded, Record, at, pair_by_name, register
 
@@ -83,18 +83,13 @@ class Volumes(Converter):
     def __init__(self, **options: Any):
         super().__init__(**options)
         o = self.opts
-        if not o["modality"]:
-            raise ValueError("--dataset volumes needs -o modality=ct or -o modality=mr")
-        self.name, self.modality = str(o["name"]), str(o["modality"])
+        self.name, self.modality = slicing_options(o, "volumes", "-o modality=ct or -o modality=mr")
         self.axis = axis_name(str(o["axis"]))
         self.intensity = o["intensity"] or ("window" if self.modality == "ct" else "percentile")
         checks = [
             (self.intensity in INTENSITY_RULES, f"-o intensity={self.intensity!r}: expected window or percentile"),
-            (o["multilabel"] in LABEL_MODES, f"-o multilabel={o['multilabel']!r}: expected binary or each"),
             (o["reader"] in READERS, f"-o reader={o['reader']!r}: expected one of {', '.join(READERS)}"),
             (bool(o["images"]) == bool(o["labels"]), "-o images=GLOB and -o labels=PATTERN go together"),
-            (isinstance(o["min_object_pixels"], int) and o["min_object_pixels"] >= 0,
-             f"-o min_object_pixels={o['min_object_pixels']!r}: expected a whole number >= 0"),
             (isinstance(o["channel"], int) and o["channel"] >= 0, f"-o channel={o['channel']!r}: expected >= 0"),
         ]
         for ok, msg in checks:
