@@ -36,9 +36,9 @@ from torch.utils.data import DataLoader
 from medprep.loaders import MedShards, collate
 from medprep.loaders.fields import decode_png, normalise
 from medprep.manifests import open_dataset
+from medprep.manifests.pixels import patch_targets
 from medprep.prep import build, synthetic
 from medprep.prep.export import export
-from medprep.prep.imaging import patch_targets
 
 ENTRIES = ("image.png", "mask.png", "patch32.npy")
 

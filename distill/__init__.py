@@ -8,22 +8,25 @@ Command line (``medprep cache-teacher --help``)::
         --fraction 0.01 --seed 0 --dtype int8 --out teacher.zarr   # sa_NNNNNN.tar files, read in place
     medprep check-teacher teacher.zarr --run vit_h-drive --samples 16
 
-Python: ``cache_teacher(load_teacher(...), open_source(SourceSpec(...)), out, run, ...)``; several GPUs:
-``cache_distributed(CacheJob(...), ["cuda:0", "cuda:1"])``. Rerunning resumes (finished zarr shards are
-skipped); a run's parameters are in its zarr attrs. Students read features by key with
-``medprep.loaders.teacher.TeacherFeatures`` / ``TeacherJoin`` and train with :func:`masked_mse`.
+Python: ``cache_teacher(CacheParams(encoder, source, out, ...))``, the same parameters as the command line (several
+GPUs: ``devices=("cuda:0", "cuda:1")``); progress arrives as events through ``on_event``. Rerunning resumes
+(finished zarr shards are skipped); a run's parameters are in its zarr attrs. Students read features by key with
+``medprep.loaders.teacher.TeacherFeatures`` / ``TeacherJoin`` (over the read-only reader of
+``medprep.manifests.features``) and train with :func:`masked_mse`.
 """
 
 from .preprocess import NORMALIZATIONS, Preprocess
 from .sources import FolderSource, MedicalSource, SA1BSource, SourceSpec, open_source
 from .store import FeatureStore
 from .teachers import Teacher, load_teacher, random_sam
-from .pipeline import CacheResult, cache_teacher, open_run
-from .distributed import CacheJob, cache_distributed
+from .params import CacheParams
+from .events import CacheEvent, Encoded, RunOpened
+from .pipeline import open_run, write_shards
+from .cache import CacheResult, cache_teacher
 from .loss import masked_mse
 
 __all__ = [
     "NORMALIZATIONS", "Preprocess", "FolderSource", "MedicalSource", "SA1BSource", "SourceSpec", "open_source",
-    "FeatureStore", "Teacher", "load_teacher", "random_sam", "CacheResult", "cache_teacher", "open_run",
-    "CacheJob", "cache_distributed", "masked_mse",
+    "FeatureStore", "Teacher", "load_teacher", "random_sam", "CacheParams", "CacheEvent", "Encoded", "RunOpened",
+    "open_run", "write_shards", "CacheResult", "cache_teacher", "masked_mse",
 ]

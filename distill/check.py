@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from medprep.manifests.features import FeatureReader
+
 from .pipeline import Encoder, prepare
 from .preprocess import Preprocess
 from .sources import SourceSpec, open_source
-from .store import FeatureStore
 from .teachers import load_teacher
 
 
@@ -36,7 +37,7 @@ def check_teacher(store: str, run: str | None = None, samples: int = 8, *, seed:
     ``checkpoint``/``source`` replace the recorded locations when the files have moved; the checkpoint's
     sha256 must still match the recorded one.
     """
-    fs = FeatureStore.open(store, run)
+    fs = FeatureReader.open(store, run)
     a = fs.attrs
     teacher = load_teacher(a["encoder"], checkpoint or a["checkpoint"], encoder_kwargs=a["encoder_kwargs"])
     teacher.preprocess = Preprocess(**a["preprocess"])
@@ -51,7 +52,7 @@ def check_teacher(store: str, run: str | None = None, samples: int = 8, *, seed:
     if src.keys != keys:
         raise ValueError(f"source {spec.url} does not hold the keys the store was cached from "
                          f"({len(src.keys)} keys vs {len(keys)}); pass --source with the original data")
-    done = np.flatnonzero(fs.group["done"][:])
+    done = np.flatnonzero(fs.done())
     if done.size == 0:
         raise ValueError(f"{store}/{fs.run} has no finished samples yet; run 'medprep cache-teacher' first")
     pick = np.sort(np.random.default_rng(seed).choice(done, size=min(samples, done.size), replace=False))

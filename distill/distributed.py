@@ -1,89 +1,52 @@
-"""Several cache workers (one per GPU) over dask.distributed, partitioned by zarr shard.
+"""Several cache workers (one per device) over the shared dask runner, partitioned by zarr shard.
 
-The driver creates the run once; each worker builds its own teacher and source from a picklable
-:class:`CacheJob` and writes whole zarr shards of its own, so workers never touch the same objects.
+The driver opens the run once; each worker loads its own teacher and source from the same
+:class:`~medprep.distill.params.CacheParams` and writes whole zarr shards of its own, so workers never touch the
+same objects.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Sequence
 
-from .pipeline import CacheResult, cache_teacher, open_run
+from medprep.manifests.runner import DaskRunner
+
+from .events import Encoded, OnEvent
+from .params import CacheParams
+from .pipeline import write_shards
 from .store import FeatureStore
-from .sources import Source, SourceSpec, open_source
-from .teachers import Teacher, load_teacher
 
 
-@dataclass(frozen=True)
-class CacheJob:
-    """Everything one cache run needs, as plain values (sent to workers)."""
-
-    encoder: str
-    source: SourceSpec
-    out: str
-    run: str
-    checkpoint: str | None = None
-    encoder_kwargs: dict[str, Any] = field(default_factory=dict)
-    normalize: str | None = None
-    resize: str | None = None
-    dtype: str = "float16"
-    views: tuple[str, ...] = ("identity",)
-    shard_size: int = 16
-    batch_size: int = 8
-    device: str = "cuda"
-    autocast: str = "auto"
-    compile: bool = False
-    workers: int = 4
-
-    def teacher(self) -> Teacher:
-        return load_teacher(self.encoder, self.checkpoint, normalize=self.normalize, resize=self.resize,
-                            encoder_kwargs=self.encoder_kwargs)
-
-    def open_source(self) -> Source:
-        return open_source(self.source)
-
-    def open(self, teacher: Teacher, source: Source) -> FeatureStore:
-        """Create or reopen the run (see :func:`open_run`)."""
-        return open_run(teacher, source, self.out, self.run, dtype=self.dtype, views=self.views,
-                        shard_size=self.shard_size, device=self.device, autocast=self.autocast,
-                        compile=self.compile)
-
-    def execute(self, teacher: Teacher, source: Source, shards: Sequence[int] | None = None,
-                progress: bool = False) -> CacheResult:
-        """Cache zarr shards ``shards`` (default all) in this process."""
-        return cache_teacher(teacher, source, self.out, self.run, dtype=self.dtype, views=self.views,
-                             shard_size=self.shard_size, batch_size=self.batch_size, device=self.device,
-                             autocast=self.autocast, compile=self.compile, workers=self.workers, shards=shards,
-                             progress=progress)
+def _work(shards: list[int], params: CacheParams, device: str) -> list[int]:
+    """On a worker: write ``shards`` of the run ``params`` names (opened by the driver) on ``device``."""
+    store = FeatureStore.open(params.out, params.run, mode="r+")
+    return write_shards(store, params.teacher(), params.open_source(), params, shards, device)
 
 
-def _work(job: CacheJob, shards: list[int]) -> list[int]:
-    return job.execute(job.teacher(), job.open_source(), shards).shards_written
+def write_distributed(store: FeatureStore, params: CacheParams, shards: Sequence[int],
+                      on_event: OnEvent | None = None) -> list[int]:
+    """Write ``shards`` of the open run ``store`` with one dask worker per device of ``params``; return them.
 
-
-def cache_distributed(job: CacheJob, devices: Sequence[str], scheduler: str | None = None) -> list[int]:
-    """Run ``job`` on one dask worker per entry of ``devices`` (e.g. ``cuda:0``, ``cuda:1``); return shards written.
-
-    ``scheduler``: address of a running dask scheduler; default a LocalCluster of ``len(devices)`` processes.
-    The unfinished zarr shards are dealt round-robin to the devices.
+    The shards are dealt round-robin to the devices, and each device's part is pinned to a worker of its own:
+    a LocalCluster of one process per device, or the workers of ``params.scheduler``. ``on_event`` receives
+    :class:`~medprep.distill.events.Encoded` as each worker's part completes.
     """
-    from dask.distributed import Client, LocalCluster
-
-    if not devices:
-        raise ValueError("cache_distributed needs at least one device, e.g. ['cuda:0', 'cuda:1']")
-    store = replace(job, device=devices[0]).open(job.teacher(), job.open_source())
-    todo = [s for s, done in enumerate(store.done_shards()) if not done]
-    if not todo:
+    devices = params.worker_devices
+    parts = [(dev, list(shards[i::len(devices)])) for i, dev in enumerate(devices)]
+    parts = [(dev, part) for dev, part in parts if part]
+    if not parts:
         return []
-    parts = [todo[i::len(devices)] for i in range(len(devices))]
-    cluster = None if scheduler else LocalCluster(n_workers=len(devices), threads_per_worker=1, processes=True,
-                                                  dashboard_address=None)
-    try:
-        with Client(scheduler or cluster) as client:
-            futures = [client.submit(_work, replace(job, device=dev), part, pure=False)
-                       for dev, part in zip(devices, parts) if part]
-            return sorted(s for written in client.gather(futures) for s in written)
-    finally:
-        if cluster is not None:
-            cluster.close()
+    with DaskRunner(workers=len(devices), scheduler=params.scheduler) as runner:
+        addresses = runner.worker_addresses()
+        if len(addresses) < len(devices):
+            raise ValueError(f"dask scheduler {params.scheduler} has {len(addresses)} workers, but {len(devices)} "
+                             f"devices were given ({', '.join(devices)}): start one worker per device")
+        futures = [runner.submit(_work, part, params, dev, workers=[addr])
+                   for (dev, part), addr in zip(parts, addresses)]
+        written = []
+        for future in futures:
+            done = runner.gather([future])[0]
+            written += done
+            if on_event is not None:
+                on_event(Encoded(sum(len(store.indices(s)) for s in done) * len(store.views)))
+    return sorted(written)

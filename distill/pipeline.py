@@ -1,6 +1,6 @@
 """The streaming cache: decode pool -> encoder -> writer thread, overlapped through bounded queues.
 
-Work is partitioned by zarr shard: :func:`cache_teacher` processes a list of shard indices (all by default), so
+Work is partitioned by zarr shard: :func:`write_shards` processes a list of shard indices of an open run, so
 several workers (one per GPU) can share a run. Batches never cross a zarr shard, so a shard's features do not
 depend on which shards were done before it: a resumed or partitioned run gives the same arrays.
 """
@@ -16,16 +16,15 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import medprep
 
+from .events import Encoded, OnEvent
+from .params import AUTOCASTS, CacheParams
 from .preprocess import Preprocess
 from .sources import Source
-from .store import DTYPES, VIEWS, FeatureStore
+from .store import FeatureStore
 from .teachers import Teacher
-
-AUTOCASTS = ("auto", "bfloat16", "float16", "none")
 
 
 Valid = tuple[int, tuple[int, int]]  # valid rows, [x0, x1) valid columns, in embedding cells
@@ -147,8 +146,7 @@ def check_device(device: str) -> torch.device:
     return dev
 
 
-def run_attrs(teacher: Teacher, source: Source, dtype: str, views: Sequence[str], shard_size: int,
-              autocast: str, compile: bool = False) -> dict[str, Any]:
+def run_attrs(teacher: Teacher, source: Source, params: CacheParams, autocast: str) -> dict[str, Any]:
     """Everything the stored features depend on (the run's identity, recorded in the zarr attrs)."""
     src = source.describe()
     return {
@@ -159,81 +157,58 @@ def run_attrs(teacher: Teacher, source: Source, dtype: str, views: Sequence[str]
         "pixel_mean": list(teacher.preprocess.pixel_mean),
         "pixel_std": list(teacher.preprocess.pixel_std),
         "autocast": autocast,
-        "compile": compile,
+        "compile": params.compile,
         "source": src,
         "source_manifest_sha256": src.get("manifest_sha256"),
-        "dtype": dtype,
-        "views": list(views),
-        "shard_size": shard_size,
+        "dtype": params.dtype,
+        "views": list(params.views),
+        "shard_size": params.shard_size,
         "medprep_version": medprep.__version__,
     }
 
 
-@dataclass
-class CacheResult:
-    """What one call of :func:`cache_teacher` did."""
+def open_run(params: CacheParams, teacher: Teacher, source: Source) -> FeatureStore:
+    """Create run ``params.run`` of ``params.out`` (or reopen it, refusing other parameters); call it once.
 
-    store: FeatureStore
-    shards_written: list[int]
-    shards_skipped: list[int]
-    images: int
-
-
-def open_run(teacher: Teacher, source: Source, out: str, run: str, *, dtype: str = "float16",
-             views: Sequence[str] = ("identity",), shard_size: int = 16, device: str = "cpu",
-             autocast: str = "auto", compile: bool = False) -> FeatureStore:
-    """Create (or reopen, checking its parameters) the run group; call once before starting workers."""
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown --dtype {dtype!r}: expected one of {DTYPES}")
-    bad = [v for v in views if v not in VIEWS]
-    if bad or "identity" not in views:
-        raise ValueError(f"--views {list(views)}: expected 'identity' plus optionally 'hflip'")
-    if shard_size < 1:
-        raise ValueError(f"--shard-size must be at least 1, got {shard_size}")
-    attrs = run_attrs(teacher, source, dtype, [v for v in VIEWS if v in views], shard_size,
-                      resolve_autocast(autocast, device), compile)
-    check_device(device)
-    return FeatureStore.create_or_open(out, run, source.keys, attrs, lambda: feature_shape(teacher, device))
-
-
-def cache_teacher(teacher: Teacher, source: Source, out: str, run: str, *, dtype: str = "float16",
-                  views: Sequence[str] = ("identity",), shard_size: int = 16, batch_size: int = 8,
-                  device: str = "cpu", autocast: str = "auto", compile: bool = False, workers: int = 4,
-                  shards: Sequence[int] | None = None, progress: bool = True, prefetch: int = 4) -> CacheResult:
-    """Cache ``teacher`` features of ``source`` into run ``run`` of the zarr store ``out``.
-
-    Processes the zarr shards ``shards`` (default: all) that are not done yet; a killed run resumes where it
-    stopped. ``workers`` threads decode and preprocess, the calling thread runs the encoder, a writer thread
-    writes whole zarr shards; ``prefetch`` bounds the batches decoded ahead.
+    ``teacher`` and ``source`` are the ones ``params`` names, already loaded (``params.teacher()``,
+    ``params.open_source()``). The autocast recorded is the one of the first worker's device.
     """
-    store = open_run(teacher, source, out, run, dtype=dtype, views=views, shard_size=shard_size,
-                     device=device, autocast=autocast, compile=compile)
-    encoder = Encoder(teacher, device, store.attrs["autocast"], compile)
+    device = params.worker_devices[0]
+    check_device(device)
+    attrs = run_attrs(teacher, source, params, resolve_autocast(params.autocast, device))
+    return FeatureStore.create_or_open(params.out, params.run, source.keys, attrs,
+                                       lambda: feature_shape(teacher, device))
+
+
+def write_shards(store: FeatureStore, teacher: Teacher, source: Source, params: CacheParams, shards: Sequence[int],
+                 device: str, on_event: OnEvent | None = None) -> list[int]:
+    """Encode and write the zarr shards ``shards`` of an open run on ``device``; return those written.
+
+    ``params.workers`` threads decode and preprocess, the calling thread runs the encoder, a writer thread writes
+    whole zarr shards; ``params.prefetch`` bounds the batches decoded ahead. Shards already done are skipped.
+    ``on_event`` receives :class:`~medprep.distill.events.Encoded` after every batch.
+    """
+    encoder = Encoder(teacher, device, store.attrs["autocast"], params.compile)
     stride = teacher.preprocess.img_size // store.attrs["feature_shape"][1]
-    wanted = range(store.nshards) if shards is None else shards
-    if any(not 0 <= s < store.nshards for s in wanted):
-        raise ValueError(f"shard indices must be in [0, {store.nshards}), got {sorted(wanted)}")
     done = store.done_shards()
-    todo = [s for s in wanted if not done[s]]
-    skipped = [s for s in wanted if done[s]]
-    total = sum(len(store.indices(s)) for s in todo) * len(store.views)
-    bar = tqdm(total=total, unit="img", desc=f"cache {run}", disable=not progress, smoothing=0.1)
-    with ThreadPoolExecutor(max(workers, 1), thread_name_prefix="medprep-decode") as pool:
-        batches = _Prefetch(_batches(todo, store, source, teacher.preprocess, stride, batch_size, pool), prefetch)
+    todo = [s for s in shards if not done[s]]
+    with ThreadPoolExecutor(params.workers, thread_name_prefix="medprep-decode") as pool:
+        batches = _Prefetch(_batches(todo, store, source, teacher.preprocess, stride, params.batch_size, pool),
+                            params.prefetch)
         writer = _Writer(store)
         try:
             parts: dict[int, dict[str, list[tuple[torch.Tensor, list[Valid]]]]] = {}
             for s, view, feats, valid in _encoded(batches, encoder):
                 shard = parts.setdefault(s, {})
                 shard.setdefault(view, []).append((feats, valid))
-                bar.update(len(valid))
+                if on_event is not None:
+                    on_event(Encoded(len(valid)))
                 if sum(len(v) for p in shard.values() for _, v in p) == len(store.indices(s)) * len(store.views):
                     writer.put(s, parts.pop(s))  # complete: hand it over at once
         finally:
             batches.close()
             writer.close()
-            bar.close()
-    return CacheResult(store, todo, skipped, total)
+    return todo
 
 
 def _batches(todo: Sequence[int], store: FeatureStore, source: Source, pre: Preprocess, stride: int,

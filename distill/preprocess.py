@@ -18,22 +18,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-SAM_MEAN = (123.675, 116.28, 103.53)
-SAM_STD = (58.395, 57.12, 57.375)
+from medprep.manifests.pixels import NORMALIZATIONS, SAM_MEAN, SAM_STD, longest_side
 
-#: Named pixel normalisations on the 0-255 scale: ``(x - mean) / std``.
-NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "sam": (SAM_MEAN, SAM_STD),  # segment_anything's Sam.pixel_mean / pixel_std
-    "unit": ((0.0, 0.0, 0.0), (255.0, 255.0, 255.0)),  # [0, 1] input, as MedSAM trains
-    "esp-medsam": (SAM_MEAN, SAM_MEAN),  # the ESP-MedSAM code divides by the mean
-}
 RESIZES = ("pil", "torch")
-
-
-def resized_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
-    """Size after resizing the longest side to ``long_side`` (``ResizeLongestSide.get_preprocess_shape``)."""
-    scale = long_side * 1.0 / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
 
 
 @dataclass(frozen=True)
@@ -71,7 +58,7 @@ class Preprocess:
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an RGB uint8 image of shape (H, W, 3), got {image.dtype} {image.shape}")
         s = self.img_size
-        h, w = resized_shape(image.shape[0], image.shape[1], s)
+        h, w = longest_side(image.shape[0], image.shape[1], s)
         if self.resize == "pil":
             img = image
             if (h, w) != img.shape[:2]:

@@ -1,29 +1,32 @@
 """Image sources for the teacher cache: a built medical dataset, SA-1B tars in their original form, a folder.
 
 Every source has a fixed, deterministic list of ``keys`` and loads sample ``i`` as an RGB uint8 image plus the
-valid (not padded) pixel region. Tar members are read in place through an index of their offsets, never extracted.
+valid (not padded) pixel region. Tar members are read in place through an index of their offsets
+(``medprep.manifests``), never extracted.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
 import re
-import tarfile
 import threading
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Generic, Protocol, TypeVar
 
 import numpy as np
 from PIL import Image
 
-from medprep.manifests import fs_and_path, join, open_dataset, sha256_bytes
+from medprep.manifests import MemberIndex, fs_and_path, join, open_dataset, sha256_bytes
+from medprep.manifests.features import in_fraction
+from medprep.manifests.pixels import safe_key
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SA1B_MEMBER = re.compile(r"^sa_(\d+)\.jpg$")
 SA1B_TAR = re.compile(r"^sa_\d+\.tar$")
+MEDICAL_ENTRIES = ("image.png", "meta.json")
+T = TypeVar("T")
 
 
 class Source(Protocol):
@@ -50,34 +53,19 @@ def keys_sha256(keys: list[str]) -> str:
     return sha256_bytes("\n".join(keys).encode())
 
 
-class TarIndex:
-    """Offsets of the members of one tar file (local or fsspec URL), read by seeking, without extracting."""
-
-    def __init__(self, url: str):
-        self.url = url
-        self.fs, self.path = fs_and_path(url)
-        with self.fs.open(self.path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tf:
-            self.members = {m.name.removeprefix("./"): (m.offset_data, m.size) for m in tf if m.isfile()}
-
-    def read(self, name: str) -> bytes:
-        offset, size = self.members[name]
-        with self.fs.open(self.path, "rb") as f:
-            f.seek(offset)
-            return f.read(size)
-
-
-class _TarCache:
+class _Indexes(Generic[T]):
     """Tar indexes built once per process, on first use (thread-safe)."""
 
-    def __init__(self) -> None:
+    def __init__(self, build: Callable[[str], T]) -> None:
+        self._build = build
         self._lock = threading.Lock()
-        self._indexes: dict[str, TarIndex] = {}
+        self._indexes: dict[str, T] = {}
 
-    def get(self, url: str) -> TarIndex:
+    def get(self, name: str) -> T:
         with self._lock:
-            if url not in self._indexes:
-                self._indexes[url] = TarIndex(url)
-            return self._indexes[url]
+            if name not in self._indexes:
+                self._indexes[name] = self._build(name)
+            return self._indexes[name]
 
 
 class MedicalSource:
@@ -91,13 +79,18 @@ class MedicalSource:
             raise ValueError(f"{root} has no samples in split {split!r}: splits present are {self.dataset.manifest.splits()}")
         self.keys = [r["key"] for r in rows]
         self._shard = [r["shard"] for r in rows]
-        self._tars = _TarCache()
+        self._indexes = _Indexes(self.dataset.index_shard)
 
     def load(self, i: int) -> tuple[np.ndarray, tuple[int, int] | None]:
-        tar = self._tars.get(self.dataset.url(self._shard[i]))
-        key = self.keys[i]
-        image = decode_rgb(tar.read(f"{key}.image.png"))
-        meta = json.loads(tar.read(f"{key}.meta.json"))
+        shard, key = self._shard[i], self.keys[i]
+        index = self._indexes.get(shard)
+        raw = self.dataset.fetch(shard, index, index.position(key), MEDICAL_ENTRIES)
+        missing = [e for e in MEDICAL_ENTRIES if e not in raw]
+        if missing:
+            raise ValueError(f"{self.dataset.where(shard)}: sample {key} lacks {', '.join(missing)}; run "
+                             f"'medprep verify {self.dataset.root}'")
+        image = decode_rgb(raw["image.png"])
+        meta = json.loads(raw["meta.json"])
         valid = meta.get("valid_hw")
         return image, (int(valid[0]), int(valid[1])) if valid else None
 
@@ -115,12 +108,6 @@ def _subset_names(subset_file: str) -> set[str]:
     return {os.path.basename(ln).removeprefix("sa1b-").removesuffix(".jpg") for ln in lines}
 
 
-def in_fraction(key: str, fraction: float, seed: int) -> bool:
-    """Deterministic membership of ``key`` in a ``fraction`` subset: independent of listing order and other tars."""
-    h = int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big")
-    return h < fraction * 2.0**64
-
-
 class SA1BSource:
     """SA-1B in its original form: ``sa_NNNNNN.tar`` files holding ``sa_N.jpg`` (+ ``sa_N.json``).
 
@@ -136,7 +123,7 @@ class SA1BSource:
             raise ValueError(f"--fraction must be in (0, 1], got {fraction}")
         self.fraction, self.seed, self.subset_file = fraction, seed, subset_file
         wanted = _subset_names(subset_file) if subset_file else None
-        self._tars = _TarCache()
+        self._tars = _Indexes(MemberIndex)
         self.keys, self._where = [], []
         for url in self.tars:
             names = sorted(
@@ -185,11 +172,6 @@ def _list_tars(tars: str | list[str]) -> list[str]:
     return [join(tars, name) for name in found]
 
 
-def safe_key(text: str) -> str:
-    """Tar-safe key part: no dots, no slashes, no spaces."""
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", text)
-
-
 class FolderSource:
     """A folder of images (searched recursively, sorted by path); keys are ``<prefix>-<relative path>``."""
 
@@ -214,7 +196,7 @@ class FolderSource:
         return {"kind": "folder", "url": self.root, "prefix": self.prefix, "keys_sha256": keys_sha256(self.keys)}
 
 
-@dataclass
+@dataclass(frozen=True)
 class SourceSpec:
     """Arguments of :func:`open_source` (what the CLI and the store attrs carry)."""
 

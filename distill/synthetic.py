@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from torch import nn
 
-from medprep.prep.synthetic import scene
+from medprep.manifests.synthetic import scene
+from medprep.manifests.tar import tar_bytes
 
 
 def natural_image(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
@@ -50,17 +50,12 @@ def write_sa1b_tar(path: str | Path, image_ids: list[int], rng: np.random.Genera
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tf:
-        for n, image_id in enumerate(image_ids):
-            h, w = sizes[n] if sizes else (48, 64)
-            members = {
-                f"sa_{image_id}.jpg": _jpeg(natural_image(h, w, rng)),
-                f"sa_{image_id}.json": json.dumps(sa1b_annotations(image_id, h, w, rng)).encode(),
-            }
-            for name, data in members.items():
-                info = tarfile.TarInfo(prefix + name)
-                info.size, info.mtime, info.mode = len(data), 0, 0o644
-                tf.addfile(info, io.BytesIO(data))
+    members: dict[str, bytes] = {}
+    for n, image_id in enumerate(image_ids):
+        h, w = sizes[n] if sizes else (48, 64)
+        members[f"{prefix}sa_{image_id}.jpg"] = _jpeg(natural_image(h, w, rng))
+        members[f"{prefix}sa_{image_id}.json"] = json.dumps(sa1b_annotations(image_id, h, w, rng)).encode()
+    path.write_bytes(tar_bytes(members))
     return path
 
 

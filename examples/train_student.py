@@ -31,8 +31,8 @@ from torch.utils.data import DataLoader
 from medprep.distill.loss import masked_mse
 from medprep.loaders import Augment, MedShards, collate
 from medprep.loaders.teacher import TeacherFeatures, TeacherJoin
+from medprep.manifests.modalities import N_MODALITIES  # one query per id of the modality table
 
-N_MODALITIES = 6  # rows of the modality table (medprep.prep.datasets.base.MODALITY_MAPS)
 FIELDS = ["image", "mask", "patch32", "modality_id", "key"]
 
 

@@ -1,16 +1,20 @@
 """Training-side readers: built shards into any PyTorch training code.
 
 ``MedShards`` (streaming, exact or resampled epochs, workers x ranks, mixing), ``MedShardsIndexed`` (random access
-through the wids index), ``Augment`` (target-consistent geometric augmentation), ``collate``.
+through the wids index), ``Augment`` (target-consistent geometric augmentation), ``Prompts`` (point and box prompt
+fields from the final mask), ``collate``.
 """
 
+from medprep.manifests.pixels import NORMALIZATIONS, SAM_MEAN as PIXEL_MEAN, SAM_STD as PIXEL_STD
+
 from .augment import Affine, Augment
-from .fields import DEFAULT_FIELDS, NORMALIZATIONS, PIXEL_MEAN, PIXEL_STD, Decoder, collate
+from .fields import DEFAULT_FIELDS, Decoder, collate
 from .indexed import MedShardsIndexed
+from .prompts import Prompts
 from .reader import open_sources, read_samples
 from .shards import MedShards
 
 __all__ = [
     "Affine", "Augment", "DEFAULT_FIELDS", "Decoder", "MedShards", "MedShardsIndexed", "NORMALIZATIONS",
-    "PIXEL_MEAN", "PIXEL_STD", "collate", "open_sources", "read_samples",
+    "PIXEL_MEAN", "PIXEL_STD", "Prompts", "collate", "open_sources", "read_samples",
 ]

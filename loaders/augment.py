@@ -3,7 +3,7 @@
 Flips and 90-degree rotations are applied exactly to the image, the mask, the instance map, the FOV mask and the
 patch grids (max-pooling commutes with them). Any other geometric transform (``affine``: rotation by any angle,
 scale, shift) warps the image (linear) and the label maps (nearest) and then recomputes the patch targets from the
-warped mask with the same max-pool the build uses (``medprep.prep.imaging.patch_targets``).
+warped mask with the same max-pool the build uses (``medprep.manifests.pixels.patch_targets``).
 
 Arrays are keyed by field name: ``image`` uint8 (H, W, 3), ``mask``/``fov`` bool (H, W), ``inst`` uint16 (H, W),
 ``patchN`` uint8 (H/N, W/N).
@@ -16,9 +16,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from medprep.prep.imaging import patch_targets
-
-from .fields import patch_size
+from medprep.manifests.pixels import patch_size, patch_targets
 
 
 def flip(arrays: dict[str, np.ndarray], axis: int) -> dict[str, np.ndarray]:

@@ -13,14 +13,19 @@ field           entry                tensor
 ``modality_id`` ``modality.cls``     int64 scalar
 ``meta``        ``meta.json``        dict
 ``key``         (the tar key)        str
+``points``      ``mask.png``         float32 ``(count, 2)`` ``(x, y)`` per region, + bool ``points_valid``
+``boxes``       ``mask.png``         float32 ``(count + 1, 4)`` whole mask then per region, + ``boxes_valid``
 =============== ==================== ===============================================================
+
+``points`` and ``boxes`` are computed from the final (augmented) mask, per instance of ``inst.png`` where the
+sample has one (``medprep.loaders.prompts``; ``prompts=Prompts(count, box_jitter)`` sets the slots and the box
+perturbation, drawn from the augmentation's generator).
 """
 
 from __future__ import annotations
 
 import io
 import json
-import re
 from typing import TYPE_CHECKING, Any, Iterable
 
 import cv2
@@ -28,40 +33,28 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
+from medprep.manifests.pixels import NORMALIZATIONS, patch_size
+
+from .prompts import FIELDS as PROMPT_FIELDS
+from .prompts import Prompts
+
 if TYPE_CHECKING:
     from .augment import Augment
 
 cv2.setNumThreads(1)
 
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
-# none: 0..255; unit: [0, 1]; sam: (x - mean) / std as segment_anything; esp-medsam: (x - mean) / mean, as the
-# authors' BinaryLoader does (it builds pixel_std from pixel_mean)
-NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
-    "unit": ((0.0, 0.0, 0.0), (255.0, 255.0, 255.0)),
-    "sam": (PIXEL_MEAN, PIXEL_STD),
-    "esp-medsam": (PIXEL_MEAN, PIXEL_MEAN),
-}
 DEFAULT_FIELDS = ("image", "mask", "patch32", "modality_id", "key")
 _ENTRIES = {"image": "image.png", "mask": "mask.png", "fov": "fov.png", "inst": "inst.png",
             "modality_id": "modality.cls", "meta": "meta.json", "key": None}
-_PATCH = re.compile(r"^patch([1-9][0-9]*)$")
-
-
-def patch_size(field: str) -> int | None:
-    """N for a ``patchN`` field name, else None."""
-    m = _PATCH.match(field)
-    return int(m.group(1)) if m else None
 
 
 def check_fields(fields: Iterable[str]) -> tuple[str, ...]:
     """Validate field names; returns them as a tuple without duplicates (order kept)."""
     out = tuple(dict.fromkeys(fields))
-    bad = [f for f in out if f not in _ENTRIES and patch_size(f) is None]
+    bad = [f for f in out if f not in _ENTRIES and f not in PROMPT_FIELDS and patch_size(f) is None]
     if bad or not out:
         raise ValueError(f"unknown fields {bad or '(none given)'}: expected some of {', '.join(_ENTRIES)}, "
-                         f"patchN (e.g. patch16, patch32, patch64)")
+                         f"{', '.join(PROMPT_FIELDS)}, patchN (e.g. patch16, patch32, patch64)")
     return out
 
 
@@ -102,11 +95,12 @@ class Decoder:
     """Turns a raw webdataset sample (entry name -> bytes) into a dict of tensors with the requested fields.
 
     ``augment`` (optional) is applied to the decoded arrays before they become tensors; it gets the mask decoded
-    as well when it has to recompute patch targets.
+    as well when it has to recompute patch targets. Prompt fields (``points``, ``boxes``) are computed after it
+    from the mask (and ``inst.png`` when the sample has one), as ``prompts`` says.
     """
 
     def __init__(self, fields: Iterable[str] = DEFAULT_FIELDS, normalize: str = "sam",
-                 augment: Augment | None = None):
+                 augment: Augment | None = None, prompts: Prompts = Prompts()):
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize={normalize!r}: expected one of {', '.join(NORMALIZATIONS)}")
         self.fields = check_fields(fields)
@@ -115,14 +109,19 @@ class Decoder:
         self.patches = [f for f in self.fields if patch_size(f)]
         spatial = [f for f in self.fields if f in ("image", "mask", "fov", "inst") or f in self.patches]
         self.arrays = list(spatial)
-        if augment is not None and augment.recomputes_patches and self.patches and "mask" not in spatial:
-            self.arrays.append("mask")  # needed to recompute the patch targets, dropped afterwards
+        self.prompts = prompts
+        self.prompt_fields = [f for f in self.fields if f in PROMPT_FIELDS]
+        needs_mask = self.prompt_fields or (augment is not None and augment.recomputes_patches and self.patches)
+        if needs_mask and "mask" not in spatial:
+            self.arrays.append("mask")  # needed for the prompts or to recompute the patch targets, not returned
+        # prompts are per instance where a sample has an instance map: read when present, not required
+        self.optional = ["inst"] if self.prompt_fields and "inst" not in spatial else []
 
     @property
     def entries(self) -> set[str]:
         """Tar entries to read (always ``modality.cls``, so that every sample has at least one)."""
         names = {"modality.cls"}
-        for f in set(self.fields) | set(self.arrays):
+        for f in set(self.fields) - set(PROMPT_FIELDS) | set(self.arrays) | set(self.optional):
             names.add(f"{f}.npy" if patch_size(f) else _ENTRIES[f])
         names.discard(None)  # type: ignore[arg-type]
         return names
@@ -147,13 +146,20 @@ class Decoder:
                 entry = _ENTRIES[f]
                 arr = decode_png(self._entry(raw, entry), f"{raw.get('__key__')}.{entry} in {raw.get('__url__')}")
                 out[f] = arr if f in ("image", "inst") else arr > 0
+        for f in self.optional:
+            if _ENTRIES[f] in raw:
+                out[f] = decode_png(raw[_ENTRIES[f]], f"{raw.get('__key__')}.{_ENTRIES[f]} in {raw.get('__url__')}")
         return out
 
     def __call__(self, raw: dict[str, Any], rng: np.random.Generator | None = None) -> dict[str, Any]:
         arrays = self.decode_arrays(raw)
+        rng = rng if rng is not None else np.random.default_rng()
         if self.augment is not None:
-            arrays = self.augment(arrays, rng if rng is not None else np.random.default_rng())
+            arrays = self.augment(arrays, rng)
         out: dict[str, Any] = {}
+        if self.prompt_fields:
+            prompts = self.prompts.compute(self.prompt_fields, arrays["mask"], arrays.get("inst"), rng)
+            out.update({k: torch.from_numpy(v) for k, v in prompts.items()})
         for f in self.fields:
             if f == "image":
                 out[f] = normalise(arrays[f], self.normalize)

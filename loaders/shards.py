@@ -12,7 +12,8 @@ import torch
 from . import partition
 from .augment import Augment
 from .fields import DEFAULT_FIELDS, Decoder
-from .reader import Shard, Source, open_sources, read_samples, split_shards
+from .prompts import Prompts
+from .reader import Shard, Source, open_sources, split_shards
 
 BALANCE = (None, "modality")
 
@@ -45,6 +46,7 @@ class MedShards(torch.utils.data.IterableDataset):
         *,
         normalize: str = "sam",
         augment: Augment | None = None,
+        prompts: Prompts = Prompts(),
         shuffle: bool = True,
         shuffle_buffer: int = 64,
         seed: int = 0,
@@ -60,7 +62,7 @@ class MedShards(torch.utils.data.IterableDataset):
         self.datasets = open_sources(sources)
         self.split = split
         self.shards: list[Shard] = split_shards(self.datasets, split)
-        self.decoder = Decoder(fields, normalize, augment)
+        self.decoder = Decoder(fields, normalize, augment, prompts)
         self.entries = self.decoder.entries
         self.shuffle, self.shuffle_buffer, self.seed = shuffle, shuffle_buffer if shuffle else 0, seed
         self.rank, self.world_size = rank, world_size
@@ -125,7 +127,7 @@ class MedShards(torch.utils.data.IterableDataset):
             order = partition.rng(self.seed, epoch).permutation(order)
         parts = partition.assign(len(order), consumer)
         stream = (s for pos, stride, offset in parts
-                  for s in read_samples(self.shards[order[pos]].url, self.entries, stride, offset))
+                  for s in self.shards[order[pos]].read(self.entries, stride, offset))
         if self.shuffle_buffer > 1:
             stream = partition.shuffled(stream, self.shuffle_buffer, partition.rng(self.seed, epoch, consumer.index, 2))
         return stream
@@ -139,7 +141,7 @@ class MedShards(torch.utils.data.IterableDataset):
 
         def endless() -> Iterator[dict[str, Any]]:
             while True:
-                yield from read_samples(shards[int(gen.choice(len(shards), p=p))].url, self.entries)
+                yield from shards[int(gen.choice(len(shards), p=p))].read(self.entries)
 
         return partition.shuffled(endless(), buffer, gen) if buffer > 1 else endless()
 

@@ -7,8 +7,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
-from medprep.distill.store import FeatureStore
-from medprep.distill.sources import in_fraction
+from medprep.manifests.features import FeatureReader, in_fraction
 
 
 class TeacherFeatures:
@@ -21,9 +20,9 @@ class TeacherFeatures:
         self._open(store, run)
 
     def _open(self, url: str, run: str | None) -> None:
-        self.store = FeatureStore.open(url, run)
+        self.store = FeatureReader.open(url, run)
         self._index = {k: i for i, k in enumerate(self.store.keys())}
-        self._done = self.store.group["done"][:]
+        self._done = self.store.done()
 
     def __getstate__(self) -> dict[str, Any]:
         return {"url": self.store.url, "run": self.store.run}
@@ -55,7 +54,7 @@ class TeacherFeatures:
                 f"'medprep cache-teacher' on this one"
             )
         if not self._done[i]:
-            self._done = self.store.group["done"][:]  # another worker may have finished it since
+            self._done = self.store.done()  # another worker may have finished it since
             if not self._done[i]:
                 raise KeyError(f"sample {key!r} of {self.store.url}/{self.store.run} is not cached yet; "
                                f"rerun 'medprep cache-teacher' to finish the run")

@@ -1,22 +1,31 @@
-"""Manifest schema and readers/writers of built datasets: the contract between prep, loaders and distill."""
+"""The built-data format: the contract between prep (writer), loaders and distill (readers).
 
+Manifest schema (``schema``), the tar shard writer, reader and offset index (``tar``), a built dataset and every
+read of it with its integrity checks (``dataset``), ``verify``, and file-system helpers (``store``).
+"""
+
+from .dataset import BuiltDataset, GenerationError, open_dataset, open_sources
 from .schema import (
+    CORE_ENTRIES,
     FAILURES,
     FORMAT,
     MANIFEST,
     SAMPLES,
     SPLITS,
     WIDS_KIND,
-    BuiltDataset,
     Manifest,
     ShardEntry,
-    open_dataset,
     wids_index,
 )
-from .store import atomic_write, dumps, fs_and_path, iter_jsonl, join, jsonl_bytes, read_json, sha256_bytes, sha256_file
+from .store import (
+    atomic_write, dumps, fs_and_path, iter_jsonl, join, jsonl_bytes, read_json, sha256_bytes, sha256_file,
+)
+from .tar import MemberIndex, ShardError, ShardIndex, TarShard, tar_bytes
+from .verify import Problem, VerifyReport, verify
 
 __all__ = [
-    "FAILURES", "FORMAT", "MANIFEST", "SAMPLES", "SPLITS", "WIDS_KIND", "BuiltDataset", "Manifest", "ShardEntry",
-    "open_dataset", "wids_index", "atomic_write", "dumps", "fs_and_path", "iter_jsonl", "join", "jsonl_bytes",
-    "read_json", "sha256_bytes", "sha256_file",
+    "CORE_ENTRIES", "FAILURES", "FORMAT", "MANIFEST", "SAMPLES", "SPLITS", "WIDS_KIND", "BuiltDataset",
+    "GenerationError", "Manifest", "MemberIndex", "Problem", "ShardEntry", "ShardError", "ShardIndex", "TarShard",
+    "VerifyReport", "open_dataset", "open_sources", "tar_bytes", "verify", "wids_index", "atomic_write", "dumps",
+    "fs_and_path", "iter_jsonl", "join", "jsonl_bytes", "read_json", "sha256_bytes", "sha256_file",
 ]

@@ -7,23 +7,28 @@ A built dataset is a folder (or fsspec URL) holding::
     failures.jsonl         one row per input that could not be converted, with the reason
     <split>-NNNNNN.tar     webdataset shards
     <split>.wids.json      the shard list of one split in the wids-shard-index-v1 format
+
+The manifest's ``generation`` names the build's content (shard list and samples list): identical rebuilds keep it,
+a replaced build changes it, and readers compare it to notice a dataset replaced under them. Format v2 added it;
+v1 manifests are read with the generation derived from their content.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from . import store
 
-FORMAT = "medprep-manifest-v1"
+FORMAT = "medprep-manifest-v2"
+FORMATS = ("medprep-manifest-v1", FORMAT)  # formats this version reads (v1: no generation recorded)
 WIDS_KIND = "wids-shard-index-v1"
 MANIFEST = "manifest.json"
 SAMPLES = "samples.jsonl"
 FAILURES = "failures.jsonl"
 SPLITS = ("train", "valid", "test")
+CORE_ENTRIES = ("image.png", "mask.png", "modality.cls", "meta.json")  # in every sample (DESIGN.md, Sample format)
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,14 @@ class ShardEntry:
     nsamples: int
     bytes: int
     sha256: str
+
+
+SHARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.tar")  # a plain file name inside the dataset folder
+SHA256 = re.compile(r"[0-9a-f]{64}")
+_MANIFEST_FIELDS = {"dataset": str, "modality": str, "modality_id": int, "medprep_version": str, "params": dict,
+                    "shards": list, "counts": dict, "split_report": dict, "files": dict, "format": str,
+                    "generation": str}
+_SHARD_FIELDS = {"name": str, "split": str, "nsamples": int, "bytes": int, "sha256": str}
 
 
 @dataclass
@@ -51,6 +64,18 @@ class Manifest:
     split_report: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     format: str = FORMAT
+    generation: str = ""  # derived from the content when not given (see content_generation)
+
+    def __post_init__(self) -> None:
+        if not self.generation:
+            self.generation = self.content_generation()
+
+    def content_generation(self) -> str:
+        """The generation of this content: a hash of the dataset name, the shard list and the samples list sha256,
+        i.e. of everything a reader reads."""
+        doc = {"dataset": self.dataset, "shards": [asdict(s) for s in self.shards],
+               "samples_sha256": self.files.get("samples_sha256")}
+        return store.sha256_bytes(store.dumps(doc))[:16]
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -58,9 +83,11 @@ class Manifest:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Manifest":
-        if d.get("format") != FORMAT:
-            raise ValueError(f"not a medprep manifest: format is {d.get('format')!r}, expected {FORMAT!r}")
+    def from_json(cls, d: Any) -> "Manifest":
+        """Parse a manifest document; a ``ValueError`` lists everything that does not match the schema."""
+        problems = schema_problems(d)
+        if problems:
+            raise ValueError("not a valid medprep manifest: " + "; ".join(problems))
         d = dict(d)
         d["shards"] = [ShardEntry(**s) for s in d["shards"]]
         return cls(**d)
@@ -87,69 +114,71 @@ def wids_index(shards: list[ShardEntry], name: str) -> dict[str, Any]:
     }
 
 
-class BuiltDataset:
-    """A built dataset at a local path or fsspec URL, read through its manifest."""
+def _typed(value: Any, kind: type) -> bool:
+    return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
 
-    def __init__(self, root: str | os.PathLike):
-        self.root = str(root).rstrip("/")
-        url = store.join(self.root, MANIFEST)
-        try:
-            raw = store.read_bytes(url)
-        except FileNotFoundError:
-            raise FileNotFoundError(
-                f"no {MANIFEST} under {self.root}: expected a folder written by 'medprep build' "
-                f"(a build that was interrupted has no manifest yet; rerun it to resume)"
-            ) from None
-        self.manifest_sha256 = store.sha256_bytes(raw)
-        self.manifest = Manifest.from_json(json.loads(raw))
 
-    @property
-    def name(self) -> str:
-        return self.manifest.dataset
-
-    def url(self, name: str) -> str:
-        return store.join(self.root, name)
-
-    def shard_urls(self, split: str | None = None) -> list[str]:
-        """URLs of the shards of ``split`` (all splits when None), in manifest order."""
-        return [self.url(s.name) for s in self.manifest.shards_of(split)]
-
-    def samples(self, split: str | None = None) -> Iterator[dict[str, Any]]:
-        """Rows of ``samples.jsonl`` (optionally of one split), in shard order."""
-        for row in store.iter_jsonl(self.url(SAMPLES)):
-            if split is None or row["split"] == split:
-                yield row
-
-    def keys(self, split: str | None = None) -> list[str]:
-        return [r["key"] for r in self.samples(split)]
-
-    def failures(self) -> list[dict[str, Any]]:
-        return list(store.iter_jsonl(self.url(FAILURES)))
-
-    def wids_url(self, split: str) -> str:
-        return self.url(f"{split}.wids.json")
-
-    def verify(self) -> list[str]:
-        """Check every shard's size and sha256 against the manifest; return the problems found (empty if none)."""
-        problems = []
-        fs, _ = store.fs_and_path(self.root)
-        for s in self.manifest.shards:
-            url = self.url(s.name)
-            _, path = store.fs_and_path(url)
-            if not fs.exists(path):
-                problems.append(f"{s.name}: missing")
-                continue
-            size = fs.size(path)
-            if size != s.bytes:
-                problems.append(f"{s.name}: {size} bytes, manifest says {s.bytes}")
-            elif store.sha256_file(url) != s.sha256:
-                problems.append(f"{s.name}: sha256 differs from the manifest")
-        for fname, key in ((SAMPLES, "samples_sha256"), (FAILURES, "failures_sha256")):
-            if key in self.manifest.files and store.sha256_file(self.url(fname)) != self.manifest.files[key]:
-                problems.append(f"{fname}: sha256 differs from the manifest")
+def schema_problems(d: Any) -> list[str]:
+    """What in the manifest document ``d`` does not match the schema of the formats this version reads (empty if
+    it matches): format, fields and their types, shard entries (plain ``.tar`` names, unique; counts; sha256)."""
+    if not isinstance(d, dict):
+        return [f"expected a JSON object, found {type(d).__name__}"]
+    if d.get("format") not in FORMATS:
+        return [f"format is {d.get('format')!r}, expected one of {', '.join(FORMATS)} (not a medprep build, or "
+                f"one written by another medprep version)"]
+    required = {"dataset", "modality", "modality_id", "medprep_version", "params", "shards", "counts"}
+    if d["format"] == FORMAT:
+        required.add("generation")
+    problems = [f"field {k!r} is missing" for k in sorted(required - set(d))]
+    problems += [f"unknown field {k!r}" for k in sorted(set(d) - set(_MANIFEST_FIELDS))]
+    problems += [f"field {k!r} is {type(d[k]).__name__}, expected {_MANIFEST_FIELDS[k].__name__}"
+                 for k in sorted(set(d) & set(_MANIFEST_FIELDS)) if not _typed(d[k], _MANIFEST_FIELDS[k])]
+    if problems or not isinstance(d.get("shards"), list):
         return problems
+    names: set[str] = set()
+    for i, s in enumerate(d["shards"]):
+        where = f"shards[{i}]"
+        if not isinstance(s, dict) or set(s) != set(_SHARD_FIELDS):
+            problems.append(f"{where}: expected an object with exactly {', '.join(_SHARD_FIELDS)}")
+            continue
+        bad = [k for k, t in _SHARD_FIELDS.items() if not _typed(s[k], t)]
+        if bad:
+            problems.append(f"{where}: {', '.join(bad)} of the wrong type")
+            continue
+        where = f"{where} ({s['name']})"
+        if not SHARD_NAME.fullmatch(s["name"]):
+            problems.append(f"{where}: not a plain .tar file name inside the dataset folder")
+        elif s["name"] in names:
+            problems.append(f"{where}: listed twice")
+        names.add(s["name"])
+        if s["nsamples"] < 0 or s["bytes"] < 0:
+            problems.append(f"{where}: negative nsamples or bytes")
+        if not SHA256.fullmatch(s["sha256"]):
+            problems.append(f"{where}: sha256 is not 64 lowercase hex digits")
+    return problems
 
 
-def open_dataset(root: str | os.PathLike | BuiltDataset) -> BuiltDataset:
-    """Open a built dataset by path/URL (idempotent on an already opened one)."""
-    return root if isinstance(root, BuiltDataset) else BuiltDataset(root)
+def wids_problems(doc: Any, shards: list[ShardEntry]) -> list[str]:
+    """What in the wids index ``doc`` of one split disagrees with that split's ``shards`` in the manifest: its
+    kind, and per entry the url (a plain name inside the dataset folder, the manifest's shard in the same place),
+    nsamples and filesize. Empty if it matches."""
+    if not isinstance(doc, dict) or doc.get("__kind__") != WIDS_KIND:
+        kind = doc.get("__kind__") if isinstance(doc, dict) else type(doc).__name__
+        return [f"__kind__ is {kind!r}, expected {WIDS_KIND!r}"]
+    listed = doc.get("shardlist")
+    if not isinstance(listed, list) or not all(isinstance(x, dict) for x in listed):
+        return ["shardlist is not a list of objects"]
+    problems = []
+    for i, (item, shard) in enumerate(zip(listed, shards)):
+        url = item.get("url")
+        if not isinstance(url, str) or not SHARD_NAME.fullmatch(url):
+            problems.append(f"shardlist[{i}]: url {url!r} is not a plain shard name inside the dataset folder "
+                            f"(absolute urls, '..' and sub-folders are refused)")
+        elif url != shard.name:
+            problems.append(f"shardlist[{i}]: url {url!r}, the manifest lists {shard.name!r} there")
+        elif item.get("nsamples") != shard.nsamples or item.get("filesize") != shard.bytes:
+            problems.append(f"shardlist[{i}] ({url}): nsamples {item.get('nsamples')!r}, filesize "
+                            f"{item.get('filesize')!r}; the manifest says {shard.nsamples}, {shard.bytes}")
+    if len(listed) != len(shards):
+        problems.append(f"lists {len(listed)} shards, the manifest {len(shards)}")
+    return problems

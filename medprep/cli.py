@@ -54,10 +54,21 @@ def build(
     dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset name (see 'medprep datasets')."),
     src: Path = typer.Option(..., "--src", help="Folder of the official download."),
     out: Path = typer.Option(..., "--out", help="Output folder; shards go to OUT/<dataset>/."),
-    size: int = typer.Option(1024, help="Output side length in pixels."),
-    resize: str = typer.Option("stretch", help="stretch (the papers) or longest (SAM: longest side + pad)."),
-    patch_sizes: str = typer.Option("16,32,64", help="Comma-separated max-pool patch sizes."),
-    modality_map: str = typer.Option("default", help="Modality id table: default or esp-medsam."),
+    preset: Optional[str] = typer.Option(None, help="A paper's recipe: esp-medsam, litemedsam, medsam or sam "
+                                                    "(options given explicitly override it)."),
+    size: Optional[int] = typer.Option(None, help="Output side length in pixels (default 1024)."),
+    resize: Optional[str] = typer.Option(None, help="stretch (the papers; default) or longest (SAM: longest side "
+                                                    "+ pad)."),
+    interpolation: Optional[str] = typer.Option(None, help="Image resize: linear, area or cubic (default: area "
+                                                           "when shrinking, linear when enlarging)."),
+    patch_sizes: Optional[str] = typer.Option(None, help="Comma-separated max-pool patch sizes (default "
+                                                         "16,32,64)."),
+    modality_map: Optional[str] = typer.Option(None, help="Modality ids: default, esp-medsam (the paper's order) "
+                                                          "or esp-medsam-released (the released checkpoints')."),
+    normalize: Optional[str] = typer.Option(None, help="Record the training normalisation for loaders: none, "
+                                                       "unit, sam, esp-medsam or minmax."),
+    prompts: Optional[str] = typer.Option(None, help="Record the prompt field loaders give: points or boxes."),
+    box_jitter: Optional[int] = typer.Option(None, help="Record the box prompt perturbation bound in pixels."),
     seed: int = typer.Option(0, help="Seed of the 8:1:1 split and of the shard order."),
     split_rule: Optional[str] = typer.Option(None, help="official, 811 or test (default: the dataset's own)."),
     split_file: Optional[Path] = typer.Option(None, help="Authors' split JSON {train,valid,test}."),
@@ -82,27 +93,31 @@ def build(
     """Convert a dataset from its official layout into webdataset shards with a manifest."""
     from tqdm import tqdm
 
-    from medprep.prep import BuildError, LayoutError, build as run_build
+    from medprep.prep import BuildError, BuildEvent, BuildParams, LayoutError, Planned, TaskDone, build as run_build
 
     opts = parse_options(option)
     if groups_file is not None:
         opts["groups_file"] = str(groups_file)
     opts.update({k: v for k, v in (("images", images), ("masks", masks), ("modality", modality), ("name", name))
                  if v is not None})
-    bar = tqdm(total=0, unit="shard", desc=f"build {dataset}", disable=not sys.stderr.isatty())
+    bar = tqdm(total=0, unit="sample", desc=f"build {dataset}", disable=not sys.stderr.isatty())
 
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
+    def draw(event: BuildEvent) -> None:
+        if isinstance(event, Planned):
+            bar.reset(total=event.total_samples)
+            bar.update(event.resumed_samples)
+        elif isinstance(event, TaskDone):
+            bar.update(event.planned)
 
     try:
-        result = run_build(
-            dataset, src, out / str(opts.get("name") or dataset), size=size, resize=resize,
-            patch_sizes=tuple(int(p) for p in patch_sizes.split(",") if p), modality_map=modality_map, seed=seed,
-            split_rule=split_rule, split_file=split_file, group_by=group_by, shard_size=parse_size(shard_size),
-            shard_samples=shard_samples, workers=workers, scheduler=scheduler, strict=strict, overwrite=overwrite,
-            progress=progress, **opts)
+        patches = tuple(int(p) for p in patch_sizes.split(",") if p) if patch_sizes is not None else None
+        params = BuildParams.of(dataset, preset=preset, size=size, resize=resize, interpolation=interpolation,
+                                patch_sizes=patches, modality_map=modality_map, normalize=normalize,
+                                prompts=prompts, box_jitter=box_jitter, seed=seed, split_rule=split_rule,
+                                split_file=str(split_file) if split_file else None, group_by=group_by,
+                                shard_size=parse_size(shard_size), shard_samples=shard_samples, options=opts)
+        result = run_build(params, src, out, workers=workers, scheduler=scheduler, strict=strict, overwrite=overwrite,
+                           on_event=draw)
     except (BuildError, LayoutError, ValueError) as e:
         bar.close()
         fail(str(e))
@@ -148,36 +163,60 @@ def leakage(
 
 
 @app.command()
-def datasets() -> None:
+def datasets(name: Optional[str] = typer.Argument(None, help="One dataset, shown with its modality id in every "
+                                                               "--modality-map.")) -> None:
     """List the datasets medprep converts, their modality and expected layout."""
-    from medprep.prep import datasets as registry
-    from medprep.prep.datasets import modality_id
+    from medprep.prep.datasets import describe_options, modality_id, registered
 
-    for name, cls in registry().items():
+    shown = registered()
+    if name is not None:
+        if name not in shown:
+            fail(f"unknown dataset {name!r}; known: {', '.join(shown)}")
+        shown = {name: shown[name]}
+    for name, cls in shown.items():
         try:
             modality = f"{cls.modality} (id {modality_id(cls.modality)})"
         except ValueError:
             modality = "modality given with --modality"
-        typer.echo(f"{name:14s} {modality}, split: {cls.split_rule}")
+        domain = f", {cls.domain} domain" if cls.domain else ""
+        typer.echo(f"{name:14s} {modality}, split: {cls.split_rule}{domain}")
         typer.echo(f"{'':14s} {cls.title}")
         typer.echo(f"{'':14s} layout: {cls.layout}")
-        opts = ", ".join(f"{k}={v}" for k, v in cls.options.items())
-        if opts:
-            typer.echo(f"{'':14s} options (-o KEY=VALUE): {opts}")
+        for i, line in enumerate(describe_options(cls.Options)):
+            typer.echo(f"{'':14s} {'options (-o KEY=VALUE): ' if i == 0 else ' ' * 24}{line}")
+        if len(shown) == 1:
+            _id_maps(name, cls)
+
+
+def _id_maps(name: str, cls: type) -> None:
+    """The modality id of dataset ``name`` in every --modality-map; the released checkpoints' ids per file name."""
+    from medprep.manifests.modalities import MODALITY_MAPS, RELEASED_RULE
+    from medprep.prep.datasets import esp_split_name
+    from medprep.prep.export import RELEASED_SPLITS, released_ids
+
+    tables = ", ".join(f"{t} {ids[cls.modality]}" for t, ids in MODALITY_MAPS.items() if cls.modality in ids)
+    typer.echo(f"{'':14s} modality ids: {tables or 'from --modality'}")
+    typer.echo(f"{'':14s} esp-medsam-released, per sample from its ESP-MedSAM file name ({RELEASED_RULE}):")
+    try:
+        for mid, names in released_ids(name).items():
+            typer.echo(f"{'':14s}   {mid}: {', '.join(names)}, ...")
+    except (ValueError, OSError) as e:
+        typer.echo(f"{'':14s}   (no example names: {e})")
+    split_file = f"{esp_split_name(name)}_data_split.json"
+    released = "released by the authors" if split_file in RELEASED_SPLITS else "not released by the authors"
+    typer.echo(f"{'':14s} ESP-MedSAM split file: {split_file} ({released})")
 
 
 @app.command()
-def verify(path: Path = typer.Argument(..., help="A built dataset folder (holding manifest.json).")) -> None:
-    """Check every shard of a built dataset against the sizes and sha256 of its manifest."""
-    from medprep.manifests import open_dataset
+def verify(path: str = typer.Argument(..., help="A built dataset folder or fsspec URL (holding manifest.json)."),
+           as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")) -> None:
+    """Check a built dataset against everything its readers rely on; list every problem (exit 1 if any)."""
+    from medprep.manifests import verify as check
 
-    ds = open_dataset(path)
-    problems = ds.verify()
-    for p in problems:
-        typer.echo(f"FAIL {p}")
-    if problems:
+    report = check(path)
+    typer.echo(json.dumps(report.to_json(), indent=1) if as_json else report.summary())
+    if not report.ok:
         raise typer.Exit(1)
-    typer.echo(f"ok: {len(ds.manifest.shards)} shards, {ds.manifest.nsamples()} samples match {path}/manifest.json")
 
 
 @app.command()
@@ -223,27 +262,35 @@ def cache_teacher(
     scheduler: Optional[str] = typer.Option(None, help="dask scheduler address (default: a LocalCluster)."),
 ) -> None:
     """Cache frozen teacher features of a source in a zarr store (resumable: rerun to continue)."""
-    from medprep.distill import SourceSpec
-    from medprep.distill.distributed import CacheJob, cache_distributed
-    from medprep.distill.sources import safe_key
+    from tqdm import tqdm
 
-    name = run or safe_key(f"{encoder.rpartition(':')[2]}-{Path(source.rstrip('/')).name}")
-    job = CacheJob(encoder, SourceSpec(source, source_kind, split, fraction, seed, subset_file), out, name,
-                   checkpoint, parse_options(encoder_arg), normalize, resize, dtype, tuple(views.split(",")),
-                   shard_size, batch_size, device, autocast, compile, workers)
+    from medprep.distill import CacheEvent, CacheParams, RunOpened, SourceSpec, cache_teacher as run_cache
+
+    bar = None
+
+    def on_event(event: CacheEvent) -> None:
+        nonlocal bar
+        if isinstance(event, RunOpened):
+            typer.echo(f"{event.url}/{event.run}: {len(event.todo)} of {event.nshards} zarr shards to write", err=True)
+            bar = tqdm(total=event.images, unit="img", desc=f"cache {event.run}", smoothing=0.1,
+                       disable=not (progress and sys.stderr.isatty()))
+        else:
+            bar.update(event.images)
+
     try:
-        if devices or scheduler:
-            written = cache_distributed(job, devices.split(",") if devices else [device], scheduler)
-            typer.echo(f"{out}/{name}: {len(written)} zarr shards written")
-            return
-        teacher, src = job.teacher(), job.open_source()
-        store = job.open(teacher, src)
-        typer.echo(f"{out}/{name}: {store.done_shards().count(False)} of {store.nshards} zarr shards to write",
-                   err=True)
-        result = job.execute(teacher, src, progress=progress and sys.stderr.isatty())
+        params = CacheParams(
+            encoder, SourceSpec(source, source_kind, split, fraction, seed, subset_file), out, run=run,
+            checkpoint=checkpoint, encoder_kwargs=parse_options(encoder_arg), normalize=normalize, resize=resize,
+            dtype=dtype, views=tuple(views.split(",")), shard_size=shard_size, batch_size=batch_size,
+            device=device, autocast=autocast, compile=compile, workers=workers,
+            devices=tuple(devices.split(",")) if devices else (), scheduler=scheduler)
+        result = run_cache(params, on_event=on_event)
     except (ValueError, FileNotFoundError, KeyError, RuntimeError, TypeError) as e:
         fail(str(e))
-    typer.echo(f"{out}/{name}: {len(result.shards_written)} zarr shards written ({result.images} images), "
+    finally:
+        if bar is not None:
+            bar.close()
+    typer.echo(f"{out}/{params.run}: {len(result.shards_written)} zarr shards written ({result.images} images), "
                f"{len(result.shards_skipped)} already done")
 
 

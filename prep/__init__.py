@@ -1,8 +1,10 @@
 """Converters and the build pipeline: official dataset layouts -> deterministic webdataset shards."""
 
 from .datasets import REGISTRY, Converter, Record, get_converter, load_all
+from .events import BuildEvent, BuildResult, Planned, Published, TaskDone
 from .imaging import ConversionError
-from .pipeline import BuildError, BuildResult, build
+from .params import BuildError, BuildParams
+from .pipeline import build
 from .tree import LayoutError, SourceTree
 
 
@@ -12,5 +14,5 @@ def datasets() -> dict[str, type[Converter]]:
     return dict(sorted(REGISTRY.items()))
 
 
-__all__ = ["BuildError", "BuildResult", "ConversionError", "Converter", "LayoutError", "Record", "SourceTree",
-           "build", "datasets", "get_converter"]
+__all__ = ["BuildError", "BuildEvent", "BuildParams", "BuildResult", "ConversionError", "Converter", "LayoutError",
+           "Planned", "Published", "Record", "SourceTree", "TaskDone", "build", "datasets", "get_converter"]

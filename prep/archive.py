@@ -259,3 +259,12 @@ def _join(base: str, rel: str) -> str:
 
 
 __all__ = ["ArchiveError", "ArchiveTree", "Limits", "archive_stem", "holds_archives", "is_archive"]
+
+
+def open_source(src: str | os.PathLike) -> SourceTree:
+    """The tree of a download as the user passed it: an archive file (zip/tar, read in place), a folder without
+    subfolders holding the download's archives side by side, or the extracted folder."""
+    path = Path(src)
+    if (path.is_file() and is_archive(path.name)) or (path.is_dir() and holds_archives(path)):
+        return ArchiveTree(path)
+    return SourceTree(path)

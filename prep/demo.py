@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import synthetic
+from .datasets import make_fake, registered
 from .pipeline import build
 
 
@@ -13,9 +13,9 @@ def run_demo(out: str | Path, size: int = 256, workers: int = 1) -> str:
     out = Path(out)
     lines = [f"medprep demo: fake data in official layouts under {out / 'src'} (synthetic images, not real data)"]
     total = 0
-    for name in synthetic.SOURCE_DOMAINS:
-        src = synthetic.make(name, out / "src" / name)
-        result = build(name, src, out / "shards" / name, size=size, workers=workers, overwrite=True)
+    for name in registered("source"):
+        src = make_fake(name, out / "src" / name)
+        result = build(name, src, out / "shards", size=size, workers=workers, overwrite=True)
         total += result.manifest.counts["samples"]
         lines.append(result.summary())
     lines.append(f"{total} samples in {out / 'shards'}; read them with medprep.loaders or 'medprep verify DIR'")

@@ -2,7 +2,7 @@
 
 * ``esp-medsam``: ``image_1024/<id>.png``, ``mask_1024/<id>.png`` and ``<name>_data_split.json``
   (``{"train": ["<id>.png", ...], "valid": [...], "test": [...]}``), as the authors' ``BinaryLoader`` reads them:
-  ids are the authors' file stems (``Converter.split_file_id``), cut by them at the first dot, so dots and slashes
+  ids are the authors' file stems (``Converter.esp_file_id``), cut by them at the first dot, so dots and slashes
   in an id become ``_``. Image and mask are the shard's PNG bytes, unchanged (RGB uint8; mask 0/255).
 * ``nnunet``: nnU-Net v2 raw layout ``Dataset<ID>_<Name>/imagesTr/<key>_0000.png`` (RGB natural image),
   ``labelsTr/<key>.png`` (labels 0/1), test split in ``imagesTs``/``labelsTs``, ``dataset.json`` and a
@@ -18,23 +18,34 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from medprep.loaders import open_sources, read_samples
-from medprep.loaders.reader import Source
 from medprep.manifests import BuiltDataset, atomic_write, join
+from medprep.manifests.dataset import Source, open_sources
+from medprep.manifests.modalities import esp_medsam_released_id
 
-from .datasets import REGISTRY, get_converter, load_all
+from .archive import open_source
+from .datasets import converter_class, esp_split_name, get_converter, make_fake
 from .imaging import decode, encode_png
+from .tree import natural_key
 
 LAYOUTS = ("esp-medsam", "nnunet", "folder")
-# <name>_data_split.json of the authors' repository, per medprep dataset
-ESP_NAMES = {
-    "isic2018": "isic", "ph2": "ph2", "montgomery": "lung", "shenzhen": "lung", "nih-lung": "nih",
-    "drive": "retinal", "stare": "stare", "cvc-clinicdb": "cvccdb", "cvc-colondb": "colon", "udiat": "ultrasound",
-    "busi": "busi", "dsb2018": "dsb", "tnbc": "tnbc",
+# sha256 of the split files the ESP-MedSAM authors released (xq141839/ESP-MedSAM jsonfiles/, commit cf49bd1f)
+RELEASED_SPLITS = {
+    "busi_data_split.json": "25b933511ed03f896d72b5565a878c57708521e5ac35ae0c07c06cb0dfde5c56",
+    "colon_data_split.json": "592efcace32062db051b8c6722172b2522ffb4949b1c3a8ea73d58a17673c204",
+    "cvccdb_data_split.json": "2fa39ca367ba660e48fe491b4957ff2691a638d002c426d142e3a45248c4f05d",
+    "dsb_data_split.json": "d8be87bd9db26640a2c661c6a914bd3ff9b3890f8b2a0aa0a8aef33fee79a9cd",
+    "isic_data_split.json": "f0515ec2a87c77443f61ff775fbfedde8fd14d4afe3693f799cdb9674cbbb829",
+    "lung_data_split.json": "4b56756df75045c973e54a8126028606929156d35c00582ea20d1a39248c52e6",
+    "nih_data_split.json": "0b81a1af3277a7af073fc41e32d0099acb901adf0864a0813351ee7e068ed439",
+    "ph2_data_split.json": "563cf21c1ffbbe28ad0d2009b40bbe4099f8c0a99c808d1684403e1c75ef29d0",
+    "retinal_data_split.json": "74838f511f331cfd33a7863e5656466ce8d89aa804d0c6478c14bf3e4e0b3329",
+    "stare_data_split.json": "b06fc915726c393570a00dfb42596dd7b91cff44f9136f944a190b0446620081",
+    "tnbc_data_split.json": "a0a023bff9fade64ecc41c8f19ecc1c5500e1d9a9e9798853e31b46d2b6c61a7",
+    "ultrasound_data_split.json": "1d05b791ac9909c623900dc803d43965d1a66e60c3893c34066f971d5424c6b1",
 }
 ENTRIES = {"image.png", "mask.png", "meta.json"}
 
@@ -57,22 +68,66 @@ class ExportResult:
 
 def _samples(ds: BuiltDataset, split: str) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
     """(raw entries, meta) of every sample of ``split``, in manifest order."""
-    for url in ds.shard_urls(split):
-        for raw in read_samples(url, ENTRIES):
+    for shard in ds.manifest.shards_of(split):
+        for raw in ds.read_shard(shard, ENTRIES):
             missing = ENTRIES - set(raw)
             if missing:
-                raise ValueError(f"sample {raw['__key__']} in {url} lacks {', '.join(sorted(missing))}: "
+                raise ValueError(f"sample {raw['__key__']} in {raw['__url__']} lacks {', '.join(sorted(missing))}: "
                                  f"not a medprep shard? run 'medprep verify {ds.root}'")
             yield raw, json.loads(raw["meta.json"])
 
 
-def _esp_ids(ds: BuiltDataset):
-    """source id -> the authors' file stem for ``ds`` (identity for datasets without a renaming)."""
-    load_all()
-    if ds.name not in REGISTRY:
-        return lambda sid: re.sub(r"[./\\]", "_", sid)
-    conv = get_converter(ds.name, **ds.manifest.params.get("options", {}))
-    return lambda sid: re.sub(r"[./\\]", "_", conv.split_file_id(sid))
+def _esp_ids(ds: BuiltDataset) -> Callable[[str], str]:
+    """source id -> the sample's file stem in the ESP-MedSAM layout (``Converter.esp_file_id``)."""
+    params = ds.manifest.params
+    return get_converter(params.get("dataset", ds.name), **params.get("options", {})).esp_file_id
+
+
+def released_ids(dataset: str, limit: int = 3) -> dict[int, list[str]]:
+    """The ``esp-medsam-released`` ids a dataset's samples get, shown on the names of its fake download (named as
+    the official one): id -> up to ``limit`` ESP-MedSAM file names. Slices of volumes add ``_z0042``-style
+    suffixes to the names listed here (which gives them a ``_``)."""
+    import tempfile
+
+    cls = converter_class(dataset)
+    conv = get_converter(dataset, **cls.fake_options)
+    out: dict[int, list[str]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        records, _ = conv.discover(open_source(make_fake(dataset, tmp)))
+    for rec in sorted(records, key=lambda r: natural_key(r.source_id)):
+        name = conv.esp_file_id(rec.source_id)
+        names = out.setdefault(esp_medsam_released_id(name), [])
+        if len(names) < limit:
+            names.append(name)
+    return out
+
+
+def _esp_notes(datasets: list[BuiltDataset], file_name: str, exported: set[str],
+               id_mismatches: list[tuple[str, int, int]]) -> list[str]:
+    """Where the export differs from what the authors' released split file and loader would give: ids that their
+    loader derives otherwise from the file names, and a split that is not theirs."""
+    notes = []
+    if id_mismatches:
+        ident, ours, theirs = id_mismatches[0]
+        notes.append(f"{len(id_mismatches)} samples carry modality ids other than the authors' loader derives from "
+                     f"their file names (e.g. {ident}.png: {ours} in the shard, {theirs} in BinaryLoader); the "
+                     f"released checkpoints pick their output token by the loader's id: rebuild with "
+                     f"--modality-map esp-medsam-released (or --preset esp-medsam) to evaluate them")
+    released = RELEASED_SPLITS.get(file_name)
+    if released is None:
+        return notes + [f"the authors released no {file_name}: it holds medprep's split"]
+    used = [(ds.manifest.params.get("split_file") or {}).get("sha256") for ds in datasets]
+    if any(sha != released for sha in used):
+        own = [ds.name for ds, sha in zip(datasets, used) if sha != released]
+        return notes + [f"{file_name} is named like the authors' file but holds medprep's own split of "
+                        f"{', '.join(own)} (rule {datasets[0].manifest.split_report.get('rule')}), not theirs: "
+                        f"build with --split-file {file_name} from xq141839/ESP-MedSAM jsonfiles/ to reproduce it"]
+    unmatched = set.intersection(*(set(ds.manifest.split_report.get("in_file_not_found", ())) for ds in datasets))
+    missing = sorted(unmatched - exported)
+    if missing:
+        notes.append(f"the authors' {file_name} lists {len(missing)} samples that are not in these builds "
+                     f"(e.g. {', '.join(missing[:3])}): their split is reproduced without them")
+    return notes
 
 
 def _splits(datasets: list[BuiltDataset], splits: Sequence[str] | None) -> list[str]:
@@ -92,7 +147,7 @@ def export(sources: Source | Sequence[Source], out: str | os.PathLike, layout: s
            splits: Sequence[str] | None = None, name: str | None = None, dataset_id: int = 501) -> ExportResult:
     """Write the samples of ``splits`` (default: all) of one or more built datasets to ``out`` in ``layout``.
 
-    ``name``: the esp-medsam split file's name (default from ``ESP_NAMES``) or the nnU-Net dataset name (default:
+    ``name``: the esp-medsam split file's name (default: ``esp_split_name``) or the nnU-Net dataset name (default:
     the dataset names); ``dataset_id``: the nnU-Net dataset number.
     """
     if layout not in LAYOUTS:
@@ -115,7 +170,7 @@ def export(sources: Source | Sequence[Source], out: str | os.PathLike, layout: s
 
 
 def _esp_medsam(datasets: list[BuiltDataset], out: str, splits: list[str], name: str | None) -> ExportResult:
-    names = {name} if name else {ESP_NAMES.get(ds.name, ds.name) for ds in datasets}
+    names = {name} if name else {esp_split_name(ds.name) for ds in datasets}
     if len(names) != 1:
         raise ValueError(f"sources {[ds.name for ds in datasets]} have different ESP-MedSAM split-file names "
                          f"{sorted(names)}; pass --name to write them into one split file")
@@ -124,11 +179,14 @@ def _esp_medsam(datasets: list[BuiltDataset], out: str, splits: list[str], name:
     listing: dict[str, list[str]] = {}
     owner: dict[str, str] = {}
     sizes = set()
+    id_mismatches: list[tuple[str, int, int]] = []
     for ds in datasets:
         esp_id = _esp_ids(ds)
         for split in splits:
             for raw, meta in _samples(ds, split):
                 ident = esp_id(meta["source_id"])
+                if meta["modality_id"] != esp_medsam_released_id(ident):
+                    id_mismatches.append((ident, meta["modality_id"], esp_medsam_released_id(ident)))
                 if ident in owner:
                     raise ValueError(f"{raw['__key__']} and {owner[ident]} both export as {ident}.png; export them "
                                      f"to different folders")
@@ -142,6 +200,8 @@ def _esp_medsam(datasets: list[BuiltDataset], out: str, splits: list[str], name:
     if sizes != {1024}:
         result.notes.append(f"images are {sorted(sizes)} px; the ESP-MedSAM code expects 1024 (rebuild with "
                             f"--size 1024 to train it)")
+    exported = {i.rsplit(".", 1)[0] for v in listing.values() for i in v}
+    result.notes += _esp_notes(datasets, index.rsplit("/", 1)[-1], exported, id_mismatches)
     return result
 
 

@@ -1,4 +1,7 @@
-"""Pixel work: decode, normalise to RGB uint8 / binary masks, resize, patch targets, deterministic encoding."""
+"""Pixel work of the build: decode, normalise to RGB uint8 / binary masks, resize, deterministic encoding.
+
+The rules shared with the readers (patch targets, longest-side size, keys) are in ``medprep.manifests.pixels``.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +16,12 @@ import numpy as np
 from isal import isal_zlib
 from PIL import Image
 
+from medprep.manifests.pixels import longest_side
+
 cv2.setNumThreads(1)
 
 RESIZE_MODES = ("stretch", "longest")
+INTERPOLATIONS = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "cubic": cv2.INTER_CUBIC}  # image resize
 PNG_LEVEL = 1
 # formats cv2 decodes faithfully; everything else (GIF, palette images, PPM, odd TIFFs) goes through PIL
 _CV2_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -138,6 +144,14 @@ def binarize(arr: np.ndarray, name: str) -> np.ndarray:
         arr = arr[:, :, :3].max(axis=2) if arr.shape[2] >= 3 else arr[:, :, 0]
     if arr.dtype == bool:
         return arr
+    if arr.size:  # the usual masks (empty, {0, v}) are settled by a few vectorised passes, without a histogram
+        lo, hi = arr.min(), arr.max()
+        if lo == hi:
+            return np.zeros(arr.shape, bool) if hi == 0 else _fail_const(name, hi)
+        if lo == 0:
+            fg = arr > 0
+            if np.count_nonzero(fg) == np.count_nonzero(arr == hi):  # no value between 0 and the top one
+                return fg
     if arr.dtype == np.uint8:  # a histogram is much cheaper than np.unique on large masks
         hist = cv2.calcHist([np.ascontiguousarray(arr)], [0], None, [256], [0, 256]).ravel()
         values = np.flatnonzero(hist).astype(np.uint8)
@@ -175,19 +189,22 @@ class Geometry:
     mode: str
     src_hw: tuple[int, int]
     out_hw: tuple[int, int]  # size of the resized content before padding
+    interp: str | None = None  # the image interpolation (INTERPOLATIONS); None: area when shrinking, else linear
 
     @classmethod
-    def plan(cls, src_hw: tuple[int, int], size: int, mode: str) -> "Geometry":
+    def plan(cls, src_hw: tuple[int, int], size: int, mode: str, interp: str | None = None) -> "Geometry":
+        if interp is not None and interp not in INTERPOLATIONS:
+            raise ValueError(f"--interpolation {interp!r}: expected one of {', '.join(INTERPOLATIONS)}")
         if mode == "stretch":
-            return cls(size, mode, src_hw, (size, size))
+            return cls(size, mode, src_hw, (size, size), interp)
         if mode == "longest":
-            h, w = src_hw
-            scale = size / max(h, w)
-            return cls(size, mode, src_hw, (int(h * scale + 0.5), int(w * scale + 0.5)))
+            return cls(size, mode, src_hw, longest_side(*src_hw, size), interp)
         raise ValueError(f"resize mode {mode!r}: expected one of {RESIZE_MODES}")
 
     def interpolation(self) -> str:
-        """Image interpolation: area when shrinking, linear when enlarging."""
+        """Image interpolation: the chosen one, else area when shrinking and linear when enlarging."""
+        if self.interp is not None:
+            return self.interp
         return "area" if self.out_hw[0] * self.out_hw[1] < self.src_hw[0] * self.src_hw[1] else "linear"
 
     def _place(self, resized: np.ndarray) -> np.ndarray:
@@ -198,7 +215,7 @@ class Geometry:
         return out
 
     def image(self, img: np.ndarray) -> np.ndarray:
-        flag = cv2.INTER_AREA if self.interpolation() == "area" else cv2.INTER_LINEAR
+        flag = INTERPOLATIONS[self.interpolation()]
         return self._place(cv2.resize(img, self.out_hw[::-1], interpolation=flag))
 
     def label(self, lab: np.ndarray) -> np.ndarray:
@@ -208,27 +225,12 @@ class Geometry:
         return self._place(out.view(bool) if lab.dtype == bool else out)
 
 
-def patch_targets(mask: np.ndarray, patch: int) -> np.ndarray:
-    """Max-pool of a bool mask with kernel = stride = ``patch``: uint8 0/1 grid of shape (H/patch, W/patch)."""
-    return _pool(mask, patch).astype(np.uint8)
-
-
-def _pool(grid: np.ndarray, k: int) -> np.ndarray:
-    h, w = grid.shape
-    if h % k or w % k:
-        raise ValueError(f"patch size {k} does not divide the mask size {h}x{w}")
-    # rows first, then columns: two contiguous reductions are ~10x faster than one over axes (1, 3)
-    return grid.reshape(h // k, k, w).any(axis=1).reshape(h // k, w // k, k).any(axis=2)
-
-
-def patch_pyramid(mask: np.ndarray, patches: tuple[int, ...]) -> dict[int, np.ndarray]:
-    """``patch_targets`` for several sizes at once, each coarser grid pooled from the finest one dividing it
-    (max-pooling composes exactly), so the full-resolution mask is scanned once."""
-    out: dict[int, np.ndarray] = {}
-    for p in sorted(patches):
-        base = max((q for q in out if p % q == 0), default=None)
-        out[p] = _pool(mask, p) if base is None else _pool(out[base], p // base)
-    return {p: out[p].astype(np.uint8) for p in patches}
+def instance_map(hw: tuple[int, int], count: int, name: str, what: str = "instances") -> np.ndarray:
+    """A zero uint16 instance map (0 = background) for ``count`` instances numbered from 1; ConversionError when
+    they do not fit 16 bits."""
+    if count > np.iinfo(np.uint16).max:
+        raise ConversionError(f"{name}: {count} {what} do not fit a uint16 instance map")
+    return np.zeros(hw, np.uint16)
 
 
 PNG_CODEC = f"png-up-isal{isal.__version__}-l{PNG_LEVEL}"  # recorded in the manifest: it decides the bytes

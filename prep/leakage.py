@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
 
-from medprep.manifests import BuiltDataset, ShardEntry, atomic_write, dumps, fs_and_path, open_dataset
+from medprep.manifests import BuiltDataset, ShardEntry, atomic_write, dumps, open_dataset
 
 DEFAULT_THRESHOLD = 10  # of 64 bits; resized and JPEG re-encoded copies land at 0-6
 DEFAULT_MIN_CORRELATION = 0.9  # copies correlate above 0.95; distinct look-alikes of one modality stay below
@@ -57,32 +56,11 @@ class Item:
 
 def _shard_items(ds: BuiltDataset, label: str, shard: ShardEntry) -> list[Item]:
     """Hash the images of one shard (streamed; an image is cropped to the ``valid_hw`` of its meta.json)."""
-    out: list[Item] = []
-    fs, path = fs_and_path(ds.url(shard.name))
-    with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tf:
-        sample: dict[str, bytes] = {}
-        current = None
-        for member in _members(tf):
-            key, entry = member[0].split(".", 1)
-            if key != current and current is not None:
-                out.append(_item(label, current, shard.split, sample))
-                sample = {}
-            current = key
-            if entry in ("image.png", "meta.json"):
-                sample[entry] = member[1]
-        if current is not None:
-            out.append(_item(label, current, shard.split, sample))
-    return out
+    return [_item(label, raw["__key__"], shard.split, raw)
+            for raw in ds.read_shard(shard, ("image.png", "meta.json"))]
 
 
-def _members(tf: tarfile.TarFile) -> Iterator[tuple[str, bytes]]:
-    for m in tf:
-        if m.isfile():
-            f = tf.extractfile(m)
-            yield m.name, f.read() if f is not None else b""
-
-
-def _item(label: str, key: str, split: str, sample: dict[str, bytes]) -> Item:
+def _item(label: str, key: str, split: str, sample: dict[str, Any]) -> Item:
     if "image.png" not in sample:
         raise ValueError(f"{label}: sample {key} has no image.png; not a medprep shard")
     image = cv2.imdecode(np.frombuffer(sample["image.png"], np.uint8), cv2.IMREAD_COLOR)

@@ -3,45 +3,25 @@
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from medprep.manifests.pixels import patch_pyramid
+
 from .datasets.base import Converter, Loaded, Record
-from .imaging import Geometry, encode_npy, encode_png, patch_pyramid, to_rgb
-
-
-@dataclass(frozen=True)
-class SampleParams:
-    """Everything a sample's bytes depend on besides its input files."""
-
-    size: int = 1024
-    resize: str = "stretch"
-    patch_sizes: tuple[int, ...] = (16, 32, 64)
-    modality_map: str = "default"
-
-    def check(self) -> None:
-        Geometry.plan((1, 1), self.size, self.resize)  # validates the mode
-        bad = [p for p in self.patch_sizes if p <= 0 or self.size % p]
-        if bad:
-            raise ValueError(f"--patch-sizes {bad} must divide --size {self.size}")
-
-
-def make_key(dataset: str, source_id: str) -> str:
-    """Tar-safe sample key ``<dataset>-<source id>``: runs of characters other than [A-Za-z0-9_-] become '_'."""
-    return f"{dataset}-{re.sub(r'[^A-Za-z0-9_-]+', '_', source_id).strip('_') or 'x'}"
+from .imaging import Geometry, encode_npy, encode_png, to_rgb
+from .params import BuildParams
 
 
 def convert(conv: Converter, rec: Record, loaded: Loaded, hashes: dict[str, str], key: str, sample_id: str,
-            split: str, modality_id: int, params: SampleParams) -> tuple[dict[str, Any], dict[str, Any]]:
+            split: str, modality_id: int, params: BuildParams) -> tuple[dict[str, Any], dict[str, Any]]:
     """Normalise, resize and encode one decoded sample of ``rec``. Returns (webdataset sample, samples.jsonl row).
 
     Raises ``ConversionError`` (or another exception) for inputs that cannot be converted.
     """
     image, intensity = to_rgb(loaded.image)
-    geo = Geometry.plan(image.shape[:2], params.size, params.resize)
+    geo = Geometry.plan(image.shape[:2], params.size, params.resize, params.interpolation)
     mask = geo.label(loaded.mask)
     valid = mask[: geo.out_hw[0], : geo.out_hw[1]]
     meta = {
@@ -89,7 +69,7 @@ def convert(conv: Converter, rec: Record, loaded: Loaded, hashes: dict[str, str]
     return sample, row
 
 
-def worst_case_bytes(params: SampleParams, extras: int = 2) -> int:
+def worst_case_bytes(params: BuildParams, extras: int = 2) -> int:
     """Upper bound of one sample's size in a tar: raw pixels of every entry plus headers."""
     px = params.size * params.size
     patches = sum(px // (p * p) + 512 for p in params.patch_sizes)

@@ -7,9 +7,9 @@ import random
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
+from .datasets import Converter, Failure, Record
+from .params import BuildParams
 from .tree import natural_key
-
-SPLIT_RULES = ("official", "811", "test", "file")
 
 
 def ratio_counts(n: int) -> tuple[int, int, int]:
@@ -96,3 +96,41 @@ def apply_split_file(file_ids: dict[str, str], mapping: dict[str, str]) -> tuple
         "found_not_in_file": sorted((s for s in file_ids if s not in assigned), key=natural_key),
     }
     return assigned, report
+
+
+def assign_splits(conv: Converter, records: list[Record], p: BuildParams, failures: list[Failure]
+                  ) -> tuple[dict[str, str], dict[str, Any]]:
+    """source id -> split by ``p``'s rule (default: the converter's), and the split report; records left without a
+    split (not in the split file) are added to ``failures``."""
+    rule = "file" if p.split_file else (p.split_rule or conv.split_rule)
+    ids = [r.source_id for r in records]
+    report: dict[str, Any] = {"rule": rule, "seed": p.seed}
+    if p.split_file is not None:
+        mapping, ignored = read_split_file(p.split_file)
+        assigned, rep = apply_split_file({r.source_id: conv.split_file_id(r.source_id) for r in records}, mapping)
+        report.update(rep, split_file=Path(p.split_file).name, ignored_keys={k: len(v) for k, v in ignored.items()})
+        for r in records:
+            if r.source_id not in assigned:
+                failures.append(Failure(r.source_id, tuple(r.files()),
+                                        f"not listed in --split-file {Path(p.split_file).name} "
+                                        f"(looked up as {conv.split_file_id(r.source_id)!r})", stage="split"))
+        return assigned, report
+    if p.group_by:
+        groups = {r.source_id: r.group for r in records}
+        missing = [i for i, g in groups.items() if g is None]
+        if missing:
+            raise ValueError(f"--group-by {p.group_by}: no {p.group_by} known for {len(missing)} of {len(ids)} "
+                             f"samples (e.g. {missing[:3]}); give a frame-to-{p.group_by} table")
+        report["group_by"] = p.group_by
+        return split_groups(groups, p.seed), report  # type: ignore[arg-type]
+    if rule == "811":
+        return split_811(ids, p.seed), report
+    if rule == "test":
+        return {i: "test" for i in ids}, report
+    # official
+    out = {r.source_id: r.split or "train" for r in records}
+    if conv.valid_from_train and not any(s == "valid" for s in out.values()):
+        carved = carve_valid([i for i, s in out.items() if s == "train"], conv.valid_from_train, p.seed)
+        out.update({i: "valid" for i in carved})
+        report["valid_from_train"] = conv.valid_from_train
+    return out, report

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medprep.manifests.synthetic import scene
+
 
 @dataclass(frozen=True)
 class Sphere:
@@ -173,8 +175,6 @@ def write_medsam_npz(path: Path, imgs: np.ndarray, gts: np.ndarray, spacing: tup
 def make_medsam_npz(root: Path, seed: int = 0) -> Path:
     """Two 3D CT npz (slices along axis 0, windowed uint8, spacing in SimpleITK x, y, z order) and two 2D
     dermoscopy npz ((H, W, 3) images, one with two instance labels), in the challenge's file naming."""
-    from .synthetic import scene
-
     rng = np.random.default_rng(seed)
     base = root / "MedSAM_laptop"
     image, label, _ = phantom()

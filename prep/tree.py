@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path, PurePosixPath
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".7z", ".rar")
@@ -15,9 +15,12 @@ class LayoutError(FileNotFoundError):
     """The source does not have the layout a converter expects; the message says what and where."""
 
 
+_DIGITS = re.compile(r"(\d+)")
+
+
 def natural_key(s: str) -> tuple:
     """Sort key that orders '2' before '10' (datasets number their files without zero padding)."""
-    return tuple(int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s))
+    return tuple([int(t) if t.isdigit() else t.lower() for t in _DIGITS.split(s)])
 
 
 class SourceTree:
@@ -37,12 +40,15 @@ class SourceTree:
     @cached_property
     def files(self) -> list[str]:
         """All files below the root, sorted, as relative POSIX paths (hidden files and __MACOSX skipped)."""
-        out = []
-        for dirpath, dirnames, filenames in os.walk(self.root):
+        out: list[str] = []
+        top = os.fspath(self.root)
+        for dirpath, dirnames, filenames in os.walk(top):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
-            rel = PurePosixPath(Path(dirpath).relative_to(self.root).as_posix())
-            out.extend(str(rel / f) if str(rel) != "." else f for f in filenames if not f.startswith("."))
-        return sorted(out)
+            rel = dirpath[len(top):].lstrip(os.sep).replace(os.sep, "/")
+            prefix = f"{rel}/" if rel else ""
+            out.extend([prefix + f for f in filenames if not f.startswith(".")])
+        out.sort()
+        return out
 
     def read(self, rel: str) -> bytes:
         return (self.root / rel).read_bytes()
@@ -55,12 +61,82 @@ class SourceTree:
         return frozenset(self.files)
 
     def glob(self, pattern: str, ignore_case: bool = False) -> list[str]:
-        """Relative paths matching a glob in which ``*`` does not cross '/', naturally sorted."""
-        rx = re.compile(_glob_regex(pattern), re.IGNORECASE if ignore_case else 0)
-        return sorted((f for f in self.files if rx.fullmatch(f)), key=natural_key)
+        """Relative paths matching a glob in which ``*`` does not cross '/', naturally sorted.
+
+        The pattern is matched folder by folder through an index of the tree, so a glob costs what the folders it
+        reaches hold, not what the whole download holds (``<id>/masks/*.png`` once per case stays linear)."""
+        found = self._match(pattern, "", ignore_case)
+        if len(found) > 1:
+            found.sort()  # ties of the natural order stay in path order
+            found.sort(key=natural_key)
+        return found
+
+    @cached_property
+    def _folders(self) -> dict[str, tuple[list[str], list[str]]]:
+        """Folder path ('' for the root) -> (names of its subfolders, names of its files), built once."""
+        index: dict[str, tuple[list[str], list[str]]] = {"": ([], [])}
+        for f in self.files:
+            folder, _, name = f.rpartition("/")
+            entry = index.get(folder)
+            if entry is None:  # a new folder: register it, and its parents up to the first one already known
+                entry = index[folder] = ([], [])
+                child = folder
+                while True:
+                    parent, _, sub = child.rpartition("/")
+                    if parent in index:
+                        index[parent][0].append(sub)
+                        break
+                    index[parent] = ([sub], [])
+                    child = parent
+            entry[1].append(name)
+        return index
+
+    @cached_property
+    def _caseless(self) -> dict[tuple[str, int], tuple[dict[str, list[str]], list[str]]]:
+        """(folder, 0 for subfolders / 1 for files) -> (lower-cased ASCII name -> names, non-ASCII names); filled
+        on demand by case-insensitive globs."""
+        return {}
+
+    def _names(self, folder: str, files: bool, part: str, ignore_case: bool) -> list[str]:
+        """Names of the subfolders (or files) of ``folder`` matching one glob segment."""
+        entry = self._folders.get(folder)
+        if entry is None or not part:
+            return []
+        names = entry[1] if files else entry[0]
+        if not ignore_case and not _MAGIC.search(part):
+            return [part] if (at_path(folder, part) in (self._fileset if files else self._folders)) else []
+        rx = _segment_regex(part, ignore_case)
+        if ignore_case and not _MAGIC.search(part) and part.isascii():  # a literal: look it up, whatever the case
+            key = (folder, int(files))
+            if key not in self._caseless:
+                lower: dict[str, list[str]] = {}
+                for n in names:
+                    if n.isascii():
+                        lower.setdefault(n.lower(), []).append(n)
+                self._caseless[key] = (lower, [n for n in names if not n.isascii()])
+            lower, other = self._caseless[key]
+            names = lower.get(part.lower(), []) + other
+        return [n for n in names if rx.fullmatch(n)]
+
+    def _match(self, pattern: str, base: str, ignore_case: bool) -> list[str]:
+        """Files below the folder ``base`` matching ``pattern`` (relative to it), unsorted."""
+        if not ignore_case and not _MAGIC.search(pattern):  # a plain path
+            path = at_path(base, pattern)
+            return [path] if path in self._fileset else []
+        if _CROSSES_SLASH.search(pattern):  # a character class holding '/': match the whole paths
+            rx = re.compile(re.escape(base + "/" if base else "") + _glob_regex(pattern),
+                            re.IGNORECASE if ignore_case else 0)
+            return [f for f in self.files if rx.fullmatch(f)]
+        current = [base]
+        parts = pattern.split("/")
+        for depth, part in enumerate(parts):
+            files = depth == len(parts) - 1
+            current = [at_path(folder, n) for folder in current for n in self._names(folder, files, part, ignore_case)]
+        return current
 
     def top_level(self, limit: int = 12) -> str:
-        entries = sorted({f.split("/", 1)[0] + ("/" if "/" in f else "") for f in self.files})
+        dirs, files = self._folders[""]
+        entries = sorted([f"{d}/" for d in dirs] + files)
         shown = ", ".join(entries[:limit]) + (f", ... ({len(entries)} entries)" if len(entries) > limit else "")
         return shown or "nothing"
 
@@ -70,11 +146,10 @@ class SourceTree:
         Users pass either the dataset folder itself or a folder above it; both work. Raises LayoutError naming
         what was expected and what was found.
         """
-        prefixes = sorted({"/".join(f.split("/")[:d]) for f in self.files for d in range(0, max_depth + 1)
-                           if f.count("/") >= d}, key=lambda p: (p.count("/") + bool(p), p))
+        prefixes = sorted((p for p in self._folders if p.count("/") + bool(p) <= max_depth),
+                          key=lambda p: (p.count("/") + bool(p), p))
         for prefix in prefixes:
-            pat = f"{_escape(prefix)}/{marker}" if prefix else marker
-            if self.glob(pat):
+            if self._match(marker, prefix, False):
                 return prefix
         archives = [f for f in self.files if f.lower().endswith(ARCHIVE_SUFFIXES) and "/" not in f]
         hint = (f"; {self.label} holds {', '.join(archives)}: unpack it or pass the archive as --src"
@@ -84,8 +159,18 @@ class SourceTree:
         )
 
 
-def _escape(s: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", s)
+_MAGIC = re.compile(r"[*?\[]")
+_CROSSES_SLASH = re.compile(r"\[[^\]]*/[^\]]*\]")  # a '[...]' class with '/' in it: the pattern is not per folder
+
+
+def at_path(folder: str, name: str) -> str:
+    """``folder/name``, or ``name`` in the root folder ''."""
+    return f"{folder}/{name}" if folder else name
+
+
+@lru_cache(maxsize=256)
+def _segment_regex(part: str, ignore_case: bool) -> re.Pattern[str]:
+    return re.compile(_glob_regex(part), re.IGNORECASE if ignore_case else 0)
 
 
 def _glob_regex(pattern: str) -> str:
@@ -111,16 +196,7 @@ def _glob_regex(pattern: str) -> str:
 
 def stem(path: str) -> str:
     """File name without directory and without all extensions ('im0001.ah.ppm.gz' -> 'im0001')."""
-    name = PurePosixPath(path).name
+    name = path.rpartition("/")[2]
+    if name in ("", "."):  # not a normalised path ('a/', 'a/.'): let pathlib find the name
+        name = PurePosixPath(path).name
     return name.split(".", 1)[0] if not name.startswith(".") else name
-
-
-def open_source(src: str | os.PathLike) -> SourceTree:
-    """The tree of a download as the user passed it: an archive file (zip/tar, read in place), a folder without
-    subfolders holding the download's archives side by side, or the extracted folder."""
-    from .archive import ArchiveTree, holds_archives
-
-    path = Path(src)
-    if (path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES)) or (path.is_dir() and holds_archives(path)):
-        return ArchiveTree(path)
-    return SourceTree(path)

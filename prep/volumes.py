@@ -329,18 +329,6 @@ def remove_small_objects(mask: np.ndarray, min_pixels: int) -> tuple[np.ndarray,
 LABEL_MODES = ("binary", "each")
 
 
-def slicing_options(opts: dict[str, Any], dataset: str, requirement: str) -> tuple[str, str]:
-    """Validate the options every slice-producing converter shares (``name``, ``modality``, ``multilabel``,
-    ``min_object_pixels``); returns (dataset name, modality)."""
-    if not opts["modality"]:
-        raise ValueError(f"--dataset {dataset} needs {requirement}")
-    if opts["multilabel"] not in LABEL_MODES:
-        raise ValueError(f"-o multilabel={opts['multilabel']!r}: expected binary or each")
-    if not isinstance(opts["min_object_pixels"], int) or opts["min_object_pixels"] < 0:
-        raise ValueError(f"-o min_object_pixels={opts['min_object_pixels']!r}: expected a whole number >= 0")
-    return str(opts["name"]), str(opts["modality"])
-
-
 def cut(
     base_id: str,
     labels: np.ndarray,

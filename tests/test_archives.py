@@ -14,10 +14,10 @@ import pytest
 from typer.testing import CliRunner
 
 from medprep.cli import app
-from medprep.manifests import sha256_file
+from medprep.manifests import sha256_file, tar_bytes
 from medprep.prep import build, synthetic
-from medprep.prep.archive import ArchiveError, ArchiveTree, Limits
-from medprep.prep.tree import SourceTree, open_source
+from medprep.prep.archive import ArchiveError, ArchiveTree, Limits, open_source
+from medprep.prep.tree import SourceTree
 
 SIZE = 64
 
@@ -64,16 +64,16 @@ def test_archive_gives_the_same_bytes_as_the_extracted_folder(tmp_path, kind):
     dataset, folder, archive = extracted_and_archived(kind, tmp_path)
     assert isinstance(open_source(archive), ArchiveTree) and type(open_source(folder)) is SourceTree
     a = build(dataset, archive, tmp_path / "out-archive", size=SIZE, shard_samples=3)
-    build(dataset, folder, tmp_path / "out-folder", size=SIZE, shard_samples=3)
+    b = build(dataset, folder, tmp_path / "out-folder", size=SIZE, shard_samples=3)
     assert a.manifest.counts["samples"] > 0
-    assert_same_build(tmp_path / "out-archive", tmp_path / "out-folder")
+    assert_same_build(a.out, b.out)
 
 
 def test_archive_build_with_dask_workers(tmp_path):
     dataset, folder, archive = extracted_and_archived("ISIC six zips", tmp_path)
-    build(dataset, archive, tmp_path / "out-archive", size=SIZE, shard_samples=2, workers=2)
-    build(dataset, folder, tmp_path / "out-folder", size=SIZE, shard_samples=2)
-    assert_same_build(tmp_path / "out-archive", tmp_path / "out-folder")
+    a = build(dataset, archive, tmp_path / "out-archive", size=SIZE, shard_samples=2, workers=2)
+    b = build(dataset, folder, tmp_path / "out-folder", size=SIZE, shard_samples=2)
+    assert_same_build(a.out, b.out)
 
 
 def test_mount_rules_and_macosx(tmp_path):
@@ -149,11 +149,11 @@ def test_decompression_bombs_are_refused(tmp_path):
         ArchiveTree(bomb, Limits(max_total=2 << 20))
     assert len(ArchiveTree(bomb).read("ok/zeros.bmp")) == len(zeros)  # within the default limits
     gz = tmp_path / "bomb.tar.gz"
-    gz.write_bytes(synthetic._tar_bytes({"a/zeros.bin": zeros}, gz=True))
+    gz.write_bytes(tar_bytes({"a/zeros.bin": zeros}, gz=True))
     with pytest.raises(ArchiveError, match="ratio over 100"):
         ArchiveTree(gz, Limits(max_ratio=100))
     # archives nested deeper than allowed
-    inner = synthetic._tar_bytes({"x/a.png": b"a"})
+    inner = tar_bytes({"x/a.png": b"a"})
     for level in range(3):
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w") as zf:

@@ -41,15 +41,15 @@ def test_failures_are_listed_with_reasons_and_the_run_goes_on(broken_udiat):
     assert "not binary" in reasons["000005"]
     assert "cannot decode" in reasons["000006"]
     assert "empty" in reasons["000007"]
-    rows = [json.loads(x) for x in (broken_udiat / "out" / "failures.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (result.out / "failures.jsonl").read_text().splitlines()]
     assert len(rows) == 7 and all(r["files"] and r["reason"] and r["stage"] for r in rows)
     assert "7 failures" in result.summary() and "11 inputs found" in result.summary()
 
 
 def test_strict_publishes_nothing(broken_udiat):
-    out = broken_udiat / "out"
+    out = broken_udiat / "out" / "udiat"
     with pytest.raises(BuildError, match="--strict: 7 input"):
-        build("udiat", broken_udiat / "src", out, size=64, strict=True)
+        build("udiat", broken_udiat / "src", out.parent, size=64, strict=True)
     assert not (out / "manifest.json").exists() and not list(out.glob("*.tar"))
 
 

@@ -14,7 +14,8 @@ import pytest
 from conftest import read_built
 
 from medprep.prep import BuildError, build, synthetic
-from medprep.prep.pipeline import staging_dir
+from medprep.prep.events import TaskDone
+from medprep.prep.publish import staging_dir
 
 
 def digest(out: Path) -> dict[str, str]:
@@ -32,49 +33,53 @@ def src(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(src, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "dsb2018"
-    build("dsb2018", src, out, size=64, shard_samples=3, workers=1)
+    build("dsb2018", src, out.parent, size=64, shard_samples=3, workers=1)
     return out
 
 
 def test_workers_1_and_2_give_identical_bytes(src, reference, tmp_path):
     out = tmp_path / "dsb2018"
-    build("dsb2018", src, out, size=64, shard_samples=3, workers=2)
+    build("dsb2018", src, out.parent, size=64, shard_samples=3, workers=2)
     ref = digest(reference)
     assert len([n for n in ref if n.endswith(".tar")]) == 6  # 10/2/2 samples in shards of 3
     assert digest(out) == ref
 
 
 def test_rebuild_elsewhere_is_identical_and_rerun_is_a_no_op(src, reference, tmp_path):
-    out = tmp_path / "again"
-    build("dsb2018", src, out, size=64, shard_samples=3)
+    out = tmp_path / "again" / "dsb2018"
+    build("dsb2018", src, out.parent, size=64, shard_samples=3)
     assert digest(out) == digest(reference)
     stamp = {p: p.stat().st_mtime_ns for p in out.iterdir()}
-    result = build("dsb2018", src, out, size=64, shard_samples=3)
+    result = build("dsb2018", src, out.parent, size=64, shard_samples=3)
     assert result.reused and {p: p.stat().st_mtime_ns for p in out.iterdir()} == stamp
 
 
 def test_other_parameters_need_overwrite(src, reference, tmp_path):
-    out = tmp_path / "o"
-    build("dsb2018", src, out, size=64, shard_samples=3)
+    out = tmp_path / "o" / "dsb2018"
+    build("dsb2018", src, out.parent, size=64, shard_samples=3)
     with pytest.raises(BuildError, match="--overwrite"):
-        build("dsb2018", src, out, size=64, shard_samples=3, seed=1)
-    build("dsb2018", src, out, size=64, shard_samples=3, seed=1, overwrite=True)
+        build("dsb2018", src, out.parent, size=64, shard_samples=3, seed=1)
+    build("dsb2018", src, out.parent, size=64, shard_samples=3, seed=1, overwrite=True)
     assert digest(out) != digest(reference)
     assert len(read_built(out)) == 14
 
 
 def test_crash_midway_then_resume_gives_identical_bytes(src, reference, tmp_path):
-    out = tmp_path / "crash"
+    out = tmp_path / "crash" / "dsb2018"
 
-    def crash_after_two(done: int, total: int) -> None:
-        if done == 2:
-            raise KeyboardInterrupt
+    done: list[str] = []
+
+    def crash_after_two(event: object) -> None:
+        if isinstance(event, TaskDone):
+            done.append(event.task)
+            if len(done) == 2:
+                raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        build("dsb2018", src, out, size=64, shard_samples=3, progress=crash_after_two)
+        build("dsb2018", src, out.parent, size=64, shard_samples=3, on_event=crash_after_two)
     assert not (out / "manifest.json").exists() and not list(out.glob("*.tar"))  # nothing final is visible
     assert len(list(staging_dir(out).glob("*.json"))) == 2
-    result = build("dsb2018", src, out, size=64, shard_samples=3)
+    result = build("dsb2018", src, out.parent, size=64, shard_samples=3)
     assert result.skipped_tasks == 2
     assert digest(out) == digest(reference)
     assert not staging_dir(out).exists()
@@ -85,10 +90,10 @@ def test_sigkill_at_several_points_then_resume(src, reference, tmp_path, finishe
     """Really kill a build process at different moments (before any task finished, after 1, 3 or 5 of 6 tasks);
     the resumed build equals the uninterrupted one, and no final name ever holds a partial file: ``out`` is either
     absent or a complete build (6: killed while publishing)."""
-    out = tmp_path / "killed"
+    out = tmp_path / "killed" / "dsb2018"
     code = ("import sys; from medprep.prep import build; "
             "build('dsb2018', sys.argv[1], sys.argv[2], size=64, shard_samples=3)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(src), str(out)], start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-c", code, str(src), str(out.parent)], start_new_session=True)
     deadline = time.monotonic() + 60
     while len(list(staging_dir(out).glob("*.json"))) < finished_tasks and proc.poll() is None:
         assert time.monotonic() < deadline
@@ -103,13 +108,13 @@ def test_sigkill_at_several_points_then_resume(src, reference, tmp_path, finishe
         from medprep.manifests import open_dataset
 
         assert open_dataset(out).verify() == [] and open_dataset(out).manifest.nsamples() == 14
-    build("dsb2018", src, out, size=64, shard_samples=3)
+    build("dsb2018", src, out.parent, size=64, shard_samples=3)
     assert digest(out) == digest(reference)
 
 
 def test_shard_size_is_a_hard_bound(src, tmp_path):
-    out = tmp_path / "small"
-    result = build("dsb2018", src, out, size=64, shard_samples=50, shard_size=40_000)
+    out = tmp_path / "small" / "dsb2018"
+    result = build("dsb2018", src, out.parent, size=64, shard_samples=50, shard_size=40_000)
     sizes = [s.bytes for s in result.manifest.shards]
     assert len(sizes) > 3 and max(sizes) <= 40_000
     assert sum(s.nsamples for s in result.manifest.shards) == 14
@@ -136,8 +141,8 @@ def test_manifest_matches_shards_and_wids_index(reference):
 def test_verify_detects_a_corrupt_shard(src, tmp_path):
     from medprep.manifests import open_dataset
 
-    out = tmp_path / "v"
-    build("dsb2018", src, out, size=64, shard_samples=3)
+    out = tmp_path / "v" / "dsb2018"
+    build("dsb2018", src, out.parent, size=64, shard_samples=3)
     ds = open_dataset(out)
     name = ds.manifest.shards[0].name
     data = bytearray((out / name).read_bytes())
@@ -166,8 +171,8 @@ def test_shards_read_back_through_webdataset(reference):
 
 def test_src_at_dataset_folder_or_above_gives_identical_bytes(src, reference, tmp_path):
     """Recorded paths are relative to the dataset's own folder, not to wherever --src pointed."""
-    out = tmp_path / "deeper"
-    build("dsb2018", src / "stage1_train", out, size=64, shard_samples=3)
+    out = tmp_path / "deeper" / "dsb2018"
+    build("dsb2018", src / "stage1_train", out.parent, size=64, shard_samples=3)
     assert digest(out) == digest(reference)
     meta = next(iter(read_built(out).values()))["meta.json"]
     assert meta["source"]["image"].count("/") == 2 and not meta["source"]["image"].startswith("stage1_train")
@@ -178,22 +183,22 @@ def test_scheduler_address_of_a_running_cluster(src, reference, tmp_path):
 
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster:
         build("dsb2018", src, tmp_path / "sched", size=64, shard_samples=3, scheduler=cluster.scheduler_address)
-    assert digest(tmp_path / "sched") == digest(reference)
+    assert digest(tmp_path / "sched" / "dsb2018") == digest(reference)
 
 
 def test_a_failed_rebuild_leaves_the_previous_build_intact(src, reference, tmp_path):
-    out = tmp_path / "keep"
-    build("dsb2018", src, out, size=64, shard_samples=3)
+    out = tmp_path / "keep" / "dsb2018"
+    build("dsb2018", src, out.parent, size=64, shard_samples=3)
     before = digest(out)
     with pytest.raises(BuildError, match="--strict"):
-        build("dsb2018", src, out, size=64, shard_samples=3, shard_size=5_000, strict=True, overwrite=True)
+        build("dsb2018", src, out.parent, size=64, shard_samples=3, shard_size=5_000, strict=True, overwrite=True)
     assert digest(out) == before
 
 
 def test_out_that_is_not_a_build_is_refused(src, tmp_path):
-    out = tmp_path / "mine"
-    out.mkdir()
+    out = tmp_path / "mine" / "dsb2018"
+    out.mkdir(parents=True)
     (out / "notes.txt").write_text("my files")
     with pytest.raises(BuildError, match="not a medprep build"):
-        build("dsb2018", src, out, size=64)
+        build("dsb2018", src, out.parent, size=64)
     assert (out / "notes.txt").exists()

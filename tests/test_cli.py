@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from medprep.cli import app, parse_size
 from medprep.prep import synthetic
+from medprep.prep.datasets import registered
 
 runner = CliRunner()
 
@@ -37,7 +38,7 @@ def test_build_errors_are_short_and_clear(tmp_path):
 def test_demo_builds_every_source_domain(tmp_path):
     res = runner.invoke(app, ["demo", "--out", str(tmp_path), "--size", "64"])
     assert res.exit_code == 0, res.output
-    for name in synthetic.SOURCE_DOMAINS:
+    for name in registered("source"):
         assert (tmp_path / "shards" / name / "manifest.json").exists()
         assert f"{name}: " in res.output
 

@@ -1,4 +1,5 @@
-"""One test set per source-domain converter, on fake data in the exact official layout (torchvision style)."""
+"""The source-domain converters' own quirks, on fake data in the exact official layout (the counts, keys, masks,
+patch targets and modality every dataset shares are checked by the registry battery, tests/test_registry.py)."""
 
 from __future__ import annotations
 
@@ -7,100 +8,17 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-from conftest import maxpool, read_built
+from conftest import read_built
 
-from medprep.prep import LayoutError, build, synthetic
-from medprep.prep.datasets import modality_id
+from medprep.prep import build, synthetic
 
 SIZE = 64
-
-# dataset -> (synthetic writer kwargs, expected samples per split, expected failures)
-CASES = {
-    "isic2018": ({"n": (6, 2, 2)}, {"train": 6, "valid": 2, "test": 2}, 0),
-    "montgomery": ({"n": 10}, {"train": 8, "valid": 1, "test": 1}, 0),
-    "shenzhen": ({"n": 10, "unmasked": 1}, {"train": 7, "valid": 1, "test": 1}, 1),
-    "drive": ({"n_train": 5, "n_test": 2}, {"train": 4, "valid": 1, "test": 2}, 0),
-    "cvc-clinicdb": ({"n": 12}, {"train": 10, "valid": 1, "test": 1}, 0),
-    "udiat": ({"n": 10}, {"train": 8, "valid": 1, "test": 1}, 0),
-    "dsb2018": ({"n": 8}, {"train": 6, "valid": 1, "test": 1}, 0),
-}
-MODALITY = {"isic2018": "dermoscopy", "montgomery": "x-ray", "shenzhen": "x-ray", "drive": "fundus",
-            "cvc-clinicdb": "colonoscopy", "udiat": "ultrasound", "dsb2018": "microscopy"}
-META_FIELDS = {"dataset", "split", "modality", "modality_id", "source_id", "source", "sha256", "original_hw", "size",
-               "resize", "interpolation", "valid_hw", "foreground"}
-
-
-@pytest.fixture(scope="module", params=list(CASES))
-def built(request, tmp_path_factory):
-    name = request.param
-    root = tmp_path_factory.mktemp(name)
-    src = synthetic.make(name, root / "src", **CASES[name][0])
-    result = build(name, root / "src", root / "out", size=SIZE, shard_samples=4)
-    return name, src, root / "out", result
-
-
-def test_counts_per_split_and_reconciliation(built):
-    name, _, out, result = built
-    _, splits, nfail = CASES[name]
-    counts = result.manifest.counts
-    assert counts["splits"] == splits
-    assert counts["failures"] == nfail == len(result.failures)
-    assert counts["inputs"] == counts["samples"] + counts["failures"]
-    samples = read_built(out)
-    assert len(samples) == sum(splits.values())
-    for split, n in splits.items():
-        assert sum(s["meta.json"]["split"] == split for s in samples.values()) == n
-
-
-def test_keys_unique_and_stable(built):
-    name, _, out, _ = built
-    samples = read_built(out)
-    rows = [r for r in (out / "samples.jsonl").read_text().splitlines()]
-    assert len(rows) == len(samples)
-    for key, s in samples.items():
-        assert key == f"{name}-" + s["meta.json"]["source_id"].replace(".", "_")
-        assert "." not in key and "/" not in key
-
-
-def test_sample_content(built):
-    name, _, out, _ = built
-    mid = modality_id(MODALITY[name])
-    for key, s in read_built(out).items():
-        img, mask = s["image.png"], s["mask.png"]
-        assert img.shape == (SIZE, SIZE, 3) and img.dtype == np.uint8
-        assert mask.shape == (SIZE, SIZE) and set(np.unique(mask)) <= {0, 255}
-        for k in (16, 32, 64):
-            np.testing.assert_array_equal(s[f"patch{k}.npy"], maxpool(mask, k), err_msg=f"{key} patch{k}")
-            assert s[f"patch{k}.npy"].dtype == np.uint8
-        assert s["modality.cls"] == str(mid)
-        meta = s["meta.json"]
-        assert META_FIELDS <= set(meta)
-        assert meta["modality_id"] == mid and meta["modality"] == MODALITY[name] and meta["dataset"] == name
-        assert all(len(h) == 64 for h in meta["sha256"].values())
-        assert abs(meta["foreground"] - (mask > 0).mean()) < 1e-5
-
-
-def test_masks_are_not_empty_and_follow_the_source(built):
-    """The fake scenes all have foreground; an all-empty output would mean a binarisation bug."""
-    name, _, out, _ = built
-    fg = [s["meta.json"]["foreground"] for s in read_built(out).values()]
-    assert min(fg) > 0
-
-
-def test_missing_layout_names_what_was_expected(built, tmp_path):
-    name = built[0]
-    (tmp_path / "wrong").mkdir()
-    (tmp_path / "wrong" / "readme.txt").write_text("x")
-    with pytest.raises(LayoutError) as e:
-        build(name, tmp_path, tmp_path / "out", size=SIZE)
-    msg = str(e.value)
-    assert "expected" in msg and str(tmp_path) in msg and "wrong/" in msg
 
 
 def test_montgomery_or_merges_left_and_right(tmp_path):
     src = synthetic.make("montgomery", tmp_path / "src", n=2)
     build("montgomery", tmp_path / "src", tmp_path / "out", size=SIZE, split_rule="test")
-    for key, s in read_built(tmp_path / "out").items():
+    for key, s in read_built(tmp_path / "out" / "montgomery").items():
         name = s["meta.json"]["source_id"] + ".png"
         both = np.zeros((96, 80), np.uint8)
         for side in ("leftMask", "rightMask"):
@@ -113,7 +31,7 @@ def test_montgomery_or_merges_left_and_right(tmp_path):
 def test_montgomery_16bit_is_rescaled(tmp_path):
     synthetic.make("montgomery", tmp_path / "src", n=2)
     build("montgomery", tmp_path / "src", tmp_path / "out", size=SIZE, split_rule="test")
-    metas = {s["meta.json"]["source_id"]: s for s in read_built(tmp_path / "out").values()}
+    metas = {s["meta.json"]["source_id"]: s for s in read_built(tmp_path / "out" / "montgomery").values()}
     sixteen = metas["MCUCXR_0001_0"]
     assert sixteen["meta.json"]["image_normalisation"]["source_dtype"] == "uint16"
     assert sixteen["meta.json"]["image_normalisation"]["intensity"].startswith("minmax")
@@ -124,7 +42,7 @@ def test_montgomery_16bit_is_rescaled(tmp_path):
 def test_dsb_instance_map(tmp_path):
     src = synthetic.make("dsb2018", tmp_path / "src", n=3)
     build("dsb2018", tmp_path / "src", tmp_path / "out", size=SIZE, split_rule="test")
-    for s in read_built(tmp_path / "out").values():
+    for s in read_built(tmp_path / "out" / "dsb2018").values():
         inst = s["inst.png"]
         assert inst.dtype == np.uint16
         np.testing.assert_array_equal(inst > 0, s["mask.png"] > 0)
@@ -139,7 +57,7 @@ def test_drive_fov_and_official_split(tmp_path):
     synthetic.make("drive", tmp_path / "src", n_train=20, n_test=3)
     result = build("drive", tmp_path / "src", tmp_path / "out", size=SIZE)
     assert result.manifest.counts["splits"] == {"train": 16, "valid": 4, "test": 3}
-    for s in read_built(tmp_path / "out").values():
+    for s in read_built(tmp_path / "out" / "drive").values():
         assert s["fov.png"].shape == (SIZE, SIZE) and set(np.unique(s["fov.png"])) == {0, 255}
         part = "training" if s["meta.json"]["split"] in ("train", "valid") else "test"
         assert s["meta.json"]["source_id"].endswith(part)
@@ -156,7 +74,7 @@ def test_drive_test_without_labels_are_failures(tmp_path):
 def test_cvc_png_variant_with_sequences(tmp_path):
     synthetic.make("cvc-clinicdb", tmp_path / "src", n=12, variant="png", sequences=4)
     result = build("cvc-clinicdb", tmp_path / "src", tmp_path / "out", size=SIZE, group_by="sequence")
-    samples = read_built(tmp_path / "out").values()
+    samples = read_built(tmp_path / "out" / "cvc-clinicdb").values()
     by_group: dict[str, set[str]] = {}
     for s in samples:
         by_group.setdefault(s["meta.json"]["group"], set()).add(s["meta.json"]["split"])
@@ -174,13 +92,13 @@ def test_esp_medsam_modality_map(tmp_path):
     synthetic.make("udiat", tmp_path / "src", n=3)
     result = build("udiat", tmp_path / "src", tmp_path / "out", size=SIZE, modality_map="esp-medsam")
     assert result.manifest.modality_id == 2
-    assert {s["modality.cls"] for s in read_built(tmp_path / "out").values()} == {"2"}
+    assert {s["modality.cls"] for s in read_built(tmp_path / "out" / "udiat").values()} == {"2"}
 
 
 def test_longest_side_resize_pads_and_records_valid_region(tmp_path):
     synthetic.make("isic2018", tmp_path / "src", n=(4, 0, 0))
     build("isic2018", tmp_path / "src", tmp_path / "out", size=SIZE, resize="longest")
-    for s in read_built(tmp_path / "out").values():
+    for s in read_built(tmp_path / "out" / "isic2018").values():
         h, w = s["meta.json"]["original_hw"]
         vh, vw = s["meta.json"]["valid_hw"]
         assert max(vh, vw) == SIZE and abs(vh / vw - h / w) < 0.05
@@ -195,6 +113,6 @@ def test_lung_is_montgomery_plus_shenzhen(tmp_path):
     result = build("lung", tmp_path / "src", tmp_path / "out", size=SIZE)
     assert result.manifest.counts["inputs"] == 11 and result.manifest.counts["samples"] == 10
     assert result.manifest.counts["splits"] == {"train": 8, "valid": 1, "test": 1}
-    ids = {s["meta.json"]["source_id"] for s in read_built(tmp_path / "out").values()}
+    ids = {s["meta.json"]["source_id"] for s in read_built(tmp_path / "out" / "lung").values()}
     assert {i[:6] for i in ids} == {"MCUCXR", "CHNCXR"}
-    assert {s["modality.cls"] for s in read_built(tmp_path / "out").values()} == {"1"}
+    assert {s["modality.cls"] for s in read_built(tmp_path / "out" / "lung").values()} == {"1"}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
-from medprep.distill import MedicalSource, cache_teacher, load_teacher
+from medprep.distill import CacheParams, MedicalSource, SourceSpec, cache_teacher
 from medprep.distill.loss import masked_mse
 from medprep.loaders.teacher import TeacherFeatures, TeacherJoin, teacher_shards
 from medprep.prep import build, synthetic
@@ -21,16 +23,16 @@ def cached(tmp_path_factory):
     root = tmp_path_factory.mktemp("med")
     src = synthetic.make("isic2018", root / "src", n=(4, 1, 1), hw=(120, 40))
     out = root / "shards" / "isic2018"
-    build("isic2018", src, out, size=128, resize="longest")
-    teacher = load_teacher(TINY, encoder_kwargs={"img_size": 128})
-    store = str(root / "t.zarr")
-    cache_teacher(teacher, MedicalSource(str(out)), store, "r", dtype="float32", views=["identity", "hflip"],
-                  shard_size=2, batch_size=2, progress=False)
-    return out, store, teacher
+    build("isic2018", src, out.parent, size=128, resize="longest")
+    params = CacheParams(TINY, out, root / "t.zarr", "r", encoder_kwargs={"img_size": 128}, dtype="float32",
+                         views=("identity", "hflip"), shard_size=2, batch_size=2, device="cpu")
+    cache_teacher(params)
+    return out, params.out, params
 
 
 def test_features_by_key_and_padding_masks(cached):
-    out, store, teacher = cached
+    out, store, params = cached
+    teacher = params.teacher()
     feats = TeacherFeatures(store)
     src = MedicalSource(str(out))
     assert feats.keys() == src.keys and len(feats) == 6 and src.keys[0] in feats
@@ -67,10 +69,11 @@ def test_join_with_medshards_flips_inputs_and_targets(cached):
 
 
 def test_missing_and_unfinished_keys_fail_loudly(cached, tmp_path):
-    out, _, teacher = cached
+    out, _, params = cached
     store = str(tmp_path / "part.zarr")
     src = MedicalSource(str(out), "train")
-    cache_teacher(teacher, src, store, "r", shard_size=2, batch_size=2, shards=[0], progress=False)
+    cache_teacher(replace(params, source=SourceSpec(str(out), split="train"), out=store, dtype="float16",
+                          views=("identity",)), shards=[0])
     feats = TeacherFeatures(store)
     assert feats.get(src.keys[0]).shape == (256, 8, 8)
     with pytest.raises(KeyError, match="not cached yet"):

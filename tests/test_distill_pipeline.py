@@ -11,13 +11,18 @@ import zarr
 from typer.testing import CliRunner
 
 from medprep.cli import app
-from medprep.distill import FeatureStore, SA1BSource, cache_teacher, load_teacher
+from medprep.distill import CacheParams, FeatureStore, SA1BSource, cache_teacher
 from medprep.distill.check import check_teacher
 from medprep.distill.pipeline import valid_cells
 from medprep.distill.synthetic import write_sa1b_tar
 
 TINY = "medprep.distill.teachers:random_sam"
 KW = {"img_size": 64}
+
+
+def _params(source, out, **kw) -> CacheParams:
+    """The tiny random teacher on the CPU over ``source`` into run ``r`` of ``out``."""
+    return CacheParams(TINY, source, out, "r", encoder_kwargs=KW, device="cpu", **kw)
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +40,10 @@ def _arrays(url: str, run: str) -> dict[str, np.ndarray]:
 
 
 def test_hflip_view_is_the_flipped_image(tmp_path, sa1b):
-    teacher = load_teacher(TINY, encoder_kwargs=KW)
-    src = SA1BSource(str(sa1b))
-    out = str(tmp_path / "t.zarr")
-    cache_teacher(teacher, src, out, "r", dtype="float32", views=["identity", "hflip"], shard_size=3,
-                  batch_size=2, progress=False)
+    params = _params(sa1b, tmp_path / "t.zarr", dtype="float32", views=("identity", "hflip"), shard_size=3,
+                     batch_size=2)
+    cache_teacher(params)
+    teacher, src, out = params.teacher(), SA1BSource(str(sa1b)), params.out
     store = FeatureStore.open(out, "r")
     pre = teacher.preprocess
     for i in range(src.keys.__len__()):
@@ -64,15 +68,13 @@ def test_valid_cells_of_padded_sources():
 
 
 def test_same_arrays_whatever_the_partition(tmp_path, sa1b):
-    teacher = load_teacher(TINY, encoder_kwargs=KW)
-    src = SA1BSource(str(sa1b))
-    kw = dict(dtype="int8", views=["identity", "hflip"], shard_size=2, batch_size=2, progress=False)
-    whole = cache_teacher(teacher, src, str(tmp_path / "a.zarr"), "r", **kw)
+    kw = dict(dtype="int8", views=("identity", "hflip"), shard_size=2, batch_size=2)
+    whole = cache_teacher(_params(sa1b, tmp_path / "a.zarr", **kw))
     assert whole.shards_written == [0, 1, 2, 3] and whole.images == 14
-    first = cache_teacher(teacher, src, str(tmp_path / "b.zarr"), "r", shards=[3, 1], workers=1, **kw)
+    first = cache_teacher(_params(sa1b, tmp_path / "b.zarr", workers=1, **kw), shards=[3, 1])
     assert first.shards_written == [3, 1]
     assert FeatureStore.open(str(tmp_path / "b.zarr")).done_shards() == [False, True, False, True]
-    rest = cache_teacher(teacher, src, str(tmp_path / "b.zarr"), "r", **kw)
+    rest = cache_teacher(_params(sa1b, tmp_path / "b.zarr", **kw))
     assert rest.shards_written == [0, 2] and rest.shards_skipped == [1, 3]
     a, b = _arrays(str(tmp_path / "a.zarr"), "r"), _arrays(str(tmp_path / "b.zarr"), "r")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
@@ -81,7 +83,7 @@ def test_same_arrays_whatever_the_partition(tmp_path, sa1b):
                 "source_manifest_sha256", "medprep_version", "views", "dtype"):
         assert key in attrs
     with pytest.raises(ValueError, match="cached with other parameters"):
-        cache_teacher(teacher, src, str(tmp_path / "a.zarr"), "r", **{**kw, "views": ["identity"]})
+        cache_teacher(_params(sa1b, tmp_path / "a.zarr", **{**kw, "views": ("identity",)}))
 
 
 def test_check_teacher_and_cli(tmp_path, sa1b):
@@ -106,40 +108,33 @@ def test_check_teacher_and_cli(tmp_path, sa1b):
 
 
 def test_dask_workers_one_per_device(tmp_path, sa1b):
-    from medprep.distill import SourceSpec
-    from medprep.distill.distributed import CacheJob, cache_distributed
-
-    job = CacheJob(TINY, SourceSpec(str(sa1b)), str(tmp_path / "one.zarr"), "r", encoder_kwargs=KW,
-                   views=("identity", "hflip"), shard_size=2, batch_size=2, device="cpu", workers=1)
-    job.execute(job.teacher(), job.open_source())
-    two = replace(job, out=str(tmp_path / "two.zarr"))
-    assert cache_distributed(two, ["cpu", "cpu"]) == [0, 1, 2, 3]
-    a, b = _arrays(job.out, "r"), _arrays(two.out, "r")
+    one = _params(sa1b, tmp_path / "one.zarr", views=("identity", "hflip"), shard_size=2,
+                  batch_size=2, workers=1)
+    cache_teacher(one)
+    two = replace(one, out=str(tmp_path / "two.zarr"), devices=("cpu", "cpu"))
+    assert cache_teacher(two).shards_written == [0, 1, 2, 3]
+    a, b = _arrays(one.out, "r"), _arrays(two.out, "r")
     assert all(np.array_equal(a[k], b[k]) for k in a)
-    assert cache_distributed(two, ["cpu", "cpu"]) == []  # all done: nothing to resume
+    assert cache_teacher(two).shards_written == []  # all done: nothing to resume
 
 
 def test_unreadable_input_names_its_key_and_the_run_resumes(tmp_path):
-    from medprep.distill import FolderSource
     from medprep.distill.synthetic import write_image_folder
 
     root = write_image_folder(tmp_path / "imgs", 4, np.random.default_rng(0))
     good = (root / "img_003.png").read_bytes()
     (root / "img_003.png").write_bytes(b"not a png")
-    teacher = load_teacher(TINY, encoder_kwargs=KW)
-    kw = dict(shard_size=2, batch_size=2, progress=False)
+    kw = dict(shard_size=2, batch_size=2)
     with pytest.raises(RuntimeError, match="cannot read sample 'imgs-img_003'"):
-        cache_teacher(teacher, FolderSource(str(root)), str(tmp_path / "t.zarr"), "r", workers=1, **kw)
+        cache_teacher(_params(root, tmp_path / "t.zarr", workers=1, **kw))
     assert FeatureStore.open(str(tmp_path / "t.zarr")).done_shards() == [True, False]
     (root / "img_003.png").write_bytes(good)
-    res = cache_teacher(teacher, FolderSource(str(root)), str(tmp_path / "t.zarr"), "r", **kw)
+    res = cache_teacher(_params(root, tmp_path / "t.zarr", **kw))
     assert res.shards_written == [1] and res.shards_skipped == [0]
 
 
 def test_fsspec_store_urls(tmp_path, sa1b):
-    teacher = load_teacher(TINY, encoder_kwargs=KW)
-    src = SA1BSource(str(sa1b))
     for url in (f"memory://{tmp_path.name}/t.zarr", f"file://{tmp_path}/t.zarr"):
-        cache_teacher(teacher, src, url, "r", shard_size=4, batch_size=4, progress=False)
+        cache_teacher(_params(sa1b, url, shard_size=4, batch_size=4))
         store = FeatureStore.open(url)
         assert store.done_shards() == [True, True] and store.read(6).shape == (256, 4, 4)

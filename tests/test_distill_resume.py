@@ -11,7 +11,7 @@ import time
 import numpy as np
 import zarr
 
-from medprep.distill import FolderSource, cache_teacher, load_teacher
+from medprep.distill import CacheParams, cache_teacher
 from medprep.distill.synthetic import write_image_folder
 
 TINY = "medprep.distill.teachers:random_sam"
@@ -37,9 +37,8 @@ def _done(url: str) -> int:
 def test_kill_and_resume_gives_identical_arrays(tmp_path):
     source = str(write_image_folder(tmp_path / "imgs", 64, np.random.default_rng(0), size=(96, 128)))
     ref_url = str(tmp_path / "ref.zarr")
-    teacher = load_teacher(TINY, encoder_kwargs={"img_size": 256})
     t = time.perf_counter()
-    cache_teacher(teacher, FolderSource(source), ref_url, RUN, progress=False, **OPTS)
+    cache_teacher(CacheParams(TINY, source, ref_url, RUN, encoder_kwargs={"img_size": 256}, device="cpu", **OPTS))
     duration = time.perf_counter() - t  # kill delays scale with it, to land inside the run on any machine
     ref = _arrays(ref_url)
     shard = OPTS["shard_size"]

@@ -71,7 +71,7 @@ def test_folder_source(tmp_path):
 def test_medical_source_keys_and_valid_region(tmp_path):
     src_dir = synthetic.make("drive", tmp_path / "src")
     out = tmp_path / "shards" / "drive"
-    build("drive", src_dir, out, size=64, resize="longest")
+    build("drive", src_dir, out.parent, size=64, resize="longest")
     src = open_source(SourceSpec(str(out)))
     assert isinstance(src, MedicalSource)
     assert src.keys == src.dataset.keys() and all(k.startswith("drive-") for k in src.keys)

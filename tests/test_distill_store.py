@@ -8,7 +8,8 @@ import torch
 import zarr
 
 from medprep.distill import FeatureStore, load_teacher
-from medprep.distill.store import DTYPES, decode, encode
+from medprep.distill.store import encode
+from medprep.manifests.features import DTYPES, decode
 from medprep.distill.synthetic import natural_image
 
 ATTRS = {"dtype": "float16", "views": ["identity"], "shard_size": 4, "encoder": "x"}

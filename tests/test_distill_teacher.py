@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from segment_anything import SamPredictor
 
-from medprep.distill import FeatureStore, FolderSource, Preprocess, cache_teacher, load_teacher
+from medprep.distill import CacheParams, FeatureStore, Preprocess, cache_teacher, load_teacher
 from medprep.distill.synthetic import natural_image, sam_around
 
 TINY = "medprep.distill.teachers:random_sam"
@@ -31,9 +31,10 @@ def test_cached_features_equal_sam_predictor(tmp_path, img_size):
     """Square and longest-side (non-square, padded) images through the whole cache vs SamPredictor.features."""
     shapes = [(img_size, img_size), (50, 90), (90, 37), (30, 30)]
     root, images = _folder(tmp_path, shapes)
-    teacher = load_teacher(TINY, encoder_kwargs={"img_size": img_size})
-    cache_teacher(teacher, FolderSource(str(root)), str(tmp_path / "t.zarr"), "r", dtype="float32",
-                  shard_size=2, batch_size=2, progress=False)
+    params = CacheParams(TINY, root, tmp_path / "t.zarr", "r", encoder_kwargs={"img_size": img_size},
+                         dtype="float32", shard_size=2, batch_size=2, device="cpu")
+    cache_teacher(params)
+    teacher = params.teacher()
     store = FeatureStore.open(str(tmp_path / "t.zarr"), "r")
     predictor = SamPredictor(sam_around(teacher.encoder))
     for i, img in enumerate(images):

@@ -28,7 +28,7 @@ def built(tmp_path_factory) -> dict[str, Path]:
     for name, sizes in (("drive", {"n_train": 6, "n_test": 2}), ("udiat", {"n": 10}), ("montgomery", {"n": 6}),
                         ("shenzhen", {"n": 6})):
         src = synthetic.make(name, root / "src" / name, **sizes)
-        out[name] = build(name, src, root / "built" / name, size=64, shard_samples=4).out
+        out[name] = build(name, src, root / "built", size=64, shard_samples=4).out
     return out
 
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from medprep.cli import app
 from medprep.prep import LayoutError, build, get_converter, synthetic
-from medprep.prep.tree import open_source
+from medprep.prep.archive import open_source
 
 SIZE = 64
 
@@ -47,7 +47,7 @@ def test_build_with_pattern_names_keys_after_name(tmp_path):
     assert reasons["lonely"] == "image without mask: expected labels/lonely_mask.png"
     assert reasons["orphan_mask"] == "mask without image"
     assert result.manifest.dataset == "mylesions" and result.manifest.modality_id == 0
-    samples = read_built(tmp_path / "out")
+    samples = read_built(result.out)
     assert sorted(samples) == [f"mylesions-lesion_{i}" for i in range(4)]
     meta = samples["mylesions-lesion_0"]["meta.json"]
     assert meta["dataset"] == "mylesions" and meta["modality"] == "dermoscopy" and meta["foreground"] > 0
@@ -73,7 +73,7 @@ def test_nested_folders_keep_ids_apart_and_masks_beside_images(tmp_path):
     np.testing.assert_array_equal(loaded.mask, truth["data/case1/001.png"] | extra)
     result = build("folder", src, tmp_path / "out", size=SIZE, images="data/*/*.png",
                    masks="{dir}/{stem}_mask*.png", modality="ultrasound", name="bus2")
-    assert sorted(read_built(tmp_path / "out")) == ["bus2-case1_001", "bus2-case2_001"]
+    assert sorted(read_built(result.out)) == ["bus2-case1_001", "bus2-case2_001"]
     assert result.manifest.counts["failures"] == 0
 
 

@@ -39,7 +39,7 @@ def world(tmp_path_factory):
     """A source set (Kvasir-SEG), a set with three planted copies of it, and an unrelated set."""
     tmp = tmp_path_factory.mktemp("leak")
     kvasir = synthetic.make("kvasir-seg", tmp / "kvasir", n=8)
-    build("kvasir-seg", kvasir, tmp / "out" / "kvasir-seg", size=SIZE)
+    build("kvasir-seg", kvasir, tmp / "out", size=SIZE)
     originals = sorted((kvasir / "images").glob("*.jpg"))
     planted = tmp / "planted"
     copies = {
@@ -57,10 +57,10 @@ def world(tmp_path_factory):
         write(planted / "imgs" / f"new_{i}.png", img)
         box_mask(planted / "masks" / f"new_{i}.png", img.shape[:2])
     # built at another size and resize mode: the check compares the valid (unpadded) regions
-    build("folder", planted, tmp / "out" / "planted", size=128, resize="longest", images="imgs/*",
+    build("folder", planted, tmp / "out", size=128, resize="longest", images="imgs/*",
           masks="masks/{stem}.png", modality="colonoscopy", name="planted")
     other = synthetic.make("cvc-colondb", tmp / "colondb", n=6, seed=3)
-    build("cvc-colondb", other, tmp / "out" / "cvc-colondb", size=SIZE)
+    build("cvc-colondb", other, tmp / "out", size=SIZE)
     expected = {f"planted-{n}": f"kvasir-seg-{originals[k].stem}" for k, n in enumerate(copies)}
     return tmp / "out", expected
 
@@ -101,7 +101,7 @@ def test_split_leakage_within_one_dataset(tmp_path):
                                  "test": ["a_again.png"]}))
     build("folder", src, tmp_path / "out", size=SIZE, images="imgs/*", masks="masks/{stem}.png",
           modality="dermoscopy", name="dups", split_file=split)
-    report = check([tmp_path / "out"])
+    report = check([tmp_path / "out" / "dups"])
     assert [(p["kind"], p["a_key"], p["a_split"], p["b_key"], p["b_split"]) for p in report.pairs] == [
         ("split", "dups-a", "train", "dups-a_again", "test")]
 

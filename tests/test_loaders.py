@@ -18,8 +18,8 @@ from medprep.loaders import (
 )
 from medprep.loaders.partition import Consumer, assign
 from medprep.manifests import open_dataset
+from medprep.manifests.pixels import patch_targets
 from medprep.prep import build, synthetic
-from medprep.prep.imaging import patch_targets
 
 SIZE = 64
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create 3 worker processes")
@@ -159,7 +159,7 @@ def test_only_requested_fields_are_read_and_decoded(shards):
     sample = next(iter(MedShards(shards["drive4"], fields=["mask", "key"])))
     assert set(sample) == {"mask", "key"}
     with pytest.raises(ValueError, match="unknown fields"):
-        MedShards(shards["drive4"], fields=["image", "boxes"])
+        MedShards(shards["drive4"], fields=["image", "contour"])
     with pytest.raises(KeyError, match="has no inst.png"):
         next(iter(MedShards(shards["drive4"], fields=["inst"])))
 

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from medprep.loaders import MedShards, collate
+from medprep.manifests.modalities import MODALITY_MAPS
 from medprep.prep import build, synthetic
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_student.py"
@@ -27,7 +28,7 @@ def tiny(tmp_path_factory) -> list[str]:
     out = []
     for name, sizes in (("drive", {"n_train": 6, "n_test": 1}), ("dsb2018", {"n": 6})):
         src = synthetic.make(name, root / "src" / name, **sizes)
-        out.append(str(build(name, src, root / name, size=64, shard_samples=3).out))
+        out.append(str(build(name, src, root, size=64, shard_samples=3).out))
     return out
 
 
@@ -39,7 +40,7 @@ def test_cli_runs_two_steps_with_finite_losses(example, tiny, tmp_path, capsys):
     assert set(history[0]) == {"patch_bce", "mask_focal", "mask_dice", "total"}
     assert "step    2" in capsys.readouterr().out
     state = torch.load(tmp_path / "student.pt")
-    assert "queries.weight" in state and state["queries.weight"].shape == (6, 32)
+    assert "queries.weight" in state and state["queries.weight"].shape == (len(MODALITY_MAPS["default"]), 32)
 
 
 def test_gradients_reach_every_parameter_and_the_loss_drops(example, tiny):
@@ -62,3 +63,10 @@ def test_gradients_reach_every_parameter_and_the_loss_drops(example, tiny):
         total.backward()
         opt.step()
     assert total.item() < 0.8 * first
+
+
+def test_every_modality_id_of_every_table_has_a_query(example):
+    """A CT or MR build (ids 6, 7) trains like any other: the student's table comes from the modality table."""
+    ids = sorted({i for table in MODALITY_MAPS.values() for i in table.values()})
+    out = example["TinyStudent"]()(torch.zeros(len(ids), 3, 64, 64), torch.tensor(ids))
+    assert all(torch.isfinite(v).all() for v in out.values())

@@ -83,7 +83,7 @@ def test_build_stamps_modality_and_meta(tmp_path):
                 images="CT/*.npz")
     c = res.manifest.counts
     assert c["inputs"] == c["converted"] == 2 and c["samples"] == 18 and not res.failures
-    built = read_built(tmp_path / "out")
+    built = read_built(res.out)
     s = built["ct-phantom-CT_Phantom_0001_z0011"]
     meta = s["meta.json"]
     assert s["modality.cls"] == "6" and meta["modality"] == "ct" and meta["spacing"] == [2.5, 0.8, 0.9]

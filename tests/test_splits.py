@@ -74,7 +74,7 @@ def test_build_with_authors_split_file_and_unmatched_ids(tmp_path):
     assert [f["source_id"] for f in result.failures] == ["000006"]
     assert "not listed in --split-file" in result.failures[0]["reason"]
     assert "1 listed but not found" in result.summary() and "1 found but not listed" in result.summary()
-    splits = {s["meta.json"]["source_id"]: s["meta.json"]["split"] for s in read_built(tmp_path / "out").values()}
+    splits = {s["meta.json"]["source_id"]: s["meta.json"]["split"] for s in read_built(result.out).values()}
     assert splits == {"000001": "train", "000002": "train", "000003": "train", "000004": "valid", "000005": "test"}
     assert result.manifest.params["split_file"]["sha256"]
 

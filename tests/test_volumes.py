@@ -234,13 +234,13 @@ def test_build_accounts_for_every_volume(tmp_path):
     assert reasons["case_003"].startswith("image without mask") and "labelsTr/case_003.nii.gz" in reasons["case_003"]
     assert "no slice with foreground" in reasons["case_002"] and reasons["orphan"] == "mask without image"
     assert reasons["notes.txt"].startswith("not a volume file")
-    built = read_built(tmp_path / "out")
+    built = read_built(res.out)
     assert res.manifest.modality == "ct" and res.manifest.modality_id == 6 and len(built) == c["samples"] == 18
     meta = built["phantom-case_000_z0008"]["meta.json"]
     assert meta["modality_id"] == 6 and meta["spacing"] == [2.5, 0.8, 0.9] and meta["slice_index"] == 8
     assert meta["source"] == {"image": "imagesTr/case_000_0000.nii.gz", "masks": ["labelsTr/case_000.nii.gz"]}
     assert built["phantom-case_000_z0008"]["modality.cls"] == "6"
-    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["params"]["options"]["name"] == "phantom"
+    assert json.loads((tmp_path / "out" / "phantom" / "manifest.json").read_text())["params"]["options"]["name"] == "phantom"
 
 
 def test_bad_options_and_declared_modality(tmp_path):

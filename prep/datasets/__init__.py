@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
+from .base import (
+    DOMAINS, REGISTRY, Converter, Failure, Loaded, Record, converter_class, esp_split_name, get_converter,
+    load_all, make_fake, modality_id, register, registered,
+)
+from .options import NoOptions, option
+from .options import describe as describe_options
 
-from .base import REGISTRY, Converter, Failure, Loaded, Record, get_converter, modality_id, register
-
-
-def load_all() -> None:
-    """Import every converter module of this package (registering them)."""
-    for mod in pkgutil.iter_modules(__path__):
-        if mod.name != "base":
-            importlib.import_module(f"{__name__}.{mod.name}")
-
-
-__all__ = ["REGISTRY", "Converter", "Failure", "Loaded", "Record", "get_converter", "load_all", "modality_id",
-           "register"]
+__all__ = ["DOMAINS", "REGISTRY", "Converter", "Failure", "Loaded", "Record", "NoOptions", "converter_class",
+           "describe_options", "esp_split_name", "get_converter", "load_all", "make_fake", "modality_id", "option",
+           "register", "registered"]

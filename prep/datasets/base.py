@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+import re
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 import numpy as np
 
+from medprep.manifests.modalities import MODALITY_MAPS, modality_id
+
 from ..imaging import ConversionError, binarize, decode
 from ..tree import SourceTree, natural_key, stem
-
-# Default modality table (the papers' order) and the order of the authors' released ESP-MedSAM checkpoints.
-# ct (6) and mr (7) are medprep's additions for slices of volumes (--dataset volumes / medsam-npz), in both tables.
-MODALITY_MAPS: dict[str, dict[str, int]] = {
-    "default": {"dermoscopy": 0, "x-ray": 1, "fundus": 2, "colonoscopy": 3, "ultrasound": 4, "microscopy": 5,
-                "ct": 6, "mr": 7},
-    "esp-medsam": {"dermoscopy": 0, "x-ray": 1, "ultrasound": 2, "fundus": 3, "microscopy": 4, "colonoscopy": 5,
-                   "ct": 6, "mr": 7},
-}
-
-
-def modality_id(modality: str, table: str = "default") -> int:
-    try:
-        ids = MODALITY_MAPS[table]
-    except KeyError:
-        raise ValueError(f"--modality-map {table!r}: expected one of {', '.join(MODALITY_MAPS)}") from None
-    if modality not in ids:
-        raise ValueError(f"modality {modality!r} is not in the {table!r} table ({', '.join(ids)})")
-    return ids[modality]
+from .options import NoOptions, parse
 
 
 @dataclass(frozen=True)
@@ -82,7 +70,14 @@ class Converter:
     Class attributes: ``name`` (the --dataset value), ``title``, ``modality``, ``layout`` (expected files, shown by
     ``medprep datasets`` and in errors), ``marker`` (a glob that locates the dataset root), ``split_rule``
     ('official', '811' or 'test'), ``valid_from_train`` (fraction of the official training split carved out as
-    validation when the download has no validation split).
+    validation when the download has no validation split), ``Options`` (a frozen dataclass of typed options, see
+    ``options.py``; an instance's values are ``self.opts``), ``domain`` ('source' or 'unseen': the papers' training
+    or test-only domain; None for generic converters and combinations), ``esp_name`` (the name of its
+    ``<name>_data_split.json`` in the ESP-MedSAM repository, when it differs from ``name``).
+
+    Fake data (tests, demo): ``fake(root, seed=0, **sizes) -> folder`` writes a small copy of the download with its
+    format quirks (it imports ``medprep.prep.synthetic`` inside the function only); built with ``fake_options`` and
+    the default split rule, its default output has ``fake_counts`` samples per split and ``fake_failures`` failures.
     """
 
     name: ClassVar[str]
@@ -92,14 +87,16 @@ class Converter:
     marker: ClassVar[str]
     split_rule: ClassVar[str] = "811"
     valid_from_train: ClassVar[float] = 0.0
-    options: ClassVar[dict[str, Any]] = {}
+    Options: ClassVar[type] = NoOptions
+    domain: ClassVar[str | None] = None
+    esp_name: ClassVar[str | None] = None
+    fake: ClassVar[Callable[..., Path] | None] = None
+    fake_counts: ClassVar[dict[str, int]] = {}
+    fake_failures: ClassVar[int] = 0
+    fake_options: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **options: Any):
-        unknown = set(options) - set(self.options)
-        if unknown:
-            raise ValueError(f"--dataset {self.name} does not take {', '.join(sorted(unknown))}"
-                             f" (options: {', '.join(self.options) or 'none'})")
-        self.opts = {**self.options, **options}
+        self.opts: Any = parse(self.Options, options, self.name)
 
     def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:
         """Find every sample (and every input that cannot become one) in the download."""
@@ -119,6 +116,12 @@ class Converter:
     def split_file_id(self, source_id: str) -> str:
         """The id the authors' split files use for ``source_id`` (their renamed file stems)."""
         return source_id
+
+    def esp_file_id(self, source_id: str) -> str:
+        """The sample's file stem in the ESP-MedSAM layout (``image_1024/<stem>.png``): its split-file id, with dots
+        and slashes made ``_`` (the authors' loader cuts a name at its first dot). The ``esp-medsam-released``
+        modality id is computed from it."""
+        return re.sub(r"[./\\]", "_", self.split_file_id(source_id))
 
     # helpers for subclasses -------------------------------------------------------------------------------------
 
@@ -176,6 +179,7 @@ def pair_by_name(
 
 
 REGISTRY: dict[str, type[Converter]] = {}
+DOMAINS = ("source", "unseen")
 
 
 def register(cls: type[Converter]) -> type[Converter]:
@@ -184,16 +188,51 @@ def register(cls: type[Converter]) -> type[Converter]:
     return cls
 
 
-def get_converter(name: str, /, **options: Any) -> Converter:  # positional: converters take a "name" option
-    from . import load_all
+def load_all() -> None:
+    """Import every converter module of this package (registering them)."""
+    for mod in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if mod.name not in ("base", "options"):
+            importlib.import_module(f"{__package__}.{mod.name}")
 
+
+def registered(domain: str | None = None) -> dict[str, type[Converter]]:
+    """Every registered converter by name (sorted), or only those of ``domain`` ('source' or 'unseen')."""
+    if domain is not None and domain not in DOMAINS:
+        raise ValueError(f"domain {domain!r}: expected one of {', '.join(DOMAINS)}")
+    load_all()
+    return {n: c for n, c in sorted(REGISTRY.items()) if domain is None or c.domain == domain}
+
+
+def converter_class(name: str) -> type[Converter]:
+    """The registered converter of ``--dataset name``."""
     load_all()
     try:
-        cls = REGISTRY[name]
+        return REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown --dataset {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
-    return cls(**options)
 
 
-__all__ = ["Converter", "Failure", "Loaded", "Record", "REGISTRY", "MODALITY_MAPS", "at", "get_converter",
-           "modality_id", "natural_key", "pair_by_name", "register", "stem"]
+def get_converter(name: str, /, **options: Any) -> Converter:  # positional: converters take a "name" option
+    """The converter of ``--dataset name`` with ``options``, validated by its ``Options`` declaration."""
+    return converter_class(name)(**options)
+
+
+def make_fake(name: str, root: str | Path, seed: int = 0, **sizes: Any) -> Path:
+    """Write the fake data of ``--dataset name`` under ``root`` (its converter's ``fake``); returns its folder."""
+    cls = converter_class(name)
+    if cls.fake is None:
+        raise ValueError(f"--dataset {name} has no fake-data maker: define fake() (and fake_counts) on "
+                         f"{cls.__module__}.{cls.__qualname__}")
+    return cls.fake(Path(root), seed=seed, **sizes)
+
+
+def esp_split_name(dataset: str) -> str:
+    """The ESP-MedSAM split-file name of ``dataset`` (``<name>_data_split.json``); its own name by default."""
+    load_all()
+    cls = REGISTRY.get(dataset)
+    return (cls.esp_name if cls is not None else None) or dataset
+
+
+__all__ = ["Converter", "DOMAINS", "Failure", "Loaded", "Record", "REGISTRY", "MODALITY_MAPS", "at",
+           "converter_class", "esp_split_name", "get_converter", "load_all", "make_fake", "modality_id", "natural_key",
+           "pair_by_name", "register", "registered", "stem"]

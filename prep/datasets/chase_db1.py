@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
 from ..tree import SourceTree
 from .base import Converter, Failure, Record, register
 from .folder import pair_pattern
-
-ANNOTATORS = ("1stHO", "2ndHO")
+from .options import option
 
 
 @register
@@ -17,11 +20,36 @@ class CHASEDB1(Converter):
     split_rule = "test"
     marker = "Image_*.jpg"
     layout = "CHASEDB1/Image_NN{L,R}.jpg + Image_NN{L,R}_1stHO.png + Image_NN{L,R}_2ndHO.png (28 images)"
-    options = {"annotator": "1stHO"}  # 1stHO (first human observer) or 2ndHO
+    domain = "unseen"
+    fake_counts = {"test": 6}
+
+    @dataclass(frozen=True)
+    class Options:
+        annotator: Literal["1stHO", "2ndHO"] = option("1stHO", help="1stHO (first human observer) or 2ndHO")
 
     def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:
-        who = self.opts["annotator"]
-        if who not in ANNOTATORS:
-            raise ValueError(f"-o annotator={who}: expected one of {', '.join(ANNOTATORS)}")
+        who = self.opts.annotator
         records, failures = pair_pattern(tree, "Image_*.jpg", f"{{stem}}_{who}.png", root=self.root(tree))
         return [Record(r.source_id, r.image, r.masks, info={"annotator": who}) for r in records], failures
+
+    @staticmethod
+    def fake(root: Path, seed: int = 0, n: int = 3) -> Path:
+        """Flat ``Image_NN{L,R}.jpg`` with ``_1stHO.png`` and ``_2ndHO.png`` vessel maps (2n images; the second
+        observer marked less)."""
+        import numpy as np
+
+        from ..synthetic import jpeg, png, scene, u8, vessels, write
+
+        rng = np.random.default_rng(seed)
+        base = root / "CHASEDB1"
+        for i in range(1, n + 1):
+            for eye in "LR":
+                sid = f"Image_{i:02d}{eye}"
+                img, _ = scene(48, 50, rng)
+                first = vessels(48, 50, rng)
+                second = first.copy()
+                second[:, :25] = False
+                write(base / f"{sid}.jpg", jpeg(img))
+                write(base / f"{sid}_1stHO.png", png(u8(first)))
+                write(base / f"{sid}_2ndHO.png", png(u8(second)))
+        return base

@@ -3,6 +3,7 @@ and alikes): ``images/N.png`` + ``masks/N.png``, masks often RGB and not exactly
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -11,8 +12,9 @@ from ..imaging import ConversionError, decode
 from ..tree import LayoutError, SourceTree
 from .base import Converter, Failure, Loaded, Record, at, register
 
-THRESHOLD = 128  # the benchmarks' own rule (PraNet evaluation: gt > 128 after reading as grey)
 from .folder import pair_pattern
+
+THRESHOLD = 128  # the benchmarks' own rule (PraNet evaluation: gt > 128 after reading as grey)
 
 
 class ColonMirror(Converter):
@@ -22,6 +24,8 @@ class ColonMirror(Converter):
     split_rule = "test"
     marker = "images/*"
     folders: ClassVar[tuple[str, ...]]
+    domain = "unseen"
+    fake_counts = {"test": 5}
 
     def root(self, tree: SourceTree) -> str:
         for folder in self.folders:
@@ -48,12 +52,31 @@ class ColonMirror(Converter):
             mask |= m >= THRESHOLD
         return Loaded(image, mask, info={"mask_threshold": THRESHOLD})
 
+    @classmethod
+    def fake(cls, root: Path, seed: int = 0, n: int = 5) -> Path:
+        """``<folder>/images/N.png`` and RGB ``masks/N.png`` whose edges were smoothed by resizing (values between
+        0 and 255 along the border), in the set's first mirror folder name."""
+        import cv2
+        import numpy as np
+
+        from ..synthetic import png, scene, u8, write
+
+        rng = np.random.default_rng(seed)
+        base = root / cls.folders[0]
+        for i in range(1, n + 1):
+            img, mask = scene(40, 52, rng)
+            soft = cv2.GaussianBlur(u8(mask), (3, 3), 0)
+            write(base / "images" / f"{i}.png", png(img))
+            write(base / "masks" / f"{i}.png", png(np.repeat(soft[..., None], 3, axis=2)))
+        return base
+
 
 @register
 class CVCColonDB(ColonMirror):
     name = "cvc-colondb"
     title = "CVC-ColonDB (mirror layout)"
     folders = ("CVC-ColonDB", "ColonDB")
+    esp_name = "colon"
     layout = "CVC-ColonDB/images/N.png + CVC-ColonDB/masks/N.png (RGB, not exactly binary masks); 380"
 
     def split_file_id(self, source_id: str) -> str:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 from ..tree import LayoutError, SourceTree, stem
 from .base import Converter, Failure, Record, at, pair_by_name, register
+from .options import option
 
 
 @register
@@ -17,11 +21,20 @@ class CVCClinicDB(Converter):
     marker = "Original/*.tif"
     layout = ("CVC-ClinicDB/Original/{1..612}.tif + CVC-ClinicDB/Ground Truth/{1..612}.tif; or the PNG variant "
               "PNG/Original/*.png + PNG/Ground Truth/*.png; metadata.csv (frame -> sequence) for --group-by sequence")
-    options = {"variant": "auto", "groups_file": None}
+    domain = "source"
+    esp_name = "cvccdb"
+    fake_counts = {"train": 10, "valid": 1, "test": 1}
+
+    @dataclass(frozen=True)
+    class Options:
+        variant: Literal["auto", "tif", "png"] = option("auto", help="tif (the original), png (the Kaggle mirror) "
+                                                                     "or auto")
+        groups_file: str | None = option(None, help="CSV mapping frame -> sequence for --group-by (default: the "
+                                                    "mirror's metadata.csv)")
 
     def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:
-        ext = {"tif": "tif", "png": "png"}.get(self.opts["variant"])
-        if ext is None:
+        ext = self.opts.variant
+        if ext == "auto":
             try:
                 root, ext = tree.find_root("Original/*.tif", self.name), "tif"
             except LayoutError:
@@ -37,7 +50,7 @@ class CVCClinicDB(Converter):
 
     def _groups(self, tree: SourceTree) -> dict[str, str]:
         """frame id -> sequence id, from ``--groups-file`` or the mirror's metadata.csv (absent: empty)."""
-        path = self.opts["groups_file"]
+        path = self.opts.groups_file
         if path is not None:
             with open(path, newline="") as f:
                 text = f.read()
@@ -53,3 +66,25 @@ class CVCClinicDB(Converter):
         if frame is None or seq is None:
             raise LayoutError(f"{path or 'metadata.csv'}: expected a frame column and a sequence column, found {cols}")
         return {stem(str(r[frame]).replace("\\", "/")): str(r[seq]) for r in rows}
+
+    @staticmethod
+    def fake(root: Path, seed: int = 0, n: int = 12, variant: str = "tif", sequences: int = 3) -> Path:
+        """``Original/{1..n}.tif`` and ``Ground Truth/`` (space in the name); ``variant='png'`` writes the Kaggle
+        mirror (``PNG/`` + ``metadata.csv`` mapping frames to ``sequences`` video sequences)."""
+        import numpy as np
+
+        from ..synthetic import png, scene, tiff_lzw, u8, write
+
+        rng = np.random.default_rng(seed)
+        base = root / ("CVC-ClinicDB" if variant == "tif" else "cvc-clinicdb-kaggle")
+        folder = base if variant == "tif" else base / "PNG"
+        enc = tiff_lzw if variant == "tif" else png
+        rows = ["frame_id,png_image_path,png_mask_path,sequence_id"]
+        for i in range(1, n + 1):
+            img, mask = scene(36, 48, rng)
+            write(folder / "Original" / f"{i}.{variant}", enc(img))
+            write(folder / "Ground Truth" / f"{i}.{variant}", enc(u8(mask)))
+            rows.append(f"{i},PNG/Original/{i}.png,PNG/Ground Truth/{i}.png,{1 + (i - 1) * sequences // n}")
+        if variant == "png":
+            write(base / "metadata.csv", ("\n".join(rows) + "\n").encode())
+        return base

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..tree import SourceTree
 from .base import Converter, Failure, Record, at, pair_by_name, register
 
@@ -17,6 +19,9 @@ class DRIVE(Converter):
     layout = ("training/images/NN_training.tif + training/1st_manual/NN_manual1.gif + "
               "training/mask/NN_training_mask.gif (NN 21-40); test/images/NN_test.tif + test/1st_manual/NN_manual1.gif"
               " + test/mask/NN_test_mask.gif (NN 01-20)")
+    domain = "source"
+    esp_name = "retinal"
+    fake_counts = {"train": 4, "valid": 1, "test": 2}
 
     def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:
         root = self.root(tree)
@@ -32,3 +37,29 @@ class DRIVE(Converter):
                                    extras={"fov": fov} if tree.exists(fov) else {}) for x in r]
                 failures += f
         return records, failures
+
+    @staticmethod
+    def fake(root: Path, seed: int = 0, n_train: int = 5, n_test: int = 2) -> Path:
+        """RGB LZW TIFF images, GIF (mode L, 0/255) vessel and FOV masks, the 21-40 / 01-20 numbering."""
+        import numpy as np
+
+        from ..synthetic import gif, scene, tiff_lzw, write
+
+        rng = np.random.default_rng(seed)
+        base = root / "DRIVE"
+        h, w = 73, 70  # DRIVE's 584x565 aspect, scaled down
+        yy, xx = np.mgrid[0:h, 0:w]
+        fov = ((yy - h / 2) / (h * 0.46)) ** 2 + ((xx - w / 2) / (w * 0.46)) ** 2 <= 1
+        for part, first, count in (("training", 21, n_train), ("test", 1, n_test)):
+            for nn in range(first, first + count):
+                img, _ = scene(h, w, rng)
+                vessels = np.zeros((h, w), bool)
+                for _ in range(4):
+                    c = int(rng.integers(5, w - 5))
+                    vessels[:, c: c + 2] = True
+                vessels &= fov
+                sid = f"{nn:02d}_{part}"
+                write(base / part / "images" / f"{sid}.tif", tiff_lzw(img))
+                write(base / part / "1st_manual" / f"{nn:02d}_manual1.gif", gif(vessels))
+                write(base / part / "mask" / f"{sid}_mask.gif", gif(fov))
+        return base

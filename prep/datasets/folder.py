@@ -5,28 +5,33 @@ from __future__ import annotations
 
 import glob as globlib
 import re
-from pathlib import PurePosixPath
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Sequence
 
 from ..tree import LayoutError, SourceTree, _glob_regex, stem
 from .base import Converter, Failure, Record, at, register
+from .options import option
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".ppm.gz", ".webp")
 PLACEHOLDERS = ("stem", "name", "dir", "parent")
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+_MAGIC = re.compile(r"[*?[]")  # what glob.escape escapes
+_SLASHES = re.compile(r"/+")
 
 
 def _fill(pattern: str, image: str, root: str) -> str:
     """``pattern`` with the placeholders of ``image`` (path relative to the tree) filled in, glob-escaped."""
-    rel = PurePosixPath(image[len(root) + 1:] if root else image)
-    values = {"stem": rel.stem, "name": rel.name, "dir": str(rel.parent) if str(rel.parent) != "." else "",
-              "parent": rel.parent.name}
+    folder, _, name = (image[len(root) + 1:] if root else image).rpartition("/")  # tree paths are normalised
+    dot = name.rfind(".")
+    values = {"stem": name[:dot] if 0 < dot < len(name) - 1 else name, "name": name, "dir": folder,
+              "parent": folder.rpartition("/")[2]}
     try:
-        filled = pattern.format(**{k: globlib.escape(v) for k, v in values.items()})
+        filled = pattern.format(**{k: globlib.escape(v) if _MAGIC.search(v) else v for k, v in values.items()})
     except (KeyError, IndexError, ValueError) as e:
         raise ValueError(f"mask pattern {pattern!r}: unknown placeholder {e}; use {{stem}}, {{name}}, {{dir}} or "
                          f"{{parent}}") from None
-    return at(root, re.sub(r"/+", "/", filled).strip("/"))
+    return at(root, _SLASHES.sub("/", filled).strip("/"))
 
 
 def _pattern_regex(pattern: str, root: str) -> re.Pattern[str]:
@@ -115,22 +120,49 @@ class Folder(Converter):
     marker = "*"
     layout = ("--images 'imgs/*.png' --masks 'labels/{stem}_mask.png': the image glob and the mask pattern, relative "
               "to --src; placeholders {stem}, {name}, {dir}, {parent}; several mask matches are OR-merged")
-    options = {"images": None, "masks": None, "modality": None, "name": None}
+    fake_counts = {"test": 4}
+    fake_failures = 1  # the image without a mask
+    fake_options = {"images": "imgs/*/*.png", "masks": "labels/{parent}/{stem}_mask.png", "modality": "dermoscopy",
+                    "name": "fake-folder"}
+
+    @dataclass(frozen=True, kw_only=True)
+    class Options:
+        images: str = option(help="image glob below --src, e.g. 'imgs/*.png'", flag="--images")
+        masks: str = option(help="mask pattern, e.g. 'labels/{stem}_mask.png'", flag="--masks")
+        modality: str = option(help="a modality of the table, e.g. dermoscopy", flag="--modality")
+        name: str = option(help="dataset name: sample keys and OUT/<name>, e.g. mylesions", flag="--name")
+
+        def __post_init__(self) -> None:
+            if not _NAME.fullmatch(self.name):
+                raise ValueError(f"--name {self.name!r}: expected lower-case letters, digits, '_' and '-' "
+                                 f"(it starts every sample key)")
 
     def __init__(self, **options: Any):
         super().__init__(**options)
-        missing = [k for k in self.options if not self.opts[k]]
-        if missing:
-            raise ValueError(f"--dataset folder needs {', '.join('--' + k for k in missing)} (e.g. --images "
-                             f"'imgs/*.png' --masks 'labels/{{stem}}_mask.png' --modality dermoscopy --name mylesions)")
-        if not _NAME.fullmatch(self.opts["name"]):
-            raise ValueError(f"--name {self.opts['name']!r}: expected lower-case letters, digits, '_' and '-' "
-                             f"(it starts every sample key)")
-        self.name = self.opts["name"]
-        self.modality = self.opts["modality"]
+        self.name = self.opts.name
+        self.modality = self.opts.modality
 
     def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:
-        if not tree.glob(self.opts["images"]):
-            raise LayoutError(f"{self.name}: --images {self.opts['images']!r} matches no file under {tree.label}; "
+        images = self.opts.images
+        if not tree.glob(images):
+            raise LayoutError(f"{self.name}: --images {images!r} matches no file under {tree.label}; "
                               f"found {tree.top_level()}")
-        return pair_pattern(tree, self.opts["images"], self.opts["masks"], id_of=relative_id(self.opts["images"]))
+        return pair_pattern(tree, images, self.opts.masks, id_of=relative_id(images))
+
+    @staticmethod
+    def fake(root: Path, seed: int = 0, n: int = 4) -> Path:
+        """A folder of ``n`` PNG images in two case folders ``imgs/caseK/NNN.png`` with 0/1 (not 0/255) masks
+        ``labels/caseK/NNN_mask.png`` (equal file names in both cases), and one image without a mask."""
+        import numpy as np
+
+        from ..synthetic import png, scene, write
+
+        rng = np.random.default_rng(seed)
+        base = root / "folder"
+        for i in range(n):
+            case, sid = f"case{i % 2 + 1}", f"{i // 2:03d}"
+            img, mask = scene(40, 48, rng)
+            write(base / "imgs" / case / f"{sid}.png", png(img))
+            write(base / "labels" / case / f"{sid}_mask.png", png(mask.astype(np.uint8)))
+        write(base / "imgs" / "case1" / "lonely.png", png(scene(40, 48, rng)[0]))
+        return base

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..tree import SourceTree
 from .base import Converter, Failure, Record, at, pair_by_name, register
 
@@ -17,6 +19,9 @@ class ISIC2018(Converter):
     marker = "ISIC2018_Task1-2_Training_Input/ISIC_*.jpg"
     layout = ("ISIC2018_Task1-2_{Training,Validation,Test}_Input/ISIC_#######.jpg + "
               "ISIC2018_Task1_{Training,Validation,Test}_GroundTruth/ISIC_#######_segmentation.png")
+    domain = "source"
+    esp_name = "isic"
+    fake_counts = {"train": 6, "valid": 2, "test": 2}
 
     def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:
         root = self.root(tree)
@@ -30,3 +35,28 @@ class ISIC2018(Converter):
             records += r
             failures += f
         return records, failures
+
+    @staticmethod
+    def fake(root: Path, seed: int = 0, n: tuple[int, int, int] = (6, 2, 2),
+             hw: tuple[int, int] | None = None) -> Path:
+        """``n`` = (training, validation, test) images: JPEG inputs of varying size (or all ``hw``), PNG
+        ``_segmentation`` masks, LICENSE/ATTRIBUTION files."""
+        import numpy as np
+
+        from ..synthetic import jpeg, png, scene, u8, write
+
+        rng = np.random.default_rng(seed)
+        base = root / "ISIC2018"
+        k = 0
+        for part, count in zip(_SPLITS, n):
+            inp, gt = base / f"ISIC2018_Task1-2_{part}_Input", base / f"ISIC2018_Task1_{part}_GroundTruth"
+            for _ in range(count):
+                h, w = hw or (int(rng.integers(60, 140)), int(rng.integers(80, 160)))
+                img, mask = scene(h, w, rng)
+                write(inp / f"ISIC_{k:07d}.jpg", jpeg(img))
+                write(gt / f"ISIC_{k:07d}_segmentation.png", png(u8(mask)))
+                k += 1
+            for d in (inp, gt):
+                write(d / "LICENSE.txt", b"CC-BY-NC\n")
+                write(d / "ATTRIBUTION.txt", b"ISIC Archive\n")
+        return base

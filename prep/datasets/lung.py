@@ -5,6 +5,8 @@ The authors' ``lung_data_split.json`` lists both sets' stems in one file; build 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..tree import SourceTree
 from .base import Converter, Failure, Record, register
 from .montgomery import Montgomery
@@ -18,6 +20,8 @@ class Lung(Converter):
     modality = "x-ray"
     marker = "CXR_png/*CXR_*.png"
     layout = f"both downloads side by side: {Montgomery.layout}; {Shenzhen.layout}"
+    fake_counts = {"train": 15, "valid": 2, "test": 2}
+    fake_failures = Shenzhen.fake_failures
 
     def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:
         records, failures = [], []
@@ -26,3 +30,10 @@ class Lung(Converter):
             records += r
             failures += f
         return records, failures
+
+    @staticmethod
+    def fake(root: Path, seed: int = 0) -> Path:
+        """Both fake downloads side by side under ``root``."""
+        Montgomery.fake(root, seed=seed)
+        Shenzhen.fake(root, seed=seed)
+        return root

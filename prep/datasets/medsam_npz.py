@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import io
 import zipfile
-from pathlib import PurePosixPath
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 import numpy as np
 
 from ..imaging import ConversionError, to_uint8
 from ..tree import LayoutError, SourceTree
-from ..volumes import cut, label_values, slicing_options
+from ..volumes import cut, label_values
 from .base import Converter, Failure, Loaded, Record, register
+from .options import option
+from .volumes import SliceOptions
 
 # the challenge's file name prefixes whose modality is unambiguous
 PREFIX_MODALITY = {"CT": "ct", "MR": "mr", "Dermoscopy": "dermoscopy", "Fundus": "fundus", "XRay": "x-ray",
@@ -34,16 +37,21 @@ class MedSAMNpz(Converter):
     marker = "*.npz"
     layout = ("<Modality>_<dataset>_<case>.npz at any depth (or -o images=GLOB), each with imgs (H,W,3)|(H,W) + gts "
               "(H,W), or imgs + gts (D,H,W) and spacing (x,y,z)")
-    options = {"name": "medsam-npz", "modality": None, "images": None, "multilabel": "binary",
-               "min_object_pixels": 0}
+    fake_counts = {"train": 18}
+    fake_failures = 2  # the dermoscopy files of a -o modality=ct build
+    fake_options = {"modality": "ct"}
+
+    @dataclass(frozen=True, kw_only=True)
+    class Options(SliceOptions):
+        name: str = option("medsam-npz", help="dataset name in keys and manifest; give each build its own")
+        images: str | None = option(None, help="glob of the npz files to read (default: every .npz)")
 
     def __init__(self, **options: Any):
         super().__init__(**options)
-        self.name, self.modality = slicing_options(self.opts, "medsam-npz",
-                                                     "-o modality=NAME (ct, mr, dermoscopy, ...)")
+        self.name, self.modality = self.opts.name, self.opts.modality
 
     def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:
-        pattern = self.opts["images"]
+        pattern = self.opts.images
         files = tree.glob(pattern) if pattern else [f for f in tree.files if f.lower().endswith(".npz")]
         if not files:
             raise LayoutError(f"{self.name}: no {pattern or '.npz files'} under {tree.label}; expected {self.layout};"
@@ -81,7 +89,7 @@ class MedSAMNpz(Converter):
                 raise ConversionError(f"{rec.image}: 2D gts {gts.shape} but imgs {imgs.shape}; expected imgs (H, W, 3)"
                                       f" or (H, W) of the same height and width")
             yield from cut(rec.source_id, gts[None], lambda z, v: (imgs, {}), letter=None,
-                           mode=self.opts["multilabel"], min_object_pixels=self.opts["min_object_pixels"], info=info)
+                           mode=self.opts.multilabel, min_object_pixels=self.opts.min_object_pixels, info=info)
             return
         if gts.ndim != 3 or imgs.shape != gts.shape:
             raise ConversionError(f"{rec.image}: gts {gts.shape} and imgs {imgs.shape}; expected both (D, H, W) for a "
@@ -90,5 +98,12 @@ class MedSAMNpz(Converter):
         info["intensity"] = {"rule": rule}
         if len(info.get("npz_spacing", ())) == 3:
             info["spacing"] = info["npz_spacing"][::-1]  # (x, y, z) -> [slice, row, col]
-        yield from cut(rec.source_id, gts, lambda z, v: (volume[z], {}), letter="z", mode=self.opts["multilabel"],
-                       min_object_pixels=self.opts["min_object_pixels"], info={**info, "slice_axis": "axis0"})
+        yield from cut(rec.source_id, gts, lambda z, v: (volume[z], {}), letter="z", mode=self.opts.multilabel,
+                       min_object_pixels=self.opts.min_object_pixels, info={**info, "slice_axis": "axis0"})
+
+    @staticmethod
+    def fake(root: Path, seed: int = 0) -> Path:
+        """Two 3D CT npz and two 2D dermoscopy npz in the challenge's file naming (``synthetic3d.make_medsam_npz``)."""
+        from ..synthetic3d import make_medsam_npz
+
+        return make_medsam_npz(root, seed=seed)

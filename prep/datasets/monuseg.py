@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
 
-from ..imaging import ConversionError, decode
+from ..imaging import ConversionError, decode, instance_map
 from ..tree import LayoutError, SourceTree, stem
 from .base import Converter, Failure, Loaded, Record, register
 
@@ -26,9 +26,7 @@ def rasterise(xml: bytes, hw: tuple[int, int], name: str) -> tuple[np.ndarray, i
     polygons = [p for p in polygons if len(p) >= 3]
     if not polygons:
         raise ConversionError(f"{name}: holds no <Region> with 3 or more <Vertex X= Y=>; expected Aperio XML polygons")
-    if len(polygons) > np.iinfo(np.uint16).max:
-        raise ConversionError(f"{name}: {len(polygons)} polygons do not fit a uint16 instance map")
-    inst = np.zeros(hw, np.uint16)
+    inst = instance_map(hw, len(polygons), name, "polygons")
     overlap = 0
     for n, poly in enumerate(polygons, start=1):
         pts = np.round(poly).astype(np.int32)
@@ -53,6 +51,8 @@ class MoNuSeg(Converter):
     marker = "*.xml"
     layout = ('"MoNuSeg 2018 Training Data"/Tissue Images/TCGA-*.tif + Annotations/TCGA-*.xml; MoNuSegTestData/'
               "TCGA-*.tif + TCGA-*.xml (Aperio polygons); 37 + 14 (--split-rule official keeps training/test)")
+    domain = "unseen"
+    fake_counts = {"test": 5}
 
     def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:
         xmls = [f for f in tree.files if f.lower().endswith(".xml")]
@@ -79,3 +79,26 @@ class MoNuSeg(Converter):
         visible = int(np.count_nonzero(np.bincount(inst.ravel())[1:]))  # polygons not wholly covered by later ones
         return Loaded(image, inst > 0, inst=inst,
                       info={"instances": visible, "overlap_pixels": overlap, "mask_from": "aperio-xml"})
+
+    @staticmethod
+    def fake(root: Path, seed: int = 0, n_train: int = 3, n_test: int = 2) -> Path:
+        """``MoNuSeg 2018 Training Data/Tissue Images/TCGA-*.tif`` + ``Annotations/TCGA-*.xml`` and
+        ``MoNuSegTestData/TCGA-*.{tif,xml}``; four nuclei per tile, the last two overlapping; ``__MACOSX/``."""
+        from ..synthetic import aperio_xml, nucleus, scene, tiff_lzw, write
+
+        rng = np.random.default_rng(seed)
+        base = root / "MoNuSeg"
+        for i in range(n_train + n_test):
+            sid = f"TCGA-{i:02d}-{seed:04d}-01Z-00-DX1"
+            img, _ = scene(64, 64, rng, blobs=0)
+            polys = [nucleus(14.3, 14.6, 5.2), nucleus(46.0, 16.0, 4.0), nucleus(20.0, 46.0, 6.0),
+                     nucleus(27.0, 46.0, 6.0)]
+            if i < n_train:
+                folder = base / "MoNuSeg 2018 Training Data"
+                write(folder / "Tissue Images" / f"{sid}.tif", tiff_lzw(img))
+                write(folder / "Annotations" / f"{sid}.xml", aperio_xml(polys))
+            else:
+                write(base / "MoNuSegTestData" / f"{sid}.tif", tiff_lzw(img))
+                write(base / "MoNuSegTestData" / f"{sid}.xml", aperio_xml(polys))
+        write(base / "__MACOSX" / "MoNuSegTestData" / "._x.tif", b"\x00\x05\x16\x07")
+        return base

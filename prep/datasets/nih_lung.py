@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from pathlib import Path
 
 from ..tree import SourceTree
 from .base import Converter, Failure, Record, register
 from .folder import pair_pattern
+from .options import option
 
 
 @register
@@ -18,10 +21,17 @@ class NIHLung(Converter):
     marker = "images/*"
     layout = ("<images>/<id>.png + <masks>/<id>.png or <id>_mask.png; folders set with --images/--masks "
               "(default images/ and masks/); 100")
-    options = {"images": "images", "masks": "masks"}  # image and mask folders below the dataset root
+    domain = "unseen"
+    esp_name = "nih"
+    fake_counts = {"test": 5}
+
+    @dataclass(frozen=True)
+    class Options:
+        images: str = option("images", help="image folder below the dataset root")
+        masks: str = option("masks", help="mask folder below the dataset root")
 
     def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:
-        images, masks = (str(self.opts[k]).strip("/") for k in ("images", "masks"))
+        images, masks = self.opts.images.strip("/"), self.opts.masks.strip("/")
         root = tree.find_root(f"{images}/*", self.name)
         return pair_pattern(tree, f"{images}/*", (f"{masks}/{{stem}}.*", f"{masks}/{{stem}}_mask.*"), root=root)
 
@@ -29,3 +39,20 @@ class NIHLung(Converter):
         """The authors renamed the set NIH_0001..NIH_0100; numbered files map to that form."""
         m = re.fullmatch(r"(?:NIH_)?0*(\d+)", source_id)
         return f"NIH_{int(m.group(1)):04d}" if m else source_id
+
+    @staticmethod
+    def fake(root: Path, seed: int = 0, n: int = 5) -> Path:
+        """Grey PNG X-rays ``images/NIH_0001.png`` and 0/255 ``masks/NIH_0001.png``."""
+        import numpy as np
+
+        from ..synthetic import png, scene, u8, write
+
+        rng = np.random.default_rng(seed)
+        base = root / "NIH"
+        for i in range(1, n + 1):
+            img, _ = scene(64, 64, rng)
+            lungs = np.zeros((64, 64), bool)
+            lungs[12:54, 8:28] = lungs[12:54, 36:56] = True
+            write(base / "images" / f"NIH_{i:04d}.png", png(img[..., 0]))
+            write(base / "masks" / f"NIH_{i:04d}.png", png(u8(lungs)))
+        return base

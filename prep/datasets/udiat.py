@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..tree import SourceTree
 from .base import Converter, Failure, Record, at, pair_by_name, register
 
@@ -13,6 +15,9 @@ class UDIAT(Converter):
     modality = "ultrasound"
     marker = "original/*.png"
     layout = "Dataset_B (or BUS_Dataset_B, BUS)/original/000001.png..000163.png + GT/000001.png..."
+    domain = "source"
+    esp_name = "ultrasound"
+    fake_counts = {"train": 8, "valid": 1, "test": 1}
 
     def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:
         root = self.root(tree)
@@ -21,3 +26,18 @@ class UDIAT(Converter):
 
     def split_file_id(self, source_id: str) -> str:
         return f"ultra_{source_id}"
+
+    @staticmethod
+    def fake(root: Path, seed: int = 0, n: int = 10) -> Path:
+        """Grey PNG ultrasound ``original/000001.png`` and 0/255 ``GT/000001.png``."""
+        import numpy as np
+
+        from ..synthetic import png, scene, u8, write
+
+        rng = np.random.default_rng(seed)
+        base = root / "BUS_Dataset_B"
+        for i in range(1, n + 1):
+            img, mask = scene(60, 76, rng)
+            write(base / "original" / f"{i:06d}.png", png(img[..., 1]))
+            write(base / "GT" / f"{i:06d}.png", png(u8(mask)))
+        return base

@@ -12,17 +12,18 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from pathlib import PurePosixPath
-from typing import Any, Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator, Literal
 
 import numpy as np
 
 from ..tree import LayoutError, SourceTree
 from ..volumes import (
-    AXES, CT_PRESETS, DEFAULT_PRESET, NIFTI_SUFFIXES, READERS, SITK_SUFFIXES, PercentileClip, Window,
-    axis_name, canonical, check_grids, cut, label_values, read_volume, slicing_options, stack, volume_suffix,
+    AXES, CT_PRESETS, DEFAULT_PRESET, LABEL_MODES, NIFTI_SUFFIXES, READERS, SITK_SUFFIXES, PercentileClip, Window,
+    axis_name, canonical, check_grids, cut, label_values, read_volume, stack, volume_suffix,
 )
 from .base import Converter, Failure, Loaded, Record, at, pair_by_name, register
+from .options import option
 
 INTENSITY_RULES = ("window", "percentile")
 _NNUNET = re.compile(r"(.+)_(\d{4})$")
@@ -47,6 +48,16 @@ def _window(spec: Any, where: str) -> Window:
     raise ValueError(f"{where}: expected a preset ({', '.join(CT_PRESETS)}) or [level, width], got {spec!r}")
 
 
+@dataclass(frozen=True, kw_only=True)
+class SliceOptions:
+    """The options every slice-producing converter shares (volumes, medsam-npz)."""
+
+    name: str = option(help="dataset name in keys and manifest; give each dataset its own")
+    modality: str = option(help="a modality of the table (ct, mr, dermoscopy, ...)", flag="-o modality=NAME")
+    multilabel: Literal[LABEL_MODES] = option("binary", help="binary (label > 0) or each (one sample per label)")
+    min_object_pixels: int = option(0, ge=0, help="remove 8-connected objects under N pixels per slice first")
+
+
 def _volume_id(path: str) -> str:
     name = PurePosixPath(path).name
     suffix = volume_suffix(name)
@@ -62,60 +73,63 @@ class Volumes(Converter):
     layout = ("imagesTr/<case>_0000.nii.gz + labelsTr/<case>.nii.gz (nnU-Net), imagesTr/<case>.nii.gz + "
               "labelsTr/<case>.nii.gz (MSD), or -o images=GLOB -o labels=PATTERN (placeholders {stem}, {case}, "
               "{name}, {dir}, {parent}); .nii, .nii.gz, .mha, .nrrd, folders of .dcm")
-    options = {
-        "name": "volumes",  # dataset name in keys and manifest; give each volume dataset its own
-        "modality": None,  # ct or mr (any modality of the table): required
-        "images": None,
-        "labels": None,
-        "axis": "axial",
-        "intensity": None,  # window (default for ct) or percentile (default otherwise)
-        "preset": None,
-        "window_level": None,
-        "window_width": None,
-        "label_windows": None,  # {label: preset or [level, width]}, with multilabel=each
-        "multilabel": "binary",
-        "min_object_pixels": 0,
-        "reader": "auto",
-        "channel": 0,
-        "dicom": False,  # every file matched by -o images is a DICOM slice (files without .dcm suffix)
-    }
+    fake_counts = {"train": 18, "test": 9}
+    fake_options = {"modality": "ct"}
+
+    @dataclass(frozen=True, kw_only=True)
+    class Options(SliceOptions):
+        name: str = option("volumes", help="dataset name in keys and manifest; give each volume dataset its own")
+        modality: str = option(help="ct or mr (any modality of the table)", flag="-o modality=ct|mr")
+        images: str | None = option(None, help="image glob (with labels): explicit pairing")
+        labels: str | None = option(None, help="label pattern ({stem}, {case}, {name}, {dir}, {parent})")
+        axis: str = option("axial", help="axial, coronal or sagittal (or z, y, x)")
+        intensity: Literal[INTENSITY_RULES] | None = option(None, help="window (default for ct) or percentile "
+                                                                       "(default otherwise)")
+        preset: str | None = option(None, help=f"CT window preset ({', '.join(CT_PRESETS)})")
+        window_level: float | None = option(None, help="CT window level (HU)")
+        window_width: float | None = option(None, help="CT window width (HU)")
+        label_windows: dict | None = option(None, help='{label: preset or [level, width]}, with multilabel=each')
+        reader: Literal[READERS] = option("auto", help="auto, nibabel or sitk")
+        channel: int = option(0, ge=0, help="image channel: nnU-Net _000N suffix or index of a 4D image")
+        dicom: bool = option(False, help="every file matched by images is a DICOM slice (files without .dcm)")
+
+        @property
+        def intensity_rule(self) -> str:
+            """The intensity rule: as given, else window for ct and percentile otherwise."""
+            return self.intensity or ("window" if self.modality == "ct" else "percentile")
+
+        def __post_init__(self) -> None:
+            axis_name(self.axis)
+            if bool(self.images) != bool(self.labels):
+                raise ValueError("-o images=GLOB and -o labels=PATTERN go together")
+            explicit = self.window_level is not None or self.window_width is not None
+            if self.intensity_rule != "window" and (explicit or self.preset or self.label_windows):
+                raise ValueError("CT window options (preset, window_level/width, label_windows) need -o "
+                                 "intensity=window")
+            if explicit and self.preset:
+                raise ValueError("give either -o preset=NAME or -o window_level=L -o window_width=W, not both")
+            if self.label_windows and self.multilabel != "each":
+                raise ValueError("-o label_windows applies per label: it needs -o multilabel=each")
 
     def __init__(self, **options: Any):
         super().__init__(**options)
         o = self.opts
-        self.name, self.modality = slicing_options(o, "volumes", "-o modality=ct or -o modality=mr")
-        self.axis = axis_name(str(o["axis"]))
-        self.intensity = o["intensity"] or ("window" if self.modality == "ct" else "percentile")
-        checks = [
-            (self.intensity in INTENSITY_RULES, f"-o intensity={self.intensity!r}: expected window or percentile"),
-            (o["reader"] in READERS, f"-o reader={o['reader']!r}: expected one of {', '.join(READERS)}"),
-            (bool(o["images"]) == bool(o["labels"]), "-o images=GLOB and -o labels=PATTERN go together"),
-            (isinstance(o["channel"], int) and o["channel"] >= 0, f"-o channel={o['channel']!r}: expected >= 0"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(msg)
-        explicit = o["window_level"] is not None or o["window_width"] is not None
-        if self.intensity != "window" and (explicit or o["preset"] or o["label_windows"]):
-            raise ValueError("CT window options (preset, window_level/width, label_windows) need -o intensity=window")
-        if explicit and o["preset"]:
-            raise ValueError("give either -o preset=NAME or -o window_level=L -o window_width=W, not both")
-        if o["label_windows"] and o["multilabel"] != "each":
-            raise ValueError("-o label_windows applies per label: it needs -o multilabel=each")
-        base = Window.named(o["preset"] or DEFAULT_PRESET)
-        self.window = Window(float(base.level if o["window_level"] is None else o["window_level"]),
-                             float(base.width if o["window_width"] is None else o["window_width"]))
-        self.label_windows = {int(k): _window(v, f"-o label_windows {k}")
-                              for k, v in (o["label_windows"] or {}).items()}
+        self.name, self.modality = o.name, o.modality
+        self.axis = axis_name(o.axis)
+        self.intensity = o.intensity_rule
+        base = Window.named(o.preset or DEFAULT_PRESET)
+        self.window = Window(float(base.level if o.window_level is None else o.window_level),
+                             float(base.width if o.window_width is None else o.window_width))
+        self.label_windows = {int(k): _window(v, f"-o label_windows {k}") for k, v in (o.label_windows or {}).items()}
 
     # discovery ------------------------------------------------------------------------------------------------
 
     def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:
-        if self.opts["images"]:
+        if self.opts.images:
             records, failures = self._explicit(tree)
         else:
             records, failures = self._decathlon(tree)
-        if self.opts["reader"] != "nibabel":
+        if self.opts.reader != "nibabel":
             return records, failures
         nifti = [not isinstance(r, SeriesRecord) and all(volume_suffix(f) in NIFTI_SUFFIXES for f in r.files())
                  for r in records]
@@ -136,7 +150,7 @@ class Volumes(Converter):
         nnunet = (bool(vols) and all(_NNUNET.fullmatch(_volume_id(f)) for f in vols)
                   and not any(tree.exists(at(root, f"labelsTr/{PurePosixPath(f).name}")) for f in vols))
         if nnunet:
-            channel = f"{self.opts['channel']:04d}"
+            channel = f"{self.opts.channel:04d}"
             vols = [f for f in vols if _NNUNET.fullmatch(_volume_id(f)).group(2) == channel]  # type: ignore[union-attr]
 
         def case(img: str) -> str:
@@ -157,26 +171,26 @@ class Volumes(Converter):
         except ValueError as e:
             raise LayoutError(f"{path}: not valid JSON ({e})") from None
         names = doc.get("channel_names") or doc.get("modality") or {}
-        declared = str(names.get(str(self.opts["channel"]), "")) if isinstance(names, dict) else ""
+        declared = str(names.get(str(self.opts.channel), "")) if isinstance(names, dict) else ""
         is_ct = declared.upper() == "CT"
         is_mr = bool(re.search(r"MR|T1|T2|FLAIR|ADC|DWI", declared.upper()))
         if (is_ct and self.modality != "ct") or (is_mr and self.modality == "ct"):
-            raise LayoutError(f"{path} declares channel {self.opts['channel']} as {declared!r} but -o modality="
+            raise LayoutError(f"{path} declares channel {self.opts.channel} as {declared!r} but -o modality="
                               f"{self.modality}; pass the modality of the data")
 
     def _explicit(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:
         """-o images=GLOB -o labels=PATTERN; .dcm files are grouped by folder into series."""
-        pattern = str(self.opts["labels"])
+        pattern = str(self.opts.labels)
         label_glob = None if "{dir}" in pattern else re.sub(r"\{[^}]*\}", "*", pattern)
         label_like = set(tree.glob(label_glob)) if label_glob else set()
-        files = [f for f in tree.glob(str(self.opts["images"])) if f not in label_like]  # labels are never images
+        files = [f for f in tree.glob(str(self.opts.images)) if f not in label_like]  # labels are never images
         if not files:
-            raise LayoutError(f"-o images={self.opts['images']} matches nothing under {tree.label}; "
+            raise LayoutError(f"-o images={self.opts.images} matches nothing under {tree.label}; "
                               f"found {tree.top_level()}")
         series: dict[str, list[str]] = {}
         entries, failures = [], []
         for f in files:
-            if self.opts["dicom"] or f.lower().endswith(".dcm"):
+            if self.opts.dicom or f.lower().endswith(".dcm"):
                 series.setdefault(str(PurePosixPath(f).parent), []).append(f)
             elif volume_suffix(f):
                 entries.append(f)
@@ -210,9 +224,9 @@ class Volumes(Converter):
         """Read image and label volume, check their grids, reorient to RAS and yield the slices with foreground."""
         o = self.opts
         parts = rec.parts if isinstance(rec, SeriesRecord) else (rec.image,)
-        image = read_volume({p: blobs[p] for p in parts}, rec.image, o["reader"], o["channel"])
+        image = read_volume({p: blobs[p] for p in parts}, rec.image, o.reader, o.channel)
         label_path = rec.masks[0]
-        label = read_volume({label_path: blobs[label_path]}, label_path, o["reader"])
+        label = read_volume({label_path: blobs[label_path]}, label_path, o.reader)
         source_orientation = image.axcodes
         image, label = canonical(image), canonical(label)
         check_grids(image, label, rec.image, label_path)
@@ -231,5 +245,14 @@ class Volumes(Converter):
 
         info = {"volume_id": rec.source_id, "slice_axis": self.axis, "spacing": spacing, "orientation": "RAS",
                 "source_orientation": source_orientation}
-        yield from cut(rec.source_id, labels, image_of, letter=AXES[self.axis][0], mode=o["multilabel"],
-                       min_object_pixels=o["min_object_pixels"], info=info)
+        yield from cut(rec.source_id, labels, image_of, letter=AXES[self.axis][0], mode=o.multilabel,
+                       min_object_pixels=o.min_object_pixels, info=info)
+
+    @staticmethod
+    def fake(root: Path, seed: int = 0, **variant: Any) -> Path:
+        """Three CT phantoms in the MSD layout, stored in LPS order, with dataset.json; ``variant`` picks other
+        layouts, formats, orientations and modalities (``synthetic3d.make_volumes``). The phantoms are fixed:
+        ``seed`` is unused."""
+        from ..synthetic3d import make_volumes
+
+        return make_volumes(root, **variant)

@@ -1,0 +1,53 @@
+"""``cache_teacher``: one cache run from its :class:`~medprep.distill.params.CacheParams`, in this process or on
+one dask worker per device. The CLI's ``cache-teacher`` is a thin wrapper over it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from .distributed import write_distributed
+from .events import OnEvent, RunOpened
+from .params import CacheParams
+from .pipeline import open_run, write_shards
+from .store import FeatureStore
+
+
+@dataclass
+class CacheResult:
+    """What one call of :func:`cache_teacher` did."""
+
+    store: FeatureStore
+    shards_written: list[int]
+    shards_skipped: list[int]
+    images: int
+
+
+def cache_teacher(params: CacheParams, shards: Sequence[int] | None = None,
+                  on_event: OnEvent | None = None) -> CacheResult:
+    """Cache the teacher features of ``params.source`` into run ``params.run`` of the zarr store ``params.out``.
+
+    Opens the run once (creating it, or checking that it was made with the same parameters), then writes the zarr
+    shards ``shards`` (default: all) that are not done yet; a killed run resumes where it stopped. With
+    ``params.devices`` or ``params.scheduler`` the shards are dealt to one dask worker per device. ``on_event``
+    receives :class:`~medprep.distill.events.RunOpened` once, then :class:`~medprep.distill.events.Encoded`.
+    """
+    teacher, source = params.teacher(), params.open_source()
+    store = open_run(params, teacher, source)
+    wanted = range(store.nshards) if shards is None else list(shards)
+    if any(not 0 <= s < store.nshards for s in wanted):
+        raise ValueError(f"shard indices must be in [0, {store.nshards}), got {sorted(wanted)}")
+    done = store.done_shards()
+    todo = [s for s in wanted if not done[s]]
+    skipped = [s for s in wanted if done[s]]
+    images = sum(len(store.indices(s)) for s in todo) * len(store.views)
+    if on_event is not None:
+        on_event(RunOpened(store.url, store.run, store.nshards, todo, images))
+    if params.distributed:
+        written = write_distributed(store, params, todo, on_event)
+    else:
+        written = write_shards(store, teacher, source, params, todo, params.device, on_event)
+    return CacheResult(store, written, skipped, images)
+
+
+__all__ = ["CacheResult", "cache_teacher"]

@@ -1,0 +1,34 @@
+"""What a cache run reports while it works: events handed to the caller's ``on_event`` callback.
+
+The library draws nothing; the CLI turns these into its status line and progress bar.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Union
+
+
+@dataclass(frozen=True)
+class RunOpened:
+    """The run is open: ``todo`` of its ``nshards`` zarr shards will be written, ``images`` encoder inputs in all
+    (samples times views)."""
+
+    url: str
+    run: str
+    nshards: int
+    todo: list[int]
+    images: int
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """``images`` more encoder inputs are done."""
+
+    images: int
+
+
+CacheEvent = Union[RunOpened, Encoded]
+OnEvent = Callable[[CacheEvent], None]
+
+__all__ = ["CacheEvent", "Encoded", "OnEvent", "RunOpened"]

@@ -1,0 +1,114 @@
+"""The cache's one parameter object: built by the CLI or the Python API, validated on construction, and sent
+unchanged to the driver and to every worker."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from medprep.manifests.features import DTYPES, VIEWS
+from medprep.manifests.pixels import NORMALIZATIONS, safe_key
+
+from .preprocess import RESIZES
+from .sources import Source, SourceSpec, open_source
+from .teachers import Teacher, load_teacher
+
+AUTOCASTS = ("auto", "bfloat16", "float16", "none")
+
+
+@dataclass(frozen=True)
+class CacheParams:
+    """Every option of one cache run; ``medprep cache-teacher`` has an option of the same name for each.
+
+    - teacher: ``encoder`` (vit_h, vit_l, vit_b, medsam or ``package.module:callable``), ``checkpoint``,
+      ``encoder_kwargs`` (for a callable), ``normalize`` and ``resize`` (override its preprocessing);
+    - source: ``source``, a :class:`SourceSpec` (a plain path or URL means ``SourceSpec(url)``);
+    - store: ``out`` (zarr store, path or fsspec URL), ``run`` (group name; default
+      ``<encoder>-<source folder name>``), ``dtype``, ``views`` (identity, optionally hflip), ``shard_size``
+      (samples per zarr shard object: the unit of work and of resume);
+    - execution: ``batch_size``, ``device``, ``autocast`` (auto: bfloat16 on CUDA, none elsewhere), ``compile``,
+      ``workers`` (decode threads), ``prefetch`` (batches decoded ahead), ``devices`` (one dask worker per entry,
+      e.g. ``("cuda:0", "cuda:1")``; replaces ``device``) and ``scheduler`` (a running dask scheduler's address).
+
+    Construction normalises (``str`` paths, tuples, views in store order, the default run name) and raises
+    ``ValueError`` naming the option to fix.
+    """
+
+    encoder: str
+    source: SourceSpec
+    out: str
+    run: str | None = None
+    checkpoint: str | None = None
+    encoder_kwargs: dict[str, Any] = field(default_factory=dict)
+    normalize: str | None = None
+    resize: str | None = None
+    dtype: str = "float16"
+    views: tuple[str, ...] = ("identity",)
+    shard_size: int = 16
+    batch_size: int = 8
+    device: str = "cuda"
+    autocast: str = "auto"
+    compile: bool = False
+    workers: int = 4
+    prefetch: int = 4
+    devices: tuple[str, ...] = ()
+    scheduler: str | None = None
+
+    def __post_init__(self) -> None:
+        source = self.source if isinstance(self.source, SourceSpec) else SourceSpec(_url(self.source))
+        views = tuple(self.views)
+        norm = {
+            "source": source, "out": os.fspath(self.out), "views": tuple(v for v in VIEWS if v in views),
+            "encoder_kwargs": dict(self.encoder_kwargs), "devices": tuple(self.devices),
+            "checkpoint": None if self.checkpoint is None else os.fspath(self.checkpoint),
+            "run": self.run or _default_run(self.encoder, source.url),
+        }
+        for name, value in norm.items():
+            object.__setattr__(self, name, value)
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown --dtype {self.dtype!r}: expected one of {DTYPES}")
+        if "identity" not in views or any(v not in VIEWS for v in views):
+            raise ValueError(f"--views {list(views)}: expected 'identity' plus optionally 'hflip'")
+        if self.normalize is not None and self.normalize not in NORMALIZATIONS:
+            raise ValueError(f"--normalize {self.normalize!r}: expected one of {sorted(NORMALIZATIONS)}")
+        if self.resize is not None and self.resize not in RESIZES:
+            raise ValueError(f"--resize {self.resize!r}: expected one of {RESIZES}")
+        if self.autocast not in AUTOCASTS:
+            raise ValueError(f"unknown autocast {self.autocast!r}: expected one of {AUTOCASTS}")
+        for name in ("shard_size", "batch_size", "workers", "prefetch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected at least 1")
+
+    @property
+    def distributed(self) -> bool:
+        """Whether the run goes through dask (``devices`` or ``scheduler`` given)."""
+        return bool(self.devices or self.scheduler)
+
+    @property
+    def worker_devices(self) -> tuple[str, ...]:
+        """The device of each worker: ``devices``, else ``device`` alone."""
+        return self.devices or (self.device,)
+
+    def teacher(self) -> Teacher:
+        """Load the teacher these parameters name."""
+        return load_teacher(self.encoder, self.checkpoint, normalize=self.normalize, resize=self.resize,
+                            encoder_kwargs=self.encoder_kwargs)
+
+    def open_source(self) -> Source:
+        """Open the source these parameters name."""
+        return open_source(self.source)
+
+
+def _url(url: str | os.PathLike | list[str]) -> str | list[str]:
+    return [os.fspath(u) for u in url] if isinstance(url, (list, tuple)) else os.fspath(url)
+
+
+def _default_run(encoder: str, url: str | list[str]) -> str:
+    """``<encoder>-<source folder name>``, tar-safe (``vit_h-drive``)."""
+    if isinstance(url, list):
+        raise ValueError(f"a source given as a list of {len(url)} tars needs an explicit run name (run=/--run)")
+    return safe_key(f"{encoder.rpartition(':')[2]}-{os.path.basename(url.rstrip('/'))}")
+
+
+__all__ = ["AUTOCASTS", "CacheParams"]

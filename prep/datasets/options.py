@@ -1,0 +1,132 @@
+"""Typed converter options: each converter declares a frozen dataclass whose field types validate and coerce the
+``-o KEY=VALUE`` values (and the CLI flags mapped onto options), so no converter checks its options by hand.
+
+A field's type is the rule: ``int``, ``float``, ``bool``, ``str``, ``dict``, ``Literal[...]`` (one of the given
+values) and ``X | None``; ``option()`` adds the help line ``medprep datasets`` shows, the spelling an error uses
+for a missing required option, and a lower bound. Rules between fields go in the dataclass's ``__post_init__``.
+"""
+
+from __future__ import annotations
+
+import types
+from dataclasses import MISSING, Field, dataclass, field, fields
+from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin, get_type_hints
+
+T = TypeVar("T")
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """The options of a converter that takes none."""
+
+
+def option(default: Any = MISSING, *, help: str, flag: str | None = None, ge: float | None = None) -> Any:
+    """A declared option: ``default`` (none given: the option is required), a ``help`` line, the ``flag`` spelling
+    of a required option in errors (default ``-o KEY=...``), and a lower bound ``ge`` for numbers."""
+    return field(default=default, metadata={"help": help, "flag": flag, "ge": ge})
+
+
+def _describe(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(str(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in get_args(tp) if a is not type(None))
+    if tp is bool:
+        return "true or false"
+    if origin is dict or tp is dict:
+        return "a JSON object"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """``value`` as type ``tp``; raises TypeError when it cannot be one."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in get_args(tp):
+            return None
+        for arg in (a for a in get_args(tp) if a is not type(None)):
+            try:
+                return _coerce(value, arg)
+            except TypeError:
+                continue
+        raise TypeError
+    if origin is Literal:
+        for allowed in get_args(tp):
+            if value == allowed or (isinstance(value, (int, float)) and str(value) == allowed):
+                return allowed
+        raise TypeError
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
+            return value.lower() in _TRUE
+        raise TypeError
+    if tp is int or tp is float:
+        if isinstance(value, bool):
+            raise TypeError
+        if isinstance(value, int) or (tp is float and isinstance(value, float)):
+            return tp(value)
+        if isinstance(value, str):
+            try:
+                return tp(value)
+            except ValueError:
+                raise TypeError from None
+        raise TypeError
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):  # -o name=2024 arrives as a number
+            return str(value)
+        raise TypeError
+    if origin is dict or tp is dict:
+        if isinstance(value, Mapping):
+            return dict(value)
+        raise TypeError
+    raise NotImplementedError(f"option type {tp!r} has no coercion rule; declare int, float, bool, str, dict, "
+                              f"Literal[...] or X | None")
+
+
+def _flag(f: Field) -> str:
+    return f.metadata.get("flag") or f"-o {f.name}=..."
+
+
+def parse(kind: type[T], given: Mapping[str, Any], dataset: str) -> T:
+    """The options ``kind`` of ``--dataset dataset`` from ``given`` (option name -> value as passed), validated and
+    coerced by the declared field types."""
+    declared = {f.name: f for f in fields(kind)}  # type: ignore[arg-type]
+    unknown = sorted(set(given) - set(declared))
+    if unknown:
+        raise ValueError(f"--dataset {dataset} does not take {', '.join(unknown)} "
+                         f"(options: {', '.join(declared) or 'none'})")
+    missing = [f for f in declared.values()
+               if f.name not in given and f.default is MISSING and f.default_factory is MISSING]
+    if missing:
+        details = "; ".join(f"{_flag(f)}: {f.metadata['help']}" for f in missing)
+        raise ValueError(f"--dataset {dataset} needs {', '.join(_flag(f) for f in missing)} ({details})")
+    hints = get_type_hints(kind)
+    values = {}
+    for key, value in given.items():
+        try:
+            values[key] = _coerce(value, hints[key])
+        except TypeError:
+            raise ValueError(f"option {key}: expected {_describe(hints[key])}, got {value!r}") from None
+        low = declared[key].metadata.get("ge")
+        if low is not None and values[key] is not None and values[key] < low:
+            raise ValueError(f"option {key}: expected {_describe(hints[key])} >= {low}, got {value!r}")
+    return kind(**values)
+
+
+def describe(kind: type) -> list[str]:
+    """One line per option of ``kind``: ``KEY=DEFAULT  help`` (``KEY (required)`` without a default)."""
+    lines = []
+    for f in fields(kind):
+        head = f"{f.name} (required)" if f.default is MISSING else f"{f.name}={f.default}"
+        lines.append(f"{head}: {f.metadata['help']}")
+    return lines
+
+
+__all__ = ["NoOptions", "describe", "option", "parse"]

@@ -1,0 +1,35 @@
+"""The shared pixel rules (medprep.manifests.pixels) against their references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medprep.manifests.pixels import longest_side, make_key, patch_pyramid, patch_size, patch_targets, safe_key
+
+
+def test_longest_side_is_segment_anythings_preprocess_shape():
+    resize = pytest.importorskip("segment_anything.utils.transforms")
+    for h, w in [(1, 1), (48, 64), (565, 584), (1024, 1023), (333, 1000), (4000, 3), (17, 1024)]:
+        for size in (64, 256, 1024):
+            assert longest_side(h, w, size) == resize.ResizeLongestSide.get_preprocess_shape(h, w, size)
+
+
+def test_patch_pyramid_equals_one_max_pool_per_size():
+    rng = np.random.default_rng(0)
+    mask = rng.random((64, 96)) > 0.97
+    pyramid = patch_pyramid(mask, (32, 8, 16, 4))
+    assert list(pyramid) == [32, 8, 16, 4]
+    for p, grid in pyramid.items():
+        ref = mask.reshape(64 // p, p, 96 // p, p).any(axis=(1, 3)).astype(np.uint8)
+        assert grid.dtype == np.uint8 and np.array_equal(grid, ref) and np.array_equal(patch_targets(mask, p), ref)
+    with pytest.raises(ValueError, match="patch size 7 does not divide the mask size 64x96"):
+        patch_targets(mask, 7)
+    assert (patch_size("patch16"), patch_size("patch0"), patch_size("mask")) == (16, None, None)
+
+
+def test_keys_are_tar_safe():
+    assert make_key("drive", "21_training") == "drive-21_training"
+    assert make_key("stare", "im0001.ah.ppm") == "stare-im0001_ah_ppm"
+    assert make_key("x", "../a b/") == "x-a_b" and make_key("x", "...") == "x-x"
+    assert safe_key("sa_1.jpg") == "sa_1_jpg" and safe_key("_a_") == "_a_"
