@@ -44,9 +44,7 @@ def check_teacher(store: str, run: str | None = None, samples: int = 8, *, seed:
     if teacher.checkpoint_sha256 != a["checkpoint_sha256"]:
         raise ValueError(f"checkpoint {teacher.checkpoint} has sha256 {teacher.checkpoint_sha256}, the store was "
                          f"cached with {a['checkpoint_sha256']}: pass the checkpoint used for caching")
-    src_attrs = a["source"]
-    spec = SourceSpec(source or src_attrs["url"], src_attrs["kind"], src_attrs.get("split"),
-                      src_attrs.get("fraction"), src_attrs.get("seed", 0), src_attrs.get("subset_file"))
+    spec = SourceSpec.from_attrs(a["source"], source)
     src = open_source(spec)
     keys = fs.keys()
     if src.keys != keys:

@@ -207,6 +207,13 @@ class SourceSpec:
     seed: int = 0
     subset_file: str | None = None
 
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any], url: str | list[str] | None = None) -> SourceSpec:
+        """The spec of a source from its recorded description (``describe()``, a store's ``source`` attr);
+        ``url`` replaces the recorded location (the data moved)."""
+        return cls(url or attrs["url"], attrs["kind"], attrs.get("split"), attrs.get("fraction"),
+                   attrs.get("seed", 0), attrs.get("subset_file"))
+
 
 def open_source(spec: SourceSpec) -> Source:
     """Open a source; ``kind="auto"`` picks medical (has manifest.json), sa1b (holds sa_N.tar) or folder."""

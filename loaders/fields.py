@@ -5,7 +5,7 @@ Only the entries of the requested fields are read from the tar and decoded. Fiel
 =============== ==================== ===============================================================
 field           entry                tensor
 =============== ==================== ===============================================================
-``image``       ``image.png``        float32 ``(3, H, W)``, normalised as chosen (see ``NORMALIZATIONS``)
+``image``       ``image.png``        float32 ``(3, H, W)``, normalised as chosen (``NORMALIZATIONS``, ``minmax``)
 ``mask``        ``mask.png``         float32 ``(1, H, W)`` in {0, 1}
 ``patchN``      ``patchN.npy``       float32 ``(1, H/N, W/N)`` in {0, 1} (max-pool of the mask)
 ``fov``         ``fov.png``          float32 ``(1, H, W)`` in {0, 1} (DRIVE field of view)
@@ -26,19 +26,20 @@ from __future__ import annotations
 
 import io
 import json
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-from medprep.manifests.pixels import NORMALIZATIONS, patch_size
+from medprep.manifests.pixels import NORMALIZATIONS, PER_IMAGE_NORMALIZATIONS, PROMPT_FIELDS, patch_size
 
-from .prompts import FIELDS as PROMPT_FIELDS
 from .prompts import Prompts
 
 if TYPE_CHECKING:
+    from medprep.manifests import BuiltDataset
+
     from .augment import Augment
 
 cv2.setNumThreads(1)
@@ -87,6 +88,22 @@ def normalise(image: np.ndarray, how: str) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+def minmax(image: np.ndarray, valid: np.ndarray, lo: float, hi: float) -> torch.Tensor:
+    """uint8 ``(H, W, 3)`` RGB -> float32 ``(3, H, W)``, ``(x - lo) / (hi - lo)`` with the image's valid-region
+    minimum and maximum (``hi - lo`` at least 1e-8, as LiteMedSAM), 0 outside ``valid`` (the padding)."""
+    out = (np.moveaxis(image, 2, 0).astype(np.float32) - np.float32(lo)) / np.float32(max(hi - lo, 1e-8))
+    out[:, ~valid] = 0
+    return torch.from_numpy(out)
+
+
+def _valid_region(image: np.ndarray, meta: dict[str, Any]) -> tuple[np.ndarray, float, float]:
+    """The unpadded region of a sample (``valid_hw`` of its meta) as a bool mask, and its minimum and maximum."""
+    h, w = meta["valid_hw"]
+    valid = np.zeros(image.shape[:2], bool)
+    valid[:h, :w] = True
+    return valid, float(image[:h, :w].min()), float(image[:h, :w].max())
+
+
 def _binary(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)[None])
 
@@ -101,10 +118,13 @@ class Decoder:
 
     def __init__(self, fields: Iterable[str] = DEFAULT_FIELDS, normalize: str = "sam",
                  augment: Augment | None = None, prompts: Prompts = Prompts()):
-        if normalize not in NORMALIZATIONS:
-            raise ValueError(f"normalize={normalize!r}: expected one of {', '.join(NORMALIZATIONS)}")
+        if normalize not in NORMALIZATIONS and normalize not in PER_IMAGE_NORMALIZATIONS:
+            raise ValueError(f"normalize={normalize!r}: expected one of "
+                             f"{', '.join((*NORMALIZATIONS, *PER_IMAGE_NORMALIZATIONS))}")
         self.fields = check_fields(fields)
         self.normalize = normalize
+        # minmax: statistics of the unpadded region (meta's valid_hw), which is tracked through the augmentation
+        self.per_image = normalize in PER_IMAGE_NORMALIZATIONS and "image" in self.fields
         self.augment = augment
         self.patches = [f for f in self.fields if patch_size(f)]
         spatial = [f for f in self.fields if f in ("image", "mask", "fov", "inst") or f in self.patches]
@@ -123,6 +143,8 @@ class Decoder:
         names = {"modality.cls"}
         for f in set(self.fields) - set(PROMPT_FIELDS) | set(self.arrays) | set(self.optional):
             names.add(f"{f}.npy" if patch_size(f) else _ENTRIES[f])
+        if self.per_image:
+            names.add("meta.json")
         names.discard(None)  # type: ignore[arg-type]
         return names
 
@@ -154,6 +176,8 @@ class Decoder:
     def __call__(self, raw: dict[str, Any], rng: np.random.Generator | None = None) -> dict[str, Any]:
         arrays = self.decode_arrays(raw)
         rng = rng if rng is not None else np.random.default_rng()
+        if self.per_image:
+            arrays["_valid"], lo, hi = _valid_region(arrays["image"], json.loads(self._entry(raw, "meta.json")))
         if self.augment is not None:
             arrays = self.augment(arrays, rng)
         out: dict[str, Any] = {}
@@ -162,7 +186,8 @@ class Decoder:
             out.update({k: torch.from_numpy(v) for k, v in prompts.items()})
         for f in self.fields:
             if f == "image":
-                out[f] = normalise(arrays[f], self.normalize)
+                out[f] = (minmax(arrays[f], arrays["_valid"], lo, hi) if self.per_image
+                          else normalise(arrays[f], self.normalize))
             elif f == "inst":
                 out[f] = torch.from_numpy(np.ascontiguousarray(arrays[f], dtype=np.int32)[None])
             elif f in arrays:
@@ -174,6 +199,26 @@ class Decoder:
             elif f == "key":
                 out[f] = raw["__key__"]
         return out
+
+
+def recorded_decoder(datasets: Sequence[BuiltDataset], fields: Iterable[str] | None, default_fields: Iterable[str],
+                     normalize: str | None, augment: Augment | None, prompts: Prompts | None) -> Decoder:
+    """A ``Decoder`` whose arguments left ``None`` come from what the sources' builds recorded for their readers
+    (``medprep build --preset``): ``normalize`` (else ``sam``), the ``prompts`` field added to ``default_fields``,
+    and ``box_jitter``. Sources that recorded different values of one are an error: pass it explicitly."""
+    recorded: dict[str, Any] = {}
+    for name in ("normalize", "prompts", "box_jitter"):
+        values = {ds.manifest.params.get(name) for ds in datasets}
+        if len(values) > 1:
+            raise ValueError(f"the sources' builds recorded different {name} values ({', '.join(map(str, values))}): "
+                             f"pass {name}= explicitly")
+        if values != {None}:
+            recorded[name] = values.pop()
+    if fields is None:
+        fields = (*default_fields, *([recorded["prompts"]] if "prompts" in recorded else []))
+    if prompts is None:
+        prompts = Prompts(box_jitter=recorded["box_jitter"]) if "box_jitter" in recorded else Prompts()
+    return Decoder(fields, normalize or recorded.get("normalize", "sam"), augment, prompts)
 
 
 def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import torch
 from medprep.manifests import BuiltDataset, ShardEntry, ShardIndex
 
 from .augment import Augment
-from .fields import Decoder
+from .fields import recorded_decoder
 from .prompts import Prompts
 from .reader import Source, open_sources
 
@@ -32,11 +32,11 @@ class MedShardsIndexed(torch.utils.data.Dataset):
     """
 
     def __init__(self, sources: Source | Sequence[Source], split: str = "test",
-                 fields: Iterable[str] = INDEXED_FIELDS, *, normalize: str = "sam",
-                 augment: Augment | None = None, prompts: Prompts = Prompts(), seed: int = 0):
+                 fields: Iterable[str] | None = None, *, normalize: str | None = None,
+                 augment: Augment | None = None, prompts: Prompts | None = None, seed: int = 0):
         self.datasets = open_sources(sources)
         self.split, self.seed = split, seed
-        self.decoder = Decoder(fields, normalize, augment, prompts)
+        self.decoder = recorded_decoder(self.datasets, fields, INDEXED_FIELDS, normalize, augment, prompts)
         self.entries = self.decoder.entries
         self.shards: list[tuple[BuiltDataset, ShardEntry]] = [
             (ds, e) for ds in self.datasets for e in ds.wids_shards(split) if e.nsamples]

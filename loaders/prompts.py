@@ -9,7 +9,7 @@ samples with different numbers of regions collate into one batch:
   is not in the region (a ring, a crescent: the centroid of a non-convex region can lie outside it), the region's
   pixel nearest to the centroid is taken instead. This is the point-prompt mode the ESP-MedSAM paper gives its SAM
   baselines.
-* ``boxes``: row 0 is the box of the whole mask, rows 1.. one box per region, ``(x_min, y_min, x_max, y_max)`` in
+* ``boxes``: row 0 is the box of the whole mask (of all regions), rows 1.. one box per region, ``(x_min, y_min, x_max, y_max)`` in
   inclusive pixel coordinates, each side pushed outwards by a seeded random number of pixels in ``[0, jitter]``.
 
 Regions are ordered by area (largest first; ties: components in raster order of their first pixel, instances by
@@ -24,14 +24,11 @@ from typing import Iterable
 import cv2
 import numpy as np
 
-from medprep.manifests.pixels import PROMPT_FIELDS
-
 # The LiteMedSAM training script perturbs its box prompt by up to 5 pixels per side: bowang-lab/MedSAM, LiteMedSAM
 # branch, train_one_gpu.py (commit 1a94cb17), `-bbox_shift` default 5, applied in NpyDataset.__getitem__ as
 # x_min - randint(0, bbox_shift), x_max + randint(0, bbox_shift), ... clipped to [0, W] / [0, H].
 BOX_JITTER = 5
 PROMPT_COUNT = 16
-FIELDS = PROMPT_FIELDS  # loader fields; each comes with ``<field>_valid``
 
 
 @dataclass(frozen=True)
@@ -158,4 +155,4 @@ def boxes(mask: np.ndarray, inst: np.ndarray | None = None, count: int = PROMPT_
     return out, valid
 
 
-__all__ = ["BOX_JITTER", "FIELDS", "PROMPT_COUNT", "Prompts", "Regions", "boxes", "points", "regions"]
+__all__ = ["BOX_JITTER", "PROMPT_COUNT", "Prompts", "Regions", "boxes", "points", "regions"]

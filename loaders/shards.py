@@ -11,7 +11,7 @@ import torch
 
 from . import partition
 from .augment import Augment
-from .fields import DEFAULT_FIELDS, Decoder
+from .fields import DEFAULT_FIELDS, recorded_decoder
 from .prompts import Prompts
 from .reader import Shard, Source, open_sources, split_shards
 
@@ -36,17 +36,21 @@ class MedShards(torch.utils.data.IterableDataset):
     worker (split among the sources in resampled mode); identical for identical seed, epoch and numbers of workers
     and ranks; ``shuffle=False`` reads the manifest order. Call ``set_epoch`` before each epoch (it reaches
     persistent workers).
+
+    ``fields`` (default ``DEFAULT_FIELDS``), ``normalize`` (default ``sam``) and ``prompts`` left ``None`` follow what
+    the sources' builds recorded (``medprep build --preset``: the normalisation, a ``points``/``boxes`` field and its
+    box jitter).
     """
 
     def __init__(
         self,
         sources: Source | Sequence[Source],
         split: str = "train",
-        fields: Iterable[str] = DEFAULT_FIELDS,
+        fields: Iterable[str] | None = None,
         *,
-        normalize: str = "sam",
+        normalize: str | None = None,
         augment: Augment | None = None,
-        prompts: Prompts = Prompts(),
+        prompts: Prompts | None = None,
         shuffle: bool = True,
         shuffle_buffer: int = 64,
         seed: int = 0,
@@ -62,7 +66,7 @@ class MedShards(torch.utils.data.IterableDataset):
         self.datasets = open_sources(sources)
         self.split = split
         self.shards: list[Shard] = split_shards(self.datasets, split)
-        self.decoder = Decoder(fields, normalize, augment, prompts)
+        self.decoder = recorded_decoder(self.datasets, fields, DEFAULT_FIELDS, normalize, augment, prompts)
         self.entries = self.decoder.entries
         self.shuffle, self.shuffle_buffer, self.seed = shuffle, shuffle_buffer if shuffle else 0, seed
         self.rank, self.world_size = rank, world_size

@@ -67,6 +67,22 @@ def decode(stored: np.ndarray, scale: np.ndarray | None, dtype: str) -> np.ndarr
     return stored.astype(np.float32)
 
 
+def _open_root(url: str, mode: str = "r") -> zarr.Group:
+    try:
+        return zarr.open_group(zarr_location(url), mode=mode)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no teacher store at {url}: create it with 'medprep cache-teacher'") from None
+
+
+def _runs(root: zarr.Group) -> list[str]:
+    return sorted(name for name, _ in root.groups())
+
+
+def runs(url: str) -> list[str]:
+    """Names of the runs (groups) of the teacher store at ``url``, sorted; finished or not."""
+    return _runs(_open_root(url))
+
+
 class FeatureReader:
     """One run group of a teacher feature store, read-only (see the module docstring for the layout)."""
 
@@ -87,17 +103,14 @@ class FeatureReader:
     @classmethod
     def open(cls: type[_Reader], url: str, run: str | None = None, mode: str = "r") -> _Reader:
         """Open run ``run`` of the store at ``url`` (``run=None``: the store's only run; ``mode``: zarr's)."""
-        try:
-            root = zarr.open_group(zarr_location(url), mode=mode)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"no teacher store at {url}: create it with 'medprep cache-teacher'") from None
-        runs = sorted(name for name, _ in root.groups())
+        root = _open_root(url, mode)
+        present = _runs(root)
         if run is None:
-            if len(runs) != 1:
-                raise ValueError(f"{url} holds runs {runs}: say which one with run=/--run")
-            run = runs[0]
-        if run not in runs:
-            raise KeyError(f"{url} has no run {run!r}; runs present: {runs}")
+            if len(present) != 1:
+                raise ValueError(f"{url} holds runs {present}: say which one with run=/--run")
+            run = present[0]
+        if run not in present:
+            raise KeyError(f"{url} has no run {run!r}; runs present: {present}")
         return cls(root[run], url, run)
 
     def shard_slice(self, s: int) -> slice:
@@ -140,5 +153,5 @@ class FeatureReader:
         return mask
 
 
-__all__ = ["DTYPES", "FORMAT", "STORED", "VIEWS", "FeatureReader", "decode", "in_fraction", "suffix",
+__all__ = ["DTYPES", "FORMAT", "STORED", "VIEWS", "FeatureReader", "decode", "in_fraction", "runs", "suffix",
            "zarr_location"]

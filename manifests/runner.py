@@ -31,6 +31,10 @@ WORKER_ENV: dict[str, Any] = {
     "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 32 << 20,
 }
 
+# no dashboard, and the scheduler's small HTTP server on a free local port rather than 8787 (which warns whenever
+# another cluster holds it)
+_QUIET_HTTP = {"dashboard_address": "127.0.0.1:0"}
+
 
 class DaskRunner:
     """A dask client over a LocalCluster it starts (``scheduler=None``) or over a running scheduler."""
@@ -51,8 +55,10 @@ class DaskRunner:
         try:
             if self.scheduler is None:
                 with dask.config.set(self.env):
+                    kwargs = dict(self.cluster_kwargs)
+                    kwargs["scheduler_kwargs"] = {**_QUIET_HTTP, **kwargs.get("scheduler_kwargs", {})}
                     self._cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                                 dashboard_address=None, **self.cluster_kwargs)
+                                                 dashboard_address=None, **kwargs)
             self._client = Client(self.scheduler or self._cluster)
         except BaseException:
             self.close()

@@ -152,7 +152,8 @@ def _members(f: IO[bytes], where: str, regular_only: bool) -> Iterator[tuple[tar
                                          f"the shard is cut short or a tar header is damaged") from None
                 return
             except tarfile.TarError as e:
-                raise ShardError(f"{where}: damaged tar header after member {last!r} ({e})") from None
+                raise ShardError(f"{where}: the tar breaks off after member {last!r} ({e}): the shard is cut short "
+                                 f"or damaged") from None
             last = m.name
             if m.isreg():
                 yield tf, m

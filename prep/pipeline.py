@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from medprep import __version__
 from medprep.manifests import FAILURES, MANIFEST, Manifest, atomic_write, dumps, sha256_bytes
@@ -41,6 +41,7 @@ def build(
     strict: bool = False,
     overwrite: bool = False,
     on_event: OnEvent | None = None,
+    command: Sequence[str] | None = None,
     **fields: Any,
 ) -> BuildResult:
     """Build a dataset from its official layout under ``src`` into ``out/<dataset>/`` (``out`` is the parent
@@ -49,7 +50,8 @@ def build(
     ``params``: the :class:`BuildParams`, or a dataset name with the fields and converter options as keywords
     (``build("drive", src, out, size=256)`` builds ``BuildParams.of("drive", size=256)``). ``workers`` > 1 or a
     dask ``scheduler`` address run the tasks on dask; ``strict`` publishes nothing if any input fails;
-    ``on_event`` receives :class:`Planned`, :class:`TaskDone` and :class:`Published` events. Reruns with the same
+    ``on_event`` receives :class:`Planned`, :class:`TaskDone` and :class:`Published` events; ``command`` (the CLI
+    passes ``sys.argv``) is recorded in the manifest's parameters with the source location. Reruns with the same
     parameters resume an interrupted build or return the finished one unchanged; a finished build with other
     parameters is replaced only with ``overwrite=True``.
     """
@@ -106,7 +108,8 @@ def build(
     if staged.exists():
         shutil.rmtree(staged)  # an earlier publish was interrupted: redo it from the kept parts
     staged.mkdir()
-    manifest = publish(staged, partial, planned, results, failures, p, conv, split_sha, plan_sha)
+    origin = {"command": list(command) if command else None, "source": str(Path(src).resolve())}
+    manifest = publish(staged, partial, planned, results, failures, p, conv, split_sha, plan_sha, origin)
     swap_in(staged, out, partial)
     shutil.rmtree(partial)
     emit(Published(out))

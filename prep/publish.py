@@ -16,6 +16,7 @@ from medprep import __version__
 from medprep.manifests import (
     FAILURES, MANIFEST, SAMPLES, Manifest, ShardEntry, atomic_write, dumps, jsonl_bytes, sha256_bytes, wids_index,
 )
+from medprep.manifests.card import CARD, README, dataset_card, markdown
 
 from .datasets import Converter, modality_id
 from .params import BuildError, BuildParams
@@ -39,9 +40,11 @@ def swap_in(staged: Path, out: Path, partial: Path) -> None:
 
 
 def publish(out: Path, partial: Path, plan: Plan, results: list[dict[str, Any]], failures: list[dict[str, Any]],
-            p: BuildParams, conv: Converter, split_sha: str | None, plan_sha: str) -> Manifest:
+            p: BuildParams, conv: Converter, split_sha: str | None, plan_sha: str,
+            origin: dict[str, Any]) -> Manifest:
     """Give the parts in ``partial`` their final shard names in ``out`` in plan order (hard links, so a rerun can
-    redo this), then write samples, failures, wids indexes and, last, the manifest."""
+    redo this), then write samples, failures, wids indexes, the dataset card (``card.json``, ``README.md``) and,
+    last, the manifest. ``origin`` (the command line and the source location) is recorded with the parameters."""
     shards: list[ShardEntry] = []
     rows: list[dict[str, Any]] = []
     counter: dict[str, int] = {}
@@ -70,6 +73,7 @@ def publish(out: Path, partial: Path, plan: Plan, results: list[dict[str, Any]],
                      dumps(wids_index([s for s in shards if s.split == split], f"{conv.name}-{split}")))
     params = p.recorded(split_sha)
     params["plan_sha256"] = plan_sha
+    params.update(origin)
     manifest = Manifest(
         dataset=conv.name, modality=conv.modality, modality_id=_dataset_modality_id(p, rows),
         medprep_version=__version__, params=params, shards=shards,
@@ -79,6 +83,9 @@ def publish(out: Path, partial: Path, plan: Plan, results: list[dict[str, Any]],
         files={"samples": SAMPLES, "samples_sha256": sha256_bytes(samples_b), "failures": FAILURES,
                "failures_sha256": sha256_bytes(failures_b)},
     )
+    card = dataset_card(manifest, rows, failures)
+    atomic_write(out / CARD, dumps(card))
+    atomic_write(out / README, markdown(card).encode())
     atomic_write(out / MANIFEST, dumps(manifest.to_json()))
     return manifest
 

@@ -55,8 +55,9 @@ def convert(conv: Converter, rec: Record, loaded: Loaded, hashes: dict[str, str]
         sample[f"patch{p}.npy"] = encode_npy(grid)
     for name, extra in loaded.extras.items():
         sample[f"{name}.png"] = encode_png(geo.label(extra).view(np.uint8) * np.uint8(255))
-    if loaded.inst is not None:
-        sample["inst.png"] = encode_png(geo.label(loaded.inst))
+    inst = geo.label(loaded.inst) if loaded.inst is not None else None
+    if inst is not None:
+        sample["inst.png"] = encode_png(inst)
     row = {
         "key": key,
         "split": split,
@@ -65,6 +66,7 @@ def convert(conv: Converter, rec: Record, loaded: Loaded, hashes: dict[str, str]
         "original_hw": meta["original_hw"],
         "foreground": meta["foreground"],
         **({"group": rec.group} if rec.group is not None else {}),
+        **({"instances": int(np.count_nonzero(np.bincount(inst.ravel())[1:]))} if inst is not None else {}),
     }
     return sample, row
 
