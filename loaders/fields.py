@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 cv2.setNumThreads(1)
 
-DEFAULT_FIELDS = ("image", "mask", "patch32", "modality_id", "key")
+DEFAULT_FIELDS = ("image", "mask", "patch32", "modality_id", "key")  # what MedShards and MedShardsIndexed give
 _ENTRIES = {"image": "image.png", "mask": "mask.png", "fov": "fov.png", "inst": "inst.png",
             "modality_id": "modality.cls", "meta": "meta.json", "key": None}
 
@@ -201,10 +201,10 @@ class Decoder:
         return out
 
 
-def recorded_decoder(datasets: Sequence[BuiltDataset], fields: Iterable[str] | None, default_fields: Iterable[str],
-                     normalize: str | None, augment: Augment | None, prompts: Prompts | None) -> Decoder:
+def recorded_decoder(datasets: Sequence[BuiltDataset], fields: Iterable[str] | None, normalize: str | None,
+                     augment: Augment | None, prompts: Prompts | None) -> Decoder:
     """A ``Decoder`` whose arguments left ``None`` come from what the sources' builds recorded for their readers
-    (``medprep build --preset``): ``normalize`` (else ``sam``), the ``prompts`` field added to ``default_fields``,
+    (``medprep build --preset``): ``normalize`` (else ``sam``), the ``prompts`` field added to ``DEFAULT_FIELDS``,
     and ``box_jitter``. Sources that recorded different values of one are an error: pass it explicitly."""
     recorded: dict[str, Any] = {}
     for name in ("normalize", "prompts", "box_jitter"):
@@ -215,7 +215,7 @@ def recorded_decoder(datasets: Sequence[BuiltDataset], fields: Iterable[str] | N
         if values != {None}:
             recorded[name] = values.pop()
     if fields is None:
-        fields = (*default_fields, *([recorded["prompts"]] if "prompts" in recorded else []))
+        fields = (*DEFAULT_FIELDS, *([recorded["prompts"]] if "prompts" in recorded else []))
     if prompts is None:
         prompts = Prompts(box_jitter=recorded["box_jitter"]) if "box_jitter" in recorded else Prompts()
     return Decoder(fields, normalize or recorded.get("normalize", "sam"), augment, prompts)

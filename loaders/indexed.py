@@ -19,16 +19,14 @@ from medprep.manifests import BuiltDataset, ShardEntry, ShardIndex
 from .augment import Augment
 from .fields import recorded_decoder
 from .prompts import Prompts
-from .reader import Source, open_sources
-
-INDEXED_FIELDS = ("image", "mask", "patch32", "modality_id", "key", "meta")
-
+from .reader import Source, open_sources, roots
 
 class MedShardsIndexed(torch.utils.data.Dataset):
     """Sample ``i`` of ``split`` over one or more built datasets (sources in order, then wids index order).
 
-    Same fields, normalisations, augmentations and prompts as ``MedShards``; an augmentation and the box
-    perturbation draw from a generator seeded by ``(seed, i)``, so ``ds[i]`` is reproducible.
+    Same fields (default ``DEFAULT_FIELDS``), normalisations, augmentations and prompts as ``MedShards``; an
+    augmentation and the box perturbation draw from a generator seeded by ``(seed, i)``, so ``ds[i]`` is
+    reproducible.
     """
 
     def __init__(self, sources: Source | Sequence[Source], split: str = "test",
@@ -36,7 +34,7 @@ class MedShardsIndexed(torch.utils.data.Dataset):
                  augment: Augment | None = None, prompts: Prompts | None = None, seed: int = 0):
         self.datasets = open_sources(sources)
         self.split, self.seed = split, seed
-        self.decoder = recorded_decoder(self.datasets, fields, INDEXED_FIELDS, normalize, augment, prompts)
+        self.decoder = recorded_decoder(self.datasets, fields, normalize, augment, prompts)
         self.entries = self.decoder.entries
         self.shards: list[tuple[BuiltDataset, ShardEntry]] = [
             (ds, e) for ds in self.datasets for e in ds.wids_shards(split) if e.nsamples]
@@ -45,6 +43,10 @@ class MedShardsIndexed(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return self.starts[-1]
+
+    def __repr__(self) -> str:
+        return (f"MedShardsIndexed({roots(self.datasets)}, split={self.split!r}, samples={len(self)}, "
+                f"shards={len(self.shards)}, fields={self.decoder.fields}, normalize={self.decoder.normalize!r})")
 
     def locate(self, i: int) -> tuple[int, int]:
         """``(shard number, sample number in the shard)`` of global index ``i``."""

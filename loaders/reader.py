@@ -33,6 +33,11 @@ class Shard:
         return self.dataset.read_shard(self.entry, entries, stride, offset)
 
 
+def roots(datasets: list[BuiltDataset]) -> str:
+    """How a reader's repr names its sources: the root of one, the list of several."""
+    return repr(datasets[0].root) if len(datasets) == 1 else repr([ds.root for ds in datasets])
+
+
 def split_shards(datasets: list[BuiltDataset], split: str) -> list[Shard]:
     """The shards of ``split`` of every dataset, in source then manifest order; a source without it is an error."""
     shards = []
@@ -54,4 +59,4 @@ def read_samples(url: str, entries: Collection[str] | None = None, stride: int =
     return open_dataset(root).read_shard(name, entries, stride, offset)
 
 
-__all__ = ["Shard", "Source", "open_sources", "read_samples", "split_shards"]
+__all__ = ["Shard", "Source", "open_sources", "read_samples", "roots", "split_shards"]

@@ -11,9 +11,9 @@ import torch
 
 from . import partition
 from .augment import Augment
-from .fields import DEFAULT_FIELDS, recorded_decoder
+from .fields import recorded_decoder
 from .prompts import Prompts
-from .reader import Shard, Source, open_sources, split_shards
+from .reader import Shard, Source, open_sources, roots, split_shards
 
 BALANCE = (None, "modality")
 
@@ -66,7 +66,7 @@ class MedShards(torch.utils.data.IterableDataset):
         self.datasets = open_sources(sources)
         self.split = split
         self.shards: list[Shard] = split_shards(self.datasets, split)
-        self.decoder = recorded_decoder(self.datasets, fields, DEFAULT_FIELDS, normalize, augment, prompts)
+        self.decoder = recorded_decoder(self.datasets, fields, normalize, augment, prompts)
         self.entries = self.decoder.entries
         self.shuffle, self.shuffle_buffer, self.seed = shuffle, shuffle_buffer if shuffle else 0, seed
         self.rank, self.world_size = rank, world_size
@@ -87,6 +87,11 @@ class MedShards(torch.utils.data.IterableDataset):
             raise ValueError(f"epoch_samples={epoch_samples}: expected a positive number of samples per rank")
         self.epoch_samples = epoch_samples
         self._epoch = multiprocessing.RawValue("q", epoch)  # shared with (persistent) DataLoader workers
+
+    def __repr__(self) -> str:
+        return (f"MedShards({roots(self.datasets)}, split={self.split!r}, samples={self.nsamples()}, "
+                f"shards={len(self.shards)}, fields={self.decoder.fields}, normalize={self.decoder.normalize!r}, "
+                f"{'resampled' if self.resampled else 'exact'} epochs)")
 
     # -- epochs and sizes ---------------------------------------------------------------------------------------
     @property

@@ -30,6 +30,11 @@ class TeacherFeatures:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._open(state["url"], state["run"])
 
+    def __repr__(self) -> str:
+        return (f"TeacherFeatures({self.store.url!r}, run={self.store.run!r}, samples={len(self)}, "
+                f"done={int(self._done.sum())}, dtype={self.store.dtype!r}, views={self.views}, "
+                f"feature_shape={tuple(self.store.attrs['feature_shape'])})")
+
     @property
     def views(self) -> list[str]:
         return self.store.views
@@ -88,6 +93,9 @@ class TeacherJoin(torch.utils.data.IterableDataset):
             raise ValueError(f"hflip={hflip} needs the hflip view, but the store holds only {features.views}: "
                              f"cache it with --views identity,hflip")
         self.samples, self.features, self.hflip, self.seed, self.epoch = samples, features, hflip, seed, 0
+
+    def __repr__(self) -> str:
+        return f"TeacherJoin({self.samples!r}, {self.features!r}, hflip={self.hflip}, seed={self.seed})"
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -13,6 +13,7 @@ per sample and the dataset (manifest sha256) it was cached from.
 
 from __future__ import annotations
 
+import json
 import shlex
 from collections import Counter
 from typing import Any
@@ -79,7 +80,7 @@ def dataset_card(manifest: Manifest, rows: list[dict[str, Any]], failures: list[
             "min_hw": list(min(sizes, key=lambda hw: (hw[0] * hw[1], hw))) if sizes else None,
             "max_hw": list(max(sizes, key=lambda hw: (hw[0] * hw[1], hw))) if sizes else None,
         },
-        "foreground": {**(quartiles(fg) or {}), "samples": len(fg), "empty": sum(v == 0 for v in fg)},
+        "foreground": {**(quartiles(fg) or {}), "samples": len(fg), "empty": sum(int(v == 0) for v in fg)},
         "instances": {**quartiles(inst), "samples": len(inst), "total": int(sum(inst))} if inst else None,
         "failures": [{"reason": kind, "count": len(fs),
                       "examples": [{"source_id": f.get("source_id"), "reason": f["reason"],
@@ -167,7 +168,9 @@ def _short(value: Any, limit: int = 5) -> str:
         return f"{', '.join(map(str, value[:limit]))}, ... ({len(value)} in all)"
     if isinstance(value, list):
         return ", ".join(map(str, value)) or "(none)"
-    return f"`{value}`" if isinstance(value, (dict, type(None))) else str(value)
+    if value is None:
+        return "-"
+    return f"`{json.dumps(value, sort_keys=True)}`" if isinstance(value, dict) else str(value)
 
 
 def _dataset_markdown(c: dict[str, Any]) -> list[str]:

@@ -44,6 +44,11 @@ class BuiltDataset:
         self._entries = {s.name: s for s in self.manifest.shards}
         self._stamp: str | None = None  # manifest.json's file stamp when its generation was last confirmed
 
+    def __repr__(self) -> str:
+        splits = {s: self.manifest.nsamples(s) for s in self.manifest.splits()}
+        return (f"BuiltDataset({self.root!r}, dataset={self.name!r}, samples={splits}, "
+                f"shards={len(self.manifest.shards)}, generation={self.generation!r})")
+
     @property
     def name(self) -> str:
         return self.manifest.dataset

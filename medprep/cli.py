@@ -117,7 +117,7 @@ def build(
                                 split_file=str(split_file) if split_file else None, group_by=group_by,
                                 shard_size=parse_size(shard_size), shard_samples=shard_samples, options=opts)
         result = run_build(params, src, out, workers=workers, scheduler=scheduler, strict=strict, overwrite=overwrite,
-                           on_event=draw)
+                           on_event=draw, command=["medprep", *sys.argv[1:]])
     except (BuildError, LayoutError, ValueError) as e:
         bar.close()
         fail(str(e))
@@ -217,6 +217,41 @@ def verify(path: str = typer.Argument(..., help="A built dataset folder or fsspe
     typer.echo(json.dumps(report.to_json(), indent=1) if as_json else report.summary())
     if not report.ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def info(path: str = typer.Argument(..., help="A built dataset folder or a teacher store (zarr), path or fsspec URL."),
+         as_json: bool = typer.Option(False, "--json", help="Print the card as JSON.")) -> None:
+    """Show the card of a built dataset (splits, sizes, foreground, failures, how it was built) or a teacher store
+    (runs, encoder, checkpoint, dtype, progress, source dataset)."""
+    from medprep.manifests.card import card, markdown
+
+    try:
+        c = card(path)
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    typer.echo(json.dumps(c, indent=1) if as_json else markdown(c))
+
+
+@app.command()
+def preview(
+    path: str = typer.Argument(..., help="A built dataset folder or a teacher store (zarr)."),
+    out: Path = typer.Option(..., "--out", help="The PNG file to write."),
+    n: int = typer.Option(16, "--n", help="Samples to show."),
+    split: Optional[str] = typer.Option(None, help="Dataset split to draw from (default: all)."),
+    run: Optional[str] = typer.Option(None, help="Teacher store run to draw from (default: all finished runs)."),
+    seed: int = typer.Option(0, help="Seed of the sample choice."),
+    tile: int = typer.Option(256, help="Side of one image panel in pixels."),
+) -> None:
+    """Draw a contact sheet: images with their mask, patch32 grid, instance outlines and field of view; for a
+    teacher store, each image beside its embedding (PCA to RGB)."""
+    from medprep.preview import preview as draw_sheet
+
+    try:
+        sheet = draw_sheet(path, out, n=n, split=split, seed=seed, run=run, tile=tile)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        fail(e.args[0] if isinstance(e, KeyError) else str(e))
+    typer.echo(sheet.summary())
 
 
 @app.command()

@@ -103,7 +103,7 @@ def preview(path: str, out: str | Path, n: int = 16, split: str | None = None, s
 
 # -- built datasets -----------------------------------------------------------------------------------------------
 def _dataset_panels(ds: BuiltDataset, n: int, split: str | None, seed: int, side: int
-                    ) -> tuple[str, list[tuple[str, tuple[int, int, int]]], list[_Panel], list[str]]:
+                    ) -> tuple[str, list[tuple[str, tuple[int, int, int] | None]], list[_Panel], list[str]]:
     rows = list(ds.samples(split))
     if not rows:
         raise ValueError(f"{ds.root} has no samples{f' in split {split!r}' if split else ''}; its splits are "
@@ -160,13 +160,15 @@ def _labels_at(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _edges(labels: np.ndarray) -> np.ndarray:
-    """Pixels on the border between two labels (a label and background included)."""
-    e = np.zeros(labels.shape, bool)
-    e[:, :-1] |= labels[:, :-1] != labels[:, 1:]
-    e[:-1, :] |= labels[:-1, :] != labels[1:, :]
-    e[:, 1:] |= labels[:, :-1] != labels[:, 1:]
-    e[1:, :] |= labels[:-1, :] != labels[1:, :]
-    return e & (labels > 0)
+    """The pixels of each labelled region (label > 0) on its border with another label, the background or the
+    image's edge (so a region that covers the whole image still shows)."""
+    p = np.pad(labels, 1)
+    e = np.zeros(p.shape, bool)
+    e[:, :-1] |= p[:, :-1] != p[:, 1:]
+    e[:-1, :] |= p[:-1, :] != p[1:, :]
+    e[:, 1:] |= p[:, :-1] != p[:, 1:]
+    e[1:, :] |= p[:-1, :] != p[1:, :]
+    return (e & (p > 0))[1:-1, 1:-1]
 
 
 def _overlay(image: Image.Image, sample: dict[str, Any]) -> Image.Image:
@@ -206,7 +208,7 @@ def _paint(image: Image.Image, where: np.ndarray, colour: tuple[int, int, int]) 
 
 # -- teacher stores -----------------------------------------------------------------------------------------------
 def _store_panels(url: str, n: int, run: str | None, seed: int, side: int
-                  ) -> tuple[str, list[tuple[str, tuple[int, int, int]]], list[_Panel], list[str]]:
+                  ) -> tuple[str, list[tuple[str, tuple[int, int, int] | None]], list[_Panel], list[str]]:
     readers, notes = [], []
     for name in [run] if run is not None else runs(url):
         try:
@@ -244,8 +246,8 @@ def _store_panels(url: str, n: int, run: str | None, seed: int, side: int
             right = Image.fromarray(np.ascontiguousarray(emb[:vh, :vw])).resize(left.size, Image.Resampling.NEAREST)
             panels.append(_Panel(keys[i], None, reader.run, left, right, lines))
     title = f"{url}: teacher store, {len(panels)} of {len(done)} finished samples, seed {seed}"
-    legend = [("left: source image (valid region)", TEXT),
-              ("right: embedding, 3 main PCA components as RGB", TEXT), ("padding", PADDING)]
+    legend = [("left: source image (its valid region); right: the embedding's 3 main PCA components as RGB", None),
+              ("padding", PADDING)]
     return title, legend, panels, notes
 
 
@@ -309,7 +311,7 @@ def _fit_text(draw: ImageDraw.ImageDraw, text: str, width: int, font: Any) -> st
     return f"{text[:keep // 2]}...{text[len(text) - keep // 2:]}"
 
 
-def _compose(title: str, legend: list[tuple[str, tuple[int, int, int]]], panels: list[_Panel], side: int
+def _compose(title: str, legend: list[tuple[str, tuple[int, int, int] | None]], panels: list[_Panel], side: int
              ) -> tuple[Image.Image, list[Tile]]:
     """Lay ``panels`` out in rows of ``COLUMNS`` tiles under a title and a colour legend."""
     font = _font()
@@ -325,9 +327,11 @@ def _compose(title: str, legend: list[tuple[str, tuple[int, int, int]]], panels:
     draw.text((GAP, GAP), _fit_text(draw, title, width - 2 * GAP, font), fill=TEXT, font=font)
     x = GAP
     for name, colour in legend:
-        draw.rectangle([x, GAP + line + 2, x + FONT_SIZE, GAP + line + 2 + FONT_SIZE], fill=colour)
-        draw.text((x + FONT_SIZE + 5, GAP + line), name, fill=TEXT, font=font)
-        x += FONT_SIZE + 5 + int(draw.textlength(name, font=font)) + 3 * GAP
+        if colour is not None:
+            draw.rectangle([x, GAP + line + 2, x + FONT_SIZE, GAP + line + 2 + FONT_SIZE], fill=colour)
+            x += FONT_SIZE + 5
+        draw.text((x, GAP + line), name, fill=TEXT, font=font)
+        x += int(draw.textlength(name, font=font)) + 3 * GAP
     tiles = []
     for k, p in enumerate(panels):
         x0 = GAP + (k % cols) * (tile_w + GAP)

@@ -16,8 +16,9 @@ import os
 import re
 import stat
 import tarfile
+import threading
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import IO, Iterator
@@ -63,8 +64,15 @@ def archive_stem(name: str) -> str:
 
 def holds_archives(folder: Path) -> bool:
     """A folder to read as archives: it has no subfolders and at least one archive among its files."""
-    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
-    return not any(p.is_dir() for p in entries) and any(p.is_file() and is_archive(p.name) for p in entries)
+    found = False
+    with os.scandir(folder) as entries:  # stops at the first subfolder, without a stat per file
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            if e.is_dir():
+                return False
+            found = found or (is_archive(e.name) and e.is_file())
+    return found
 
 
 def _hidden(name: str) -> bool:
@@ -77,6 +85,7 @@ class _Member:
     raw: str  # the name as stored
     size: int
     csize: int  # compressed size (zip); the tar's data size otherwise
+    info: zipfile.ZipInfo | tarfile.TarInfo = field(compare=False, repr=False)  # what reads open it by
 
 
 class _Container:
@@ -118,7 +127,7 @@ class _Container:
                 if zi.flag_bits & 0x1:
                     raise ArchiveError(f"{self.label}: member {zi.filename!r} is encrypted; unpack it with its "
                                        f"password and pass the folder as --src")
-                yield _Member(self._safe(zi.filename), zi.filename, zi.file_size, zi.compress_size)
+                yield _Member(self._safe(zi.filename), zi.filename, zi.file_size, zi.compress_size, zi)
             return
         assert self._tar is not None
         try:
@@ -131,7 +140,7 @@ class _Container:
                     self._refuse(ti.name, "is a device, FIFO or other special file")
                 if ti.issparse():
                     self._refuse(ti.name, "is a sparse file (declared size without data)")
-                yield _Member(self._safe(ti.name), ti.name, ti.size, ti.size)
+                yield _Member(self._safe(ti.name), ti.name, ti.size, ti.size, ti)
         except (tarfile.TarError, OSError, EOFError) as e:
             raise ArchiveError(f"{self.label}: damaged tar ({e}); download it again") from None
 
@@ -150,11 +159,11 @@ class _Container:
     def read(self, m: _Member) -> bytes:
         limit = self.limits.max_member
         if self._zip is not None:
-            with self._zip.open(m.raw) as f:
+            with self._zip.open(m.info) as f:
                 data = f.read(limit + 1)
         else:
             assert self._tar is not None
-            f = self._tar.extractfile(m.raw)
+            f = self._tar.extractfile(m.info)  # by name, tarfile would scan every member for it
             if f is None:
                 raise ArchiveError(f"{self.label}: member {m.raw!r} is not a regular file")
             data = f.read(limit + 1)
@@ -261,10 +270,39 @@ def _join(base: str, rel: str) -> str:
 __all__ = ["ArchiveError", "ArchiveTree", "Limits", "archive_stem", "holds_archives", "is_archive"]
 
 
-def open_source(src: str | os.PathLike) -> SourceTree:
+def open_source(src: str | os.PathLike, reuse: bool = False) -> SourceTree:
     """The tree of a download as the user passed it: an archive file (zip/tar, read in place), a folder without
-    subfolders holding the download's archives side by side, or the extracted folder."""
+    subfolders holding the download's archives side by side, or the extracted folder.
+
+    ``reuse=True`` (the build's tasks) returns the archive tree this thread opened last for the same source while
+    its archives are unchanged (same size, mtime and inode), instead of listing and mounting them again per task.
+    """
     path = Path(src)
+    if reuse:
+        held = getattr(_reused, "tree", None)
+        if held is not None and held[0] == path and held[1] is not None and held[1] == _signature(path):
+            return held[2]
     if (path.is_file() and is_archive(path.name)) or (path.is_dir() and holds_archives(path)):
-        return ArchiveTree(path)
+        signature = _signature(path) if reuse else None
+        tree = ArchiveTree(path)
+        if reuse:
+            _reused.tree = (path, signature, tree)
+        return tree
     return SourceTree(path)
+
+
+_reused = threading.local()  # (path, signature, ArchiveTree): tar members are read through one file object
+
+
+def _signature(path: Path) -> tuple | None:
+    """What changes when an archive, or an archive in a folder of archives, is replaced or rewritten."""
+    def key(st: os.stat_result) -> tuple[int, int, int]:
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    try:
+        if path.is_dir():
+            with os.scandir(path) as entries:
+                return tuple(sorted((e.name, *key(e.stat())) for e in entries if not e.name.startswith(".")))
+        return key(path.stat())
+    except OSError:
+        return None

@@ -30,7 +30,7 @@ def run_task(task: Task, src: str, partial: str, p: BuildParams, root: str = "")
     part), ``failures`` and ``converted`` (inputs that gave at least one sample).
     """
     conv = p.converter()
-    tree = open_source(src)
+    tree = open_source(src, reuse=True)  # the tasks a process runs share the listed, mounted archives
     mid = p.modality_id
     parts: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []

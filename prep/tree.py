@@ -20,7 +20,9 @@ _DIGITS = re.compile(r"(\d+)")
 
 def natural_key(s: str) -> tuple:
     """Sort key that orders '2' before '10' (datasets number their files without zero padding)."""
-    return tuple([int(t) if t.isdigit() else t.lower() for t in _DIGITS.split(s)])
+    parts = _DIGITS.split(s.lower())  # digits are not cased: lowering the whole string lowers every text part
+    parts[1::2] = map(int, parts[1::2])
+    return tuple(parts)
 
 
 class SourceTree:
@@ -68,7 +70,9 @@ class SourceTree:
         found = self._match(pattern, "", ignore_case)
         if len(found) > 1:
             found.sort()  # ties of the natural order stay in path order
-            found.sort(key=natural_key)
+            # below a shared folder the natural order is that of the rest of the path: only that is tokenised
+            cut = os.path.commonprefix([found[0], found[-1]]).rfind("/") + 1
+            found.sort(key=lambda f: natural_key(f[cut:]))
         return found
 
     @cached_property

@@ -8,7 +8,7 @@ Layers, bottom to top (a module may import its own layer and the layers its row 
     medprep (root __init__: the version)   imports nothing of the package
     manifests  (+ manifests/pixels.py)     root
     prep | loaders | distill               manifests, root; never each other
-    cli                                    everything; nothing imports it
+    top (medprep/*.py: cli, preview)       everything; nothing below imports it
 
 What counts:
 
@@ -39,14 +39,15 @@ else:  # pragma: no cover
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "medprep"
 
-#: layer of a module (the component after ``medprep.``) -> the lower layers it may import
+#: layer of a module (the component after ``medprep.``; ``top``: the modules of the root package beside its
+#: ``__init__``, e.g. ``medprep.cli``, ``medprep.preview``) -> the lower layers it may import
 LAYERS: dict[str, set[str]] = {
     "root": set(),
     "manifests": {"root"},
     "prep": {"manifests", "root"},
     "loaders": {"manifests", "root"},
     "distill": {"manifests", "root"},
-    "cli": {"manifests", "prep", "loaders", "distill", "root"},
+    "top": {"manifests", "prep", "loaders", "distill", "root"},
 }
 #: fake-data modules: imported by tests and demos only
 FAKE = {"medprep.manifests.synthetic", "medprep.prep.synthetic", "medprep.prep.synthetic3d",
@@ -132,8 +133,11 @@ def imports(root: Path, known: dict[str, Path]) -> list[Import]:
 
 def layer(mod: str) -> str | None:
     parts = mod.split(".")
-    name = "root" if len(parts) == 1 else parts[1]
-    return name if name in LAYERS else None
+    if len(parts) == 1:
+        return "root"
+    if parts[1] in LAYERS.keys() - {"root", "top"}:
+        return parts[1]
+    return "top" if len(parts) == 2 else None
 
 
 def layer_violations(edges: list[Import], known: dict[str, Path]) -> list[str]:
@@ -289,6 +293,7 @@ def test_the_walk_sees_the_package(graph):
     relative = [e for e in edges if (e.importer, e.target, e.kind) ==
                 ("medprep.prep.datasets.drive", "medprep.prep.datasets.base", "module")]
     assert relative and relative[0].where.startswith("prep/datasets/drive.py:")  # resolved, with its line
+    assert layer("medprep.cli") == layer("medprep.preview") == "top" and layer("medprep.manifests") == "manifests"
 
 
 def test_imports_point_down_the_layers(graph):
