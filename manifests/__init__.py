@@ -1,7 +1,8 @@
 """The built-data format: the contract between prep (writer), loaders and distill (readers).
 
 Manifest schema (``schema``), the tar shard writer, reader and offset index (``tar``), a built dataset and every
-read of it with its integrity checks (``dataset``), ``verify``, and file-system helpers (``store``).
+read of it with its integrity checks (``dataset``), ``verify``, the cards of a build and a teacher store (``card``),
+and file-system helpers (``store``).
 """
 
 from .dataset import BuiltDataset, GenerationError, open_dataset, open_sources

@@ -6,8 +6,9 @@ manifest, and the tests compute the same numbers.
 
 A dataset card: per split the samples, shards and bytes (and the modality ids of its samples), the source image
 sizes (the most common ones), the foreground fraction (min, quartiles, max, empty masks), instances per sample where
-an instance map exists, failures by reason with examples, and the build's parameters, command line, source location
-and medprep version. A store card: per run the encoder, checkpoint sha256, dtype, views, done/total, feature bytes
+an instance map exists, failures by reason with examples, and the build's parameters, medprep version, command line
+and source folder (the last two are recorded in the build's ``card.json`` only: the manifest depends on the inputs
+and parameters alone). A store card: per run the encoder, checkpoint sha256, dtype, views, done/total, feature bytes
 per sample and the dataset (manifest sha256) it was cached from.
 """
 
@@ -29,6 +30,7 @@ CARD = "card.json"
 README = "README.md"
 TOP_SIZES = 10  # source image sizes listed (the most common first)
 EXAMPLES = 3  # failures shown per reason
+ORIGIN = ("command", "source")  # how a build was run: recorded in its card.json, not in the manifest
 
 
 def failure_kind(reason: str) -> str:
@@ -45,8 +47,11 @@ def quartiles(values: list[float]) -> dict[str, float] | None:
     return {k: round(float(v), 6) for k, v in zip(("min", "q1", "median", "q3", "max", "mean"), [*q, a.mean()])}
 
 
-def dataset_card(manifest: Manifest, rows: list[dict[str, Any]], failures: list[dict[str, Any]]) -> dict[str, Any]:
-    """The card of a build from its manifest, its ``samples.jsonl`` rows and its ``failures.jsonl`` rows."""
+def dataset_card(manifest: Manifest, rows: list[dict[str, Any]], failures: list[dict[str, Any]],
+                 origin: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The card of a build from its manifest, its ``samples.jsonl`` rows, its ``failures.jsonl`` rows and its
+    ``origin`` (``command``: the command line as a list, ``source``: the dataset's source folder; None if unknown)."""
+    origin = origin or {}
     splits = []
     for split in manifest.splits():
         shards = manifest.shards_of(split)
@@ -67,8 +72,7 @@ def dataset_card(manifest: Manifest, rows: list[dict[str, Any]], failures: list[
         "format": manifest.format,
         "generation": manifest.generation,
         "medprep_version": manifest.medprep_version,
-        "command": manifest.params.get("command"),
-        "source": manifest.params.get("source"),
+        **{k: origin.get(k) for k in ORIGIN},
         "totals": {"samples": manifest.nsamples(), "shards": len(manifest.shards),
                    "bytes": sum(s.bytes for s in manifest.shards), "inputs": manifest.counts.get("inputs"),
                    "failures": len(failures)},
@@ -92,8 +96,14 @@ def dataset_card(manifest: Manifest, rows: list[dict[str, Any]], failures: list[
 
 
 def card_of_dataset(ds: BuiltDataset) -> dict[str, Any]:
-    """The card of the built dataset ``ds`` (reads its samples and failures lists)."""
-    return dataset_card(ds.manifest, list(ds.samples()), ds.failures())
+    """The card of the built dataset ``ds``, computed from its manifest, samples and failures lists; the command
+    line and source folder come from the ``card.json`` its build wrote (None when there is none)."""
+    try:
+        written = store.read_json(ds.url(CARD))
+    except (FileNotFoundError, ValueError):
+        written = {}
+    return dataset_card(ds.manifest, list(ds.samples()), ds.failures(),
+                        {k: written.get(k) for k in ORIGIN} if isinstance(written, dict) else None)
 
 
 def run_card(reader: FeatureReader) -> dict[str, Any]:
@@ -129,15 +139,21 @@ def store_card(url: str) -> dict[str, Any]:
     return {"kind": "teacher-store", "url": url, "runs": out}
 
 
-def card(path: str) -> dict[str, Any]:
-    """The card of ``path``: a built dataset (holding ``manifest.json``) or a teacher store (a zarr group)."""
+def kind_of(path: str) -> str:
+    """``dataset`` for a built dataset (holding ``manifest.json``), ``teacher-store`` for a zarr teacher store;
+    anything else raises ``FileNotFoundError``."""
     fs, base = store.fs_and_path(path)
     if fs.exists(store.join(base, MANIFEST)):
-        return card_of_dataset(BuiltDataset(path))
+        return "dataset"
     if fs.exists(store.join(base, "zarr.json")):
-        return store_card(path)
+        return "teacher-store"
     raise FileNotFoundError(f"{path} is neither a built dataset (no {MANIFEST}) nor a teacher store (no zarr.json): "
                             f"pass a folder written by 'medprep build' or 'medprep cache-teacher'")
+
+
+def card(path: str) -> dict[str, Any]:
+    """The card of ``path``: a built dataset or a teacher store (see :func:`kind_of`)."""
+    return card_of_dataset(BuiltDataset(path)) if kind_of(path) == "dataset" else store_card(path)
 
 
 # -- Markdown -----------------------------------------------------------------------------------------------------
@@ -179,9 +195,9 @@ def _dataset_markdown(c: dict[str, Any]) -> list[str]:
              f"{c['modality']} (modality id {c['modality_id']}) · {_num(t['samples'])} samples in {t['shards']} "
              f"shards ({_bytes(t['bytes'])}) · {_num(t['inputs'])} inputs, {t['failures']} failures · generation "
              f"{c['generation']} · medprep {c['medprep_version']} · {c['format']}", ""]
-    command = c.get("command")
-    lines += [f"- built by: `{shlex.join(command) if command else '(the Python API: medprep.prep.build)'}`",
-              f"- source: `{c.get('source') or '(not recorded)'}`", "", "## Splits", ""]
+    command, source = c.get("command"), c.get("source")
+    how = shlex.join(command) if command else "(the Python API: medprep.prep.build)" if source else "(not recorded)"
+    lines += [f"- built by: `{how}`", f"- source: `{source or '(not recorded)'}`", "", "## Splits", ""]
     lines += _table(["split", "samples", "shards", "bytes", "modality ids (samples)"],
                     [[s["split"], _num(s["samples"]), s["shards"], _bytes(s["bytes"]),
                       ", ".join(f"{k}: {v}" for k, v in s["modality_ids"].items())] for s in c["splits"]]
@@ -211,8 +227,7 @@ def _dataset_markdown(c: dict[str, Any]) -> list[str]:
     else:
         lines += ["none", ""]
     lines += ["## Build parameters", ""]
-    lines += _table(["parameter", "value"], [[k, _short(v)] for k, v in sorted(c["params"].items())
-                                             if k not in ("command", "source")])
+    lines += _table(["parameter", "value"], [[k, _short(v)] for k, v in sorted(c["params"].items())])
     if c["split_report"]:
         lines += ["## Split report", ""]
         lines += _table(["field", "value"], [[k, _short(v)] for k, v in sorted(c["split_report"].items())])
@@ -248,5 +263,5 @@ def markdown(c: dict[str, Any]) -> str:
     return "\n".join(_dataset_markdown(c) if c["kind"] == "dataset" else _store_markdown(c)).rstrip() + "\n"
 
 
-__all__ = ["CARD", "README", "card", "card_of_dataset", "dataset_card", "failure_kind", "markdown", "quartiles",
-           "run_card", "store_card"]
+__all__ = ["CARD", "README", "card", "card_of_dataset", "dataset_card", "failure_kind", "kind_of", "markdown",
+           "quartiles", "run_card", "store_card"]

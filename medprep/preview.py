@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from medprep.manifests import MANIFEST, BuiltDataset, ShardIndex, store
+from medprep.manifests import BuiltDataset, ShardIndex
+from medprep.manifests.card import kind_of
 from medprep.manifests.features import FeatureReader, runs
 
 TILE = 256  # side of one panel in pixels
@@ -82,18 +83,15 @@ def preview(path: str, out: str | Path, n: int = 16, split: str | None = None, s
     ``out``. ``split`` picks a dataset's split (default: all); ``run`` a store's run (default: all finished ones)."""
     if n < 1 or tile < 32:
         raise ValueError(f"--n {n} and --tile {tile}: expected at least 1 sample and 32 pixels")
-    fs, base = store.fs_and_path(path)
-    if fs.exists(store.join(base, MANIFEST)):
+    kind = kind_of(path)
+    if kind == "dataset":
         if run is not None:
-            raise ValueError(f"--run {run!r} applies to teacher stores; {path} is a built dataset")
-        title, legend, panels, notes, kind = *_dataset_panels(BuiltDataset(path), n, split, seed, tile), "dataset"
-    elif fs.exists(store.join(base, "zarr.json")):
+            raise ValueError(f"--run {run!r} applies to teacher stores; {path} is a built dataset (use --split)")
+        title, legend, panels, notes = _dataset_panels(BuiltDataset(path), n, split, seed, tile)
+    else:
         if split is not None:
             raise ValueError(f"--split {split!r} applies to built datasets; {path} is a teacher store (use --run)")
-        title, legend, panels, notes, kind = *_store_panels(path, n, run, seed, tile), "teacher-store"
-    else:
-        raise FileNotFoundError(f"{path} is neither a built dataset (no {MANIFEST}) nor a teacher store (no "
-                                f"zarr.json): pass a folder written by 'medprep build' or 'medprep cache-teacher'")
+        title, legend, panels, notes = _store_panels(path, n, run, seed, tile)
     image, tiles = _compose(title, legend, panels, tile)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -113,7 +111,9 @@ def _dataset_panels(ds: BuiltDataset, n: int, split: str | None, seed: int, side
     panels, seen = [], set()
     for i in picked:
         row = rows[int(i)]
-        index = indexes.get(row["shard"]) or indexes.setdefault(row["shard"], ds.index_shard(row["shard"]))
+        if row["shard"] not in indexes:
+            indexes[row["shard"]] = ds.index_shard(row["shard"])
+        index = indexes[row["shard"]]
         raw = ds.fetch(row["shard"], index, index.position(row["key"]), ENTRIES)
         sample = _decode(raw)
         seen.update(k for k in ("inst", "fov") if k in sample)
@@ -147,11 +147,15 @@ def _decode(raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _fit_size(size: tuple[int, int], side: int) -> tuple[int, int]:
+    """``(width, height)`` scaled to fit a ``side`` x ``side`` box, aspect ratio kept."""
+    scale = side / max(size)
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
 def _fit(image: Image.Image, side: int) -> Image.Image:
-    """``image`` resized to fit a ``side`` x ``side`` box, aspect ratio kept."""
-    scale = side / max(image.size)
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    return image.resize(size, Image.Resampling.BILINEAR)
+    """``image`` resized (smoothly) to fit a ``side`` x ``side`` box, aspect ratio kept."""
+    return image.resize(_fit_size(image.size, side), Image.Resampling.BILINEAR)
 
 
 def _labels_at(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -238,7 +242,7 @@ def _store_panels(url: str, n: int, run: str | None, seed: int, side: int
             lines = [keys[i], f"{reader.run} · {reader.dtype} · {' x '.join(map(str, reader.attrs['feature_shape']))}"
                               + ("" if image is not None else " · no source image")]
             if image is None:
-                right = Image.fromarray(emb).resize(_fit(Image.fromarray(emb), side).size, Image.Resampling.NEAREST)
+                right = Image.fromarray(emb).resize(_fit_size(emb.shape[1::-1], side), Image.Resampling.NEAREST)
                 panels.append(_Panel(keys[i], None, reader.run, None, right, lines))
                 continue
             left = _fit(Image.fromarray(image), side)
@@ -246,8 +250,9 @@ def _store_panels(url: str, n: int, run: str | None, seed: int, side: int
             right = Image.fromarray(np.ascontiguousarray(emb[:vh, :vw])).resize(left.size, Image.Resampling.NEAREST)
             panels.append(_Panel(keys[i], None, reader.run, left, right, lines))
     title = f"{url}: teacher store, {len(panels)} of {len(done)} finished samples, seed {seed}"
-    legend = [("left: source image (its valid region); right: the embedding's 3 main PCA components as RGB", None),
-              ("padding", PADDING)]
+    pca = "the embedding's 3 main PCA components as RGB"
+    shown = f"left: source image (its valid region); right: {pca}" if any(p.left is not None for p in panels) else pca
+    legend = [(shown, None), ("padding", PADDING)]
     return title, legend, panels, notes
 
 

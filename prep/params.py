@@ -10,7 +10,7 @@ from typing import Any
 from medprep.manifests.modalities import MAP_NAMES, NAME_MAPS
 from medprep.manifests.pixels import NORMALIZATIONS, PER_IMAGE_NORMALIZATIONS, PROMPT_FIELDS
 
-from .datasets import Converter, converter_class, get_converter, modality_id
+from .datasets import Converter, converter_class, dataset_name, get_converter, modality_id
 from .imaging import INTERPOLATIONS, PNG_CODEC, RESIZE_MODES
 from .presets import PRESETS, apply_preset
 
@@ -28,7 +28,8 @@ class BuildError(RuntimeError):
 class BuildParams:
     """Every parameter a build's bytes depend on (recorded in the manifest).
 
-    Construction normalises (tuples, ``str`` paths, converter options without ``None`` values) and validates every
+    Construction normalises (the dataset's registered name, tuples, ``str`` paths, converter options without
+    ``None`` values) and validates every
     field, the converter options and the modality table included, raising ``ValueError`` with the option to fix.
 
     Recipe fields: ``preset`` (the name; :meth:`of` fills the parameters not given from it), ``interpolation``
@@ -56,7 +57,8 @@ class BuildParams:
     box_jitter: int | None = None
 
     def __post_init__(self) -> None:
-        norm = {"patch_sizes": tuple(int(p) for p in self.patch_sizes), "shard_size": int(self.shard_size),
+        norm = {"dataset": dataset_name(self.dataset),  # DRIVE, Kvasir_SEG: the registered spelling
+                "patch_sizes": tuple(int(p) for p in self.patch_sizes), "shard_size": int(self.shard_size),
                 "split_file": os.fspath(self.split_file) if self.split_file else None,
                 "options": {k: v for k, v in dict(self.options).items() if v is not None}}
         for name, value in norm.items():

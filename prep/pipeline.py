@@ -51,7 +51,7 @@ def build(
     (``build("drive", src, out, size=256)`` builds ``BuildParams.of("drive", size=256)``). ``workers`` > 1 or a
     dask ``scheduler`` address run the tasks on dask; ``strict`` publishes nothing if any input fails;
     ``on_event`` receives :class:`Planned`, :class:`TaskDone` and :class:`Published` events; ``command`` (the CLI
-    passes ``sys.argv``) is recorded in the manifest's parameters with the source location. Reruns with the same
+    passes ``sys.argv``) is recorded with the dataset's folder in the card beside the manifest. Reruns with the same
     parameters resume an interrupted build or return the finished one unchanged; a finished build with other
     parameters is replaced only with ``overwrite=True``.
     """
@@ -108,7 +108,8 @@ def build(
     if staged.exists():
         shutil.rmtree(staged)  # an earlier publish was interrupted: redo it from the kept parts
     staged.mkdir()
-    origin = {"command": list(command) if command else None, "source": str(Path(src).resolve())}
+    # the dataset's own folder (what recorded paths are relative to), wherever at or above it --src pointed
+    origin = {"command": list(command) if command else None, "source": str(Path(src).resolve() / planned.root)}
     manifest = publish(staged, partial, planned, results, failures, p, conv, split_sha, plan_sha, origin)
     swap_in(staged, out, partial)
     shutil.rmtree(partial)

@@ -44,7 +44,9 @@ def publish(out: Path, partial: Path, plan: Plan, results: list[dict[str, Any]],
             origin: dict[str, Any]) -> Manifest:
     """Give the parts in ``partial`` their final shard names in ``out`` in plan order (hard links, so a rerun can
     redo this), then write samples, failures, wids indexes, the dataset card (``card.json``, ``README.md``) and,
-    last, the manifest. ``origin`` (the command line and the source location) is recorded with the parameters."""
+    last, the manifest. ``origin`` (the command line and the source folder) is recorded in the card, not in the
+    manifest: the manifest depends on the inputs and parameters only (an archive and its extracted folder, or
+    another spelling of the same command, give the same bytes)."""
     shards: list[ShardEntry] = []
     rows: list[dict[str, Any]] = []
     counter: dict[str, int] = {}
@@ -73,7 +75,6 @@ def publish(out: Path, partial: Path, plan: Plan, results: list[dict[str, Any]],
                      dumps(wids_index([s for s in shards if s.split == split], f"{conv.name}-{split}")))
     params = p.recorded(split_sha)
     params["plan_sha256"] = plan_sha
-    params.update(origin)
     manifest = Manifest(
         dataset=conv.name, modality=conv.modality, modality_id=_dataset_modality_id(p, rows),
         medprep_version=__version__, params=params, shards=shards,
@@ -83,7 +84,7 @@ def publish(out: Path, partial: Path, plan: Plan, results: list[dict[str, Any]],
         files={"samples": SAMPLES, "samples_sha256": sha256_bytes(samples_b), "failures": FAILURES,
                "failures_sha256": sha256_bytes(failures_b)},
     )
-    card = dataset_card(manifest, rows, failures)
+    card = dataset_card(manifest, rows, failures, origin)
     atomic_write(out / CARD, dumps(card))
     atomic_write(out / README, markdown(card).encode())
     atomic_write(out / MANIFEST, dumps(manifest.to_json()))

@@ -66,9 +66,19 @@ def convert(conv: Converter, rec: Record, loaded: Loaded, hashes: dict[str, str]
         "original_hw": meta["original_hw"],
         "foreground": meta["foreground"],
         **({"group": rec.group} if rec.group is not None else {}),
-        **({"instances": int(np.count_nonzero(np.bincount(inst.ravel())[1:]))} if inst is not None else {}),
+        **({"instances": _labels_present(inst)} if inst is not None else {}),
     }
     return sample, row
+
+
+def _labels_present(inst: np.ndarray) -> int:
+    """Distinct nonzero labels of an instance map. A label's first pixel (row-major) is the first pixel or one that
+    differs from the pixel before it, so only those are looked up: ~10x cheaper than a bincount of the map."""
+    flat = inst.ravel()
+    seen = np.zeros(int(flat.max()) + 1, bool)
+    seen[flat[0]] = True
+    seen[flat[1:][flat[1:] != flat[:-1]]] = True
+    return int(np.count_nonzero(seen[1:]))
 
 
 def worst_case_bytes(params: BuildParams, extras: int = 2) -> int:

@@ -150,17 +150,38 @@ class SourceTree:
         Users pass either the dataset folder itself or a folder above it; both work. Raises LayoutError naming
         what was expected and what was found.
         """
-        prefixes = sorted((p for p in self._folders if p.count("/") + bool(p) <= max_depth),
-                          key=lambda p: (p.count("/") + bool(p), p))
-        for prefix in prefixes:
-            if self._match(marker, prefix, False):
-                return prefix
+        found = self.locate(marker, max_depth)
+        if found is not None:
+            return found
         archives = [f for f in self.files if f.lower().endswith(ARCHIVE_SUFFIXES) and "/" not in f]
-        hint = (f"; {self.label} holds {', '.join(archives)}: unpack it or pass the archive as --src"
-                if archives else "; pass the folder the official download unpacks to")
+        inside = self.inside_of(marker)
+        if archives:
+            hint = f"; {self.label} holds {', '.join(archives)}: unpack it or pass the archive as --src"
+        elif inside is not None:
+            hint = (f"; {self.label} looks like a folder inside the download ({inside}/ of {marker}): pass the "
+                    f"parent folder, --src {Path(self.label).parent}")
+        else:
+            hint = "; pass the folder the official download unpacks to"
         raise LayoutError(
             f"{dataset}: expected {marker} under {self.label} (or a subfolder of it); found {self.top_level()}{hint}"
         )
+
+    def locate(self, marker: str, max_depth: int = 3) -> str | None:
+        """The shallowest folder prefix ('' for the root) below which the glob ``marker`` matches, searching the
+        root and up to ``max_depth`` levels below it; None if it matches nowhere."""
+        prefixes = sorted((p for p in self._folders if p.count("/") + bool(p) <= max_depth),
+                          key=lambda p: (p.count("/") + bool(p), p))
+        return next((prefix for prefix in prefixes if self._match(marker, prefix, False)), None)
+
+    def inside_of(self, marker: str) -> str | None:
+        """When the root is a folder inside the dataset (``DRIVE/training`` for the marker
+        ``training/images/*_training.tif``), the marker's leading folders that lead to it (``training``); else
+        None. Only a tail of the marker that still names a folder counts (a bare ``*.png`` proves nothing)."""
+        parts = marker.split("/")
+        for cut in range(1, len(parts) - 1):
+            if self._match("/".join(parts[cut:]), "", False):
+                return "/".join(parts[:cut])
+        return None
 
 
 _MAGIC = re.compile(r"[*?\[]")

@@ -19,7 +19,7 @@ from medprep.distill import CacheParams, cache_teacher
 from medprep.loaders import DEFAULT_FIELDS, MedShards, MedShardsIndexed
 from medprep.loaders.teacher import teacher_shards
 from medprep.manifests import SPLITS, BuiltDataset, sha256_file, verify
-from medprep.manifests.card import CARD, README, TOP_SIZES
+from medprep.manifests.card import CARD, ORIGIN, README, TOP_SIZES
 from medprep.preview import COLOURS, preview
 from medprep.prep.datasets import make_fake
 
@@ -87,8 +87,9 @@ def test_dataset_card_numbers_match_manifest_and_samples(built, name):
     assert (c["foreground"]["min"], c["foreground"]["max"]) == (fg[0], fg[-1])
     assert c["foreground"]["median"] == pytest.approx(float(np.median(fg)), abs=1e-6)
     assert c["foreground"]["empty"] == sum(v == 0 for v in fg)
-    assert c["params"]["command"] == command and c["command"] == command
-    assert c["source"] == str(Path(src).resolve()) == manifest["params"]["source"]
+    assert c["command"] == command and Path(c["source"]).is_dir() and not set(ORIGIN) & set(manifest["params"])
+    assert Path(c["source"]).resolve().is_relative_to(Path(src).resolve())  # the dataset's folder at or below --src
+    assert all(Path(c["source"], f).exists() for r in rows for f in r["sha256"])  # recorded paths are relative to it
     assert c["params"] == manifest["params"] and c["generation"] == manifest["generation"]
     assert c["medprep_version"] == manifest["medprep_version"]
     # the build wrote the same card and its Markdown beside the manifest; verify accepts both files
@@ -116,6 +117,17 @@ def test_card_details_per_dataset(built):
     for heading in ("# dsb2018: dataset card", "## Splits", "## Source image sizes", "## Foreground fraction",
                     "## Instances per sample", "## Failures", "## Build parameters", "medprep build --dataset dsb2018"):
         assert heading in text
+
+
+def test_card_of_a_build_without_card_json(built, tmp_path):
+    """Builds made before cards existed: the numbers are computed, the command line and source are unknown."""
+    copy = tmp_path / "shenzhen"
+    shutil.copytree(built["shenzhen"][0], copy)
+    (copy / CARD).unlink()
+    c = info_json(copy)
+    assert c["command"] is None and c["source"] is None and c["totals"]["samples"] == info_json(
+        built["shenzhen"][0])["totals"]["samples"]
+    assert "- built by: `(not recorded)`" in runner.invoke(app, ["info", str(copy)]).output
 
 
 def test_store_card(built, store):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from .base import (
-    DOMAINS, REGISTRY, Converter, Failure, Loaded, Record, converter_class, esp_split_name, get_converter,
-    load_all, make_fake, modality_id, register, registered,
+    DOMAINS, REGISTRY, Converter, Failure, Loaded, Record, converter_class, dataset_name, esp_split_name,
+    get_converter, load_all, looks_like, make_fake, modality_id, register, registered,
 )
 from .options import NoOptions, option
 from .options import describe as describe_options
 
 __all__ = ["DOMAINS", "REGISTRY", "Converter", "Failure", "Loaded", "Record", "NoOptions", "converter_class",
-           "describe_options", "esp_split_name", "get_converter", "load_all", "make_fake", "modality_id", "option",
-           "register", "registered"]
+           "dataset_name", "describe_options", "esp_split_name", "get_converter", "load_all", "looks_like", "make_fake",
+           "modality_id", "option", "register", "registered"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import pkgutil
 import re
@@ -13,7 +14,7 @@ import numpy as np
 
 from medprep.manifests.modalities import MODALITY_MAPS, modality_id
 
-from ..imaging import ConversionError, binarize, decode
+from ..imaging import Box, ConversionError, binarize_box, decode, unbox
 from ..tree import SourceTree, natural_key, stem
 from .options import NoOptions, parse
 
@@ -75,6 +76,11 @@ class Converter:
     or test-only domain; None for generic converters and combinations), ``esp_name`` (the name of its
     ``<name>_data_split.json`` in the ESP-MedSAM repository, when it differs from ``name``).
 
+    Where it comes from (``medprep datasets NAME`` shows them; the registry battery requires them): ``homepage``
+    (the official page to download it from), ``license`` (its terms in a line; "see the official page" where they
+    are not stated plainly) and ``citation`` (the paper to cite). ``src_relative``: the options name files relative
+    to ``--src`` (the generic converters), so a recipe records ``--src`` itself rather than the dataset's folder.
+
     Fake data (tests, demo): ``fake(root, seed=0, **sizes) -> folder`` writes a small copy of the download with its
     format quirks (it imports ``medprep.prep.synthetic`` inside the function only); built with ``fake_options`` and
     the default split rule, its default output has ``fake_counts`` samples per split and ``fake_failures`` failures.
@@ -90,6 +96,10 @@ class Converter:
     Options: ClassVar[type] = NoOptions
     domain: ClassVar[str | None] = None
     esp_name: ClassVar[str | None] = None
+    homepage: ClassVar[str] = ""
+    license: ClassVar[str] = ""
+    citation: ClassVar[str] = ""
+    src_relative: ClassVar[bool] = False
     fake: ClassVar[Callable[..., Path] | None] = None
     fake_counts: ClassVar[dict[str, int]] = {}
     fake_failures: ClassVar[int] = 0
@@ -127,18 +137,29 @@ class Converter:
 
     @staticmethod
     def read_mask(blobs: dict[str, bytes], path: str, hw: tuple[int, int]) -> np.ndarray:
-        m = binarize(decode(blobs[path], path), path)
-        if m.shape != hw:
-            raise ConversionError(f"{path}: mask is {m.shape[1]}x{m.shape[0]} but the image is {hw[1]}x{hw[0]}")
-        return m
+        """The binarised mask at ``path``, which must be of size ``hw``."""
+        return unbox(*Converter.read_mask_box(blobs, path, hw), hw)
+
+    @staticmethod
+    def read_mask_box(blobs: dict[str, bytes], path: str, hw: tuple[int, int]) -> tuple[Box, np.ndarray]:
+        """``read_mask`` as (the box of the foreground, the bool mask inside it): see ``binarize_box``."""
+        arr = decode(blobs[path], path)
+        box, fg = binarize_box(arr, path)
+        if arr.shape[:2] != hw:
+            raise ConversionError(f"{path}: mask is {arr.shape[1]}x{arr.shape[0]} but the image is {hw[1]}x{hw[0]}")
+        return box, fg
 
     @classmethod
     def merge_masks(cls, blobs: dict[str, bytes], paths: Iterable[str], hw: tuple[int, int]) -> np.ndarray:
-        """OR of the binarised masks at ``paths`` (all of size ``hw``; none gives an empty mask)."""
+        """OR of the binarised masks at ``paths`` (all of size ``hw``; none gives an empty mask), each merged at
+        the cost of its foreground's box."""
         out = None
         for p in paths:
-            m = cls.read_mask(blobs, p, hw)
-            out = m if out is None else np.logical_or(out, m, out=out)
+            box, fg = cls.read_mask_box(blobs, p, hw)
+            if out is None:
+                out = unbox(box, fg, hw)
+            else:
+                out[box] |= fg
         return np.zeros(hw, bool) if out is None else out
 
     def root(self, tree: SourceTree) -> str:
@@ -167,7 +188,8 @@ def pair_by_name(
         masks = mask_of(img)
         missing = [m for m in masks if not tree.exists(m)]
         if missing or not masks:
-            failures.append(Failure(id_of(img), (img,), f"image without mask: expected {', '.join(missing) or '?'}"))
+            expected = ", ".join(missing) or "a mask file named after it"
+            failures.append(Failure(id_of(img), (img,), f"image without mask: expected {expected}"))
             continue
         used.update(masks)
         records.append(Record(id_of(img), img, tuple(masks), split=split, **fields))
@@ -203,13 +225,38 @@ def registered(domain: str | None = None) -> dict[str, type[Converter]]:
     return {n: c for n, c in sorted(REGISTRY.items()) if domain is None or c.domain == domain}
 
 
-def converter_class(name: str) -> type[Converter]:
-    """The registered converter of ``--dataset name``."""
+def _folded(name: str) -> str:
+    return re.sub(r"[\s_]+", "-", name.strip().lower())
+
+
+def dataset_name(name: str) -> str:
+    """The registered name ``--dataset name`` means: ``name`` itself, or the one it equals ignoring case, spaces and
+    ``_`` for ``-`` (``DRIVE``, ``Kvasir_SEG``). Raises ValueError with the closest names (difflib) otherwise."""
     load_all()
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown --dataset {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
+    if name in REGISTRY:
+        return name
+    folded = {_folded(n): n for n in REGISTRY}
+    if _folded(name) in folded:
+        return folded[_folded(name)]
+    close = [folded[c] for c in difflib.get_close_matches(_folded(name), list(folded), n=3, cutoff=0.6)]
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    raise ValueError(f"unknown --dataset {name!r}{hint} (known: {', '.join(sorted(REGISTRY))}; "
+                     f"'medprep datasets' describes each)")
+
+
+def converter_class(name: str) -> type[Converter]:
+    """The registered converter of ``--dataset name`` (any spelling :func:`dataset_name` accepts)."""
+    return REGISTRY[dataset_name(name)]
+
+
+def looks_like(tree: SourceTree, but_not: str, limit: int = 3) -> list[str]:
+    """The datasets whose markers match ``tree`` (at its root or up to three folders below), other than
+    ``but_not``: the most specific marker (longest literal text) first. Generic converters (no ``domain``) match
+    anything and are left out."""
+    load_all()
+    found = [(len(re.sub(r"[*?]|\[[^]]*]", "", c.marker)), n) for n, c in REGISTRY.items()
+             if c.domain is not None and n != but_not and tree.locate(c.marker) is not None]
+    return [n for _, n in sorted(found, key=lambda x: (-x[0], x[1]))[:limit]]
 
 
 def get_converter(name: str, /, **options: Any) -> Converter:  # positional: converters take a "name" option
@@ -234,5 +281,5 @@ def esp_split_name(dataset: str) -> str:
 
 
 __all__ = ["Converter", "DOMAINS", "Failure", "Loaded", "Record", "REGISTRY", "MODALITY_MAPS", "at",
-           "converter_class", "esp_split_name", "get_converter", "load_all", "make_fake", "modality_id", "natural_key",
-           "pair_by_name", "register", "registered", "stem"]
+           "converter_class", "dataset_name", "esp_split_name", "get_converter", "load_all", "looks_like", "make_fake",
+           "modality_id", "natural_key", "pair_by_name", "register", "registered", "stem"]

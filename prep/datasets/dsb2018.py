@@ -40,9 +40,9 @@ class DSB2018(Converter):
         inst = instance_map(hw, len(rec.masks), rec.source_id, "nuclei")
         painted = 0
         for n, path in enumerate(rec.masks, start=1):
-            m = self.read_mask(blobs, path, hw)
-            painted += int(np.count_nonzero(m))
-            np.copyto(inst, np.uint16(n), where=m)  # a later nucleus wins where two overlap
+            box, fg = self.read_mask_box(blobs, path, hw)  # work on the nucleus' box, not the whole frame
+            painted += int(np.count_nonzero(fg))
+            np.copyto(inst[box], np.uint16(n), where=fg)  # a later nucleus wins where two overlap
         mask = inst > 0
         # pixels of each nucleus already taken by earlier ones, summed: what was painted beyond the union
         overlap = painted - int(np.count_nonzero(mask))
