@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medprep.distill import SA1BSource, Teacher, cache_teacher, load_teacher, open_run
+from medprep.distill import CacheParams, SA1BSource, SourceSpec, Teacher, load_teacher, open_run, write_shards
 from medprep.distill.pipeline import Encoder, prepare
 from medprep.distill.preprocess import Preprocess
 from medprep.distill.synthetic import write_sa1b_tar
@@ -46,12 +46,13 @@ def sync(encoder: Encoder) -> None:
         torch.cuda.synchronize()
 
 
-def pipeline_seconds(teacher: Teacher, source: SA1BSource, out: str, run: str, **kw) -> float:
-    """Wall time of :func:`cache_teacher` on a created run (store creation and the shape probe excluded)."""
-    opts = {k: kw[k] for k in ("dtype", "shard_size", "device") if k in kw}
-    open_run(teacher, source, out, run, **opts)
+def pipeline_seconds(teacher: Teacher, source: SA1BSource, out: str, **kw) -> float:
+    """Wall time of :func:`write_shards` over a whole run, with ``teacher`` and ``source`` already loaded (store
+    creation and the shape probe excluded); ``kw``: :class:`CacheParams` options."""
+    params = CacheParams(teacher.name, SourceSpec(source.tars), out, "r", **kw)
+    store = open_run(params, teacher, source)
     t = time.perf_counter()
-    cache_teacher(teacher, source, out, run, progress=False, **kw)
+    write_shards(store, teacher, source, params, range(store.nshards), params.device)
     return time.perf_counter() - t
 
 
@@ -79,7 +80,7 @@ def cpu_rows(root: Path, n: int, batch_size: int, repeats: int) -> list[tuple[st
         for _ in range(repeats):  # alternate, so load from other processes hits both alike
             bare.append(bare_seconds(encoder, prepared, batch_size))
             shutil.rmtree(out, ignore_errors=True)
-            piped.append(pipeline_seconds(teacher, source, str(out), "r", dtype=dtype, shard_size=8,
+            piped.append(pipeline_seconds(teacher, source, str(out), dtype=dtype, shard_size=8,
                                           batch_size=batch_size, device="cpu", workers=workers))
         rows.append((f"(1) pipeline efficiency, {dtype}",
                      f"{min(bare) / min(piped):.3f}  (bare {n / min(bare):.2f} img/s, "
@@ -103,7 +104,7 @@ def gpu_rows(root: Path, n: int) -> list[tuple[str, str]]:
     encoder = Encoder(teacher, "cuda", "bfloat16")
     prepared = [prepare(source, i % n, "identity", teacher.preprocess, 16) for i in range(64)]
     best = max(((bs, 64 / bare_seconds(encoder, prepared, bs)) for bs in (1, 2, 4, 8, 16, 32)), key=lambda r: r[1])
-    piped = n / pipeline_seconds(teacher, source, str(root / "gpu.zarr"), "r", dtype="float16", shard_size=32,
+    piped = n / pipeline_seconds(teacher, source, str(root / "gpu.zarr"), dtype="float16", shard_size=32,
                                  batch_size=best[0], device="cuda", workers=12)
     name = torch.cuda.get_device_name()
     return [("(3) ViT-H bare encoder", f"{best[1]:.1f} img/s (bf16, batch {best[0]}, {name})"),

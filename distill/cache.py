@@ -42,7 +42,8 @@ def cache_teacher(params: CacheParams, shards: Sequence[int] | None = None,
     skipped = [s for s in wanted if done[s]]
     images = sum(len(store.indices(s)) for s in todo) * len(store.views)
     if on_event is not None:
-        on_event(RunOpened(store.url, store.run, store.nshards, todo, images))
+        resumed = sum(len(store.indices(s)) for s in skipped) * len(store.views)
+        on_event(RunOpened(store.url, store.run, store.nshards, todo, images, resumed))
     if params.distributed:
         written = write_distributed(store, params, todo, on_event)
     else:

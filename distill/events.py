@@ -12,13 +12,14 @@ from typing import Callable, Union
 @dataclass(frozen=True)
 class RunOpened:
     """The run is open: ``todo`` of its ``nshards`` zarr shards will be written, ``images`` encoder inputs in all
-    (samples times views)."""
+    (samples times views); ``resumed`` encoder inputs of the shards asked for were done by an earlier run."""
 
     url: str
     run: str
     nshards: int
     todo: list[int]
     images: int
+    resumed: int = 0
 
 
 @dataclass(frozen=True)

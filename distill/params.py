@@ -15,11 +15,15 @@ from .sources import Source, SourceSpec, open_source
 from .teachers import Teacher, load_teacher
 
 AUTOCASTS = ("auto", "bfloat16", "float16", "none")
+# the cache-teacher options named otherwise than their field (--shard-size and --workers mean bytes and processes in
+# medprep build)
+FLAGS = {"shard_size": "--shard-samples", "workers": "--decode-threads"}
 
 
 @dataclass(frozen=True)
 class CacheParams:
-    """Every option of one cache run; ``medprep cache-teacher`` has an option of the same name for each.
+    """Every option of one cache run; ``medprep cache-teacher`` has an option of the same name for each (but
+    ``shard_size`` and ``workers``: see :data:`FLAGS`).
 
     - teacher: ``encoder`` (vit_h, vit_l, vit_b, medsam or ``package.module:callable``), ``checkpoint``,
       ``encoder_kwargs`` (for a callable), ``normalize`` and ``resize`` (override its preprocessing);
@@ -75,10 +79,11 @@ class CacheParams:
         if self.resize is not None and self.resize not in RESIZES:
             raise ValueError(f"--resize {self.resize!r}: expected one of {RESIZES}")
         if self.autocast not in AUTOCASTS:
-            raise ValueError(f"unknown autocast {self.autocast!r}: expected one of {AUTOCASTS}")
+            raise ValueError(f"unknown --autocast {self.autocast!r}: expected one of {AUTOCASTS}")
         for name in ("shard_size", "batch_size", "workers", "prefetch"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected at least 1")
+                raise ValueError(f"{FLAGS.get(name, '--' + name.replace('_', '-'))} {getattr(self, name)}: expected "
+                                 f"at least 1")
 
     @property
     def distributed(self) -> bool:
@@ -111,4 +116,4 @@ def _default_run(encoder: str, url: str | list[str]) -> str:
     return safe_key(f"{encoder.rpartition(':')[2]}-{os.path.basename(url.rstrip('/'))}")
 
 
-__all__ = ["AUTOCASTS", "CacheParams"]
+__all__ = ["AUTOCASTS", "FLAGS", "CacheParams"]

@@ -19,7 +19,8 @@ from .schema import (
     wids_index,
 )
 from .store import (
-    atomic_write, dumps, fs_and_path, iter_jsonl, join, jsonl_bytes, read_json, sha256_bytes, sha256_file,
+    atomic_write, dumps, fs_and_path, human_bytes, iter_jsonl, join, jsonl_bytes, read_json, sha256_bytes,
+    sha256_file,
 )
 from .tar import MemberIndex, ShardError, ShardIndex, TarShard, tar_bytes
 from .verify import Problem, VerifyReport, verify
@@ -28,5 +29,5 @@ __all__ = [
     "CORE_ENTRIES", "FAILURES", "FORMAT", "MANIFEST", "SAMPLES", "SPLITS", "WIDS_KIND", "BuiltDataset",
     "GenerationError", "Manifest", "MemberIndex", "Problem", "ShardEntry", "ShardError", "ShardIndex", "TarShard",
     "VerifyReport", "open_dataset", "open_sources", "tar_bytes", "verify", "wids_index", "atomic_write", "dumps",
-    "fs_and_path", "iter_jsonl", "join", "jsonl_bytes", "read_json", "sha256_bytes", "sha256_file",
+    "fs_and_path", "human_bytes", "iter_jsonl", "join", "jsonl_bytes", "read_json", "sha256_bytes", "sha256_file",
 ]

@@ -30,7 +30,9 @@ CARD = "card.json"
 README = "README.md"
 TOP_SIZES = 10  # source image sizes listed (the most common first)
 EXAMPLES = 3  # failures shown per reason
-ORIGIN = ("command", "source")  # how a build was run: recorded in its card.json, not in the manifest
+# how a build was run: recorded in its card.json, not in the manifest (input_stamps: the digest of its inputs' sizes
+# and mtimes, the rerun's fast check for changed inputs)
+ORIGIN = ("command", "source", "input_stamps")
 
 
 def failure_kind(reason: str) -> str:

@@ -12,7 +12,8 @@ API::
 
 ``scheduler=None`` starts a ``LocalCluster`` of ``workers`` processes with one thread each, no dashboard and the
 ``env`` dask config applied while the workers spawn (default :data:`WORKER_ENV`); a scheduler address
-(``tcp://host:8786``) connects to a running cluster instead and ``workers``/``env`` are ignored. Leaving the
+(``tcp://host:8786``) connects to a running cluster instead and ``workers``/``env`` are ignored; one that does not
+answer within ``connect_timeout`` seconds raises ``ConnectionError`` naming it. Leaving the
 ``with`` block closes the client and the cluster it started (a connected cluster is left running). Extra keywords
 go to ``LocalCluster`` (e.g. ``resources={"GPU": 1}``). dask is imported only when a runner starts. Keyword
 arguments of :meth:`map`/:meth:`submit` go to ``fn``, so they must not be named like dask's own (``key``,
@@ -31,6 +32,8 @@ WORKER_ENV: dict[str, Any] = {
     "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 32 << 20,
 }
 
+CONNECT_TIMEOUT_S = 10.0  # a scheduler that does not answer within this is reported, not waited for (dask: 30 s)
+
 # no dashboard, and the scheduler's small HTTP server on a free local port rather than 8787 (which warns whenever
 # another cluster holds it)
 _QUIET_HTTP = {"dashboard_address": "127.0.0.1:0"}
@@ -40,10 +43,11 @@ class DaskRunner:
     """A dask client over a LocalCluster it starts (``scheduler=None``) or over a running scheduler."""
 
     def __init__(self, workers: int = 1, scheduler: str | None = None, env: Mapping[str, Any] | None = WORKER_ENV,
-                 **cluster_kwargs: Any):
+                 connect_timeout: float = CONNECT_TIMEOUT_S, **cluster_kwargs: Any):
         if scheduler is None and workers < 1:
             raise ValueError(f"DaskRunner: workers must be >= 1 to start a local cluster, got {workers}")
         self.workers, self.scheduler, self.cluster_kwargs = workers, scheduler, cluster_kwargs
+        self.connect_timeout = connect_timeout
         self.env = dict(env or {})
         self._cluster: Any = None
         self._client: Any = None
@@ -59,7 +63,16 @@ class DaskRunner:
                     kwargs["scheduler_kwargs"] = {**_QUIET_HTTP, **kwargs.get("scheduler_kwargs", {})}
                     self._cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
                                                  dashboard_address=None, **kwargs)
-            self._client = Client(self.scheduler or self._cluster)
+                self._client = Client(self._cluster)
+            else:
+                self._client = Client(self.scheduler, timeout=self.connect_timeout)
+        except (OSError, ValueError) as e:
+            self.close()
+            if self.scheduler is None:
+                raise
+            raise ConnectionError(f"--scheduler {self.scheduler}: no dask scheduler answered ({e}); start one "
+                                  f"('dask scheduler') and pass the address it prints, or leave out --scheduler to "
+                                  f"run on local workers") from None
         except BaseException:
             self.close()
             raise

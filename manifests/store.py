@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -19,6 +22,31 @@ CHUNK = 1 << 20
 def fs_and_path(url: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
     """Resolve a local path or fsspec URL to ``(filesystem, path)``."""
     return url_to_fs(str(url))
+
+
+# 's3://b/x', 's3:/b/x' (what pathlib makes of it), 'simplecache::s3://b/x'; one letter is a Windows drive ('C:/x')
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):[:/]")
+
+
+def url_scheme(path: str | os.PathLike) -> str | None:
+    """The URL scheme ``path`` starts with (``s3`` for ``s3://bucket/x``, also after ``pathlib.Path`` made it
+    ``s3:/bucket/x``), lower-cased; None for a local path."""
+    m = _SCHEME.match(os.fspath(path))
+    return m.group(1).lower() if m else None
+
+
+def local_path(path: str | os.PathLike, option: str, refusal: str) -> Path:
+    """``path`` as a local path, for writers and readers that work on local files only: a plain path, or a
+    ``file://`` URL's path. Any other URL raises ``ValueError`` naming ``option`` and the URL, followed by
+    ``refusal`` (why it cannot be used and what to do), so no local folder named ``s3:`` is ever created."""
+    text = os.fspath(path)
+    scheme = url_scheme(text)
+    if scheme is None:
+        return Path(text)
+    if scheme == "file":
+        return Path(url2pathname(urlparse(text).path))
+    shown = text if "://" in text else text.replace(":/", "://", 1)
+    raise ValueError(f"{option} {shown}: {refusal}")
 
 
 def join(url: str | os.PathLike, *parts: str) -> str:
@@ -81,6 +109,14 @@ def read_bytes(url: str | os.PathLike) -> bytes:
 
 def read_json(url: str | os.PathLike) -> Any:
     return json.loads(read_bytes(url))
+
+
+def human_bytes(n: int) -> str:
+    """A byte count for people, in the decimal units ``--shard-size`` takes: ``1234567`` -> ``1.2 MB``."""
+    for unit, size in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
 
 
 def iter_jsonl(url: str | os.PathLike) -> Iterator[dict]:

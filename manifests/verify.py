@@ -92,6 +92,22 @@ def verify(root: str | os.PathLike) -> VerifyReport:
     return report
 
 
+def build_problems(root: str | os.PathLike) -> list[Problem]:
+    """What keeps the folder ``root`` from being provably a medprep build, found without reading any shard: a
+    ``manifest.json`` of the medprep schema and format, every shard it lists present, and no file or folder that a
+    build does not write. Empty when it is one; a build replaces a folder (``--overwrite``) only then."""
+    report = VerifyReport(str(root).rstrip("/"))
+    fs, base = store.fs_and_path(report.root)
+    present = {os.path.basename(str(x["name"]).rstrip("/")): x["type"] for x in fs.ls(base, detail=True)}
+    manifest = _manifest(report, present)
+    if manifest is not None:
+        for s in manifest.shards:
+            if s.name not in present:
+                report.add(s.name, "missing")
+        _strays(report, manifest, present)
+    return report.problems
+
+
 def _manifest(report: VerifyReport, present: dict[str, str]) -> Manifest | None:
     """The parsed manifest, or None (with the problems added) when it is missing or does not match the schema."""
     if MANIFEST not in present:

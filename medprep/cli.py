@@ -1,34 +1,80 @@
-"""The ``medprep`` command line: thin typer wrappers over the Python API."""
+"""The medprep command line: typer commands over the Python API; parses options into the library's parameter
+objects, draws progress from its events, renders its errors."""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
+from medprep import __version__
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]})
 
 
-def parse_size(text: str) -> int:
-    """'1GB', '500MB', '2GiB', '123' -> bytes."""
-    t = text.strip().upper().replace(" ", "")
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"medprep {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", "-V", callback=_print_version, is_eager=True,
+                                      help="Print the medprep version and exit.")) -> None:
+    """medprep: prepare medical segmentation data (webdataset shards) and frozen-teacher features for SAM students.
+
+    Start with 'medprep datasets' (what it converts, where to download it), then 'medprep build'.
+    """
+
+
+_LOG_HANDLER: logging.Handler | None = None
+
+
+def setup_logging(verbose: bool) -> None:
+    """Route the library's logging to stderr: with ``--verbose`` medprep's INFO messages and other libraries'
+    warnings (dask's among them: the root handler is in place before dask starts, so its loggers propagate here);
+    without it, errors only. Python warnings of third-party code go the same way."""
+    global _LOG_HANDLER
+    root = logging.getLogger()
+    if _LOG_HANDLER is not None:
+        root.removeHandler(_LOG_HANDLER)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(lambda r: r.levelno >= (logging.INFO if verbose and r.name.startswith("medprep")
+                                              else logging.WARNING if verbose else logging.ERROR))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    _LOG_HANDLER = handler
+    logging.captureWarnings(True)
+    os.environ["DASK_LOGGING__DISTRIBUTED"] = "warning" if verbose else "error"  # dask worker processes
+
+
+def parse_size(text: str, flag: str = "--shard-size") -> int:
+    """'1GB', '500MB', '2GiB', '123' -> bytes; a ValueError naming ``flag`` otherwise."""
+    t = str(text).strip().upper().replace(" ", "")
     units = {"KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "KB": 10**3, "MB": 10**6, "GB": 10**9, "B": 1}
-    for u, mult in units.items():
-        if t.endswith(u):
-            return int(float(t[: -len(u)]) * mult)
-    return int(t)
+    try:
+        for u, mult in units.items():
+            if t.endswith(u):
+                return int(float(t[: -len(u)]) * mult)
+        return int(t)
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected a size such as 1GB, 500MB, 2GiB or a number of bytes") from None
 
 
-def parse_options(pairs: list[str]) -> dict[str, object]:
+def parse_options(pairs: list[str], flag: str = "--option") -> dict[str, object]:
     """``KEY=VALUE`` pairs (converter options) -> dict; values parsed as JSON when they look like it."""
     out: dict[str, object] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise typer.BadParameter(f"--option {pair!r}: expected KEY=VALUE")
+            raise typer.BadParameter(f"{flag} {pair!r}: expected KEY=VALUE")
         try:
             out[key.replace("-", "_")] = json.loads(value)
         except json.JSONDecodeError:
@@ -44,85 +90,145 @@ def fail(message: str) -> None:
 @app.command()
 def version() -> None:
     """Print the medprep version."""
-    from medprep import __version__
-
     typer.echo(__version__)
+
+
+def _recipe_defaults(ctx: typer.Context, param: object, value: Optional[Path]) -> Optional[Path]:
+    """``--config FILE``: the recipe's values become the defaults of the other options (options given explicitly on
+    the command line override them); its converter options are merged under those given with -o and the flags."""
+    if value is None:
+        return None
+    from medprep.prep.recipe import read_recipe
+
+    try:
+        doc = read_recipe(value)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    ctx.meta["recipe_options"] = doc.pop("options", {})
+    if isinstance(doc.get("patch_sizes"), list):
+        doc["patch_sizes"] = ",".join(map(str, doc["patch_sizes"]))
+    ctx.default_map = {**(ctx.default_map or {}), **doc}
+    return value
 
 
 @app.command()
 def build(
-    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset name (see 'medprep datasets')."),
-    src: Path = typer.Option(..., "--src", help="Folder of the official download."),
-    out: Path = typer.Option(..., "--out", help="Output folder; shards go to OUT/<dataset>/."),
-    preset: Optional[str] = typer.Option(None, help="A paper's recipe: esp-medsam, litemedsam, medsam or sam "
-                                                    "(options given explicitly override it)."),
-    size: Optional[int] = typer.Option(None, help="Output side length in pixels (default 1024)."),
-    resize: Optional[str] = typer.Option(None, help="stretch (the papers; default) or longest (SAM: longest side "
-                                                    "+ pad)."),
-    interpolation: Optional[str] = typer.Option(None, help="Image resize: linear, area or cubic (default: area "
-                                                           "when shrinking, linear when enlarging)."),
-    patch_sizes: Optional[str] = typer.Option(None, help="Comma-separated max-pool patch sizes (default "
-                                                         "16,32,64)."),
-    modality_map: Optional[str] = typer.Option(None, help="Modality ids: default, esp-medsam (the paper's order) "
-                                                          "or esp-medsam-released (the released checkpoints')."),
-    normalize: Optional[str] = typer.Option(None, help="Record the training normalisation for loaders: none, "
-                                                       "unit, sam, esp-medsam or minmax."),
-    prompts: Optional[str] = typer.Option(None, help="Record the prompt field loaders give: points or boxes."),
-    box_jitter: Optional[int] = typer.Option(None, help="Record the box prompt perturbation bound in pixels."),
-    seed: int = typer.Option(0, help="Seed of the 8:1:1 split and of the shard order."),
-    split_rule: Optional[str] = typer.Option(None, help="official, 811 or test (default: the dataset's own)."),
-    split_file: Optional[Path] = typer.Option(None, help="Authors' split JSON {train,valid,test}."),
-    group_by: Optional[str] = typer.Option(None, help="Keep groups in one split (cvc-clinicdb: sequence)."),
-    groups_file: Optional[Path] = typer.Option(None, help="CSV mapping frame -> sequence for --group-by."),
-    shard_size: str = typer.Option("1GB", help="Hard upper bound of a shard's size."),
-    shard_samples: Optional[int] = typer.Option(None, help="Samples per shard (planned)."),
-    workers: int = typer.Option(1, help="Worker processes (a dask LocalCluster when > 1)."),
-    scheduler: Optional[str] = typer.Option(None, help="dask scheduler address, e.g. tcp://host:8786."),
-    strict: bool = typer.Option(False, help="Fail (publish nothing) if any input cannot be converted."),
-    overwrite: bool = typer.Option(False, help="Replace a finished build made with other parameters."),
-    option: list[str] = typer.Option([], "--option", "-o", help="Converter option KEY=VALUE (repeatable)."),
-    images: Optional[str] = typer.Option(None, help="folder: image glob below --src; nih-lung: image folder."),
-    masks: Optional[str] = typer.Option(None, help="folder: mask pattern ({stem}, {name}, {dir}, {parent}); "
-                                                   "nih-lung: mask folder."),
-    modality: Optional[str] = typer.Option(None, help="folder: modality of the table (e.g. dermoscopy)."),
-    name: Optional[str] = typer.Option(None, help="folder: dataset name, used in sample keys and as OUT/<name>."),
-    check_against: list[Path] = typer.Option([], help="Built dataset to run the leakage check against "
-                                                      "(repeatable); the report goes to OUT/<dataset>/leakage.json."),
-    leak_threshold: Optional[int] = typer.Option(None, help="Hamming threshold of --check-against (default 10)."),
+    ctx: typer.Context,
+    dataset: str = typer.Option(..., "--dataset", "-d", metavar="NAME",
+                                help="Dataset name, e.g. drive (see 'medprep datasets'; case and -/_ are ignored)."),
+    src: Path = typer.Option(..., "--src", metavar="PATH", help="The official download: the folder it unpacks to "
+                                                               "(or one above it), or the archive itself."),
+    out: Path = typer.Option(..., "--out", metavar="DIR", help="Output folder; the build goes to DIR/<dataset>/."),
+    config: Optional[Path] = typer.Option(None, "--config", metavar="RECIPE.toml", is_eager=True,
+                                          callback=_recipe_defaults,
+                                          help="Build from a recipe (TOML, the keys of these options, e.g. the "
+                                               "recipe.toml every build writes); options given here override it."),
+    preset: Optional[str] = typer.Option(None, metavar="NAME", help="A paper's settings: esp-medsam, litemedsam, "
+                                                                   "medsam or sam (options given override them)."),
+    size: Optional[int] = typer.Option(None, metavar="PIXELS", help="Output side length (default 1024)."),
+    resize: Optional[str] = typer.Option(None, metavar="MODE", help="stretch (the papers; default) or longest (SAM: "
+                                                                   "longest side + pad)."),
+    interpolation: Optional[str] = typer.Option(None, metavar="NAME", help="Image resize: linear, area or cubic "
+                                                                          "(default: area when shrinking, linear "
+                                                                          "when enlarging)."),
+    patch_sizes: Optional[str] = typer.Option(None, metavar="N,N,...", help="Max-pool patch sizes (default "
+                                                                           "16,32,64)."),
+    modality_map: Optional[str] = typer.Option(None, metavar="NAME", help="Modality ids: default, esp-medsam (the "
+                                                                         "paper's order) or esp-medsam-released "
+                                                                         "(the released checkpoints')."),
+    normalize: Optional[str] = typer.Option(None, metavar="NAME", help="Record the training normalisation for "
+                                                                      "loaders: none, unit, sam, esp-medsam or "
+                                                                      "minmax."),
+    prompts: Optional[str] = typer.Option(None, metavar="FIELD", help="Record the prompt field loaders give: points "
+                                                                     "or boxes."),
+    box_jitter: Optional[int] = typer.Option(None, metavar="PIXELS", help="Record the box prompt perturbation "
+                                                                         "bound."),
+    seed: int = typer.Option(0, metavar="N", help="Seed of the 8:1:1 split and of the shard order."),
+    split_rule: Optional[str] = typer.Option(None, metavar="RULE", help="official, 811 or test (default: the "
+                                                                       "dataset's own)."),
+    split_file: Optional[Path] = typer.Option(None, metavar="FILE.json", help="The authors' split JSON "
+                                                                             "{train,valid,test}; ids as in "
+                                                                             "'medprep datasets NAME'."),
+    group_by: Optional[str] = typer.Option(None, metavar="KEY", help="Keep groups in one split (cvc-clinicdb: "
+                                                                    "sequence)."),
+    groups_file: Optional[Path] = typer.Option(None, metavar="FILE.csv", help="CSV with a frame column and a "
+                                                                             "sequence column, for --group-by."),
+    shard_size: str = typer.Option("1GB", metavar="BYTES", help="Hard upper bound of a shard's size, e.g. 500MB."),
+    shard_samples: Optional[int] = typer.Option(None, metavar="N", help="Samples per shard (planned)."),
+    workers: int = typer.Option(1, metavar="N", help="Worker processes (a dask LocalCluster when > 1)."),
+    scheduler: Optional[str] = typer.Option(None, metavar="ADDRESS", help="A running dask scheduler, e.g. "
+                                                                         "tcp://host:8786."),
+    strict: bool = typer.Option(False, "--strict", help="Publish nothing if any input cannot be converted."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished build made with other "
+                                                              "parameters."),
+    option: list[str] = typer.Option([], "--option", "-o", metavar="KEY=VALUE", help="Converter option "
+                                                                                     "(repeatable)."),
+    images: Optional[str] = typer.Option(None, metavar="GLOB", help="folder: image glob below --src; nih-lung: "
+                                                                   "image folder."),
+    masks: Optional[str] = typer.Option(None, metavar="PATTERN", help="folder: mask pattern ({stem}, {name}, {dir},"
+                                                                     " {parent}); nih-lung: mask folder."),
+    modality: Optional[str] = typer.Option(None, metavar="NAME", help="folder: modality of the table (e.g. "
+                                                                     "dermoscopy)."),
+    name: Optional[str] = typer.Option(None, metavar="NAME", help="folder: dataset name, used in sample keys and as "
+                                                                 "DIR/<name>."),
+    check_against: list[Path] = typer.Option([], metavar="BUILT", help="Built dataset to run the leakage check "
+                                                                      "against (repeatable); the report goes to "
+                                                                      "DIR/<dataset>/leakage.json."),
+    leak_threshold: Optional[int] = typer.Option(None, metavar="BITS", help="Hamming threshold of --check-against "
+                                                                           "(default 10)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of the summary."),
+    progress_every: float = typer.Option(10.0, metavar="SECONDS", help="Without a terminal: a progress line this "
+                                                                       "often."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the library's log messages."),
 ) -> None:
-    """Convert a dataset from its official layout into webdataset shards with a manifest."""
-    from tqdm import tqdm
+    """Convert a dataset from its official download into webdataset shards.
 
+    Writes DIR/<dataset>/: the shards, manifest.json, samples.jsonl, failures.jsonl, a dataset card and
+    recipe.toml ('medprep build --config DIR/<dataset>/recipe.toml' builds the same bytes again). A rerun resumes
+    an interrupted build, or says the build is up to date.
+    """
     from medprep.prep import BuildError, BuildEvent, BuildParams, LayoutError, Planned, TaskDone, build as run_build
+    from medprep.prep.events import InputDone
+    from medprep.progress import Progress
 
-    opts = parse_options(option)
+    setup_logging(verbose)
+    opts = {**ctx.meta.get("recipe_options", {}), **parse_options(option)}
     if groups_file is not None:
         opts["groups_file"] = str(groups_file)
     opts.update({k: v for k, v in (("images", images), ("masks", masks), ("modality", modality), ("name", name))
                  if v is not None})
-    bar = tqdm(total=0, unit="sample", desc=f"build {dataset}", disable=not sys.stderr.isatty())
+    seen: dict[str, tuple[int, int]] = {}  # task -> (inputs, failures) already drawn from its InputDone events
 
     def draw(event: BuildEvent) -> None:
         if isinstance(event, Planned):
-            bar.reset(total=event.total_samples)
-            bar.update(event.resumed_samples)
-        elif isinstance(event, TaskDone):
-            bar.update(event.planned)
+            progress.label = f"build {event.dataset}"
+            progress.start(event.total_samples, event.resumed_samples)
+        elif isinstance(event, InputDone):
+            n, f = seen.get(event.task, (0, 0))
+            seen[event.task] = (n + 1, f + event.failed)
+            progress.advance(1, int(event.failed))
+        elif isinstance(event, TaskDone):  # tasks run on dask report here only
+            n, f = seen.pop(event.task, (0, 0))
+            progress.advance(event.planned - n, event.failures - f)
 
-    try:
-        patches = tuple(int(p) for p in patch_sizes.split(",") if p) if patch_sizes is not None else None
-        params = BuildParams.of(dataset, preset=preset, size=size, resize=resize, interpolation=interpolation,
-                                patch_sizes=patches, modality_map=modality_map, normalize=normalize,
-                                prompts=prompts, box_jitter=box_jitter, seed=seed, split_rule=split_rule,
-                                split_file=str(split_file) if split_file else None, group_by=group_by,
-                                shard_size=parse_size(shard_size), shard_samples=shard_samples, options=opts)
-        result = run_build(params, src, out, workers=workers, scheduler=scheduler, strict=strict, overwrite=overwrite,
-                           on_event=draw, command=["medprep", *sys.argv[1:]])
-    except (BuildError, LayoutError, ValueError) as e:
-        bar.close()
-        fail(str(e))
-    bar.close()
-    typer.echo(result.summary())
+    with Progress(f"build {dataset}", every=progress_every, quiet=quiet) as progress:
+        try:
+            params = BuildParams.of(dataset, preset=preset, size=size, resize=resize, interpolation=interpolation,
+                                    patch_sizes=_ints("--patch-sizes", patch_sizes), modality_map=modality_map,
+                                    normalize=normalize, prompts=prompts, box_jitter=box_jitter, seed=seed,
+                                    split_rule=split_rule, split_file=str(split_file) if split_file else None,
+                                    group_by=group_by, shard_size=parse_size(shard_size, "--shard-size"),
+                                    shard_samples=shard_samples, options=opts)
+            result = run_build(params, src, out, workers=workers, scheduler=scheduler, strict=strict,
+                               overwrite=overwrite, on_event=draw, command=["medprep", *sys.argv[1:]])
+        except (BuildError, LayoutError, ValueError) as e:
+            progress.close()
+            fail(str(e))
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=1))
+    elif not quiet:
+        typer.echo(result.summary())
     if check_against:
         from medprep.prep.leakage import DEFAULT_THRESHOLD, check_build
 
@@ -131,7 +237,18 @@ def build(
                                  else leak_threshold)
         except (FileNotFoundError, ValueError) as e:
             fail(str(e))
-        typer.echo(report.table())
+        if not quiet:
+            typer.echo(report.table())
+
+
+def _ints(flag: str, text: Optional[str]) -> tuple[int, ...] | None:
+    """``'16,32,64'`` -> ``(16, 32, 64)``; None stays None."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected comma-separated whole numbers, e.g. 16,32,64") from None
 
 
 @app.command()
@@ -271,62 +388,84 @@ def demo(out: Path = typer.Option(..., "--out", help="Folder for the fake downlo
 
 @app.command("cache-teacher")
 def cache_teacher(
-    source: str = typer.Option(..., "--source", help="Built dataset folder, SA-1B folder/tar, or image folder."),
-    out: str = typer.Option(..., "--out", help="zarr store (path or fsspec URL), e.g. teacher.zarr."),
-    encoder: str = typer.Option(..., "--encoder", help="vit_h, vit_l, vit_b, medsam or package.module:callable."),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Local teacher checkpoint (.pth)."),
-    encoder_arg: list[str] = typer.Option([], "--encoder-arg", help="KEY=VALUE for a module:callable teacher."),
-    normalize: Optional[str] = typer.Option(None, help="Override pixel normalisation: sam, unit, esp-medsam."),
-    resize: Optional[str] = typer.Option(None, help="Override resize path: pil (SamPredictor) or torch."),
-    run: Optional[str] = typer.Option(None, help="Run (group) name; default <encoder>-<source name>."),
-    source_kind: str = typer.Option("auto", help="auto, medical, sa1b or folder."),
-    split: Optional[str] = typer.Option(None, help="Medical split to cache (default: all)."),
-    fraction: Optional[float] = typer.Option(None, help="SA-1B: deterministic subset fraction, e.g. 0.01."),
-    seed: int = typer.Option(0, help="SA-1B: seed of the --fraction subset."),
-    subset_file: Optional[str] = typer.Option(None, help="SA-1B: text file of images to cache (sa_N per line)."),
-    dtype: str = typer.Option("float16", help="float16, int8 (per-channel scale), bfloat16 or float32."),
-    views: str = typer.Option("identity", help="identity or identity,hflip."),
-    shard_size: int = typer.Option(16, help="Samples per zarr shard object (the unit of work and resume)."),
-    batch_size: int = typer.Option(8, help="Encoder batch size (keep it a divisor of --shard-size)."),
-    device: str = typer.Option("cuda", help="cuda or cpu."),
-    autocast: str = typer.Option("auto", help="auto (bfloat16 on CUDA), bfloat16, float16 or none."),
+    source: str = typer.Option(..., "--source", metavar="PATH", help="Built dataset folder, SA-1B folder/tar, or "
+                                                                     "image folder."),
+    out: str = typer.Option(..., "--out", metavar="STORE", help="zarr store (path or fsspec URL), e.g. "
+                                                               "teacher.zarr."),
+    encoder: str = typer.Option(..., "--encoder", metavar="NAME", help="vit_h, vit_l, vit_b, medsam or "
+                                                                      "package.module:callable."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", metavar="FILE", help="Local teacher checkpoint "
+                                                                                       "(.pth)."),
+    encoder_arg: list[str] = typer.Option([], "--encoder-arg", metavar="KEY=VALUE", help="Argument of a "
+                                                                                         "module:callable teacher."),
+    normalize: Optional[str] = typer.Option(None, metavar="NAME", help="Override pixel normalisation: sam, unit, "
+                                                                      "esp-medsam."),
+    resize: Optional[str] = typer.Option(None, metavar="PATH", help="Override resize path: pil (SamPredictor) or "
+                                                                   "torch."),
+    run: Optional[str] = typer.Option(None, metavar="NAME", help="Run (group) name; default "
+                                                                "<encoder>-<source name>."),
+    source_kind: str = typer.Option("auto", metavar="KIND", help="auto, medical, sa1b or folder."),
+    split: Optional[str] = typer.Option(None, metavar="SPLIT", help="Medical split to cache (default: all)."),
+    fraction: Optional[float] = typer.Option(None, metavar="F", help="SA-1B: deterministic subset fraction, e.g. "
+                                                                    "0.01."),
+    seed: int = typer.Option(0, metavar="N", help="SA-1B: seed of the --fraction subset."),
+    subset_file: Optional[str] = typer.Option(None, metavar="FILE", help="SA-1B: text file of images to cache "
+                                                                        "(sa_N per line)."),
+    dtype: str = typer.Option("float16", metavar="TYPE", help="float16, int8 (per-channel scale), bfloat16 or "
+                                                             "float32."),
+    views: str = typer.Option("identity", metavar="VIEWS", help="identity or identity,hflip."),
+    shard_samples: int = typer.Option(16, metavar="N", help="Samples per zarr shard object (the unit of work and "
+                                                           "resume)."),
+    batch_size: int = typer.Option(8, metavar="N", help="Encoder batch size (keep it a divisor of "
+                                                       "--shard-samples)."),
+    device: str = typer.Option("cuda", metavar="DEVICE", help="cuda or cpu."),
+    autocast: str = typer.Option("auto", metavar="TYPE", help="auto (bfloat16 on CUDA), bfloat16, float16 or "
+                                                             "none."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the encoder."),
-    workers: int = typer.Option(4, help="Decode/preprocess threads."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
-    devices: Optional[str] = typer.Option(None, help="One dask worker per device, e.g. cuda:0,cuda:1."),
-    scheduler: Optional[str] = typer.Option(None, help="dask scheduler address (default: a LocalCluster)."),
+    decode_threads: int = typer.Option(4, metavar="N", help="Threads decoding and preprocessing images."),
+    devices: Optional[str] = typer.Option(None, metavar="LIST", help="One dask worker per device, e.g. "
+                                                                    "cuda:0,cuda:1."),
+    scheduler: Optional[str] = typer.Option(None, metavar="ADDRESS", help="A running dask scheduler (default: a "
+                                                                         "LocalCluster)."),
+    progress_every: float = typer.Option(10.0, metavar="SECONDS", help="Without a terminal: a progress line this "
+                                                                       "often."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the library's log messages."),
 ) -> None:
-    """Cache frozen teacher features of a source in a zarr store (resumable: rerun to continue)."""
-    from tqdm import tqdm
+    """Cache frozen teacher features of a source in a zarr store.
 
+    Resumable: a rerun continues where an interrupted one stopped.
+    """
     from medprep.distill import CacheEvent, CacheParams, RunOpened, SourceSpec, cache_teacher as run_cache
+    from medprep.progress import Progress
 
-    bar = None
+    setup_logging(verbose)
 
-    def on_event(event: CacheEvent) -> None:
-        nonlocal bar
+    def draw(event: CacheEvent) -> None:
         if isinstance(event, RunOpened):
-            typer.echo(f"{event.url}/{event.run}: {len(event.todo)} of {event.nshards} zarr shards to write", err=True)
-            bar = tqdm(total=event.images, unit="img", desc=f"cache {event.run}", smoothing=0.1,
-                       disable=not (progress and sys.stderr.isatty()))
+            if not quiet:
+                typer.echo(f"{event.url}/{event.run}: {len(event.todo)} of {event.nshards} zarr shards to write",
+                           err=True)
+            progress.label = f"cache {event.run}"
+            progress.start(event.images + event.resumed, event.resumed)
         else:
-            bar.update(event.images)
+            progress.advance(event.images)
 
-    try:
-        params = CacheParams(
-            encoder, SourceSpec(source, source_kind, split, fraction, seed, subset_file), out, run=run,
-            checkpoint=checkpoint, encoder_kwargs=parse_options(encoder_arg), normalize=normalize, resize=resize,
-            dtype=dtype, views=tuple(views.split(",")), shard_size=shard_size, batch_size=batch_size,
-            device=device, autocast=autocast, compile=compile, workers=workers,
-            devices=tuple(devices.split(",")) if devices else (), scheduler=scheduler)
-        result = run_cache(params, on_event=on_event)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError, TypeError) as e:
-        fail(str(e))
-    finally:
-        if bar is not None:
-            bar.close()
-    typer.echo(f"{out}/{params.run}: {len(result.shards_written)} zarr shards written ({result.images} images), "
-               f"{len(result.shards_skipped)} already done")
+    with Progress(f"cache {run or encoder}", unit="images", every=progress_every, quiet=quiet) as progress:
+        try:
+            params = CacheParams(
+                encoder, SourceSpec(source, source_kind, split, fraction, seed, subset_file), out, run=run,
+                checkpoint=checkpoint, encoder_kwargs=parse_options(encoder_arg, "--encoder-arg"),
+                normalize=normalize, resize=resize, dtype=dtype, views=tuple(views.split(",")),
+                shard_size=shard_samples, batch_size=batch_size, device=device, autocast=autocast, compile=compile,
+                workers=decode_threads, devices=tuple(devices.split(",")) if devices else (), scheduler=scheduler)
+            result = run_cache(params, on_event=draw)
+        except (ValueError, FileNotFoundError, KeyError, RuntimeError, TypeError) as e:
+            progress.close()
+            fail(str(e))
+    if not quiet:
+        typer.echo(f"{out}/{params.run}: {len(result.shards_written)} zarr shards written ({result.images} images), "
+                   f"{len(result.shards_skipped)} already done")
 
 
 @app.command("check-teacher")

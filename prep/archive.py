@@ -190,6 +190,7 @@ class ArchiveTree(SourceTree):
             loose = [p for p in entries if p.is_file() and not is_archive(p.name)]
         else:
             raise ArchiveError(f"--src {self.root} does not exist")
+        self._mtime = max((path.stat().st_mtime_ns for path in archives), default=0)
         for path in archives:
             self._mount(_Container(str(path), path.name, open(path, "rb"), path.stat().st_size, self.limits), "", 0)
         for path in loose:
@@ -202,6 +203,13 @@ class ArchiveTree(SourceTree):
     @cached_property
     def files(self) -> list[str]:
         return sorted(self._entries)
+
+    def stamp(self, rel: str) -> tuple[int, int] | None:
+        """(size, mtime in ns): a member's size with the newest mtime of the archives (loose files: their own)."""
+        entry = self._entries.get(rel)
+        if entry is None or entry[1] is None:
+            return super().stamp(rel)
+        return entry[1].size, self._mtime
 
     def read(self, rel: str) -> bytes:
         try:

@@ -5,11 +5,13 @@ The library never draws: the CLI turns the events into a progress bar and prints
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Union
 
-from medprep.manifests import Manifest
+from medprep.manifests import FAILURES, SPLITS, Manifest, human_bytes
+from medprep.manifests.card import failure_kind
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,16 @@ class Planned:
     total_samples: int
     tasks: int
     resumed_samples: int
+
+
+@dataclass(frozen=True)
+class InputDone:
+    """One input of task ``task`` is done: it gave ``samples`` samples, or it ``failed``. Sent as each input
+    finishes in a build that runs in this process; tasks run on dask report only their :class:`TaskDone`."""
+
+    task: str
+    samples: int
+    failed: bool
 
 
 @dataclass(frozen=True)
@@ -40,8 +52,25 @@ class Published:
     out: Path
 
 
-BuildEvent = Union[Planned, TaskDone, Published]
+BuildEvent = Union[Planned, InputDone, TaskDone, Published]
 OnEvent = Callable[[BuildEvent], None]
+SHOWN_REASON = 240  # characters of a failure's message shown in a summary line
+
+
+def top_failures(failures: list[dict[str, Any]], n: int = 3) -> list[str]:
+    """The ``n`` most common kinds of failure (reasons that differ only in words holding digits, such as file names,
+    keys and sizes, are one kind), as ``COUNT x REASON (e.g. SOURCE_ID)`` lines with the real message of the kind's
+    first failure."""
+    kinds: dict[str, list[dict[str, Any]]] = {}
+    for f in failures:
+        kinds.setdefault(re.sub(r"[^\s(),;:'\"]*\d[^\s(),;:'\"]*", "#", failure_kind(f["reason"])), []).append(f)
+    lines = []
+    for group in sorted(kinds.values(), key=lambda g: -len(g))[:n]:
+        reason = " ".join(group[0]["reason"].split())
+        if len(reason) > SHOWN_REASON:
+            reason = reason[: SHOWN_REASON - 3] + "..."
+        lines.append(f"{len(group)} x {reason} (e.g. {group[0]['source_id']})")
+    return lines
 
 
 @dataclass
@@ -54,31 +83,58 @@ class BuildResult:
     seconds: float = 0.0
     skipped_tasks: int = 0
     reused: bool = False
+    resumed_samples: int = 0  # samples of the tasks an interrupted run had finished (not converted by this run)
+
+    @property
+    def bytes(self) -> int:
+        """Bytes of the build's shards."""
+        return sum(s.bytes for s in self.manifest.shards)
+
+    @property
+    def rate(self) -> float | None:
+        """Samples per second converted by this run (resumed samples not counted); None when it converted none."""
+        fresh = self.manifest.counts["samples"] - self.resumed_samples
+        return fresh / self.seconds if not self.reused and self.seconds and fresh > 0 else None
 
     def summary(self) -> str:
-        """A few lines for people: counts per split, failure reasons, split-file matching, throughput."""
+        """A few lines for people: counts per split, bytes, failure reasons and where they are listed, split-file
+        matching, throughput of this run (or that nothing was written when the build was already up to date)."""
         c = self.manifest.counts
-        per_split = ", ".join(f"{k} {v}" for k, v in c["splits"].items())
-        made = (f"{c['samples']} samples written" if c["converted"] == c["samples"]
-                else f"{c['converted']} converted ({c['samples']} samples)")
-        lines = [
-            f"{self.manifest.dataset}: {c['inputs']} inputs found = {made} + {c['failures']} failures"
-            + ("" if c["inputs"] == c["converted"] + c["failures"] else "  (MISMATCH)"),
-            f"  splits: {per_split or 'none'}; {len(self.manifest.shards)} shards in {self.out}",
-        ]
-        reasons: dict[str, int] = {}
-        for f in self.failures:
-            kind = f["reason"].split(":")[0]
-            reasons[kind] = reasons.get(kind, 0) + 1
-        lines += [f"  failure: {n} x {r}" for r, n in sorted(reasons.items(), key=lambda x: -x[1])[:8]]
+        order = {s: i for i, s in enumerate(SPLITS)}
+        per_split = ", ".join(f"{k} {v}" for k, v in sorted(c["splits"].items(), key=lambda x: order.get(x[0], 9)))
+        if self.reused:
+            head = f"{self.manifest.dataset}: up to date, nothing written ({c['samples']} samples already built)"
+        else:
+            made = (f"{c['samples']} samples written" if c["converted"] == c["samples"]
+                    else f"{c['converted']} converted ({c['samples']} samples)")
+            head = (f"{self.manifest.dataset}: {c['inputs']} inputs found = {made} + {c['failures']} failures"
+                    + ("" if c["inputs"] == c["converted"] + c["failures"] else "  (MISMATCH)"))
+        lines = [head, f"  splits: {per_split or 'none'}; {len(self.manifest.shards)} shards, "
+                       f"{human_bytes(self.bytes)} in {self.out}"]
+        lines += [f"  failure: {line}" for line in top_failures(self.failures, 8)]
+        if self.failures:
+            lines.append(f"  failures listed in {self.out / FAILURES}")
         rep = self.manifest.split_report
         if rep.get("split_file"):
             lines.append(f"  split file: {rep['matched']} matched, {len(rep['in_file_not_found'])} listed but not "
                          f"found, {len(rep['found_not_in_file'])} found but not listed")
         if not self.reused and self.seconds:
-            lines.append(f"  {self.seconds:.1f} s, {c['samples'] / self.seconds:.1f} samples/s"
-                         + (f" ({self.skipped_tasks} shards resumed)" if self.skipped_tasks else ""))
+            rate = self.rate
+            lines.append(f"  {self.seconds:.1f} s" + (f", {rate:.1f} samples/s" if rate is not None else "")
+                         + (f" ({self.resumed_samples} samples in {self.skipped_tasks} shards resumed, not counted)"
+                            if self.skipped_tasks else ""))
         return "\n".join(lines)
 
+    def to_json(self) -> dict[str, Any]:
+        """The result for programs (``medprep build --json``)."""
+        c = self.manifest.counts
+        return {"dataset": self.manifest.dataset, "out": str(self.out), "up_to_date": self.reused,
+                "inputs": c["inputs"], "samples": c["samples"], "converted": c["converted"],
+                "failures": c["failures"], "splits": c["splits"], "shards": len(self.manifest.shards),
+                "bytes": self.bytes, "failures_file": str(self.out / FAILURES) if self.failures else None,
+                "resumed_samples": self.resumed_samples, "seconds": round(self.seconds, 3),
+                "samples_per_second": None if self.rate is None else round(self.rate, 2),
+                "split_report": self.manifest.split_report}
 
-__all__ = ["BuildEvent", "BuildResult", "OnEvent", "Planned", "Published", "TaskDone"]
+
+__all__ = ["BuildEvent", "BuildResult", "InputDone", "OnEvent", "Planned", "Published", "TaskDone", "top_failures"]

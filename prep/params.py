@@ -2,26 +2,130 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+from medprep.manifests import SPLITS
 from medprep.manifests.modalities import MAP_NAMES, NAME_MAPS
 from medprep.manifests.pixels import NORMALIZATIONS, PER_IMAGE_NORMALIZATIONS, PROMPT_FIELDS
 
 from .datasets import Converter, converter_class, dataset_name, get_converter, modality_id
-from .imaging import INTERPOLATIONS, PNG_CODEC, RESIZE_MODES
+from .imaging import INTERPOLATIONS, MAX_PIXELS, PNG_CODEC, RESIZE_MODES
 from .presets import PRESETS, apply_preset
 
 SPLIT_RULES = ("official", "811", "test", "file")
 SIZE_RANGE = (8, 8192)  # output side length in pixels; 8192 already makes one worst-case sample ~540 MB
+SHARD_SIZE_MAX = 1 << 40  # 1 TiB: a larger --shard-size is a typo (and no file system likes such a tar)
 # recipe fields: None means not set; the manifest records them only when set
 RECIPE_FIELDS = ("preset", "interpolation", "normalize", "prompts", "box_jitter")
 
 
 class BuildError(RuntimeError):
-    """A build that cannot proceed (an existing build in the way, a --strict failure, colliding keys)."""
+    """A build that cannot proceed (an existing build in the way, another build running, colliding keys)."""
+
+
+class InputsFailed(BuildError):
+    """The build ran but publishes nothing: too many inputs failed (``--strict``, ``--max-failures``), none was
+    converted, or a split came out empty."""
+
+
+def parse_size(value: int | str, option: str = "--shard-size") -> int:
+    """Bytes from an int or a size text ('1GB', '500MB', '2GiB', '1G', '123'), read by ``dask.utils.parse_bytes``;
+    a ``ValueError`` names ``option`` for anything else."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    from dask.utils import parse_bytes
+
+    try:
+        return int(parse_bytes(str(value)))
+    except (ValueError, OverflowError, TypeError):
+        raise ValueError(f"{option} {value!r}: expected a size in bytes like 500MB, 2GiB, 1G or 1000000") from None
+
+
+def read_split_file(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Read an authors' split JSON ``{"train": [...], "valid": [...], "test": [...]}`` (lists of file names).
+
+    Returns (stem -> split, ignored) where ``ignored`` holds the lists under keys other than train/valid/test
+    (the released DSB and TNBC files carry a stray ``"p"`` list), to be reported. A ``ValueError`` says what is
+    wrong with a missing file, one that is not JSON, or one of another shape (naming the key).
+    """
+    path = Path(path)
+    shape = '{"train": ["a.png", ...], "valid": [...], "test": [...]}'
+    try:
+        doc = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise ValueError(f"--split-file {path} does not exist; expected a JSON file {shape}") from None
+    except OSError as e:
+        raise ValueError(f"--split-file {path}: cannot read it ({e.strerror or e})") from None
+    except ValueError as e:
+        raise ValueError(f"--split-file {path} is not JSON ({e}); expected {shape}") from None
+    if not isinstance(doc, dict) or not any(k in doc for k in SPLITS):
+        found = f"the keys {list(doc)[:5]}" if isinstance(doc, dict) else f"a JSON {type(doc).__name__}"
+        raise ValueError(f"--split-file {path}: expected {shape}, found {found}")
+    mapping: dict[str, str] = {}
+    ignored: dict[str, list[str]] = {}
+    for split, names in doc.items():
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            what = (f"a JSON {type(names).__name__ if names is not None else 'null'}" if not isinstance(names, list)
+                    else "a list holding " + ", ".join(sorted({type(n).__name__ for n in names if not isinstance(n, str)})))
+            raise ValueError(f"--split-file {path}: {split!r} must be a list of file names like [\"a.png\", ...], "
+                             f"found {what}")
+        stems = [PurePosixPath(n).name.rsplit(".", 1)[0] for n in names]
+        if split not in SPLITS:
+            ignored[split] = stems
+            continue
+        for s in stems:
+            if s in mapping and mapping[s] != split:
+                raise ValueError(f"--split-file {path}: {s} is listed in both {mapping[s]} and {split}")
+            mapping[s] = split
+    return mapping, ignored
+
+
+@dataclass(frozen=True)
+class FailureLimit:
+    """``--max-failures``: how many inputs may fail in a build that still publishes. A count (``5``), a fraction of
+    the inputs found (``2%``), or the default (``None``): only failures that mean the parameters are wrong stop
+    a build (stage ``params``, e.g. a sample larger than ``--shard-size``). A build that converts nothing never
+    publishes."""
+
+    count: int | None = None
+    percent: float | None = None
+
+    @classmethod
+    def parse(cls, value: FailureLimit | int | str | None) -> FailureLimit:
+        """From ``None``, a count (``5``, ``"5"``) or a percentage (``"2%"``, ``"0.5%"``)."""
+        if value is None or isinstance(value, FailureLimit):
+            return value or cls()
+        text = str(value).strip()
+        try:
+            if text.endswith("%"):
+                percent = float(text[:-1])
+                if 0 <= percent <= 100:
+                    return cls(percent=percent)
+            elif not isinstance(value, (bool, float)) and int(text) >= 0:
+                return cls(count=int(text))
+        except ValueError:
+            pass
+        raise ValueError(f"--max-failures {value!r}: expected a count of inputs (like 5) or a percentage of the "
+                         f"inputs found (like 2%)")
+
+    def exceeded(self, failures: list[dict[str, Any]], inputs: int) -> bool:
+        """Whether ``failures`` (failure rows of a build of ``inputs`` inputs) are more than this limit allows."""
+        if self.count is not None:
+            return len(failures) > self.count
+        if self.percent is not None:
+            return len(failures) > self.percent / 100 * inputs
+        return any(f.get("stage") == "params" for f in failures)
+
+    def __str__(self) -> str:
+        if self.count is not None:
+            return f"--max-failures {self.count}"
+        if self.percent is not None:
+            return f"--max-failures {self.percent:g}%"
+        return "the default --max-failures (no failure caused by the parameters)"
 
 
 @dataclass(frozen=True)
@@ -29,13 +133,16 @@ class BuildParams:
     """Every parameter a build's bytes depend on (recorded in the manifest).
 
     Construction normalises (the dataset's registered name, tuples, ``str`` paths, converter options without
-    ``None`` values) and validates every
-    field, the converter options and the modality table included, raising ``ValueError`` with the option to fix.
+    ``None`` values) and validates every field, the converter options and the modality table included, raising
+    ``ValueError`` with the option to fix.
 
     Recipe fields: ``preset`` (the name; :meth:`of` fills the parameters not given from it), ``interpolation``
     (the image's; default area when shrinking, linear when enlarging), and, recorded for the readers without
     changing any byte, ``normalize`` (the pixel normalisation the model trains with), ``prompts`` (the prompt field
     loaders give) and ``box_jitter`` (its box perturbation bound).
+
+    ``max_pixels``: the most pixels one image (voxels one volume) may declare in its header; larger inputs are
+    failures, refused before decoding.
     """
 
     dataset: str
@@ -47,7 +154,7 @@ class BuildParams:
     split_rule: str | None = None
     split_file: str | None = None
     group_by: str | None = None
-    shard_size: int = 1_000_000_000
+    shard_size: int | str = 1_000_000_000
     shard_samples: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
     preset: str | None = None
@@ -55,6 +162,7 @@ class BuildParams:
     normalize: str | None = None
     prompts: str | None = None
     box_jitter: int | None = None
+    max_pixels: int = MAX_PIXELS
 
     def __post_init__(self) -> None:
         norm = {"dataset": dataset_name(self.dataset),  # DRIVE, Kvasir_SEG: the registered spelling
@@ -79,6 +187,11 @@ class BuildParams:
         if self.shard_size < 1 or (self.shard_samples is not None and self.shard_samples < 1):
             raise ValueError(f"--shard-size and --shard-samples must be positive, got {self.shard_size} and "
                              f"{self.shard_samples}")
+        if self.shard_size > SHARD_SIZE_MAX:
+            raise ValueError(f"--shard-size {self.shard_size}: at most {SHARD_SIZE_MAX >> 30} GiB; shards of a few "
+                             f"hundred MB to a few GB suit webdataset readers")
+        if self.split_file is not None:
+            read_split_file(self.split_file)  # missing, not JSON or of the wrong shape: said before any work
         if self.modality_map not in MAP_NAMES:
             raise ValueError(f"--modality-map {self.modality_map!r}: expected one of {', '.join(MAP_NAMES)}")
         if self.modality_map not in NAME_MAPS:
@@ -92,6 +205,9 @@ class BuildParams:
                 raise ValueError(f"--{name} {getattr(self, name)!r}: expected one of {', '.join(allowed)}")
         if self.box_jitter is not None and (not isinstance(self.box_jitter, int) or self.box_jitter < 0):
             raise ValueError(f"--box-jitter {self.box_jitter!r}: expected a whole number of pixels >= 0")
+        if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) or self.max_pixels < 1:
+            raise ValueError(f"--max-pixels {self.max_pixels!r}: expected a whole number of pixels >= 1 (the most one "
+                             f"decoded image, or voxels one volume, may hold; default {MAX_PIXELS})")
 
     @classmethod
     def of(cls, dataset: str, **keywords: Any) -> BuildParams:
@@ -135,4 +251,5 @@ class BuildParams:
         return d
 
 
-__all__ = ["SIZE_RANGE", "SPLIT_RULES", "BuildError", "BuildParams"]
+__all__ = ["SHARD_SIZE_MAX", "SIZE_RANGE", "SPLIT_RULES", "BuildError", "BuildParams", "FailureLimit", "InputsFailed",
+           "parse_size", "read_split_file"]

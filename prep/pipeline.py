@@ -1,14 +1,16 @@
 """The build driver: plan (``plan.py``) -> run the tasks (``task.py``, in process or on dask) -> publish.
 
-Every task writes its shard(s) under temporary names in ``.<name>.partial/`` beside the dataset folder and records
-its result there last, so a killed build resumes by skipping finished tasks and produces the same bytes. When all
-tasks are done, ``publish.py`` assembles the final folder and swaps it in: a reader sees no build, the previous one
-or the new one, never a partial one.
+One build at a time writes a dataset (``lock.py``: an OS lock beside it, naming its holder). Every task writes its
+shard(s) under temporary names in its plan's folder ``.<name>.partial/<plan>/`` beside the dataset folder and records
+its result there last, so a killed build resumes by skipping finished tasks whose inputs are unchanged and produces
+the same bytes. When all tasks are done and the failures are acceptable (``--strict``, ``--max-failures``, no empty
+split, something converted), ``publish.py`` assembles the final folder and swaps it in: a reader sees no build, the
+previous one or the new one, never a partial one. A rerun with the same plan and unchanged inputs (``inputs.py``)
+returns the finished build.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -17,18 +19,29 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from medprep import __version__
-from medprep.manifests import FAILURES, MANIFEST, Manifest, atomic_write, dumps, sha256_bytes
+from medprep.manifests import dumps, sha256_bytes
+from medprep.manifests.store import local_path
 from medprep.manifests.runner import WORKER_ENV, DaskRunner
 
-from .archive import open_source
-from .events import BuildResult, OnEvent, Planned, Published, TaskDone
-from .params import BuildError, BuildParams
-from .plan import Task, plan
-from .publish import publish, staging_dir, swap_in
+from .archive import ArchiveTree, open_source
+from .datasets import Converter, looks_like
+from .events import BuildResult, InputDone, OnEvent, Planned, Published, TaskDone, top_failures
+from .inputs import STAMPS, contents_sha256, stamps_record, unchanged
+from .lock import DatasetLock
+from .params import BuildError, BuildParams, FailureLimit, InputsFailed
+from .plan import Plan, Task, plan
+from .publish import discard, existing_build, plan_staging, publish, swap_in
 from .task import load_done, run_task
-from .tree import natural_key
+from .tree import LayoutError, SourceTree, natural_key
 
 log = logging.getLogger("medprep.build")
+
+OUT_URL = ("a build is written to a local folder: publishing swaps the finished folder into place with an atomic "
+           "rename, which object stores do not have. Build into a local --out, then copy OUT/<dataset> up (e.g. "
+           "'aws s3 sync', 'gsutil rsync', 'huggingface-cli upload'); readers (MedShards, medprep verify, "
+           "cache-teacher --source) read it from its URL")
+SRC_URL = ("a download is read from a local folder or archive; copy it down first (e.g. 'aws s3 sync', "
+           "'huggingface-cli download') and pass the local path")
 
 
 def build(
@@ -40,6 +53,9 @@ def build(
     scheduler: str | None = None,
     strict: bool = False,
     overwrite: bool = False,
+    max_failures: FailureLimit | int | str | None = None,
+    allow_empty_split: bool = False,
+    wait: float = 0.0,
     on_event: OnEvent | None = None,
     command: Sequence[str] | None = None,
     **fields: Any,
@@ -49,11 +65,16 @@ def build(
 
     ``params``: the :class:`BuildParams`, or a dataset name with the fields and converter options as keywords
     (``build("drive", src, out, size=256)`` builds ``BuildParams.of("drive", size=256)``). ``workers`` > 1 or a
-    dask ``scheduler`` address run the tasks on dask; ``strict`` publishes nothing if any input fails;
-    ``on_event`` receives :class:`Planned`, :class:`TaskDone` and :class:`Published` events; ``command`` (the CLI
-    passes ``sys.argv``) is recorded with the dataset's folder in the card beside the manifest. Reruns with the same
-    parameters resume an interrupted build or return the finished one unchanged; a finished build with other
-    parameters is replaced only with ``overwrite=True``.
+    dask ``scheduler`` address run the tasks on dask. Nothing is published (:class:`InputsFailed`) when no input
+    converts, when a split the rule or split file defines comes out empty (unless ``allow_empty_split``), or when
+    more inputs fail than ``max_failures`` accepts (a count, ``"2%"`` of the inputs, or by default none failing
+    because of the parameters); ``strict`` accepts no failure. A build running on the same dataset holds its lock:
+    this one waits up to ``wait`` seconds, then raises :class:`BuildError` naming it. ``on_event`` receives :class:`Planned`, :class:`InputDone` (in-process runs), :class:`TaskDone` and
+    :class:`Published` events; ``command`` (the CLI passes ``sys.argv``) is recorded with the dataset's folder in
+    the card beside the manifest, and ``recipe.toml`` records the build for ``medprep build --config``. Reruns with
+    the same parameters resume an interrupted build or return the finished one unchanged (rebuilt when its inputs'
+    contents changed); a finished build with other parameters or inputs is replaced only with ``overwrite=True``,
+    and only if ``out/<dataset>`` is provably a medprep build (nothing else is ever deleted).
     """
     if isinstance(params, BuildParams):
         if fields:
@@ -61,66 +82,130 @@ def build(
         p = params
     else:
         p = BuildParams.of(params, **fields)
+    limit = FailureLimit.parse(max_failures)
     emit: OnEvent = on_event or (lambda event: None)
     t0 = time.perf_counter()
     conv = p.converter()
-    out = Path(out) / conv.name
+    out = local_path(out, "--out", OUT_URL) / conv.name  # refused before anything is created
+    src = local_path(src, "--src", SRC_URL)
     tree = open_source(src)
     split_sha = sha256_bytes(Path(p.split_file).read_bytes()) if p.split_file else None
-    planned = plan(conv, tree, p)
-    plan_sha = sha256_bytes(dumps(planned.doc(p.recorded(split_sha), __version__)))
+    with DatasetLock(out, command, wait):
+        try:
+            planned = plan(conv, tree, p)
+        except LayoutError as e:
+            raise LayoutError(f"{e}{_looks_like_hint(tree, conv)}") from None
+        plan_sha = sha256_bytes(dumps(planned.doc(p.recorded(split_sha), __version__)))
+        if not allow_empty_split:
+            _planned_splits_filled(planned)
+        old = existing_build(out)
+        if old is not None:
+            same_plan = old.manifest.params.get("plan_sha256") == plan_sha
+            if same_plan and unchanged(out, old.manifest.params.get("inputs_sha256"), planned, tree):
+                log.info("%s is up to date", out)
+                return BuildResult(out, old.manifest, old.failures(), reused=True)
+            if not same_plan and not overwrite:
+                raise BuildError(f"{out} already holds a build of {old.name} with other parameters or inputs; "
+                                 f"pass --overwrite to replace it or choose another --out")
 
-    existing = out / MANIFEST
-    if existing.exists():
-        old = json.loads(existing.read_text())
-        if old.get("params", {}).get("plan_sha256") == plan_sha:
-            log.info("%s is up to date", out)
-            return BuildResult(out, Manifest.from_json(old), [json.loads(x) for x in
-                               (out / FAILURES).read_text().splitlines() if x.strip()], reused=True)
-        if not overwrite:
-            raise BuildError(f"{out} already holds a build of {old.get('dataset')} with other parameters or inputs; "
-                             f"pass --overwrite to replace it or choose another --out")
-    elif out.exists() and any(out.iterdir()):
-        raise BuildError(f"{out} exists and is not a medprep build (no {MANIFEST}); choose an empty or new --out")
+        partial = plan_staging(out, plan_sha)
+        done = {t.name: r for t in planned.tasks if (r := load_done(partial, t, planned.stamps)) is not None}
+        todo = [t for t in planned.tasks if t.name not in done]
+        emit(Planned(conv.name, sum(len(t.records) for t in planned.tasks), len(planned.tasks),
+                     sum(len(t.records) for t in planned.tasks if t.name in done)))
+        resumed = sum(len(r["rows"]) for r in done.values())
+        done.update(_run(todo, str(tree.root), planned.root, partial, p, workers, scheduler, emit))
+        results = [done[t.name] for t in planned.tasks]
 
-    partial = staging_dir(out)
-    stamp = partial / "plan.sha256"
-    if partial.exists() and (not stamp.exists() or stamp.read_text() != plan_sha):
-        shutil.rmtree(partial)  # leftovers of an interrupted build with other parameters
-    partial.mkdir(parents=True, exist_ok=True)
-    atomic_write(stamp, plan_sha.encode())
+        failures = [{**f.row(), "files": [x[len(planned.root):] for x in f.files]} for f in planned.failures]
+        failures += [f for r in results for f in r["failures"]]
+        failures.sort(key=lambda f: natural_key(f["source_id"]))
+        _accepted(planned, results, failures, strict, limit, allow_empty_split, partial)
+        staged = partial / "publish"
+        if staged.exists():
+            shutil.rmtree(staged)  # an earlier publish was interrupted: redo it from the kept parts
+        staged.mkdir()
+        origin = {"command": list(command) if command else None, "source": _source(src, tree, planned.root, conv),
+                  STAMPS: stamps_record(planned)}
+        manifest = publish(staged, partial, planned, results, failures, p, conv, split_sha, plan_sha, origin,
+                           contents_sha256(results))
+        swap_in(staged, out, partial)
+        discard(partial)
+        emit(Published(out))
+    return BuildResult(out, manifest, failures, time.perf_counter() - t0, skipped_tasks=len(planned.tasks) - len(todo),
+                       resumed_samples=resumed)
 
-    done = {t.name: r for t in planned.tasks if (r := load_done(partial, t)) is not None}
-    todo = [t for t in planned.tasks if t.name not in done]
-    emit(Planned(conv.name, sum(len(t.records) for t in planned.tasks), len(planned.tasks),
-                 sum(len(t.records) for t in planned.tasks if t.name in done)))
-    done.update(_run(todo, str(tree.root), planned.root, partial, p, workers, scheduler, emit))
-    results = [done[t.name] for t in planned.tasks]
 
-    failures = [{**f.row(), "files": [x[len(planned.root):] for x in f.files]} for f in planned.failures]
-    failures += [f for r in results for f in r["failures"]]
-    failures.sort(key=lambda f: natural_key(f["source_id"]))
+def _planned_splits_filled(planned: Plan) -> None:
+    """Raise :class:`BuildError` when the split rule or file leaves one of the splits it defines without inputs
+    (before any work: the parameters are wrong for these inputs)."""
+    planned_splits = {t.split for t in planned.tasks}
+    empty = [s for s in planned.splits if s not in planned_splits]
+    if empty and planned_splits:
+        rule = planned.split_report.get("rule")
+        by = f" --group-by {planned.split_report['group_by']}" if planned.split_report.get("group_by") else ""
+        counts = ", ".join(f"{s} {sum(len(t.records) for t in planned.tasks if t.split == s)}" for s in planned.splits)
+        raise BuildError(f"split rule {rule}{by} leaves {', '.join(empty)} empty ({counts}); pass "
+                         f"--allow-empty-split to build it anyway, or choose another --split-rule, --group-by or "
+                         f"--split-file")
+
+
+def _accepted(planned: Plan, results: list[dict[str, Any]], failures: list[dict[str, Any]], strict: bool,
+              limit: FailureLimit, allow_empty_split: bool, partial: Path) -> None:
+    """Raise :class:`InputsFailed` (nothing is published) when the inputs failed more than the build accepts: any
+    with ``strict``, all of them, more than ``limit``, or all inputs of a split (unless ``allow_empty_split``)."""
+    kept = f"nothing was published; finished parts are kept in {partial} for the next run"
     if strict and failures:
         shown = "\n  ".join(f"{f['source_id']}: {f['reason']}" for f in failures[:10])
-        raise BuildError(f"--strict: {len(failures)} input(s) could not be converted:\n  {shown}\n"
-                         f"(nothing was published; partial results kept in {partial})")
-    staged = partial / "publish"
-    if staged.exists():
-        shutil.rmtree(staged)  # an earlier publish was interrupted: redo it from the kept parts
-    staged.mkdir()
-    # the dataset's own folder (what recorded paths are relative to), wherever at or above it --src pointed
-    origin = {"command": list(command) if command else None, "source": str(Path(src).resolve() / planned.root)}
-    manifest = publish(staged, partial, planned, results, failures, p, conv, split_sha, plan_sha, origin)
-    swap_in(staged, out, partial)
-    shutil.rmtree(partial)
-    emit(Published(out))
-    return BuildResult(out, manifest, failures, time.perf_counter() - t0, skipped_tasks=len(planned.tasks) - len(todo))
+        raise InputsFailed(f"--strict: {len(failures)} input(s) could not be converted:\n  {shown}\n({kept})")
+    if not any(r["rows"] for r in results):
+        raise InputsFailed(f"nothing was converted: all {planned.inputs} inputs failed:{_listed(failures)}\n({kept})")
+    if limit.exceeded(failures, planned.inputs):
+        if limit.count is None and limit.percent is None:
+            params = [f for f in failures if f.get("stage") == "params"]
+            raise InputsFailed(f"{len(params)} of {planned.inputs} inputs failed because of the parameters:"
+                               f"{_listed(params)}\n(fix the parameters, or pass --max-failures N or P% to accept "
+                               f"such failures; {kept})")
+        raise InputsFailed(f"{len(failures)} of {planned.inputs} inputs failed, more than {limit} accepts:"
+                           f"{_listed(failures)}\n({kept})")
+    written = {row["split"] for r in results for row in r["rows"]}
+    empty = [s for s in planned.splits if s not in written and any(t.split == s for t in planned.tasks)]
+    if empty and not allow_empty_split:
+        ids = {r.source_id for t in planned.tasks if t.split in empty for r, _ in t.records}
+        raise InputsFailed(f"split {', '.join(empty)} came out empty: all its inputs failed:"
+                           f"{_listed([f for f in failures if f['source_id'] in ids])}\n(pass --allow-empty-split "
+                           f"to publish it anyway; {kept})")
+
+
+def _listed(failures: list[dict[str, Any]]) -> str:
+    """The top failure reasons, one per indented line."""
+    return "".join(f"\n  {line}" for line in top_failures(failures))
+
+
+def _looks_like_hint(tree: SourceTree, conv: Converter) -> str:
+    """When ``conv``'s marker is nowhere in ``tree``: the datasets whose markers are, as a hint to the user."""
+    if tree.locate(conv.marker) is not None:
+        return ""
+    others = looks_like(tree, conv.name)
+    if not others:
+        return ""
+    more = f" (or {', '.join(others[1:])})" if others[1:] else ""
+    return f"; this looks like {others[0]}{more}: pass --dataset {others[0]}"
+
+
+def _source(src: str | os.PathLike, tree: SourceTree, root: str, conv: Converter) -> str:
+    """Where the build read its inputs, as a ``--src`` that rebuilds it: the archive (or folder of archives) given;
+    ``--src`` itself for a converter whose options are relative to it; else the dataset's own folder (what recorded
+    paths are relative to), the same wherever at or above it ``--src`` pointed."""
+    path = Path(src).resolve()
+    return str(path if isinstance(tree, ArchiveTree) or conv.src_relative else path / root)
 
 
 def _run(todo: list[Task], src: str, root: str, partial: Path, p: BuildParams, workers: int, scheduler: str | None,
          emit: OnEvent) -> dict[str, dict[str, Any]]:
     """Run ``todo`` in this process (workers <= 1, no scheduler) or on a dask cluster; results by task name, each
-    announced with a :class:`TaskDone` as it completes."""
+    announced with a :class:`TaskDone` as it completes (and, in this process, each input with an
+    :class:`InputDone`)."""
     sizes = {t.name: len(t.records) for t in todo}
     results: dict[str, dict[str, Any]] = {}
 
@@ -131,7 +216,7 @@ def _run(todo: list[Task], src: str, root: str, partial: Path, p: BuildParams, w
     kwargs = {"src": src, "partial": str(partial), "p": p, "root": root}
     if workers <= 1 and scheduler is None:
         for t in todo:
-            finished(run_task(t, **kwargs))
+            finished(run_task(t, **kwargs, on_input=lambda n, failed, name=t.name: emit(InputDone(name, n, failed))))
     elif todo:
         with DaskRunner(workers, scheduler, env=WORKER_ENV) as runner:
             for res in runner.map(run_task, todo, **kwargs):

@@ -38,6 +38,8 @@ class Plan:
     split_report: dict[str, Any]
     inputs: int  # inputs found (records + failures of discovery)
     root: str  # the folder prefix shared by all inputs; recorded paths are relative to it
+    splits: list[str]  # the splits the rule or split file defines: a build must not leave them empty
+    stamps: dict[str, tuple[int, int] | None]  # (size, mtime ns) of every file the tasks read, by recorded path
 
     def doc(self, params: dict[str, Any], version: str) -> dict[str, Any]:
         """The plan as recorded (its sha256 identifies a build): parameters, version, every task's keys."""
@@ -73,7 +75,7 @@ def plan(conv: Converter, tree: SourceTree, p: BuildParams) -> Plan:
                                     f"duplicate sample key {key} (also {keyed[key].source_id})", stage="key"))
         else:
             keyed[key] = r
-    assigned, report = assign_splits(conv, list(keyed.values()), p, failures)
+    assigned, report, defined = assign_splits(conv, list(keyed.values()), p, failures)
     root = common_folder([f for r in records for f in r.files()] + [f for x in failures for f in x.files])
     per_shard = p.shard_samples or max(1, p.shard_size // max(1, worst_case_bytes(p) // 2))
     tasks = []
@@ -82,7 +84,8 @@ def plan(conv: Converter, tree: SourceTree, p: BuildParams) -> Plan:
         random.Random(f"{p.seed}:{split}").shuffle(members)  # mixed shards; the order is part of the recorded plan
         tasks += [Task(split, i // per_shard, tuple(members[i: i + per_shard]))
                   for i in range(0, len(members), per_shard)]
-    return Plan(tasks, failures, report, inputs, root)
+    stamps = {f[len(root):]: tree.stamp(f) for t in tasks for r, _ in t.records for f in r.files()}
+    return Plan(tasks, failures, report, inputs, root, defined, stamps)
 
 
 __all__ = ["Plan", "Task", "common_folder", "plan"]

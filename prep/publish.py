@@ -1,13 +1,15 @@
 """Publishing a build: name the finished parts in plan order, write the indexes and the manifest, swap the folder in.
 
-A build works in a hidden sibling ``.<name>.partial/`` of its output folder (:func:`staging_dir`); publishing
-assembles the final folder inside it (``publish/``) and renames it to the output folder, so a reader sees no build,
-the previous one or the new one, never a partial one.
+A build works in a folder of its own plan, ``.<name>.partial/<plan>/`` beside its output folder
+(:func:`plan_staging`; builds of other parameters never share parts); publishing assembles the final folder inside
+it (``publish/``) and renames it to the output folder, so a reader sees no build, the previous one or the new one,
+never a partial one. Only a folder that is provably a medprep build is ever replaced (:func:`existing_build`).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -17,17 +19,61 @@ from medprep.manifests import (
     FAILURES, MANIFEST, SAMPLES, Manifest, ShardEntry, atomic_write, dumps, jsonl_bytes, sha256_bytes, wids_index,
 )
 from medprep.manifests.card import CARD, README, dataset_card, markdown
+from medprep.manifests.dataset import BuiltDataset
+from medprep.manifests.verify import build_problems
 
 from .datasets import Converter, modality_id
 from .params import BuildError, BuildParams
 from .plan import Plan
+from .recipe import RECIPE, recipe_toml
 
 PARTIAL = ".partial"
 
 
 def staging_dir(out: Path) -> Path:
-    """Where a build of ``out`` works until it is published: a hidden sibling ``.<name>.partial``."""
+    """Where builds of ``out`` work until they are published: a hidden sibling ``.<name>.partial``, one folder per
+    plan in it."""
     return out.parent / f".{out.name}{PARTIAL}"
+
+
+def plan_staging(out: Path, plan_sha: str) -> Path:
+    """The working folder of the plan ``plan_sha`` (created; a resumed build finds its finished parts there). The
+    folders of other plans are interrupted builds with other parameters or inputs: removed (the caller holds the
+    dataset's lock, so no build is using them)."""
+    root = staging_dir(out)
+    mine = root / plan_sha[:16]
+    if root.is_dir():
+        for other in root.iterdir():
+            if other == mine:
+                continue
+            if other.is_dir():
+                shutil.rmtree(other)
+            else:
+                other.unlink()
+    mine.mkdir(parents=True, exist_ok=True)
+    return mine
+
+
+def discard(partial: Path) -> None:
+    """Remove a plan's working folder after publishing, and the staging folder once no plan is left in it."""
+    shutil.rmtree(partial)
+    try:
+        partial.parent.rmdir()
+    except OSError:
+        pass
+
+
+def existing_build(out: Path) -> BuiltDataset | None:
+    """The build at ``out``, None when there is nothing there (or an empty folder); raises :class:`BuildError` when
+    ``out`` holds anything but a medprep build (see ``manifests.verify.build_problems``): nothing is replaced then."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return None
+    problems = build_problems(out) if out.is_dir() else [f"{out.name}: a file, not a folder"]
+    if problems:
+        shown = "; ".join(str(x) for x in problems[:3]) + (f"; and {len(problems) - 3} more" if problems[3:] else "")
+        raise BuildError(f"{out} is not a medprep build ({shown}); nothing was deleted: choose another --out, or "
+                         f"move that folder away yourself")
+    return BuiltDataset(out)
 
 
 def swap_in(staged: Path, out: Path, partial: Path) -> None:
@@ -41,10 +87,10 @@ def swap_in(staged: Path, out: Path, partial: Path) -> None:
 
 def publish(out: Path, partial: Path, plan: Plan, results: list[dict[str, Any]], failures: list[dict[str, Any]],
             p: BuildParams, conv: Converter, split_sha: str | None, plan_sha: str,
-            origin: dict[str, Any]) -> Manifest:
+            origin: dict[str, Any], inputs_sha: str) -> Manifest:
     """Give the parts in ``partial`` their final shard names in ``out`` in plan order (hard links, so a rerun can
-    redo this), then write samples, failures, wids indexes, the dataset card (``card.json``, ``README.md``) and,
-    last, the manifest. ``origin`` (the command line and the source folder) is recorded in the card, not in the
+    redo this), then write samples, failures, wids indexes, the dataset card (``card.json``, ``README.md``), the
+    recipe (``recipe.toml``, from ``origin["source"]``) and, last, the manifest. ``origin`` (the command line and the source folder) is recorded in the card, not in the
     manifest: the manifest depends on the inputs and parameters only (an archive and its extracted folder, or
     another spelling of the same command, give the same bytes)."""
     shards: list[ShardEntry] = []
@@ -74,7 +120,7 @@ def publish(out: Path, partial: Path, plan: Plan, results: list[dict[str, Any]],
         atomic_write(out / f"{split}.wids.json",
                      dumps(wids_index([s for s in shards if s.split == split], f"{conv.name}-{split}")))
     params = p.recorded(split_sha)
-    params["plan_sha256"] = plan_sha
+    params["plan_sha256"], params["inputs_sha256"] = plan_sha, inputs_sha
     manifest = Manifest(
         dataset=conv.name, modality=conv.modality, modality_id=_dataset_modality_id(p, rows),
         medprep_version=__version__, params=params, shards=shards,
@@ -87,6 +133,7 @@ def publish(out: Path, partial: Path, plan: Plan, results: list[dict[str, Any]],
     card = dataset_card(manifest, rows, failures, origin)
     atomic_write(out / CARD, dumps(card))
     atomic_write(out / README, markdown(card).encode())
+    atomic_write(out / RECIPE, recipe_toml(p, origin["source"]))
     atomic_write(out / MANIFEST, dumps(manifest.to_json()))
     return manifest
 
@@ -102,4 +149,4 @@ def _dataset_modality_id(p: BuildParams, rows: list[dict[str, Any]]) -> int:
     return min(ids, key=lambda i: (-ids[i], i))
 
 
-__all__ = ["PARTIAL", "publish", "staging_dir", "swap_in"]
+__all__ = ["PARTIAL", "discard", "existing_build", "plan_staging", "publish", "staging_dir", "swap_in"]

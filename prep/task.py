@@ -1,14 +1,14 @@
 """Running one planned shard (a task) in any process: convert its records, write its tar part(s), record the result.
 
-A task writes ``<partial>/<task>.partNN.tar`` and, last, ``<partial>/<task>.json``; a build that finds that record
-and all its parts intact (:func:`load_done`) skips the task when it resumes.
+A task writes ``<partial>/<task>.partNN.tar`` and, last, ``<partial>/<task>.json``; a build that finds that record,
+all its parts intact and its input files unchanged (:func:`load_done`) skips the task when it resumes.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from medprep.manifests import atomic_write, dumps, sha256_bytes
 from medprep.manifests.pixels import make_key
@@ -16,18 +16,21 @@ from medprep.manifests.tar import TarShard
 
 from .archive import open_source
 from .datasets import Failure
-from .imaging import ConversionError
+from .imaging import ConversionError, pixel_limit
 from .params import BuildParams
 from .plan import Task
 from .sample import convert
 
 
-def run_task(task: Task, src: str, partial: str, p: BuildParams, root: str = "") -> dict[str, Any]:
+def run_task(task: Task, src: str, partial: str, p: BuildParams, root: str = "",
+             on_input: Callable[[int, bool], None] | None = None) -> dict[str, Any]:
     """Convert one planned shard; writes ``<partial>/<task>.partNN.tar`` and, last, ``<partial>/<task>.json``.
 
     Runs in any process (dask worker or the caller); everything it needs comes in its arguments. Returns the
     result record: ``task``, ``parts`` (file, nsamples, bytes, sha256), ``rows`` (samples.jsonl rows with their
-    part), ``failures`` and ``converted`` (inputs that gave at least one sample).
+    part), ``failures``, ``converted`` (inputs that gave at least one sample), and per file read (by recorded path)
+    its ``stamps`` (size, mtime ns; taken before reading) and ``inputs`` (sha256, None if it could not be read).
+    ``on_input(samples, failed)``, when given, is called as each input is done (the caller's progress).
     """
     conv = p.converter()
     tree = open_source(src, reuse=True)  # the tasks a process runs share the listed, mounted archives
@@ -36,6 +39,8 @@ def run_task(task: Task, src: str, partial: str, p: BuildParams, root: str = "")
     rows: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
     converted = 0
+    stamps: dict[str, tuple[int, int] | None] = {}
+    inputs: dict[str, str | None] = {}
     state: dict[str, Any] = {"w": None, "n": 0, "path": None}
 
     def close_part() -> None:
@@ -45,56 +50,81 @@ def run_task(task: Task, src: str, partial: str, p: BuildParams, root: str = "")
         parts.append({"file": Path(state["path"]).name, "nsamples": state["n"], "bytes": nbytes, "sha256": digest})
         state.update(w=None, n=0)
 
-    for rec, key in task.records:
-        produced = 0
-        try:
-            blobs = {f: tree.read(f) for f in rec.files()}
-            shown = rec.relative_to(root)
-            hashes = {f[len(root):]: sha256_bytes(b) for f, b in blobs.items()}
-            for sid, loaded in conv.samples(blobs, rec):
-                skey = key if sid == rec.source_id else make_key(conv.name, sid)
-                sample_mid = mid if mid is not None else p.sample_modality_id(conv, sid)
-                sample, row = convert(conv, shown, loaded, hashes, skey, sid, task.split, sample_mid, p)
-                if mid is None:  # a per-sample id map: the manifest's id is the most common one
-                    row["modality_id"] = sample_mid
-                size = TarShard.member_bytes(sample)
-                if TarShard.file_size(size) > p.shard_size:
-                    raise ConversionError(f"sample {skey} takes {TarShard.file_size(size)} bytes in a tar, more than "
-                                          f"--shard-size {p.shard_size}; raise --shard-size")
-                if state["w"] is not None and TarShard.file_size(state["bytes"] + size) > p.shard_size:
-                    close_part()
-                if state["w"] is None:
-                    state["path"] = str(Path(partial) / f"{task.name}.part{len(parts):02d}.tar")
-                    state["w"] = TarShard(Path(state["path"]))
-                    state["bytes"] = 0
-                state["w"].write(sample)
-                state["n"] += 1
-                state["bytes"] += size
-                rows.append({**row, "part": len(parts)})
-                produced += 1
-            if not produced:
-                raise ValueError("yields no sample (no slice with foreground)")
-        except Exception as e:  # every input ends up converted or listed with its reason
-            failures.append(Failure(rec.source_id, tuple(rec.relative_to(root).files()), _reason(e),
-                                    stage="convert").row())
-            continue
-        converted += 1
+    with pixel_limit(p.max_pixels):  # every decode of this task refuses images over --max-pixels
+        for rec, key in task.records:
+            produced = 0
+            for f in rec.files():  # stamped before it is read; its sha256 stays None if it cannot be read
+                stamps[f[len(root):]], inputs[f[len(root):]] = tree.stamp(f), None
+            try:
+                blobs = {}
+                for f in rec.files():
+                    blobs[f] = tree.read(f)
+                    inputs[f[len(root):]] = sha256_bytes(blobs[f])
+                shown = rec.relative_to(root)
+                hashes = {f[len(root):]: inputs[f[len(root):]] for f in blobs}
+                for sid, loaded in conv.samples(blobs, rec):
+                    skey = key if sid == rec.source_id else make_key(conv.name, sid)
+                    sample_mid = mid if mid is not None else p.sample_modality_id(conv, sid)
+                    sample, row = convert(conv, shown, loaded, hashes, skey, sid, task.split, sample_mid, p)
+                    if mid is None:  # a per-sample id map: the manifest's id is the most common one
+                        row["modality_id"] = sample_mid
+                    size = TarShard.member_bytes(sample)
+                    if TarShard.file_size(size) > p.shard_size:
+                        raise SampleTooLarge(f"sample {skey} takes {TarShard.file_size(size)} bytes in a tar, more "
+                                             f"than --shard-size {p.shard_size}; raise --shard-size")
+                    if state["w"] is not None and TarShard.file_size(state["bytes"] + size) > p.shard_size:
+                        close_part()
+                    if state["w"] is None:
+                        state["path"] = str(Path(partial) / f"{task.name}.part{len(parts):02d}.tar")
+                        state["w"] = TarShard(Path(state["path"]))
+                        state["bytes"] = 0
+                    state["w"].write(sample)
+                    state["n"] += 1
+                    state["bytes"] += size
+                    rows.append({**row, "part": len(parts)})
+                    produced += 1
+                if not produced:
+                    raise ValueError("yields no sample (no slice with foreground)")
+            except Exception as e:  # every input ends up converted or listed with its reason
+                failures.append(Failure(rec.source_id, tuple(rec.relative_to(root).files()), _reason(e),
+                                        stage="params" if isinstance(e, SampleTooLarge) else "convert").row())
+                if on_input is not None:
+                    on_input(0, True)
+                continue
+            converted += 1
+            if on_input is not None:
+                on_input(produced, False)
     close_part()
-    result = {"task": task.name, "parts": parts, "rows": rows, "failures": failures, "converted": converted}
+    result = {"task": task.name, "parts": parts, "rows": rows, "failures": failures, "converted": converted,
+              "stamps": stamps, "inputs": inputs}
     atomic_write(Path(partial) / f"{task.name}.json", dumps(result))
     return result
 
 
+class SampleTooLarge(ConversionError):
+    """A sample that does not fit in a shard: the parameters (``--shard-size``) are wrong, not the input."""
+
+
 def _reason(e: Exception) -> str:
-    return str(e) if type(e).__name__ == "ConversionError" else f"{type(e).__name__}: {e}"
+    """The failure reason: a ``ConversionError``'s message, else the exception's (qualified) type and message."""
+    if isinstance(e, ConversionError):
+        return str(e).strip()
+    module = type(e).__module__
+    kind = type(e).__qualname__
+    if module != "builtins" and not module.startswith("medprep."):
+        kind = f"{module}.{kind}"  # e.g. cv2.error, not just 'error'
+    return f"{kind}: {' '.join(str(e).split())}"
 
 
-def load_done(partial: Path, task: Task) -> dict[str, Any] | None:
-    """A finished task's result, if its record and all its part files are intact."""
+def load_done(partial: Path, task: Task, stamps: dict[str, Any]) -> dict[str, Any] | None:
+    """A finished task's result, if its record and all its part files are intact and the files it read still have
+    the ``stamps`` (the plan's, by recorded path) they had when it ran."""
     rec = partial / f"{task.name}.json"
     if not rec.exists():
         return None
     res = json.loads(rec.read_text())
+    if dumps(res.get("stamps")) != dumps({rel: stamps.get(rel) for rel in res.get("stamps") or {}}):
+        return None
     return res if all((partial / pt["file"]).exists() for pt in res["parts"]) else None
 
 

@@ -55,6 +55,14 @@ class SourceTree:
     def read(self, rel: str) -> bytes:
         return (self.root / rel).read_bytes()
 
+    def stamp(self, rel: str) -> tuple[int, int] | None:
+        """(size, mtime in ns) of a file, the build's fast check for changed inputs; None if it cannot be read."""
+        try:
+            st = os.stat(self.root / rel)
+        except OSError:
+            return None
+        return st.st_size, st.st_mtime_ns
+
     def exists(self, rel: str) -> bool:
         return rel in self._fileset
 

@@ -12,7 +12,7 @@ left; coronal slices superior up, right on the left; sagittal slices superior up
 
 from __future__ import annotations
 
-import gzip
+import io
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from .datasets.base import Loaded
-from .imaging import ConversionError
+from .imaging import ConversionError, check_pixels, gunzip, gunzip_head
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SITK_SUFFIXES = NIFTI_SUFFIXES + (".mha", ".nrrd")  # single-file formats; DICOM series are folders of .dcm
@@ -127,15 +127,35 @@ def _select(arr: np.ndarray, channel: int, name: str) -> np.ndarray:
     return arr
 
 
-def read_nibabel(data: bytes, name: str, channel: int = 0) -> Volume:
-    """A NIfTI-1/2 volume (``.nii`` or ``.nii.gz``) from its bytes, scaled by scl_slope/inter."""
+NIFTI_HEADER_BYTES = 540  # a NIfTI-2 header; NIfTI-1's is 348
+
+
+def _nifti_header(head: bytes, name: str) -> Any:
+    """The NIfTI-1 or NIfTI-2 header at the start of ``head`` (the first ``NIFTI_HEADER_BYTES`` of the file)."""
     import nibabel as nib
 
-    if name.lower().endswith(".gz"):
+    errors = []
+    for cls in (nib.Nifti1Header, nib.Nifti2Header):
         try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as e:
-            raise ConversionError(f"cannot gunzip {name}: {e}") from None
+            return cls.from_fileobj(io.BytesIO(head), check=True)
+        except Exception as e:  # nibabel raises several types for a wrong header
+            errors.append(f"{cls.__name__}: {e}")
+    raise ConversionError(f"cannot read {name} as NIfTI ({'; '.join(errors)})")
+
+
+def read_nibabel(data: bytes, name: str, channel: int = 0) -> Volume:
+    """A NIfTI-1/2 volume (``.nii`` or ``.nii.gz``) from its bytes, scaled by scl_slope/inter. The header is read
+    first: a volume over --max-pixels voxels is refused, and a ``.nii.gz`` is unpacked only up to the size its
+    header declares."""
+    import nibabel as nib
+
+    gz = name.lower().endswith(".gz")
+    header = _nifti_header(gunzip_head(data, name, NIFTI_HEADER_BYTES) if gz else data[:NIFTI_HEADER_BYTES], name)
+    shape = header.get_data_shape()
+    check_pixels(shape, name, "voxels")
+    if gz:
+        declared = int(header["vox_offset"]) + int(np.prod(shape, dtype=np.int64)) * header.get_data_dtype().itemsize
+        data = gunzip(data, name, declared + (1 << 20))  # 1 MiB of slack for trailing bytes
     errors = []
     for cls in (nib.Nifti1Image, nib.Nifti2Image):
         try:
@@ -182,18 +202,31 @@ def read_sitk(files: dict[str, bytes], name: str, channel: int = 0) -> Volume:
             paths.append(str(p))
         try:
             if len(files) == 1 and volume_suffix(name):
+                check_pixels(_declared_size(paths[0]), name, "voxels")
                 img = sitk.ReadImage(paths[0])
             else:
                 series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(tmp)
                 if len(series) != 1:
                     raise ConversionError(f"{name}: expected one DICOM series in the folder, found {len(series)}"
                                           f"{' (' + ', '.join(series) + ')' if series else ''}")
+                slices = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(tmp, series[0])
+                check_pixels((*_declared_size(slices[0])[:2], len(slices)), name, "voxels")
                 reader = sitk.ImageSeriesReader()
-                reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(tmp, series[0]))
+                reader.SetFileNames(slices)
                 img = reader.Execute()
         except RuntimeError as e:
             raise ConversionError(f"SimpleITK cannot read {name}: {str(e).strip().splitlines()[-1]}") from None
     return _sitk_volume(img, name, channel)
+
+
+def _declared_size(path: str) -> tuple[int, ...]:
+    """The image size a file's header declares (SimpleITK reads the header only)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    reader.ReadImageInformation()
+    return tuple(reader.GetSize())
 
 
 def read_volume(files: dict[str, bytes], name: str, reader: str = "auto", channel: int = 0) -> Volume:

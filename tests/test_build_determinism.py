@@ -78,7 +78,7 @@ def test_crash_midway_then_resume_gives_identical_bytes(src, reference, tmp_path
     with pytest.raises(KeyboardInterrupt):
         build("dsb2018", src, out.parent, size=64, shard_samples=3, on_event=crash_after_two)
     assert not (out / "manifest.json").exists() and not list(out.glob("*.tar"))  # nothing final is visible
-    assert len(list(staging_dir(out).glob("*.json"))) == 2
+    assert len(list(staging_dir(out).glob("*/*.json"))) == 2
     result = build("dsb2018", src, out.parent, size=64, shard_samples=3)
     assert result.skipped_tasks == 2
     assert digest(out) == digest(reference)
@@ -95,7 +95,7 @@ def test_sigkill_at_several_points_then_resume(src, reference, tmp_path, finishe
             "build('dsb2018', sys.argv[1], sys.argv[2], size=64, shard_samples=3)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(src), str(out.parent)], start_new_session=True)
     deadline = time.monotonic() + 60
-    while len(list(staging_dir(out).glob("*.json"))) < finished_tasks and proc.poll() is None:
+    while len(list(staging_dir(out).glob("*/*.json"))) < finished_tasks and proc.poll() is None:
         assert time.monotonic() < deadline
         time.sleep(0.005)
     if finished_tasks == 0:
@@ -154,9 +154,11 @@ def test_verify_detects_a_corrupt_shard(src, tmp_path):
 
 
 def test_sample_larger_than_shard_size_is_a_failure(src, tmp_path):
-    result = build("dsb2018", src, tmp_path / "tiny", size=64, shard_size=5_000)
-    assert result.manifest.counts["samples"] == 0 and len(result.failures) == 14
-    assert "more than --shard-size 5000" in result.failures[0]["reason"]
+    """A sample larger than --shard-size fails; when every sample does, nothing is published."""
+    with pytest.raises(BuildError, match=r"nothing was converted: all 14 inputs failed:\n  14 x sample dsb2018-\S+ "
+                                         r"takes \d+ bytes in a tar, more than --shard-size 5000"):
+        build("dsb2018", src, tmp_path / "tiny", size=64, shard_size=5_000)
+    assert not (tmp_path / "tiny" / "dsb2018").exists()
 
 
 def test_shards_read_back_through_webdataset(reference):

@@ -90,7 +90,7 @@ def test_check_teacher_and_cli(tmp_path, sa1b):
     out = str(tmp_path / "t.zarr")
     runner = CliRunner()
     args = ["cache-teacher", "--source", str(sa1b), "--out", out, "--encoder", TINY, "--encoder-arg", "img_size=64",
-            "--device", "cpu", "--dtype", "int8", "--shard-size", "4", "--batch-size", "2", "--run", "r"]
+            "--device", "cpu", "--dtype", "int8", "--shard-samples", "4", "--batch-size", "2", "--run", "r"]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "2 zarr shards written (7 images)" in res.output

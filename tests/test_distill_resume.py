@@ -22,8 +22,8 @@ OPTS = {"dtype": "int8", "views": ["identity", "hflip"], "shard_size": 4, "batch
 def _cli(source: str, out: str) -> list[str]:
     return [sys.executable, "-m", "medprep.cli", "cache-teacher", "--source", source, "--out", out,
             "--encoder", TINY, "--encoder-arg", "img_size=256", "--device", "cpu", "--run", RUN,
-            "--dtype", OPTS["dtype"], "--views", ",".join(OPTS["views"]), "--shard-size", str(OPTS["shard_size"]),
-            "--batch-size", str(OPTS["batch_size"]), "--no-progress"]
+            "--dtype", OPTS["dtype"], "--views", ",".join(OPTS["views"]), "--shard-samples", str(OPTS["shard_size"]),
+            "--batch-size", str(OPTS["batch_size"])]
 
 
 def _arrays(url: str) -> dict[str, np.ndarray]:

@@ -118,6 +118,7 @@ class Folder(Converter):
     modality = "?"
     split_rule = "test"
     marker = "*"
+    src_relative = True  # its globs are relative to --src
     layout = ("--images 'imgs/*.png' --masks 'labels/{stem}_mask.png': the image glob and the mask pattern, relative "
               "to --src; placeholders {stem}, {name}, {dir}, {parent}; several mask matches are OR-merged")
     fake_counts = {"test": 4}

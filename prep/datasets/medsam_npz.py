@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..imaging import ConversionError, to_uint8
+from ..imaging import ConversionError, check_pixels, to_uint8
 from ..tree import LayoutError, SourceTree
 from ..volumes import cut, label_values
 from .base import Converter, Failure, Loaded, Record, register
@@ -29,12 +29,23 @@ PREFIX_MODALITY = {"CT": "ct", "MR": "mr", "Dermoscopy": "dermoscopy", "Fundus":
                    "X-Ray": "x-ray", "US": "ultrasound", "Microscope": "microscopy", "Microscopy": "microscopy"}
 
 
+def _declared_pixels(npz: Any, key: str) -> tuple[int, ...]:
+    """The shape array ``key`` of an npz declares in its ``.npy`` header (nothing unpacked), without a trailing
+    channel axis of 2-4."""
+    with npz.zip.open(f"{key}.npy") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape = read(f)[0]
+    return shape[:-1] if len(shape) >= 3 and 2 <= shape[-1] <= 4 else shape
+
+
 @register
 class MedSAMNpz(Converter):
     name = "medsam-npz"
     title = 'CVPR 2024 "MedSAM on laptop" npz files, 2D and 3D (-o modality=NAME required)'
     modality = "?"  # given with -o modality=
     marker = "*.npz"
+    src_relative = True  # its globs are relative to --src
     layout = ("<Modality>_<dataset>_<case>.npz at any depth (or -o images=GLOB), each with imgs (H,W,3)|(H,W) + gts "
               "(H,W), or imgs + gts (D,H,W) and spacing (x,y,z)")
     fake_counts = {"train": 18}
@@ -73,6 +84,9 @@ class MedSAMNpz(Converter):
         """One sample per 2D file; the slices with foreground of a 3D file."""
         try:
             with np.load(io.BytesIO(blobs[rec.image]), allow_pickle=False) as npz:
+                for k in ("imgs", "gts"):
+                    if k in npz.files:
+                        check_pixels(_declared_pixels(npz, k), f"{rec.image} {k}", "pixels")
                 arrays = {k: npz[k] for k in npz.files}
         except (ValueError, OSError, zipfile.BadZipFile) as e:
             raise ConversionError(f"cannot read {rec.image} as npz: {e}") from None

@@ -70,6 +70,7 @@ class Volumes(Converter):
     title = "CT / MR volumes with label volumes, cut into 2D slices (-o modality=ct|mr required)"
     modality = "?"  # given with -o modality=
     marker = "imagesTr/*"
+    src_relative = True  # its globs are relative to --src
     layout = ("imagesTr/<case>_0000.nii.gz + labelsTr/<case>.nii.gz (nnU-Net), imagesTr/<case>.nii.gz + "
               "labelsTr/<case>.nii.gz (MSD), or -o images=GLOB -o labels=PATTERN (placeholders {stem}, {case}, "
               "{name}, {dir}, {parent}); .nii, .nii.gz, .mha, .nrrd, folders of .dcm")

@@ -1,0 +1,106 @@
+"""Build recipes: a TOML file holding the options of one ``medprep build``, written beside every manifest as
+``recipe.toml`` so that ``medprep build --config recipe.toml`` builds the same bytes again.
+
+Keys are the option names of ``medprep build`` without the leading dashes (``dataset``, ``src``, ``out``,
+``size``, ``patch-sizes``, ``shard-size``, ...; ``_`` may stand for ``-``); converter options (``-o KEY=VALUE``,
+``--images``, ``--groups-file``, ...) go in an ``[options]`` table (or at the top level, by their option name) and
+are passed on as they are. Relative ``src``, ``out`` and ``split-file`` paths are relative to the recipe's folder.
+The written recipe names the build's output as ``out = ".."`` (the folder above the recipe's, where it lies), so it
+holds no path of where it was built.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from .params import BuildParams
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+RECIPE = "recipe.toml"
+PATHS = ("src", "out", "split_file")  # keys holding paths relative to the recipe's folder
+RUN_KEYS = ("src", "out", "workers", "scheduler", "strict", "overwrite", "check_against", "leak_threshold")
+OPTION_FLAGS = ("images", "masks", "modality", "name", "groups_file")  # converter options with a flag of their own
+_BARE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def recipe_toml(p: BuildParams, src: str) -> bytes:
+    """The recipe of a build of ``p`` from the source ``src`` (the dataset's folder or archive), as TOML."""
+    doc: dict[str, Any] = {"dataset": p.dataset, "src": src, "out": ".."}
+    for f in fields(BuildParams):
+        value = getattr(p, f.name)
+        if f.name not in ("dataset", "options") and value is not None:
+            doc[f.name] = str(Path(value).resolve()) if f.name == "split_file" else value
+    head = ("# medprep build recipe: `medprep build --config recipe.toml` rebuilds these bytes (options given on the\n"
+            "# command line override these; relative paths are relative to this file's folder).\n")
+    body = "".join(f"{_key(k.replace('_', '-'))} = {_value(v)}\n" for k, v in doc.items())
+    options = "".join(f"{_key(k)} = {_value(v)}\n" for k, v in sorted(p.options.items()))
+    return (head + body + (f"\n[options]\n{options}" if options else "")).encode()
+
+
+def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
+    """The options of the recipe at ``path``: ``medprep build`` option name (``shard_size``) -> value, converter
+    options under ``options``, relative paths resolved against the recipe's folder. Raises ValueError naming an
+    unreadable file or an unknown key."""
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ValueError(f"--config {path}: cannot read it as a TOML recipe ({e})") from None
+    known = {f.name for f in fields(BuildParams)} - {"options"} | set(RUN_KEYS)
+    out: dict[str, Any] = {"options": {}}
+    for key, value in doc.items():
+        name = key.replace("-", "_")
+        if name == "options":
+            if not isinstance(value, dict):
+                raise ValueError(f"--config {path}: [options] must be a table of converter options")
+            out["options"].update({k.replace("-", "_"): v for k, v in value.items()})
+        elif name in OPTION_FLAGS:
+            out["options"][name] = value
+        elif name in known:
+            out[name] = value
+        else:
+            names = sorted(k.replace("_", "-") for k in known | set(OPTION_FLAGS))
+            raise ValueError(f"--config {path}: unknown key {key!r}; expected options of medprep build "
+                             f"({', '.join(names)}) and an [options] table")
+    for name in PATHS:
+        if isinstance(out.get(name), str):
+            out[name] = _relative_to(path.parent, out[name])
+    return out
+
+
+def _relative_to(folder: Path, value: str) -> str:
+    """``value`` as given when absolute or a URL, else joined to ``folder``."""
+    return value if "://" in value or Path(value).is_absolute() else os.path.normpath(folder / value)
+
+
+def _key(key: str) -> str:
+    return key if _BARE.fullmatch(key) else json.dumps(key)
+
+
+def _value(v: Any) -> str:
+    """A TOML value: strings with JSON's escapes (valid TOML basic strings), numbers, booleans, arrays, inline
+    tables."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (str, os.PathLike)):
+        return json.dumps(os.fspath(v))
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_key(str(k))} = {_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(f"a recipe cannot hold {type(v).__name__} values ({v!r})")
+
+
+__all__ = ["RECIPE", "read_recipe", "recipe_toml"]
