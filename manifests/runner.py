@@ -32,7 +32,7 @@ WORKER_ENV: dict[str, Any] = {
     "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 32 << 20,
 }
 
-CONNECT_TIMEOUT_S = 10.0  # a scheduler that does not answer within this is reported, not waited for (dask: 30 s)
+CONNECT_TIMEOUT_S = 5.0  # a scheduler that does not answer within this is reported, not waited for (dask: 30 s)
 
 # no dashboard, and the scheduler's small HTTP server on a free local port rather than 8787 (which warns whenever
 # another cluster holds it)

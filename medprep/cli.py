@@ -6,15 +6,54 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
+import textwrap
 from pathlib import Path
 from typing import Optional
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from medprep import __version__
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+DEBUG = "--debug"
+
+
+class _Commands(TyperGroup):
+    """The command group, with the one handler of user-facing errors: a known error (a parameter, an input, a file,
+    a build that cannot proceed) ends in one ``error: ...`` line and exit status 2, a build whose inputs failed in
+    status 1; ``--debug`` anywhere on the command line shows the traceback instead."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if DEBUG in args:
+            ctx.meta["debug"] = True
+            args = [a for a in args if a != DEBUG]
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except Exception as e:
+            code = _error_status(e)
+            if code is None or ctx.meta.get("debug"):
+                raise
+            message = e.args[0] if isinstance(e, KeyError) and e.args else str(e) or type(e).__name__
+            typer.secho(f"error: {message}", fg="red", err=True)
+            raise typer.Exit(code) from None
+
+
+def _error_status(e: Exception) -> int | None:
+    """The exit status of a known error (None: a bug, shown with its traceback)."""
+    from medprep.prep.params import BuildError, InputsFailed
+
+    if isinstance(e, InputsFailed):
+        return 1
+    return 2 if isinstance(e, (BuildError, ValueError, OSError, KeyError)) else None
+
+
+app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]})
 
 
@@ -29,7 +68,8 @@ def main(version: bool = typer.Option(False, "--version", "-V", callback=_print_
                                       help="Print the medprep version and exit.")) -> None:
     """medprep: prepare medical segmentation data (webdataset shards) and frozen-teacher features for SAM students.
 
-    Start with 'medprep datasets' (what it converts, where to download it), then 'medprep build'.
+    Start with 'medprep datasets' (what it converts, where to download it), then 'medprep build'. Errors are one
+    line (exit status 2; 1 for a build whose inputs failed); add --debug anywhere to see their traceback.
     """
 
 
@@ -56,16 +96,11 @@ def setup_logging(verbose: bool) -> None:
 
 
 def parse_size(text: str, flag: str = "--shard-size") -> int:
-    """'1GB', '500MB', '2GiB', '123' -> bytes; a ValueError naming ``flag`` otherwise."""
-    t = str(text).strip().upper().replace(" ", "")
-    units = {"KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "KB": 10**3, "MB": 10**6, "GB": 10**9, "B": 1}
-    try:
-        for u, mult in units.items():
-            if t.endswith(u):
-                return int(float(t[: -len(u)]) * mult)
-        return int(t)
-    except ValueError:
-        raise ValueError(f"{flag} {text!r}: expected a size such as 1GB, 500MB, 2GiB or a number of bytes") from None
+    """'1GB', '500MB', '2GiB', '1G', '123' -> bytes (``dask.utils.parse_bytes``); a ValueError naming ``flag``
+    otherwise."""
+    from medprep.prep.params import parse_size as parse_bytes
+
+    return parse_bytes(text, flag)
 
 
 def parse_options(pairs: list[str], flag: str = "--option") -> dict[str, object]:
@@ -155,12 +190,22 @@ def build(
                                                                              "sequence column, for --group-by."),
     shard_size: str = typer.Option("1GB", metavar="BYTES", help="Hard upper bound of a shard's size, e.g. 500MB."),
     shard_samples: Optional[int] = typer.Option(None, metavar="N", help="Samples per shard (planned)."),
+    max_pixels: Optional[int] = typer.Option(None, metavar="N", help="Most pixels one image (voxels one volume) may "
+                                             "declare in its header; larger inputs fail before decoding (default "
+                                             "2^28)."),
     workers: int = typer.Option(1, metavar="N", help="Worker processes (a dask LocalCluster when > 1)."),
     scheduler: Optional[str] = typer.Option(None, metavar="ADDRESS", help="A running dask scheduler, e.g. "
                                                                          "tcp://host:8786."),
     strict: bool = typer.Option(False, "--strict", help="Publish nothing if any input cannot be converted."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished build made with other "
                                                               "parameters."),
+    max_failures: Optional[str] = typer.Option(None, metavar="N|P%", help="Publish nothing when more inputs fail "
+                                               "(a count, or a percentage of the inputs; default: none failing "
+                                               "because of the parameters). Exit status 1."),
+    allow_empty_split: bool = typer.Option(False, "--allow-empty-split", help="Publish even when a split the rule "
+                                           "or split file defines comes out empty."),
+    wait: float = typer.Option(0.0, metavar="SECONDS", help="When another build is writing the same dataset, wait "
+                                                            "this long for it before giving up."),
     option: list[str] = typer.Option([], "--option", "-o", metavar="KEY=VALUE", help="Converter option "
                                                                                      "(repeatable)."),
     images: Optional[str] = typer.Option(None, metavar="GLOB", help="folder: image glob below --src; nih-lung: "
@@ -188,8 +233,7 @@ def build(
     recipe.toml ('medprep build --config DIR/<dataset>/recipe.toml' builds the same bytes again). A rerun resumes
     an interrupted build, or says the build is up to date.
     """
-    from medprep.prep import BuildError, BuildEvent, BuildParams, LayoutError, Planned, TaskDone, build as run_build
-    from medprep.prep.events import InputDone
+    from medprep.prep import BuildEvent, BuildParams, InputDone, Planned, TaskDone, build as run_build
     from medprep.progress import Progress
 
     setup_logging(verbose)
@@ -212,19 +256,20 @@ def build(
             n, f = seen.pop(event.task, (0, 0))
             progress.advance(event.planned - n, event.failures - f)
 
+    if check_against:  # before any work: a missing dataset to check against is a mistake in the command
+        from medprep.manifests import open_sources
+
+        open_sources(check_against)
     with Progress(f"build {dataset}", every=progress_every, quiet=quiet) as progress:
-        try:
-            params = BuildParams.of(dataset, preset=preset, size=size, resize=resize, interpolation=interpolation,
-                                    patch_sizes=_ints("--patch-sizes", patch_sizes), modality_map=modality_map,
-                                    normalize=normalize, prompts=prompts, box_jitter=box_jitter, seed=seed,
-                                    split_rule=split_rule, split_file=str(split_file) if split_file else None,
-                                    group_by=group_by, shard_size=parse_size(shard_size, "--shard-size"),
-                                    shard_samples=shard_samples, options=opts)
-            result = run_build(params, src, out, workers=workers, scheduler=scheduler, strict=strict,
-                               overwrite=overwrite, on_event=draw, command=["medprep", *sys.argv[1:]])
-        except (BuildError, LayoutError, ValueError) as e:
-            progress.close()
-            fail(str(e))
+        params = BuildParams.of(dataset, preset=preset, size=size, resize=resize, interpolation=interpolation,
+                                patch_sizes=_ints("--patch-sizes", patch_sizes), modality_map=modality_map,
+                                normalize=normalize, prompts=prompts, box_jitter=box_jitter, seed=seed,
+                                split_rule=split_rule, split_file=str(split_file) if split_file else None,
+                                group_by=group_by, shard_size=parse_size(shard_size, "--shard-size"),
+                                shard_samples=shard_samples, max_pixels=max_pixels, options=opts)
+        result = run_build(params, src, out, workers=workers, scheduler=scheduler, strict=strict,
+                           overwrite=overwrite, max_failures=max_failures, allow_empty_split=allow_empty_split,
+                           wait=wait, on_event=draw, command=["medprep", *sys.argv[1:]])
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=1))
     elif not quiet:
@@ -280,48 +325,63 @@ def leakage(
 
 
 @app.command()
-def datasets(name: Optional[str] = typer.Argument(None, help="One dataset, shown with its modality id in every "
-                                                               "--modality-map.")) -> None:
-    """List the datasets medprep converts, their modality and expected layout."""
-    from medprep.prep.datasets import describe_options, modality_id, registered
+def datasets(
+    name: Optional[str] = typer.Argument(None, metavar="[NAME]", help="One dataset, described in full."),
+    as_json: bool = typer.Option(False, "--json", help="Print the description(s) as JSON."),
+) -> None:
+    """List the datasets medprep converts, or describe one.
 
-    shown = registered()
-    if name is not None:
-        if name not in shown:
-            fail(f"unknown dataset {name!r}; known: {', '.join(shown)}")
-        shown = {name: shown[name]}
-    for name, cls in shown.items():
-        try:
-            modality = f"{cls.modality} (id {modality_id(cls.modality)})"
-        except ValueError:
-            modality = "modality given with --modality"
-        domain = f", {cls.domain} domain" if cls.domain else ""
-        typer.echo(f"{name:14s} {modality}, split: {cls.split_rule}{domain}")
-        typer.echo(f"{'':14s} {cls.title}")
-        typer.echo(f"{'':14s} layout: {cls.layout}")
-        for i, line in enumerate(describe_options(cls.Options)):
-            typer.echo(f"{'':14s} {'options (-o KEY=VALUE): ' if i == 0 else ' ' * 24}{line}")
-        if len(shown) == 1:
-            _id_maps(name, cls)
+    For each: modality, split rule, official page, licence and citation. With NAME also the expected layout, the
+    options, the modality id in every --modality-map, how its samples are named in a --split-file, and the build
+    command.
+    """
+    from medprep.prep.catalog import catalog, describe_dataset
 
+    if as_json:
+        doc = describe_dataset(name) if name is not None else catalog(examples=True)
+        typer.echo(json.dumps(doc, indent=1))
+        return
+    if name is None:
+        for d in catalog():
+            domain = f", {d['domain']} domain" if d["domain"] else ""
+            ids = d["modality_ids"]
+            modality = f"{d['modality']} (id {ids['default']})" if ids else "modality given with --modality"
+            typer.echo(f"{d['name']:14s} {modality}, split: {d['split_rule']}{domain}")
+            for line in (d["title"], d["homepage"], d["license"] and f"licence: {d['license']}"):
+                if line:
+                    typer.echo(f"{'':14s} {line}")
+        typer.echo("\n'medprep datasets NAME' shows the layout, options, split-file ids and build command of one.")
+        return
+    d = describe_dataset(name)
+    pad = " " * 18
+    width = max(60, shutil.get_terminal_size((100, 24)).columns - 1)
 
-def _id_maps(name: str, cls: type) -> None:
-    """The modality id of dataset ``name`` in every --modality-map; the released checkpoints' ids per file name."""
-    from medprep.manifests.modalities import MODALITY_MAPS, RELEASED_RULE
-    from medprep.prep.datasets import esp_split_name
-    from medprep.prep.export import RELEASED_SPLITS, released_ids
+    def field(label: str, text: str) -> None:
+        typer.echo(textwrap.fill(text, width, initial_indent=f"  {label + ':' if label else '':16s}", subsequent_indent=pad,
+                                 break_on_hyphens=False))
 
-    tables = ", ".join(f"{t} {ids[cls.modality]}" for t, ids in MODALITY_MAPS.items() if cls.modality in ids)
-    typer.echo(f"{'':14s} modality ids: {tables or 'from --modality'}")
-    typer.echo(f"{'':14s} esp-medsam-released, per sample from its ESP-MedSAM file name ({RELEASED_RULE}):")
-    try:
-        for mid, names in released_ids(name).items():
-            typer.echo(f"{'':14s}   {mid}: {', '.join(names)}, ...")
-    except (ValueError, OSError) as e:
-        typer.echo(f"{'':14s}   (no example names: {e})")
-    split_file = f"{esp_split_name(name)}_data_split.json"
-    released = "released by the authors" if split_file in RELEASED_SPLITS else "not released by the authors"
-    typer.echo(f"{'':14s} ESP-MedSAM split file: {split_file} ({released})")
+    typer.echo(f"{d['name']}: {d['title']}")
+    ids = ", ".join(f"{t} {i}" for t, i in d["modality_ids"].items())
+    field("modality", f"{d['modality']} (ids: {ids})" if ids else "given with --modality")
+    field("split", d["split_rule"] + (f"; {d['domain']} domain" if d["domain"] else ""))
+    for label, key in (("official page", "homepage"), ("licence", "license"), ("cite", "citation")):
+        field(label, d[key] or "-")
+    field("layout", d["layout"])
+    for i, line in enumerate(d["options"] or ["none"]):
+        field("options" if i == 0 else "", line)
+    examples = ", ".join(f"{x['split_file_id']} (source id {x['source_id']})" if x["split_file_id"] != x["source_id"]
+                         else x["source_id"] for x in d["split_file_ids"])
+    field("split-file ids", f"{examples}, ... (file names without extension, as in the authors' JSON)")
+    esp = d["esp_medsam_split_file"]
+    field("", f"ESP-MedSAM split file: {esp['name']} "
+              f"({'released by the authors' if esp['released'] else 'not released by the authors'})")
+    released = d["esp_medsam_released_ids"]
+    field("released ids", f"--modality-map esp-medsam-released, from the ESP-MedSAM file name "
+                          f"({released['rule']}):")
+    for mid, names in released["examples"].items():
+        field("", f"{mid}: {', '.join(names)}, ...")
+    field("build", d["build"])
+    field("", "(DOWNLOAD: the folder the official download unpacks to, a folder above it, or the archive)")
 
 
 @app.command()
@@ -499,14 +559,14 @@ def export(
     split: list[str] = typer.Option([], "--split", help="Split to export (repeatable; default: all)."),
     name: Optional[str] = typer.Option(None, help="esp-medsam split-file name / nnU-Net dataset name."),
     dataset_id: int = typer.Option(501, help="nnU-Net dataset id (DatasetXXX_Name)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace files of the same names already in --out "
+                                                              "(other files there are left alone)."),
 ) -> None:
     """Export built datasets to the ESP-MedSAM, nnU-Net raw or plain image/mask folder layout."""
     from medprep.prep.export import export as run_export
 
-    try:
-        result = run_export(sources, out, layout, splits=split or None, name=name, dataset_id=dataset_id)
-    except (ValueError, FileNotFoundError) as e:
-        fail(str(e))
+    result = run_export(sources, out, layout, splits=split or None, name=name, dataset_id=dataset_id,
+                        overwrite=overwrite)
     typer.echo(result.summary())
 
 

@@ -1,7 +1,7 @@
 """Converters and the build pipeline: official dataset layouts -> deterministic webdataset shards."""
 
 from .datasets import REGISTRY, Converter, Record, get_converter, load_all
-from .events import BuildEvent, BuildResult, Planned, Published, TaskDone
+from .events import BuildEvent, BuildResult, InputDone, Planned, Published, TaskDone
 from .imaging import ConversionError
 from .params import BuildError, BuildParams
 from .pipeline import build
@@ -14,5 +14,5 @@ def datasets() -> dict[str, type[Converter]]:
     return dict(sorted(REGISTRY.items()))
 
 
-__all__ = ["BuildError", "BuildEvent", "BuildParams", "BuildResult", "ConversionError", "Converter", "LayoutError",
-           "Planned", "Published", "Record", "SourceTree", "TaskDone", "build", "datasets", "get_converter"]
+__all__ = ["BuildError", "BuildEvent", "BuildParams", "BuildResult", "ConversionError", "Converter", "InputDone",
+           "LayoutError", "Planned", "Published", "Record", "SourceTree", "TaskDone", "build", "datasets", "get_converter"]

@@ -201,7 +201,7 @@ class ArchiveTree(SourceTree):
         return str(self.root)
 
     @cached_property
-    def files(self) -> list[str]:
+    def _listed(self) -> list[str]:
         return sorted(self._entries)
 
     def stamp(self, rel: str) -> tuple[int, int] | None:

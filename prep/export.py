@@ -9,7 +9,9 @@
   ``splits_final.json`` holding medprep's train/valid split as fold 0 (copy it next to the preprocessed data).
 * ``folder``: ``<split>/images/<key>.png`` and ``<split>/masks/<key>.png`` (shard bytes, mask 0/255).
 
-Files are written atomically in manifest order; the same shards give the same bytes.
+Files are written atomically in manifest order; the same shards give the same bytes. An export never replaces a
+file that is already there unless asked to (``overwrite``), and then only the files it writes; before writing
+anything it lists the clashing files.
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from medprep.manifests import BuiltDataset, atomic_write, join
+from medprep.manifests import BuiltDataset, atomic_write, fs_and_path, join
 from medprep.manifests.dataset import Source, open_sources
 from medprep.manifests.modalities import esp_medsam_released_id
 
 from .archive import open_source
-from .datasets import converter_class, esp_split_name, get_converter, make_fake
+from .datasets import Converter, converter_class, esp_split_name, get_converter, make_fake
 from .imaging import decode, encode_png
 from .tree import natural_key
 
@@ -87,19 +89,31 @@ def released_ids(dataset: str, limit: int = 3) -> dict[int, list[str]]:
     """The ``esp-medsam-released`` ids a dataset's samples get, shown on the names of its fake download (named as
     the official one): id -> up to ``limit`` ESP-MedSAM file names. Slices of volumes add ``_z0042``-style
     suffixes to the names listed here (which gives them a ``_``)."""
-    import tempfile
-
-    cls = converter_class(dataset)
-    conv = get_converter(dataset, **cls.fake_options)
+    conv, ids = _fake_ids(dataset)
     out: dict[int, list[str]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        records, _ = conv.discover(open_source(make_fake(dataset, tmp)))
-    for rec in sorted(records, key=lambda r: natural_key(r.source_id)):
-        name = conv.esp_file_id(rec.source_id)
+    for sid in ids:
+        name = conv.esp_file_id(sid)
         names = out.setdefault(esp_medsam_released_id(name), [])
         if len(names) < limit:
             names.append(name)
     return out
+
+
+def split_file_ids(dataset: str, limit: int = 2) -> list[tuple[str, str]]:
+    """How a dataset's samples are named in a ``--split-file``, shown on its fake download (named as the official
+    one): up to ``limit`` pairs (source id, split-file id), e.g. UDIAT's ``("000001", "ultra_000001")``."""
+    conv, ids = _fake_ids(dataset)
+    return [(sid, conv.split_file_id(sid)) for sid in ids[:limit]]
+
+
+def _fake_ids(dataset: str) -> tuple[Converter, list[str]]:
+    """The converter (with its fake-data options) and the naturally sorted source ids of the fake download."""
+    import tempfile
+
+    conv = get_converter(dataset, **converter_class(dataset).fake_options)
+    with tempfile.TemporaryDirectory() as tmp:
+        records, _ = conv.discover(open_source(make_fake(dataset, tmp)))
+    return conv, sorted((r.source_id for r in records), key=natural_key)
 
 
 def _esp_notes(datasets: list[BuiltDataset], file_name: str, exported: set[str],
@@ -139,16 +153,39 @@ def _splits(datasets: list[BuiltDataset], splits: Sequence[str] | None) -> list[
     return chosen
 
 
+def _refuse_clashes(out: str, paths: list[str], overwrite: bool) -> None:
+    """Raise ``FileExistsError`` naming the files among ``paths`` that exist already, unless ``overwrite``."""
+    if overwrite:
+        return
+    fs, base = fs_and_path(out)
+    if not fs.exists(base):
+        return
+    present = {f.rstrip("/") for f in fs.find(base)}
+    clashes = [x for x in paths if fs_and_path(x)[1] in present]
+    if clashes:
+        shown = ", ".join(clashes[:3]) + (f" and {len(clashes) - 3} more" if clashes[3:] else "")
+        raise FileExistsError(f"--out {out} already holds {len(clashes)} file(s) this export would write: {shown}; "
+                              f"nothing was written. Export into an empty folder, or pass --overwrite to replace "
+                              f"those files (and only those)")
+
+
+def _keys(datasets: list[BuiltDataset], split: str) -> list[tuple[BuiltDataset, dict[str, Any]]]:
+    """(dataset, samples.jsonl row) of every sample of ``split``, as the export will write them."""
+    return [(ds, row) for ds in datasets for row in ds.samples(split)]
+
+
 def _mask01(png: bytes, where: str) -> bytes:
     return encode_png((decode(png, where) > 0).astype(np.uint8))
 
 
 def export(sources: Source | Sequence[Source], out: str | os.PathLike, layout: str, *,
-           splits: Sequence[str] | None = None, name: str | None = None, dataset_id: int = 501) -> ExportResult:
+           splits: Sequence[str] | None = None, name: str | None = None, dataset_id: int = 501,
+           overwrite: bool = False) -> ExportResult:
     """Write the samples of ``splits`` (default: all) of one or more built datasets to ``out`` in ``layout``.
 
     ``name``: the esp-medsam split file's name (default: ``esp_split_name``) or the nnU-Net dataset name (default:
-    the dataset names); ``dataset_id``: the nnU-Net dataset number.
+    the dataset names); ``dataset_id``: the nnU-Net dataset number. A file the export would write that exists
+    already raises ``FileExistsError`` (listing them) before anything is written, unless ``overwrite``.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"--layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
@@ -156,32 +193,52 @@ def export(sources: Source | Sequence[Source], out: str | os.PathLike, layout: s
     chosen = _splits(datasets, splits)
     out = str(out).rstrip("/")
     if layout == "esp-medsam":
-        return _esp_medsam(datasets, out, chosen, name)
+        return _esp_medsam(datasets, out, chosen, name, overwrite)
     if layout == "nnunet":
-        return _nnunet(datasets, out, chosen, name, dataset_id)
+        return _nnunet(datasets, out, chosen, name, dataset_id, overwrite)
     result = ExportResult(out, layout, index=join(out, "<split>/{images,masks}"))
+    _refuse_clashes(out, [path for split in chosen for _, row in _keys(datasets, split)
+                          for path in _folder_paths(out, split, row["key"])], overwrite)
     for split in chosen:
         for ds in datasets:
             for raw, _ in _samples(ds, split):
-                atomic_write(join(out, split, "images", f"{raw['__key__']}.png"), raw["image.png"])
-                atomic_write(join(out, split, "masks", f"{raw['__key__']}.png"), raw["mask.png"])
+                image, mask = _folder_paths(out, split, raw["__key__"])
+                atomic_write(image, raw["image.png"])
+                atomic_write(mask, raw["mask.png"])
                 result.counts[split] = result.counts.get(split, 0) + 1
     return result
 
 
-def _esp_medsam(datasets: list[BuiltDataset], out: str, splits: list[str], name: str | None) -> ExportResult:
+def _folder_paths(out: str, split: str, key: str) -> tuple[str, str]:
+    return join(out, split, "images", f"{key}.png"), join(out, split, "masks", f"{key}.png")
+
+
+def _esp_paths(out: str, ident: str) -> tuple[str, str]:
+    return join(out, "image_1024", f"{ident}.png"), join(out, "mask_1024", f"{ident}.png")
+
+
+def _nnunet_paths(folder: str, split: str, key: str) -> tuple[str, str]:
+    images, labels = ("imagesTs", "labelsTs") if split == "test" else ("imagesTr", "labelsTr")
+    return join(folder, images, f"{key}_0000.png"), join(folder, labels, f"{key}.png")
+
+
+def _esp_medsam(datasets: list[BuiltDataset], out: str, splits: list[str], name: str | None,
+                overwrite: bool) -> ExportResult:
     names = {name} if name else {esp_split_name(ds.name) for ds in datasets}
     if len(names) != 1:
         raise ValueError(f"sources {[ds.name for ds in datasets]} have different ESP-MedSAM split-file names "
                          f"{sorted(names)}; pass --name to write them into one split file")
     index = join(out, f"{names.pop()}_data_split.json")
+    ids = {ds.name: _esp_ids(ds) for ds in datasets}
+    _refuse_clashes(out, [index] + [path for split in splits for ds, row in _keys(datasets, split)
+                                    for path in _esp_paths(out, ids[ds.name](row["source_id"]))], overwrite)
     result = ExportResult(out, "esp-medsam", index=index)
     listing: dict[str, list[str]] = {}
     owner: dict[str, str] = {}
     sizes = set()
     id_mismatches: list[tuple[str, int, int]] = []
     for ds in datasets:
-        esp_id = _esp_ids(ds)
+        esp_id = ids[ds.name]
         for split in splits:
             for raw, meta in _samples(ds, split):
                 ident = esp_id(meta["source_id"])
@@ -192,8 +249,9 @@ def _esp_medsam(datasets: list[BuiltDataset], out: str, splits: list[str], name:
                                      f"to different folders")
                 owner[ident] = raw["__key__"]
                 sizes.add(meta["size"])
-                atomic_write(join(out, "image_1024", f"{ident}.png"), raw["image.png"])
-                atomic_write(join(out, "mask_1024", f"{ident}.png"), raw["mask.png"])
+                image, mask = _esp_paths(out, ident)
+                atomic_write(image, raw["image.png"])
+                atomic_write(mask, raw["mask.png"])
                 listing.setdefault(split, []).append(f"{ident}.png")
     atomic_write(index, json.dumps(listing).encode())
     result.counts = {k: len(v) for k, v in listing.items()}
@@ -206,20 +264,23 @@ def _esp_medsam(datasets: list[BuiltDataset], out: str, splits: list[str], name:
 
 
 def _nnunet(datasets: list[BuiltDataset], out: str, splits: list[str], name: str | None,
-            dataset_id: int) -> ExportResult:
+            dataset_id: int, overwrite: bool) -> ExportResult:
     if not 1 <= dataset_id <= 999:
         raise ValueError(f"--dataset-id {dataset_id}: nnU-Net dataset ids are 1..999 (use 500+ for your own)")
     label = re.sub(r"[^A-Za-z0-9]+", "", name or "_".join(ds.name for ds in datasets)) or "medprep"
     folder = join(out, f"Dataset{dataset_id:03d}_{label}")
     result = ExportResult(folder, "nnunet", index=join(folder, "dataset.json"))
+    _refuse_clashes(out, [result.index, join(folder, "splits_final.json")]
+                    + [path for split in splits for _, row in _keys(datasets, split)
+                       for path in _nnunet_paths(folder, split, row["key"])], overwrite)
     fold: dict[str, list[str]] = {"train": [], "val": []}
     for split in splits:
-        images, labels = ("imagesTs", "labelsTs") if split == "test" else ("imagesTr", "labelsTr")
         for ds in datasets:
             for raw, _ in _samples(ds, split):
                 key = raw["__key__"]
-                atomic_write(join(folder, images, f"{key}_0000.png"), raw["image.png"])
-                atomic_write(join(folder, labels, f"{key}.png"), _mask01(raw["mask.png"], f"{key}.mask.png"))
+                image, label = _nnunet_paths(folder, split, key)
+                atomic_write(image, raw["image.png"])
+                atomic_write(label, _mask01(raw["mask.png"], f"{key}.mask.png"))
                 result.counts[split] = result.counts.get(split, 0) + 1
                 if split != "test":
                     fold["val" if split == "valid" else "train"].append(key)

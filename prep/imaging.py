@@ -85,12 +85,22 @@ def _pil_open(data: bytes, name: str) -> Image.Image:
 def check_header(data: bytes, name: str) -> None:
     """Read an image's header only and refuse it (ConversionError) when its size is over ``--max-pixels`` or it is
     a multi-page TIFF (whose first page alone would be converted)."""
+    if _plain_png(data):  # the usual PNG: its size is at a fixed place, no PIL parse (a tenth of a mask's decode)
+        check_pixels(struct.unpack(">II", data[16:24]), name)
+        return
     with _pil_open(data, name) as im:
         check_pixels(im.size, name)
         pages = getattr(im, "n_frames", 1) if im.format == "TIFF" else 1
     if pages > 1:
         raise ConversionError(f"{name} is a TIFF of {pages} pages; medprep converts single images and would use the "
                               f"first page only: save the page you mean as its own file")
+
+
+def _plain_png(data: bytes) -> bool:
+    """A PNG whose first chunk is an intact IHDR (standard filter method) followed directly by IDAT: PIL's header
+    read would accept it and report the IHDR's size without reading anything else."""
+    return (len(data) >= 41 and data[:16] == b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR" and data[27] == 0
+            and data[37:41] == b"IDAT" and zlib.crc32(data[12:29]) == int.from_bytes(data[29:33], "big"))
 
 
 def _pil_decode(data: bytes, name: str) -> np.ndarray:
@@ -239,8 +249,7 @@ def binarize_box(arr: np.ndarray, name: str) -> tuple[Box, np.ndarray]:
     A uint8 mask costs one pass to find the box, then work on the box only: merging the one-object masks of
     instance datasets (DSB's nuclei) costs their objects, not their frames. Same rules and errors as ``binarize``.
     """
-    if arr.ndim == 3:
-        arr = arr[:, :, :3].max(axis=2) if arr.shape[2] >= 3 else arr[:, :, 0]
+    arr = mask_plane(arr, name)
     if arr.dtype == np.uint8 and arr.size:
         x, y, w, h = cv2.boundingRect(np.ascontiguousarray(arr))  # of the nonzero pixels
         box = (slice(y, y + h), slice(x, x + w))
@@ -256,6 +265,20 @@ def binarize_box(arr: np.ndarray, name: str) -> tuple[Box, np.ndarray]:
             if np.count_nonzero(fg) == np.count_nonzero(crop == hi):  # no value between 0 and the top one
                 return box, fg
     return (slice(0, arr.shape[0]), slice(0, arr.shape[1])), _binarize_levels(arr, name)
+
+
+def mask_plane(arr: np.ndarray, name: str) -> np.ndarray:
+    """A decoded mask as one 2D plane: grey as it is, colour as its brightest channel per pixel, alpha ignored. A
+    mask drawn only in its alpha channel (colour or grey 0 everywhere, alpha varying) raises ConversionError: read
+    from its colour it would be silently empty."""
+    if arr.ndim != 3:
+        return arr
+    alpha = arr[:, :, -1]
+    if arr.shape[2] in (2, 4) and not arr[:, :, :-1].any() and alpha.min() != alpha.max():
+        raise ConversionError(f"{name}: the mask is drawn only in its alpha channel (colour 0 everywhere, alpha "
+                              f"{alpha.min()}..{alpha.max()}); medprep reads masks from their colour or grey values: "
+                              f"save the alpha channel as a grey mask (e.g. PIL: im.getchannel('A').save(...))")
+    return arr[:, :, :3].max(axis=2) if arr.shape[2] >= 3 else arr[:, :, 0]
 
 
 def unbox(box: Box, fg: np.ndarray, hw: tuple[int, int]) -> np.ndarray:

@@ -106,6 +106,8 @@ class DatasetLock:
         os.close(fd)
 
     def _open(self) -> int:
+        if self.out.parent.is_file():
+            raise BuildError(f"--out {self.out.parent} is a file; expected a folder (created if missing)")
         try:
             self.out.parent.mkdir(parents=True, exist_ok=True)
             return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)

@@ -14,6 +14,7 @@ from .params import BuildParams
 from .sample import worst_case_bytes
 from .splits import assign_splits
 from .tree import LayoutError, SourceTree, natural_key
+from .unclaimed import unclaimed
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ def common_folder(paths: list[str]) -> str:
 def plan(conv: Converter, tree: SourceTree, p: BuildParams) -> Plan:
     """Discover inputs, assign splits and cut each split into planned shards, in a seeded shuffled order."""
     records, failures = conv.discover(tree)
+    failures += unclaimed(conv, tree, records, failures)  # every other file in the inputs' folders: counted
     if not records and not failures:
         raise LayoutError(f"{conv.name}: found no input files under {tree.label}; expected {conv.layout}")
     inputs = len(records) + len(failures)

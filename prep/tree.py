@@ -41,7 +41,20 @@ class SourceTree:
 
     @cached_property
     def files(self) -> list[str]:
-        """All files below the root, sorted, as relative POSIX paths (hidden files and __MACOSX skipped)."""
+        """All files below the root, sorted, as relative POSIX paths (hidden files and __MACOSX skipped); files whose
+        path is not valid UTF-8 are left out (see ``undecodable``)."""
+        return [f for f in self._listed if _utf8(f)]
+
+    @cached_property
+    def undecodable(self) -> list[str]:
+        """The files whose path is not valid UTF-8, shown with the bad bytes escaped (``bad\\xff.png``). Converters
+        never see them; the build lists those in the dataset's folders as failures."""
+        return [escaped(f) for f in self._listed if not _utf8(f)]
+
+    @cached_property
+    def _listed(self) -> list[str]:
+        """All files below the root, sorted, as the file system names them (bytes that are not UTF-8 as the lone
+        surrogates Python decodes them to)."""
         out: list[str] = []
         top = os.fspath(self.root)
         for dirpath, dirnames, filenames in os.walk(top):
@@ -225,6 +238,21 @@ def _glob_regex(pattern: str) -> str:
             out.append(re.escape(c))
         i += 1
     return "".join(out)
+
+
+def _utf8(path: str) -> bool:
+    if path.isascii():
+        return True
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # a byte that is not UTF-8, decoded by the OS layer to a lone surrogate
+        return False
+    return True
+
+
+def escaped(path: str) -> str:
+    """``path`` with the bytes that are not UTF-8 shown as ``\\xNN`` (``bad\\xff.png``): printable, JSON-safe."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def stem(path: str) -> str:

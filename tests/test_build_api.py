@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from medprep.prep import BuildParams, Planned, Published, TaskDone, build
+from medprep.prep import BuildParams, InputDone, Planned, Published, TaskDone, build
 from medprep.prep.datasets import make_fake
 
 
@@ -38,10 +38,13 @@ def test_out_is_the_parent_and_progress_comes_as_events(tmp_path):
     params = BuildParams("dsb2018", size=64, shard_samples=2)
     result = build(params, src, tmp_path / "shards", on_event=events.append)
     assert result.out == tmp_path / "shards" / "dsb2018" and (result.out / "manifest.json").exists()
-    planned, *done, published = events
+    planned, *running, published = events
     assert planned == Planned("dsb2018", total_samples=5, tasks=3, resumed_samples=0)
-    assert all(isinstance(e, TaskDone) for e in done) and sum(e.planned for e in done) == 5
-    assert sum(e.samples for e in done) == result.manifest.counts["samples"] == 5
+    done = [e for e in running if isinstance(e, TaskDone)]
+    inputs = [e for e in running if isinstance(e, InputDone)]  # in-process runs report every input as it is done
+    assert len(done) + len(inputs) == len(running) and sum(e.planned for e in done) == 5
+    assert sum(e.samples for e in done) == sum(e.samples for e in inputs) == result.manifest.counts["samples"] == 5
+    assert running.index(done[0]) == 2 and not any(e.failed for e in inputs)  # a task's inputs come before it
     assert published == Published(result.out)
     again = build("dsb2018", src, tmp_path / "shards", size=64, shard_samples=2)  # the same object, by keywords
     assert again.reused

@@ -20,16 +20,24 @@ from medprep.prep.datasets import (
 
 SIZE = 64
 PATCHES = (16, 32, 64)
+SOURCE_ATTRS = ("homepage", "license", "citation")
 META_FIELDS = {"dataset", "split", "modality", "modality_id", "source_id", "source", "sha256", "original_hw", "size",
                "resize", "interpolation", "valid_hw", "foreground"}
 
 
 def battery() -> list[str]:
-    """The datasets the battery runs over: every registered one, each of which must declare its fake data."""
+    """The datasets the battery runs over: every registered one, each of which must declare its fake data, and
+    each public dataset (one with a domain) where it comes from: official page, licence note and citation."""
     missing = [f"{name} ({cls.__module__}.{cls.__qualname__})" for name, cls in registered().items()
                if cls.fake is None or not cls.fake_counts]
     assert not missing, (f"registered without fake data: {', '.join(missing)}; give each converter a fake() maker "
                          f"and the fake_counts its default fake data builds to")
+    lacking = {name: [a for a in SOURCE_ATTRS if not getattr(cls, a)] for name, cls in registered().items()
+               if cls.domain is not None}
+    unsourced = [f"{name} ({REGISTRY[name].__module__}.{REGISTRY[name].__qualname__}: {', '.join(attrs)})"
+                 for name, attrs in lacking.items() if attrs]
+    assert not unsourced, (f"registered without its source: {'; '.join(unsourced)}; declare homepage, license "
+                           f"('see the official page' where the terms are not plain) and citation")
     return list(registered())
 
 
@@ -128,6 +136,25 @@ def test_a_converter_without_fake_data_fails_the_battery(tmp_path):
     finally:
         del REGISTRY["no-fake"]
     assert "no-fake" not in battery()
+
+
+def test_a_public_dataset_without_its_source_fails_the_battery():
+    @register
+    class Unsourced(Converter):
+        name = "unsourced"
+        title = "a public dataset registered without its official page, licence and citation"
+        modality = "ct"
+        layout = marker = "*.png"
+        domain = "unseen"
+        fake = staticmethod(lambda root, seed=0: root)
+        fake_counts = {"test": 1}
+        homepage = "https://example.org/"
+
+    try:
+        with pytest.raises(AssertionError, match=r"unsourced \(.*Unsourced: license, citation\)"):
+            battery()
+    finally:
+        del REGISTRY["unsourced"]
 
 
 def test_options_are_validated_by_their_declaration():

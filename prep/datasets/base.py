@@ -80,6 +80,9 @@ class Converter:
     (the official page to download it from), ``license`` (its terms in a line; "see the official page" where they
     are not stated plainly) and ``citation`` (the paper to cite). ``src_relative``: the options name files relative
     to ``--src`` (the generic converters), so a recipe records ``--src`` itself rather than the dataset's folder.
+    ``side_files``: file-name globs of files beside its inputs that it leaves alone on purpose (the other
+    annotator's maps), besides the shared ``medprep.prep.unclaimed.SIDE_FILES``; any other file in the folders of
+    its inputs becomes a failure "unexpected file".
 
     Fake data (tests, demo): ``fake(root, seed=0, **sizes) -> folder`` writes a small copy of the download with its
     format quirks (it imports ``medprep.prep.synthetic`` inside the function only); built with ``fake_options`` and
@@ -100,6 +103,7 @@ class Converter:
     license: ClassVar[str] = ""
     citation: ClassVar[str] = ""
     src_relative: ClassVar[bool] = False
+    side_files: ClassVar[tuple[str, ...]] = ()
     fake: ClassVar[Callable[..., Path] | None] = None
     fake_counts: ClassVar[dict[str, int]] = {}
     fake_failures: ClassVar[int] = 0

@@ -21,6 +21,10 @@ class BUSI(Converter):
               '(+ "_mask_1.png", ... extra lesions, OR-merged; masks may be RGB/RGBA; normal masks are empty); 780')
     domain = "unseen"
     esp_name = "busi"
+    homepage = "https://scholar.cu.edu.eg/?q=afahmy/pages/dataset"
+    license = "see the official page"
+    citation = ("Al-Dhabyani W, Gomaa M, Khaled H, Fahmy A. Dataset of breast ultrasound images. Data in Brief "
+                "28:104863, 2020.")
     fake_counts = {"test": 8}
 
     def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:

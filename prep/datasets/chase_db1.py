@@ -21,6 +21,11 @@ class CHASEDB1(Converter):
     marker = "Image_*.jpg"
     layout = "CHASEDB1/Image_NN{L,R}.jpg + Image_NN{L,R}_1stHO.png + Image_NN{L,R}_2ndHO.png (28 images)"
     domain = "unseen"
+    homepage = "https://blogs.kingston.ac.uk/retinal/chasedb1/"
+    license = "see the official page"
+    citation = ("Fraz MM, Remagnino P, Hoppe A, et al. An ensemble classification-based approach applied to retinal "
+                "blood vessel segmentation. IEEE Trans Biomed Eng 59(9):2538-2548, 2012.")
+    side_files = ("*_1stHO.png", "*_2ndHO.png")  # the annotator not chosen
     fake_counts = {"test": 6}
 
     @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..imaging import ConversionError, decode
+from ..imaging import ConversionError, decode, mask_plane
 from ..tree import LayoutError, SourceTree
 from .base import Converter, Failure, Loaded, Record, at, register
 
@@ -25,6 +25,8 @@ class ColonMirror(Converter):
     marker = "images/*"
     folders: ClassVar[tuple[str, ...]]
     domain = "unseen"
+    homepage = "https://github.com/DengPingFan/PraNet"  # the mirrors' layout: PraNet's TestDataset
+    license = "see the official page"
     fake_counts = {"test": 5}
 
     def root(self, tree: SourceTree) -> str:
@@ -44,8 +46,7 @@ class ColonMirror(Converter):
         image = decode(blobs[rec.image], rec.image)
         mask = np.zeros(image.shape[:2], bool)
         for path in rec.masks:
-            m = decode(blobs[path], path)
-            m = m[:, :, :3].max(axis=2) if m.ndim == 3 else m
+            m = mask_plane(decode(blobs[path], path), path)
             if m.dtype != np.uint8 or m.shape != mask.shape:
                 raise ConversionError(f"{path}: mask is {m.shape[1]}x{m.shape[0]} {m.dtype}; expected 8-bit "
                                       f"{mask.shape[1]}x{mask.shape[0]} like its image")
@@ -78,6 +79,8 @@ class CVCColonDB(ColonMirror):
     folders = ("CVC-ColonDB", "ColonDB")
     esp_name = "colon"
     layout = "CVC-ColonDB/images/N.png + CVC-ColonDB/masks/N.png (RGB, not exactly binary masks); 380"
+    citation = ("Bernal J, Sanchez J, Vilarino F. Towards automatic polyp detection with a polyp appearance model. "
+                "Pattern Recognit 45(9):3166-3182, 2012.")
 
     def split_file_id(self, source_id: str) -> str:
         return f"colondb_{source_id}" if source_id.isdigit() else source_id
@@ -89,6 +92,8 @@ class CVC300(ColonMirror):
     title = "CVC-300 (EndoScene test set, mirror layout)"
     folders = ("CVC-300", "EndoScene")
     layout = "CVC-300/images/N.png + CVC-300/masks/N.png; 60"
+    citation = ("Vazquez D, Bernal J, Sanchez FJ, et al. A benchmark for endoluminal scene segmentation of colonoscopy "
+                "images. J Healthc Eng 2017:4037190, 2017.")
 
 
 @register
@@ -97,3 +102,6 @@ class ETISLarib(ColonMirror):
     title = "ETIS-LaribPolypDB (mirror layout)"
     folders = ("ETIS-LaribPolypDB", "ETIS-Larib", "ETIS")
     layout = "ETIS-LaribPolypDB/images/N.png + ETIS-LaribPolypDB/masks/N.png; 196"
+    homepage = "https://polyp.grand-challenge.org/EtisLarib/"
+    citation = ("Silva J, Histace A, Romain O, Dray X, Granado B. Toward embedded detection of polyps in WCE images for"
+                " early diagnosis of colorectal cancer. Int J Comput Assist Radiol Surg 9(2):283-293, 2014.")

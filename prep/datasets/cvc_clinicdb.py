@@ -23,6 +23,11 @@ class CVCClinicDB(Converter):
               "PNG/Original/*.png + PNG/Ground Truth/*.png; metadata.csv (frame -> sequence) for --group-by sequence")
     domain = "source"
     esp_name = "cvccdb"
+    homepage = "https://polyp.grand-challenge.org/CVCClinicDB/"
+    license = "see the official page"
+    citation = ("Bernal J, Sanchez FJ, Fernandez-Esparrach G, Gil D, Rodriguez C, Vilarino F. WM-DOVA maps for accurate"
+                " polyp highlighting in colonoscopy: validation vs. saliency maps from physicians. Comput Med Imaging "
+                "Graph 43:99-111, 2015.")
     fake_counts = {"train": 10, "valid": 1, "test": 1}
 
     @dataclass(frozen=True)

@@ -21,6 +21,10 @@ class DRIVE(Converter):
               " + test/mask/NN_test_mask.gif (NN 01-20)")
     domain = "source"
     esp_name = "retinal"
+    homepage = "https://drive.grand-challenge.org/"
+    license = "see the official page"
+    citation = ("Staal J, Abramoff MD, Niemeijer M, Viergever MA, van Ginneken B. Ridge-based vessel segmentation in "
+                "color images of the retina. IEEE Trans Med Imaging 23(4):501-509, 2004.")
     fake_counts = {"train": 4, "valid": 1, "test": 2}
 
     def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:

@@ -20,6 +20,10 @@ class DSB2018(Converter):
     layout = "stage1_train/<64-hex id>/images/<id>.png (RGBA) + stage1_train/<id>/masks/<hash>.png (one per nucleus)"
     domain = "source"
     esp_name = "dsb"
+    homepage = "https://www.kaggle.com/c/data-science-bowl-2018"
+    license = "see the official page (also published as BBBC038)"
+    citation = ("Caicedo JC, Goodman A, Karhohs KW, et al. Nucleus segmentation across imaging experiments: the 2018 "
+                "Data Science Bowl. Nat Methods 16:1247-1253, 2019.")
     fake_counts = {"train": 6, "valid": 1, "test": 1}
 
     def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:

@@ -28,6 +28,10 @@ class GlaS(Converter):
     layout = ('"Warwick QU Dataset (Released 2016_07_08)"/{train,testA,testB}_N.bmp + {train,testA,testB}_N_anno.bmp '
               "(8-bit gland instance labels, 0 background) + Grade.csv (patient, grade); 85 train, 60 + 20 test")
     domain = "unseen"
+    homepage = "https://warwick.ac.uk/fac/cross_fac/tia/data/glascontest/"
+    license = "see the official page"
+    citation = ("Sirinukunwattana K, Pluim JPW, Chen H, et al. Gland segmentation in colon histology images: the GlaS "
+                "challenge contest. Med Image Anal 35:489-502, 2017.")
     fake_counts = {"train": 4, "valid": 1, "test": 3}
 
     def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:

@@ -20,6 +20,10 @@ class HRF(Converter):
     marker = "manual1/*.tif"
     layout = "images/NN_{h,g,dr}.{jpg|JPG} + manual1/NN_x.tif + mask/NN_x_mask.tif (field of view); 45 images"
     domain = "unseen"
+    homepage = "https://www5.cs.fau.de/research/data/fundus-images/"
+    license = "see the official page"
+    citation = ("Budai A, Bock R, Maier A, Hornegger J, Michelson G. Robust vessel segmentation in fundus images. Int J"
+                " Biomed Imaging 2013:154860, 2013.")
     fake_counts = {"test": 6}
 
     def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:

@@ -21,6 +21,11 @@ class ISIC2018(Converter):
               "ISIC2018_Task1_{Training,Validation,Test}_GroundTruth/ISIC_#######_segmentation.png")
     domain = "source"
     esp_name = "isic"
+    homepage = "https://challenge.isic-archive.com/data/#2018"
+    license = "CC BY-NC 4.0"
+    citation = ("Codella N, Rotemberg V, Tschandl P, et al. Skin lesion analysis toward melanoma detection 2018: a "
+                "challenge hosted by the International Skin Imaging Collaboration (ISIC). arXiv:1902.03368, 2019; and "
+                "Tschandl P, Rosendahl C, Kittler H. The HAM10000 dataset. Sci Data 5:180161, 2018.")
     fake_counts = {"train": 6, "valid": 2, "test": 2}
 
     def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:

@@ -18,6 +18,10 @@ class KvasirSEG(Converter):
     marker = "masks/*.jpg"
     layout = "Kvasir-SEG/images/<id>.jpg + Kvasir-SEG/masks/<id>.jpg (JPEG masks, values 0-8 and 247-255); 1000"
     domain = "unseen"
+    homepage = "https://datasets.simula.no/kvasir-seg/"
+    license = "see the official page"
+    citation = ("Jha D, Smedsrud PH, Riegler MA, et al. Kvasir-SEG: a segmented polyp dataset. MultiMedia Modeling (MMM"
+                " 2020), LNCS 11962:451-462, 2020.")
     fake_counts = {"test": 5}
 
     def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:

@@ -22,6 +22,7 @@ class Lung(Converter):
     layout = f"both downloads side by side: {Montgomery.layout}; {Shenzhen.layout}"
     fake_counts = {"train": 15, "valid": 2, "test": 2}
     fake_failures = Shenzhen.fake_failures
+    homepage, license, citation = Shenzhen.homepage, Shenzhen.license, Shenzhen.citation
 
     def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:
         records, failures = [], []

@@ -42,6 +42,9 @@ def _declared_pixels(npz: Any, key: str) -> tuple[int, ...]:
 @register
 class MedSAMNpz(Converter):
     name = "medsam-npz"
+    homepage = "https://github.com/bowang-lab/MedSAM"
+    license = "see the official page (each source dataset keeps its own licence)"
+    citation = "Ma J, He Y, Li F, Han L, You C, Wang B. Segment anything in medical images. Nat Commun 15:654, 2024."
     title = 'CVPR 2024 "MedSAM on laptop" npz files, 2D and 3D (-o modality=NAME required)'
     modality = "?"  # given with -o modality=
     marker = "*.npz"

@@ -17,6 +17,10 @@ class Montgomery(Converter):
     layout = "MontgomerySet/CXR_png/MCUCXR_####_{0,1}.png + ManualMask/{leftMask,rightMask}/MCUCXR_####_{0,1}.png"
     domain = "source"
     esp_name = "lung"
+    homepage = "https://lhncbc.nlm.nih.gov/LHC-publications/pubs/TuberculosisChestXrayImageDataSets.html"
+    license = "see the official page"
+    citation = ("Jaeger S, Candemir S, Antani S, Wang YX, Lu PX, Thoma G. Two public chest X-ray datasets for "
+                "computer-aided screening of pulmonary diseases. Quant Imaging Med Surg 4(6):475-477, 2014.")
     fake_counts = {"train": 8, "valid": 1, "test": 1}
 
     def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:

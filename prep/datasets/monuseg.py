@@ -52,6 +52,10 @@ class MoNuSeg(Converter):
     layout = ('"MoNuSeg 2018 Training Data"/Tissue Images/TCGA-*.tif + Annotations/TCGA-*.xml; MoNuSegTestData/'
               "TCGA-*.tif + TCGA-*.xml (Aperio polygons); 37 + 14 (--split-rule official keeps training/test)")
     domain = "unseen"
+    homepage = "https://monuseg.grand-challenge.org/"
+    license = "CC BY-NC-SA 4.0 (see the official page)"
+    citation = ("Kumar N, Verma R, Sharma S, Bhargava S, Vahadane A, Sethi A. A dataset and a technique for generalized"
+                " nuclear segmentation for computational pathology. IEEE Trans Med Imaging 36(7):1550-1560, 2017.")
     fake_counts = {"test": 5}
 
     def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:

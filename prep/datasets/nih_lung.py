@@ -23,6 +23,11 @@ class NIHLung(Converter):
               "(default images/ and masks/); 100")
     domain = "unseen"
     esp_name = "nih"
+    homepage = "https://github.com/rsummers11/CADLab/tree/master/Lung_Segmentation_XLSor"
+    license = "see the official page"
+    citation = ("Tang YB, Tang YX, Xiao J, Summers RM. XLSor: a robust and accurate lung segmentor on chest X-rays "
+                "using criss-cross attention and customized radiorealistic abnormalities generation. MIDL 2019, PMLR "
+                "102:457-467.")
     fake_counts = {"test": 5}
 
     @dataclass(frozen=True)

@@ -120,6 +120,13 @@ def parse(kind: type[T], given: Mapping[str, Any], dataset: str) -> T:
     return kind(**values)
 
 
+def required(kind: type) -> list[str]:
+    """How to give the options of ``kind`` that have no default on the command line (``--images IMAGES``,
+    ``-o modality=ct|mr``)."""
+    flags = [_flag(f) for f in fields(kind) if f.default is MISSING and f.default_factory is MISSING]
+    return [flag if "=" in flag else f"{flag} {flag.lstrip('-').upper()}" for flag in flags]
+
+
 def describe(kind: type) -> list[str]:
     """One line per option of ``kind``: ``KEY=DEFAULT  help`` (``KEY (required)`` without a default)."""
     lines = []
@@ -129,4 +136,4 @@ def describe(kind: type) -> list[str]:
     return lines
 
 
-__all__ = ["NoOptions", "describe", "option", "parse"]
+__all__ = ["NoOptions", "describe", "option", "parse", "required"]

@@ -20,6 +20,10 @@ class PH2(Converter):
               "IMDxxx_lesion/IMDxxx_lesion.bmp (IMDxxx_roi/ colour-class masks are not used)")
     domain = "unseen"
     esp_name = "ph2"
+    homepage = "https://www.fc.up.pt/addi/ph2%20database.html"
+    license = "see the official page"
+    citation = ("Mendonca T, Ferreira PM, Marques JS, Marcal ARS, Rozeira J. PH2 - a dermoscopic image database for "
+                "research and benchmarking. IEEE EMBC 2013, 5437-5440.")
     fake_counts = {"test": 6}
 
     def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:

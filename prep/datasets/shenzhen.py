@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..tree import SourceTree, stem
 from .base import Converter, Failure, Record, at, pair_by_name, register
+from .montgomery import Montgomery
 
 
 @register
@@ -18,6 +19,11 @@ class Shenzhen(Converter):
               "(the mask folder may sit inside or beside ChinaSet_AllFiles)")
     domain = "source"
     esp_name = "lung"
+    homepage = Montgomery.homepage
+    license = "see the official page (the lung masks are Stirenko et al.'s, published separately)"
+    citation = (f"{Montgomery.citation} Lung masks: Stirenko S, Kochura Y, Alienin O, et al. Chest X-ray analysis of "
+                "tuberculosis by deep learning with segmentation and augmentation. IEEE ELNANO 2018, 422-428 "
+                "(arXiv:1803.01199).")
     fake_counts = {"train": 7, "valid": 1, "test": 1}
     fake_failures = 1  # the image without a mask
 

@@ -24,6 +24,10 @@ class STARE(Converter):
               "(imNNNN.vk.ppm.gz); the tars or their extracted folders")
     domain = "unseen"
     esp_name = "stare"
+    homepage = "https://cecas.clemson.edu/~ahoover/stare/"
+    license = "see the official page"
+    citation = ("Hoover A, Kouznetsova V, Goldbaum M. Locating blood vessels in retinal images by piecewise threshold "
+                "probing of a matched filter response. IEEE Trans Med Imaging 19(3):203-210, 2000.")
     fake_counts = {"test": 4}
     fake_failures = 2  # images without labels
 

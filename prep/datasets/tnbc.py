@@ -18,6 +18,10 @@ class TNBC(Converter):
     layout = "TNBC_NucleiSegmentation/Slide_01..11/NN_M.png (RGBA) + GT_01..11/NN_M.png (__MACOSX/ ignored); 50"
     domain = "unseen"
     esp_name = "tnbc"
+    homepage = "https://zenodo.org/record/1175282"
+    license = "see the official page"
+    citation = ("Naylor P, Lae M, Reyal F, Walter T. Segmentation of nuclei in histopathology images by deep regression"
+                " of the distance map. IEEE Trans Med Imaging 38(2):448-459, 2019.")
     fake_counts = {"test": 6}
 
     def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:

@@ -17,6 +17,10 @@ class UDIAT(Converter):
     layout = "Dataset_B (or BUS_Dataset_B, BUS)/original/000001.png..000163.png + GT/000001.png..."
     domain = "source"
     esp_name = "ultrasound"
+    homepage = "https://doi.org/10.1109/JBHI.2017.2731873"
+    license = "on request from the authors (see the paper)"
+    citation = ("Yap MH, Pons G, Marti J, et al. Automated breast ultrasound lesions detection using convolutional "
+                "neural networks. IEEE J Biomed Health Inform 22(4):1218-1226, 2018.")
     fake_counts = {"train": 8, "valid": 1, "test": 1}
 
     def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:

@@ -76,6 +76,7 @@ class Volumes(Converter):
               "{name}, {dir}, {parent}); .nii, .nii.gz, .mha, .nrrd, folders of .dcm")
     fake_counts = {"train": 18, "test": 9}
     fake_options = {"modality": "ct"}
+    side_files = ("*_[0-9][0-9][0-9][0-9].*",)  # nnU-Net's other channels of a case (one is chosen, -o channel)
 
     @dataclass(frozen=True, kw_only=True)
     class Options(SliceOptions):

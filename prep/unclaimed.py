@@ -1,0 +1,79 @@
+"""Files of a dataset's layout that no input claims: each becomes a counted failure with its reason.
+
+A converter's discovery claims files (its records' and its failures'). The folders holding claimed files are the
+dataset's layout; every other file in them, or in a subfolder of them, is either a known side file (``SIDE_FILES``
+and the converter's ``side_files``: licences, metadata tables, ``Thumbs.db``) or a failure "unexpected file" that
+says why it was not taken (extension, its case, a space at the end of the name, a subfolder, a name that is not
+UTF-8). So "inputs found = converted + failures" accounts for every file there.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+from .datasets import Converter, Failure, Record
+from .tree import SourceTree, stem
+
+# file-name globs (case-insensitive) of files that sit beside the inputs of many downloads and are not inputs;
+# hidden files (.DS_Store, ._*) and __MACOSX/ are never listed at all
+SIDE_FILES = ("LICENSE*", "LICENCE*", "ATTRIBUTION*", "README*", "CITATION*", "*.txt", "*.md", "*.pdf", "*.csv",
+              "*.xls", "*.xlsx", "*.json", "*.html", "Thumbs.db", "desktop.ini")
+
+
+def unclaimed(conv: Converter, tree: SourceTree, records: list[Record], failures: list[Failure]) -> list[Failure]:
+    """Failures for the files in the folders of the claimed files (and their subfolders) that nothing claims and
+    that are not side files, and for the files there whose name is not valid UTF-8. Inputs found in the folder
+    given as --src itself (generic converters' globs) make its direct files count, not its subfolders."""
+    claimed = {f for r in records for f in r.files()} | {f for x in failures for f in x.files}
+    suffixes: dict[str, set[str]] = {}  # folder -> suffixes of the files claimed there
+    for f in claimed:
+        suffixes.setdefault(f.rpartition("/")[0], set()).add(_suffix(f))
+    side = tuple(p.lower() for p in SIDE_FILES + conv.side_files)
+    found = []
+    for f, bad_name in [(f, False) for f in tree.files] + [(f, True) for f in tree.undecodable]:
+        folder, _, name = f.rpartition("/")
+        home = _layout_folder(folder, suffixes)
+        if f in claimed or home is None or any(fnmatch.fnmatchcase(name.lower(), p) for p in side):
+            continue
+        found.append(Failure(stem(f), (f,), f"unexpected file {f}: {_why(f, home, suffixes, bad_name, conv)}"))
+    return found
+
+
+def _layout_folder(folder: str, layout: dict[str, set[str]]) -> str | None:
+    """The folder of the layout that ``folder`` is or lies below (not below the root folder ''), else None."""
+    if folder in layout:
+        return folder
+    while folder:
+        folder = folder.rpartition("/")[0]
+        if folder and folder in layout:
+            return folder
+    return None
+
+
+def _suffix(path: str) -> str:
+    """'a/b.PNG' -> '.PNG', 'a/x.nii.gz' -> '.nii.gz', 'a/noext' -> ''."""
+    name = path.rpartition("/")[2]
+    dot = name.find(".", 1)
+    return name[dot:] if dot > 0 else ""
+
+
+def _why(path: str, home: str, suffixes: dict[str, set[str]], bad_name: bool, conv: Converter) -> str:
+    folder, _, name = path.rpartition("/")
+    if bad_name:
+        return "its name is not valid UTF-8; rename it (e.g. with convmv) to convert it"
+    if folder != home:
+        return (f"in the subfolder {folder[len(home) + 1:]}/ of {home}/, where the {conv.name} inputs are files "
+                f"directly in {home}/; move it up or remove it")
+    if name != name.strip() or stem(name) != stem(name).strip():
+        return f"its name begins or ends with a space; rename it to {' '.join(name.split())!r} to convert it"
+    ext, expected = _suffix(name), sorted(suffixes[home])
+    shown = ", ".join(e or "(none)" for e in expected)
+    if ext not in expected and ext.lower() in {e.lower() for e in expected}:
+        return (f"extension {ext} differs in case from the inputs' {shown} in {home}/ (names are case-sensitive); "
+                f"rename it to convert it")
+    if ext not in expected:
+        return f"extension {ext or '(none)'}, but the {conv.name} inputs in {home}/ are {shown}; convert or remove it"
+    return f"its name matches no input of the {conv.name} layout ({conv.layout})"
+
+
+__all__ = ["SIDE_FILES", "unclaimed"]
