@@ -1,5 +1,6 @@
 """``cache_teacher``: one cache run from its :class:`~medprep.distill.params.CacheParams`, in this process or on
-one dask worker per device. The CLI's ``cache-teacher`` is a thin wrapper over it."""
+one dask worker per device; ``cache_corpus``: several sources into one store, a run each. The CLI's
+``cache-teacher`` is a thin wrapper over them."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ from .events import OnEvent, RunOpened
 from .params import CacheParams
 from .pipeline import open_run, write_shards
 from .store import FeatureStore
+from .teachers import Teacher
+
+#: the CacheParams fields that decide the teacher (runs sharing them share one loaded teacher)
+TEACHER_FIELDS = ("encoder", "checkpoint", "encoder_kwargs", "normalize", "resize")
 
 
 @dataclass
@@ -32,7 +37,35 @@ def cache_teacher(params: CacheParams, shards: Sequence[int] | None = None,
     ``params.devices`` or ``params.scheduler`` the shards are dealt to one dask worker per device. ``on_event``
     receives :class:`~medprep.distill.events.RunOpened` once, then :class:`~medprep.distill.events.Encoded`.
     """
-    teacher, source = params.teacher(), params.open_source()
+    return _cache(params, params.teacher(), shards, on_event)
+
+
+def cache_corpus(params: Sequence[CacheParams], on_event: OnEvent | None = None) -> list[CacheResult]:
+    """Cache several sources into their runs (e.g. :func:`~medprep.distill.params.per_source`), one after another,
+    loading the teacher once; each run is resumable on its own. ``on_event``: as :func:`cache_teacher`, per run.
+
+    Refuses two entries that write the same run of the same store.
+    """
+    seen: set[tuple[str, str]] = set()
+    for p in params:
+        if (p.out, p.run) in seen:
+            raise ValueError(f"run {p.run!r} of {p.out} is named twice: give each source its own run")
+        seen.add((p.out, p.run))
+    results, teacher, key = [], None, None
+    for p in params:
+        if teacher is None or _teacher_key(p) != key:
+            teacher, key = p.teacher(), _teacher_key(p)
+        results.append(_cache(p, teacher, None, on_event))
+    return results
+
+
+def _teacher_key(params: CacheParams) -> tuple:
+    return tuple(repr(getattr(params, f)) for f in TEACHER_FIELDS)
+
+
+def _cache(params: CacheParams, teacher: Teacher, shards: Sequence[int] | None,
+           on_event: OnEvent | None) -> CacheResult:
+    source = params.open_source()
     store = open_run(params, teacher, source)
     wanted = range(store.nshards) if shards is None else list(shards)
     if any(not 0 <= s < store.nshards for s in wanted):
@@ -51,4 +84,4 @@ def cache_teacher(params: CacheParams, shards: Sequence[int] | None = None,
     return CacheResult(store, written, skipped, images)
 
 
-__all__ = ["CacheResult", "cache_teacher"]
+__all__ = ["CacheResult", "cache_corpus", "cache_teacher"]

@@ -1,4 +1,8 @@
-"""``check-teacher``: recompute random samples of a store and compare them with what it holds."""
+"""``check-teacher``: recompute random samples of a store and compare them with what it holds.
+
+A store is data: the teacher comes from a built-in name (:data:`~medprep.distill.teachers.BUILTIN`) or from the
+caller's own ``encoder`` argument, never from an importable name found in the store's attrs.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,10 @@ import numpy as np
 
 from medprep.manifests.features import FeatureReader
 
-from .pipeline import Encoder, prepare
+from .pipeline import Encoder, intra_op_threads, prepare
 from .preprocess import Preprocess
 from .sources import SourceSpec, open_source
-from .teachers import load_teacher
+from .teachers import BUILTIN, load_teacher
 
 
 @dataclass
@@ -30,16 +34,37 @@ class CheckReport:
                 f"mean |err| {self.mean_abs:.3g}, cosine min {self.cosine_min:.6f} mean {self.cosine_mean:.6f}")
 
 
+def trusted_encoder(recorded: str, given: str | None, where: str) -> str:
+    """The encoder to recompute a store with: a built-in name, or the ``module:callable`` the caller passed.
+
+    Refuses a recorded ``module:callable`` (code) unless ``given`` is the same string, and a ``given`` name that
+    differs from the recorded one.
+    """
+    if given is not None and given != recorded:
+        raise ValueError(f"{where} was cached with --encoder {recorded!r}, not {given!r}: pass --encoder {recorded} "
+                         f"(or omit it for a built-in teacher)")
+    if recorded in BUILTIN:
+        return recorded
+    if given is None:
+        raise ValueError(
+            f"{where} names the teacher {recorded!r}, which is code, not a built-in teacher ({', '.join(BUILTIN)}); "
+            f"medprep never imports code because a store names it. If you trust that code, pass "
+            f"--encoder {recorded} (encoder=... in Python) to recompute with it")
+    return given
+
+
 def check_teacher(store: str, run: str | None = None, samples: int = 8, *, seed: int = 0, device: str = "cpu",
-                  checkpoint: str | None = None, source: str | None = None) -> CheckReport:
+                  checkpoint: str | None = None, source: str | None = None, encoder: str | None = None) -> CheckReport:
     """Recompute ``samples`` random finished samples of ``store``/``run`` with the recorded teacher and source.
 
     ``checkpoint``/``source`` replace the recorded locations when the files have moved; the checkpoint's
-    sha256 must still match the recorded one.
+    sha256 must still match the recorded one. ``encoder``: needed (and must equal the recorded name) when the
+    store was cached with a ``module:callable`` teacher: see :func:`trusted_encoder`.
     """
     fs = FeatureReader.open(store, run)
     a = fs.attrs
-    teacher = load_teacher(a["encoder"], checkpoint or a["checkpoint"], encoder_kwargs=a["encoder_kwargs"])
+    name = trusted_encoder(a["encoder"], encoder, f"{store}/{fs.run}")
+    teacher = load_teacher(name, checkpoint or a["checkpoint"], encoder_kwargs=a["encoder_kwargs"])
     teacher.preprocess = Preprocess(**a["preprocess"])
     if teacher.checkpoint_sha256 != a["checkpoint_sha256"]:
         raise ValueError(f"checkpoint {teacher.checkpoint} has sha256 {teacher.checkpoint_sha256}, the store was "
@@ -54,12 +79,15 @@ def check_teacher(store: str, run: str | None = None, samples: int = 8, *, seed:
     if done.size == 0:
         raise ValueError(f"{store}/{fs.run} has no finished samples yet; run 'medprep cache-teacher' first")
     pick = np.sort(np.random.default_rng(seed).choice(done, size=min(samples, done.size), replace=False))
-    encoder = Encoder(teacher, device, a["autocast"])
+    model = Encoder(teacher, device, a["autocast"], attention=a["attention"])
     stride = teacher.preprocess.img_size // a["feature_shape"][1]
     errs, coss = [], []
     for i in pick:
         for view in fs.views:
-            ref = encoder([prepare(src, int(i), view, teacher.preprocess, stride)])[0].numpy()
+            with intra_op_threads(a["cpu_threads"] if model.device.type == "cpu" else None):
+                ref = model([prepare(src, int(i), view, teacher.preprocess, stride)])[0].numpy()
+            if not a.get("keep_padding"):  # the store holds 0 outside the valid region
+                ref = np.where(fs.valid_mask(int(i), view), ref, 0)
             got = fs.read(int(i), view)
             errs.append(np.abs(got - ref).ravel())
             coss.append(_cosine(got, ref))

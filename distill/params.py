@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from medprep.manifests.features import DTYPES, VIEWS
-from medprep.manifests.pixels import NORMALIZATIONS, safe_key
+from medprep.manifests.pixels import NORMALIZATIONS, PER_IMAGE_NORMALIZATIONS, safe_key
 
+from .attention import ATTENTIONS
 from .preprocess import RESIZES
 from .sources import Source, SourceSpec, open_source
 from .teachers import Teacher, load_teacher
 
 AUTOCASTS = ("auto", "bfloat16", "float16", "none")
+#: encoder batch size of a new run when none is given (a resumed run keeps its recorded one)
+DEFAULT_BATCH_SIZE = 8
 # the cache-teacher options named otherwise than their field (--shard-size and --workers mean bytes and processes in
 # medprep build)
 FLAGS = {"shard_size": "--shard-samples", "workers": "--decode-threads"}
@@ -25,15 +28,20 @@ class CacheParams:
     """Every option of one cache run; ``medprep cache-teacher`` has an option of the same name for each (but
     ``shard_size`` and ``workers``: see :data:`FLAGS`).
 
-    - teacher: ``encoder`` (vit_h, vit_l, vit_b, medsam or ``package.module:callable``), ``checkpoint``,
-      ``encoder_kwargs`` (for a callable), ``normalize`` and ``resize`` (override its preprocessing);
+    - teacher: ``encoder`` (vit_h, vit_l, vit_b, medsam, random-sam or ``package.module:callable``),
+      ``checkpoint``, ``encoder_kwargs`` (for random-sam or a callable), ``normalize`` and ``resize`` (override its
+      preprocessing), ``attention`` (auto: SDPA on CUDA for SAM encoders, segment_anything's own elsewhere);
     - source: ``source``, a :class:`SourceSpec` (a plain path or URL means ``SourceSpec(url)``);
     - store: ``out`` (zarr store, path or fsspec URL), ``run`` (group name; default
       ``<encoder>-<source folder name>``), ``dtype``, ``views`` (identity, optionally hflip), ``shard_size``
-      (samples per zarr shard object: the unit of work and of resume);
-    - execution: ``batch_size``, ``device``, ``autocast`` (auto: bfloat16 on CUDA, none elsewhere), ``compile``,
-      ``workers`` (decode threads), ``prefetch`` (batches decoded ahead), ``devices`` (one dask worker per entry,
-      e.g. ``("cuda:0", "cuda:1")``; replaces ``device``) and ``scheduler`` (a running dask scheduler's address).
+      (samples per zarr shard object: the unit of work and of resume), ``keep_padding`` (store the encoder's output
+      over the padding too, as ``SamPredictor.features``; default: 0 there, so bytes follow the image's aspect);
+    - execution: ``batch_size`` (default: the run's recorded one, else :data:`DEFAULT_BATCH_SIZE`), ``device``,
+      ``autocast`` (auto: bfloat16 on CUDA, none elsewhere), ``compile``, ``workers`` (decode threads),
+      ``prefetch`` (batches decoded ahead), ``devices`` (one dask worker per entry, e.g.
+      ``("cuda:0", "cuda:1")``; replaces ``device``), ``scheduler`` (a running dask scheduler's address) and
+      ``threads`` (torch intra-op threads of CPU encoders; default: this process's count when the run is created,
+      then the count recorded in the run, so that every writer of a run computes bit-identical features).
 
     Construction normalises (``str`` paths, tuples, views in store order, the default run name) and raises
     ``ValueError`` naming the option to fix.
@@ -50,7 +58,8 @@ class CacheParams:
     dtype: str = "float16"
     views: tuple[str, ...] = ("identity",)
     shard_size: int = 16
-    batch_size: int = 8
+    keep_padding: bool = False
+    batch_size: int | None = None
     device: str = "cuda"
     autocast: str = "auto"
     compile: bool = False
@@ -58,6 +67,8 @@ class CacheParams:
     prefetch: int = 4
     devices: tuple[str, ...] = ()
     scheduler: str | None = None
+    attention: str = "auto"
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         source = self.source if isinstance(self.source, SourceSpec) else SourceSpec(_url(self.source))
@@ -74,14 +85,19 @@ class CacheParams:
             raise ValueError(f"unknown --dtype {self.dtype!r}: expected one of {DTYPES}")
         if "identity" not in views or any(v not in VIEWS for v in views):
             raise ValueError(f"--views {list(views)}: expected 'identity' plus optionally 'hflip'")
-        if self.normalize is not None and self.normalize not in NORMALIZATIONS:
-            raise ValueError(f"--normalize {self.normalize!r}: expected one of {sorted(NORMALIZATIONS)}")
+        normalizations = [*NORMALIZATIONS, *PER_IMAGE_NORMALIZATIONS]
+        if self.normalize is not None and self.normalize not in normalizations:
+            raise ValueError(f"--normalize {self.normalize!r}: expected one of {normalizations}")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"unknown --attention {self.attention!r}: expected one of {ATTENTIONS}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads {self.threads}: expected at least 1")
         if self.resize is not None and self.resize not in RESIZES:
             raise ValueError(f"--resize {self.resize!r}: expected one of {RESIZES}")
         if self.autocast not in AUTOCASTS:
             raise ValueError(f"unknown --autocast {self.autocast!r}: expected one of {AUTOCASTS}")
         for name in ("shard_size", "batch_size", "workers", "prefetch"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{FLAGS.get(name, '--' + name.replace('_', '-'))} {getattr(self, name)}: expected "
                                  f"at least 1")
 
@@ -116,4 +132,27 @@ def _default_run(encoder: str, url: str | list[str]) -> str:
     return safe_key(f"{encoder.rpartition(':')[2]}-{os.path.basename(url.rstrip('/'))}")
 
 
-__all__ = ["AUTOCASTS", "FLAGS", "CacheParams"]
+def per_source(encoder: str, sources: Sequence[SourceSpec | str], out: str | os.PathLike, run: str | None = None,
+               **options: Any) -> list[CacheParams]:
+    """One :class:`CacheParams` per source, all into the store ``out``: one run each, named after its source
+    (``<encoder>-<source folder name>``; ``run`` only with a single source). ``options``: the other fields.
+
+    Refuses two sources whose runs would have the same name (rename one folder, or cache them one at a time with
+    ``run=``).
+    """
+    if not sources:
+        raise ValueError("no --source given: expected built datasets, SA-1B tars or image folders")
+    if run is not None and len(sources) > 1:
+        raise ValueError(f"--run {run!r} names one run, but {len(sources)} sources were given: each source gets a "
+                         f"run named after it; cache them one at a time to choose the names")
+    params = [CacheParams(encoder, spec, out, run, **options) for spec in sources]
+    names: dict[str, Any] = {}
+    for p in params:
+        if p.run in names:
+            raise ValueError(f"sources {names[p.run]} and {p.source.url} would both be cached as run {p.run!r}; "
+                             f"give one of them another folder name, or cache it alone with --run")
+        names[p.run] = p.source.url
+    return params
+
+
+__all__ = ["AUTOCASTS", "DEFAULT_BATCH_SIZE", "FLAGS", "CacheParams", "per_source"]

@@ -3,6 +3,12 @@
 Work is partitioned by zarr shard: :func:`write_shards` processes a list of shard indices of an open run, so
 several workers (one per GPU) can share a run. Batches never cross a zarr shard, so a shard's features do not
 depend on which shards were done before it: a resumed or partitioned run gives the same arrays.
+
+Determinism: every writer of a run encodes with the run's recorded batch size, autocast, attention and (on a CPU)
+intra-op thread count (``batch_size``, ``autocast``, ``attention``, ``cpu_threads`` in its attrs), so features are
+bit-identical whatever the partition, the resume points or the number of dask workers, on the same kind of device.
+Runs made with another batch size or thread count agree within one step of the stored dtype (float32 reductions
+in another order), not bit for bit.
 """
 
 from __future__ import annotations
@@ -19,8 +25,11 @@ import torch
 
 import medprep
 
+from medprep.manifests.features import FeatureReader
+
+from .attention import resolve_attention, sam_attention_blocks, set_attention
 from .events import Encoded, OnEvent
-from .params import AUTOCASTS, CacheParams
+from .params import AUTOCASTS, DEFAULT_BATCH_SIZE, CacheParams
 from .preprocess import Preprocess
 from .sources import Source
 from .store import FeatureStore
@@ -82,13 +91,33 @@ def resolve_autocast(autocast: str, device: str) -> str:
     return autocast
 
 
-class Encoder:
-    """A teacher on its device: batches of :class:`Prepared` in, float32 CPU features out."""
+@contextlib.contextmanager
+def intra_op_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads (None: leave the count), then restore the previous count."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
-    def __init__(self, teacher: Teacher, device: str = "cpu", autocast: str = "auto", compile: bool = False):
+
+class Encoder:
+    """A teacher on its device: batches of :class:`Prepared` in, float32 CPU features out.
+
+    ``attention="sdpa"`` (or ``auto`` on CUDA) puts the teacher's SAM attention blocks in their
+    ``scaled_dot_product_attention`` form, ``reference`` in segment_anything's, in place
+    (:func:`~medprep.distill.attention.set_attention`).
+    """
+
+    def __init__(self, teacher: Teacher, device: str = "cpu", autocast: str = "auto", compile: bool = False,
+                 attention: str = "reference"):
         self.device = check_device(device)
         self.autocast = resolve_autocast(autocast, device)
+        self.attention = resolve_attention(attention, device)
         self.pre = teacher.preprocess
+        set_attention(teacher.encoder, self.attention)
         self.module = teacher.encoder.to(self.device)
         self.fn = torch.compile(self.module) if compile else self.module
 
@@ -146,9 +175,16 @@ def check_device(device: str) -> torch.device:
     return dev
 
 
-def run_attrs(teacher: Teacher, source: Source, params: CacheParams, autocast: str) -> dict[str, Any]:
-    """Everything the stored features depend on (the run's identity, recorded in the zarr attrs)."""
+def run_attrs(teacher: Teacher, source: Source, params: CacheParams, device: str,
+              recorded: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything the stored features depend on (the run's identity, recorded in the zarr attrs).
+
+    ``device``: the first worker's (it decides ``autocast=auto`` and ``attention=auto``); ``recorded``: the attrs
+    of the run when it exists already, whose batch size and thread count are kept unless ``params`` name others.
+    """
+    recorded = recorded or {}
     src = source.describe()
+    attention = resolve_attention(params.attention, device) if sam_attention_blocks(teacher.encoder) else "reference"
     return {
         **teacher.to_attrs(),
         "preprocess": teacher.preprocess.to_attrs(),
@@ -156,13 +192,17 @@ def run_attrs(teacher: Teacher, source: Source, params: CacheParams, autocast: s
         "resize": teacher.preprocess.resize,
         "pixel_mean": list(teacher.preprocess.pixel_mean),
         "pixel_std": list(teacher.preprocess.pixel_std),
-        "autocast": autocast,
+        "autocast": resolve_autocast(params.autocast, device),
+        "attention": attention,
+        "batch_size": params.batch_size or recorded.get("batch_size", DEFAULT_BATCH_SIZE),
+        "cpu_threads": params.threads or recorded.get("cpu_threads") or torch.get_num_threads(),
         "compile": params.compile,
         "source": src,
         "source_manifest_sha256": src.get("manifest_sha256"),
         "dtype": params.dtype,
         "views": list(params.views),
         "shard_size": params.shard_size,
+        "keep_padding": params.keep_padding,
         "medprep_version": medprep.__version__,
     }
 
@@ -171,29 +211,40 @@ def open_run(params: CacheParams, teacher: Teacher, source: Source) -> FeatureSt
     """Create run ``params.run`` of ``params.out`` (or reopen it, refusing other parameters); call it once.
 
     ``teacher`` and ``source`` are the ones ``params`` names, already loaded (``params.teacher()``,
-    ``params.open_source()``). The autocast recorded is the one of the first worker's device.
+    ``params.open_source()``). The autocast and attention recorded are those of the first worker's device.
     """
     device = params.worker_devices[0]
     check_device(device)
-    attrs = run_attrs(teacher, source, params, resolve_autocast(params.autocast, device))
+    attrs = run_attrs(teacher, source, params, device, _recorded(params.out, params.run))
     return FeatureStore.create_or_open(params.out, params.run, source.keys, attrs,
                                        lambda: feature_shape(teacher, device))
+
+
+def _recorded(url: str, run: str) -> dict[str, Any]:
+    """The attrs of run ``run`` of ``url`` when it exists and is finished being created, else {}."""
+    try:
+        return FeatureReader.open(url, run).attrs
+    except (FileNotFoundError, KeyError, ValueError):
+        return {}
 
 
 def write_shards(store: FeatureStore, teacher: Teacher, source: Source, params: CacheParams, shards: Sequence[int],
                  device: str, on_event: OnEvent | None = None) -> list[int]:
     """Encode and write the zarr shards ``shards`` of an open run on ``device``; return those written.
 
-    ``params.workers`` threads decode and preprocess, the calling thread runs the encoder, a writer thread writes
-    whole zarr shards; ``params.prefetch`` bounds the batches decoded ahead. Shards already done are skipped.
-    ``on_event`` receives :class:`~medprep.distill.events.Encoded` after every batch.
+    ``params.workers`` threads decode and preprocess, the calling thread runs the encoder (with the run's batch
+    size, autocast, attention and, on a CPU, intra-op thread count), a writer thread writes whole zarr shards;
+    ``params.prefetch`` bounds the batches decoded ahead. Shards already done are skipped. ``on_event`` receives
+    :class:`~medprep.distill.events.Encoded` after every batch.
     """
-    encoder = Encoder(teacher, device, store.attrs["autocast"], params.compile)
-    stride = teacher.preprocess.img_size // store.attrs["feature_shape"][1]
+    a = store.attrs
+    encoder = Encoder(teacher, device, a["autocast"], params.compile, a["attention"])
+    stride = teacher.preprocess.img_size // a["feature_shape"][1]
     done = store.done_shards()
     todo = [s for s in shards if not done[s]]
-    with ThreadPoolExecutor(params.workers, thread_name_prefix="medprep-decode") as pool:
-        batches = _Prefetch(_batches(todo, store, source, teacher.preprocess, stride, params.batch_size, pool),
+    threads = a["cpu_threads"] if encoder.device.type == "cpu" else None
+    with intra_op_threads(threads), ThreadPoolExecutor(params.workers, thread_name_prefix="medprep-decode") as pool:
+        batches = _Prefetch(_batches(todo, store, source, teacher.preprocess, stride, a["batch_size"], pool),
                             params.prefetch)
         writer = _Writer(store)
         try:

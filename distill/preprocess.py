@@ -1,11 +1,14 @@
-"""Teacher input preprocessing, matching ``segment_anything`` (resize longest side, normalise, pad bottom/right).
+"""Teacher input preprocessing, matching each teacher's own code: ``segment_anything`` (resize longest side,
+normalise, pad bottom/right) and MedSAM (``MedSAM_Inference.py``: cubic resize of the whole image to 1024 x 1024,
+then min-max to [0, 1] per image).
 
 The work is split in two so that the expensive part runs in the decode pool and the cheap part on the device:
 
-- :meth:`Preprocess.host` (pool thread): resize the longest side to ``img_size`` and place the result in the
-  top-left corner of a zero ``img_size`` x ``img_size`` canvas (uint8 for the PIL path, float32 for torch);
-- :meth:`Preprocess.device` (encoder thread): normalise with the recorded mean/std and zero everything outside
-  the resized image, which equals SAM's "normalise, then pad with zeros".
+- :meth:`Preprocess.host` (pool thread): resize (the longest side to ``img_size``, or the whole image to
+  ``img_size`` x ``img_size`` for MedSAM) and place the result in the top-left corner of a zero
+  ``img_size`` x ``img_size`` canvas (uint8 for the PIL and MedSAM paths, float32 for torch);
+- :meth:`Preprocess.device` (encoder thread): normalise (the recorded mean/std, or min-max per image) and zero
+  everything outside the resized image, which equals SAM's "normalise, then pad with zeros".
 """
 
 from __future__ import annotations
@@ -18,9 +21,23 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from medprep.manifests.pixels import NORMALIZATIONS, SAM_MEAN, SAM_STD, longest_side
+from medprep.manifests.pixels import NORMALIZATIONS, PER_IMAGE_NORMALIZATIONS, SAM_MEAN, SAM_STD, longest_side
 
-RESIZES = ("pil", "torch")
+RESIZES = ("pil", "torch", "medsam")
+#: ``hi - lo`` floor of the per-image min-max (MedSAM's ``np.clip(..., a_min=1e-8)``)
+MINMAX_EPS = 1e-8
+
+
+def medsam_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """MedSAM's resize (``MedSAM_Inference.py``): ``skimage.transform.resize`` of the whole RGB uint8 image to
+    ``size`` x ``size`` (aspect not kept), cubic spline (``order=3``), anti-aliased, range preserved, then cast
+    back to uint8 (truncating, as MedSAM's ``.astype(np.uint8)``)."""
+    try:
+        from skimage.transform import resize
+    except ImportError:
+        raise ImportError("MedSAM's preprocessing (--encoder medsam, --resize medsam) needs scikit-image: "
+                          "pip install 'medprep[medsam]' (or pass --resize pil for SAM's resize)") from None
+    return resize(image, (size, size), order=3, preserve_range=True, anti_aliasing=True).astype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -28,13 +45,17 @@ class Preprocess:
     """Recorded teacher preprocessing: input size, resize path and pixel normalisation.
 
     ``resize="pil"`` is ``ResizeLongestSide.apply_image`` (PIL bilinear on uint8, what ``SamPredictor`` does);
-    ``resize="torch"`` is bilinear ``F.interpolate`` with antialias on float pixels (SAM's batched torch path).
+    ``resize="torch"`` is bilinear ``F.interpolate`` with antialias on float pixels (SAM's batched torch path);
+    ``resize="medsam"`` is MedSAM's (:func:`medsam_resize`: the whole image to ``img_size`` x ``img_size``, no
+    padding). ``minmax`` replaces ``(x - mean) / std`` by MedSAM's per-image ``(x - min) / max(max - min, 1e-8)``
+    over the resized image (all channels).
     """
 
     img_size: int = 1024
     pixel_mean: tuple[float, float, float] = SAM_MEAN
     pixel_std: tuple[float, float, float] = SAM_STD
     resize: str = "pil"
+    minmax: bool = False
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZES:
@@ -44,9 +65,12 @@ class Preprocess:
 
     @classmethod
     def named(cls, normalize: str = "sam", img_size: int = 1024, resize: str = "pil") -> "Preprocess":
-        """Preprocessing with a named normalisation (see :data:`NORMALIZATIONS`)."""
+        """Preprocessing with a named normalisation (see :data:`NORMALIZATIONS`, or ``minmax`` per image)."""
+        if normalize in PER_IMAGE_NORMALIZATIONS:
+            return cls(img_size, *NORMALIZATIONS["none"], resize=resize, minmax=True)
         if normalize not in NORMALIZATIONS:
-            raise ValueError(f"normalisation {normalize!r} is not known: expected one of {sorted(NORMALIZATIONS)}")
+            raise ValueError(f"normalisation {normalize!r} is not known: expected one of "
+                             f"{sorted(NORMALIZATIONS) + list(PER_IMAGE_NORMALIZATIONS)}")
         mean, std = NORMALIZATIONS[normalize]
         return cls(img_size=img_size, pixel_mean=mean, pixel_std=std, resize=resize)
 
@@ -58,6 +82,8 @@ class Preprocess:
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an RGB uint8 image of shape (H, W, 3), got {image.dtype} {image.shape}")
         s = self.img_size
+        if self.resize == "medsam":
+            return torch.from_numpy(np.ascontiguousarray(medsam_resize(image, s).transpose(2, 0, 1))), (s, s)
         h, w = longest_side(image.shape[0], image.shape[1], s)
         if self.resize == "pil":
             img = image
@@ -76,10 +102,17 @@ class Preprocess:
 
     def device(self, canvases: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
         """Normalise a batch of host canvases ``(B, 3, S, S)`` and zero the padding (``sizes``: ``(B, 2)``)."""
-        mean = torch.tensor(self.pixel_mean, device=canvases.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.pixel_std, device=canvases.device).view(1, 3, 1, 1)
-        x = (canvases.float() - mean) / std
-        s = self.img_size
-        rows = torch.arange(s, device=x.device).view(1, s, 1) < sizes[:, 0].to(x.device).view(-1, 1, 1)
-        cols = torch.arange(s, device=x.device).view(1, 1, s) < sizes[:, 1].to(x.device).view(-1, 1, 1)
-        return torch.where((rows & cols)[:, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
+        s, dev = self.img_size, canvases.device
+        rows = torch.arange(s, device=dev).view(1, s, 1) < sizes[:, 0].to(dev).view(-1, 1, 1)
+        cols = torch.arange(s, device=dev).view(1, 1, s) < sizes[:, 1].to(dev).view(-1, 1, 1)
+        inside = (rows & cols)[:, None]
+        x = canvases.float()
+        if self.minmax:  # over the resized image only
+            lo = torch.where(inside, x, torch.inf).amin(dim=(1, 2, 3), keepdim=True)
+            hi = torch.where(inside, x, -torch.inf).amax(dim=(1, 2, 3), keepdim=True)
+            x = (x - lo) / (hi - lo).clamp_min(MINMAX_EPS)
+        else:
+            mean = torch.tensor(self.pixel_mean, device=dev).view(1, 3, 1, 1)
+            std = torch.tensor(self.pixel_std, device=dev).view(1, 3, 1, 1)
+            x = (x - mean) / std
+        return torch.where(inside, x, torch.zeros((), dtype=x.dtype, device=dev))

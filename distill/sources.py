@@ -97,7 +97,8 @@ class MedicalSource:
     def describe(self) -> dict[str, Any]:
         return {
             "kind": "medical", "url": self.dataset.root, "dataset": self.dataset.name, "split": self.split,
-            "manifest_sha256": self.dataset.manifest_sha256, "keys_sha256": keys_sha256(self.keys),
+            "manifest_sha256": self.dataset.manifest_sha256, "generation": self.dataset.generation,
+            "keys_sha256": keys_sha256(self.keys),
         }
 
 
@@ -213,6 +214,24 @@ class SourceSpec:
         ``url`` replaces the recorded location (the data moved)."""
         return cls(url or attrs["url"], attrs["kind"], attrs.get("split"), attrs.get("fraction"),
                    attrs.get("seed", 0), attrs.get("subset_file"))
+
+
+def source_specs(urls: list[str], kind: str = "auto", split: str | None = None, fraction: float | None = None,
+                 seed: int = 0, subset_file: str | None = None) -> list[SourceSpec]:
+    """One spec per source of ``cache-teacher --source`` (repeated or comma-separated).
+
+    With several sources, the SA-1B options (``fraction``, ``subset_file``) go to the SA-1B sources only and
+    ``split`` to the built datasets only; an option that applies to none of them is refused, as with one source.
+    """
+    if len(urls) == 1:
+        return [SourceSpec(urls[0], kind, split, fraction, seed, subset_file)]
+    kinds = [_detect(u) if kind == "auto" else kind for u in urls]
+    for flag, value, wanted in (("--fraction/--subset-file", fraction if fraction is not None else subset_file,
+                                 "sa1b"), ("--split", split, "medical")):
+        if value is not None and wanted not in kinds:
+            raise ValueError(f"{flag} {value} applies to {wanted} sources, but none of {urls} is one")
+    return [SourceSpec(u, k, split if k == "medical" else None, fraction if k == "sa1b" else None, seed,
+                       subset_file if k == "sa1b" else None) for u, k in zip(urls, kinds)]
 
 
 def open_source(spec: SourceSpec) -> Source:

@@ -12,8 +12,11 @@ import numpy as np
 import torch
 import zarr
 
-from medprep.manifests.features import DTYPES, FORMAT, STORED, FeatureReader, suffix, zarr_location
+from medprep.manifests.features import (DTYPES, FILL, FORMAT, STORED, FeatureReader, array_attrs, compressors,
+                                        decode, encode_keys, suffix, unsound, zarr_location)
 
+#: rows per chunk of the ``keys`` array
+KEYS_CHUNK = 1 << 16
 #: attrs that record where things were, not what the features depend on
 LOCATION_ATTRS = ("checkpoint", "medprep_version")
 
@@ -56,7 +59,14 @@ class FeatureStore(FeatureReader):
         A run whose creation was interrupted (no ``format`` attr yet) is created again.
         """
         root = zarr.open_group(zarr_location(url), mode="a")
-        if run in root and root[run].attrs.get("format") == FORMAT:
+        old_format = root[run].attrs.get("format") if run in root else None
+        if old_format not in (None, FORMAT):
+            raise ValueError(
+                f"run {run!r} in {url} has the store format {old_format!r}; this medprep writes {FORMAT!r} and "
+                f"cannot add to it (medprep still reads it): cache into a new --run or a new store, or delete "
+                f"{url}/{run} to start over"
+            )
+        if old_format == FORMAT:
             store = cls(root[run], url, run)
             old, new = identity(store.attrs), identity(attrs)
             diff = sorted(k for k in new if old.get(k) != new[k])
@@ -68,29 +78,50 @@ class FeatureStore(FeatureReader):
                 )
             return store
         shape = tuple(shape())
-        n, ss = len(keys), attrs["shard_size"]
+        n, ss, dtype = len(keys), attrs["shard_size"], attrs["dtype"]
+        pad = bool(attrs.get("keep_padding"))
         g = root.create_group(run, overwrite=True)
+
+        def array(name: str, dims: tuple[int, ...], stored: str, fill: Any, **kw: Any) -> zarr.Array:
+            return g.create_array(name, shape=dims, dtype=stored, fill_value=fill, compressors=compressors(),
+                                  attributes=array_attrs(name, dtype, pad), **kw)
+
         for view in attrs["views"]:
             sfx = suffix(view)
-            g.create_array(f"features{sfx}", shape=(n, *shape), dtype=STORED[attrs["dtype"]],
-                           chunks=(1, *shape), shards=(ss, *shape), compressors=None, fill_value=0)
-            if attrs["dtype"] == "int8":
-                g.create_array(f"scale{sfx}", shape=(n, shape[0]), dtype="float16", chunks=(ss, shape[0]),
-                               compressors=None, fill_value=0)
-        g.create_array("valid_hw", shape=(n, 2), dtype="int32", chunks=(ss, 2), fill_value=0)
+            array(f"features{sfx}", (n, *shape), STORED[dtype], FILL[dtype], chunks=(1, *shape), shards=(ss, *shape))
+            if dtype == "int8":
+                array(f"scale{sfx}", (n, shape[0]), "float16", float("nan"), chunks=(ss, shape[0]))
+        array("valid_hw", (n, 2), "int32", -1, chunks=(ss, 2))
         if "hflip" in attrs["views"]:
-            g.create_array("valid_x_hflip", shape=(n, 2), dtype="int32", chunks=(ss, 2), fill_value=0)
-        g.create_array("done", shape=(n,), dtype="bool", chunks=(ss,), fill_value=False)
-        g.create_array("keys", shape=(n,), dtype=str, chunks=(max(n, 1),))[:] = np.asarray(keys, dtype=str)
+            array("valid_x_hflip", (n, 2), "int32", -1, chunks=(ss, 2))
+        array("done", (n,), "bool", False, chunks=(ss,))
+        stored_keys = encode_keys(keys)
+        array("keys", stored_keys.shape, "uint8", 0, chunks=(max(min(n, KEYS_CHUNK), 1), stored_keys.shape[1]))[:] = (
+            stored_keys)
         g.attrs.update({**attrs, "feature_shape": list(shape), "format": FORMAT})  # last: marks the run complete
         return cls(g, url, run)
 
     def write_shard(self, s: int, features: dict[str, torch.Tensor], valid_hw: np.ndarray,
                     valid_x_hflip: np.ndarray | None = None) -> None:
-        """Write zarr shard ``s`` whole (features per view, valid regions), then mark it done."""
+        """Write zarr shard ``s`` whole (features per view, valid regions), then mark it done.
+
+        Unless the run keeps the padding, cells outside each sample's valid region are stored as 0. Features that
+        are NaN/Inf once encoded (e.g. beyond float16's range) are refused, naming the samples.
+        """
         sl = self.shard_slice(s)
         for view, x in features.items():
+            if not self.attrs.get("keep_padding"):
+                cols = valid_x_hflip if view == "hflip" else np.stack([np.zeros_like(valid_hw[:, 1]), valid_hw[:, 1]], 1)
+                x = zero_padding(x, valid_hw[:, 0], cols)
             stored, scale = encode(x, self.dtype)
+            bad = np.flatnonzero(unsound(stored, decode(stored, scale, self.dtype), self.dtype))
+            if bad.size:
+                keys = self.keys()
+                raise ValueError(
+                    f"the teacher's {view} features of {[keys[sl.start + j] for j in bad]} in {self.url}/{self.run} "
+                    f"are NaN or Inf as {self.dtype}: check the checkpoint, the input images and --autocast; "
+                    f"values beyond +-65504 need --dtype bfloat16 or float32"
+                )
             self.group[f"features{suffix(view)}"][sl] = stored
             if scale is not None:
                 self.group[f"scale{suffix(view)}"][sl] = scale
@@ -98,3 +129,13 @@ class FeatureStore(FeatureReader):
         if valid_x_hflip is not None:
             self.group["valid_x_hflip"][sl] = valid_x_hflip
         self.group["done"][sl] = True
+
+
+def zero_padding(x: torch.Tensor, rows: np.ndarray, cols: np.ndarray) -> torch.Tensor:
+    """``x`` ``(B, C, H, W)`` with 0 outside each sample's valid cells: rows ``[0, rows[b])``, columns
+    ``[cols[b, 0], cols[b, 1])``."""
+    h, w = x.shape[-2:]
+    rows, cols = torch.as_tensor(rows), torch.as_tensor(cols)
+    r = torch.arange(h)[None] < rows[:, None]
+    c = (torch.arange(w)[None] >= cols[:, :1]) & (torch.arange(w)[None] < cols[:, 1:])
+    return torch.where((r[:, :, None] & c[:, None, :])[:, None], x, torch.zeros((), dtype=x.dtype))

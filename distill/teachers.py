@@ -1,13 +1,15 @@
-"""Frozen teacher image encoders: SAM ViT-H/L/B and MedSAM from local checkpoints, or any ``module:callable``.
+"""Frozen teacher image encoders: SAM ViT-H/L/B and MedSAM from local checkpoints, the demo's tiny random-weight
+``random-sam``, or any ``module:callable``.
 
 A ``module:callable`` teacher is called as ``fn(checkpoint=None, **encoder_kwargs)`` and returns
-``(module, Preprocess)``; the module maps a normalised ``(B, 3, S, S)`` batch to ``(B, C, H, W)`` features.
+``(module, Preprocess)``; the module maps a normalised ``(B, 3, S, S)`` batch to ``(B, C, H, W)`` features. Such a
+name is code: it is imported only when the caller names it (``--encoder``), never because a store's attrs say so.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -19,7 +21,10 @@ from medprep.manifests import sha256_file
 from .preprocess import Preprocess
 
 SAM_ENCODERS = ("vit_h", "vit_l", "vit_b")
-BUILTIN = SAM_ENCODERS + ("medsam",)
+#: teachers from a local checkpoint of segment_anything's registry
+CHECKPOINTED = SAM_ENCODERS + ("medsam",)
+#: names medprep resolves itself (anything else must be a ``module:callable`` the caller names)
+BUILTIN = CHECKPOINTED + ("random-sam",)
 
 
 @dataclass
@@ -128,18 +133,25 @@ def load_teacher(
 ) -> Teacher:
     """Build a frozen teacher.
 
-    ``encoder``: ``vit_h``/``vit_l``/``vit_b`` (SAM, needs ``checkpoint``), ``medsam`` (ViT-B, [0, 1] input,
-    needs ``checkpoint``) or ``package.module:callable``. ``normalize`` (sam, unit, esp-medsam) and ``resize``
-    (pil, torch) override the teacher's default preprocessing.
+    ``encoder``: ``vit_h``/``vit_l``/``vit_b`` (SAM, needs ``checkpoint``), ``medsam`` (ViT-B with MedSAM's own
+    preprocessing: cubic resize to 1024 x 1024, min-max per image; needs ``checkpoint``), ``random-sam``
+    (:func:`random_sam`, ``encoder_kwargs`` its arguments) or ``package.module:callable``. ``normalize`` (sam, unit,
+    esp-medsam, minmax) and ``resize`` (pil, torch, medsam) override the teacher's default preprocessing.
     """
     kwargs = dict(encoder_kwargs or {})
-    if encoder in BUILTIN:
+    if encoder in CHECKPOINTED:
         if checkpoint is None:
             raise ValueError(f"--encoder {encoder} needs --checkpoint: the path of a local SAM/MedSAM .pth file")
         if kwargs:
             raise ValueError(f"--encoder {encoder} takes no encoder arguments, got {sorted(kwargs)}")
         module = _sam_encoder("vit_b" if encoder == "medsam" else encoder, checkpoint)
-        pre = Preprocess.named("unit" if encoder == "medsam" else "sam", 1024, resize or "pil")
+        pre = (Preprocess.named("minmax", 1024, "medsam") if encoder == "medsam"
+               else Preprocess.named("sam", 1024, "pil"))
+    elif encoder == "random-sam":
+        try:
+            module, pre = random_sam(checkpoint, **kwargs)
+        except TypeError as e:
+            raise ValueError(f"--encoder random-sam: bad encoder arguments {kwargs} ({e})") from None
     elif ":" in encoder:
         module, pre = _import_callable(encoder)(checkpoint=checkpoint, **kwargs)
         if not isinstance(pre, Preprocess):
@@ -149,7 +161,7 @@ def load_teacher(
     if normalize is not None:
         pre = Preprocess.named(normalize, pre.img_size, pre.resize)
     if resize is not None:
-        pre = Preprocess(pre.img_size, pre.pixel_mean, pre.pixel_std, resize)
+        pre = replace(pre, resize=resize)
     module.eval().requires_grad_(False)
     sha = sha256_file(checkpoint) if checkpoint is not None else None
     return Teacher(encoder, module, pre, checkpoint, sha, kwargs)

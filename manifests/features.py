@@ -2,18 +2,31 @@
 
 Layout of ``<store>/<run>`` (``V`` = view suffix: "" for the identity view, "_hflip" for the flipped view)::
 
-    featuresV     (N, C, H, W)  float16 | bfloat16 (stored as uint16 bits) | float32 | int8; one chunk per
-                                sample inside shard objects of ``shard_size`` samples; no compression
-    scaleV        (N, C)        float16 per-channel scale of int8 features (x ~= q * scale)
-    keys          (N,)          sample keys, in source order
-    valid_hw      (N, 2)        valid (not padded) region, in embedding cells from the top-left corner
-    valid_x_hflip (N, 2)        [x0, x1) valid columns of the hflip view
-    done          (N,)          resume ledger, set for a shard only after all its data is written
+    featuresV     (N, C, H, W)  float16 | uint16 (bfloat16 bits) | float32 | int8; one chunk per sample inside
+                                zarr shards of ``shard_size`` samples
+    scaleV        (N, C)        float16 per-channel scale of int8 features: x = q * scale
+    keys          (N, L)        uint8: the UTF-8 bytes of each sample key, zero-padded to the longest (L bytes)
+    valid_hw      (N, 2)        int32 rows, columns of the valid (not padded) region, in embedding cells from the
+                                top-left corner
+    valid_x_hflip (N, 2)        int32 [x0, x1) valid columns of the hflip view (its rows: valid_hw[:, 0])
+    done          (N,)          bool resume ledger, set for a shard only after all its data is written
+
+Only standard zarr v3 data types and codecs, so zarr-python and tensorstore read every array: each chunk is
+``bytes`` (little endian) -> ``zstd`` -> ``crc32c``, so damage is detected on read. Each array's attrs say its
+logical dtype and how to decode it (:func:`array_attrs`). Fill values are never written as data, so a missing
+chunk is told apart from real values: NaN for float features and scales (bfloat16: the bits 0x7FC0, a NaN),
+-128 for int8 features (the encoder writes [-127, 127]), -1 for ``valid_hw``. Unless the run's
+``keep_padding`` attr is true, cells outside the valid region are stored as 0 (compressed away by zstd, so the
+bytes per sample follow the image's aspect).
 
 The group's attrs record everything the features depend on, ``format`` (written last: a run without it was not
 finished being created) and ``feature_shape``. Every array is chunked so that zarr shard ``s`` (samples
 ``[s * shard_size, (s + 1) * shard_size)``) is owned by exactly one writer. The writer lives in
 ``medprep.distill.store``; this module imports neither torch nor the cache pipeline.
+
+Format history: ``medprep-teacher-v1`` (medprep 0.x until this version) stored keys as zarr ``string``, features
+uncompressed with fill value 0 and no checksums; it is still read (missing chunks read as zeros there), never
+written.
 """
 
 from __future__ import annotations
@@ -24,16 +37,62 @@ from typing import Any, TypeVar
 import numpy as np
 import zarr
 from fsspec.implementations.local import LocalFileSystem
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from .store import fs_and_path
 
-FORMAT = "medprep-teacher-v1"
+FORMAT = "medprep-teacher-v2"
+#: older formats this reader still reads (never written)
+READABLE = (FORMAT, "medprep-teacher-v1")
 DTYPES = ("float16", "int8", "bfloat16", "float32")
 VIEWS = ("identity", "hflip")
 #: numpy dtype each feature dtype is stored as (bfloat16 as its raw 16 bits)
 STORED: dict[str, str] = {"float16": "float16", "int8": "int8", "bfloat16": "uint16", "float32": "float32"}
+#: fill value of the stored features: never written as data, so it marks a missing chunk
+FILL: dict[str, float | int] = {"float16": float("nan"), "int8": -128, "bfloat16": 0x7FC0, "float32": float("nan")}
+#: how to get float32 values from each stored feature dtype (written to the features' attrs)
+DECODE: dict[str, str] = {
+    "float16": "x = float32(features)",
+    "float32": "x = features",
+    "bfloat16": "x = (uint32(features) << 16) reinterpreted as float32 (features hold the bfloat16 bits)",
+    "int8": "x = float32(features) * float32(scale)[..., None, None] (scale: same sample, per channel)",
+}
+#: zstd level of every chunk: fast, and enough to drop the zero padding
+ZSTD_LEVEL = 1
 
 _Reader = TypeVar("_Reader", bound="FeatureReader")
+
+
+class DamagedStore(ValueError):
+    """Stored data that cannot be trusted: a checksum mismatch, a missing chunk of a finished sample, NaN/Inf."""
+
+
+def compressors() -> list:
+    """The bytes-to-bytes codecs of every array of a run: zstd, then a crc32c checksum."""
+    return [ZstdCodec(level=ZSTD_LEVEL), Crc32cCodec()]
+
+
+def array_attrs(name: str, dtype: str, keep_padding: bool) -> dict[str, Any]:
+    """The attrs of array ``name`` of a run with feature ``dtype``: what the stored values mean and how to decode
+    them, for readers without medprep."""
+    view = "hflip" if name in ("features_hflip", "scale_hflip") else "identity"
+    name = name.removesuffix(suffix(view))
+    if name == "features":
+        return {"logical_dtype": dtype, "stored_as": STORED[dtype], "decode": DECODE[dtype],
+                "axes": ["sample", "channel", "row", "column"],
+                "padding": "encoder output" if keep_padding else "0 outside the valid region (valid_hw)",
+                "missing": f"a chunk never written reads as the fill value {FILL[dtype]!r}"}
+    return {
+        "scale": {"logical_dtype": "float16", "decode": DECODE["int8"], "axes": ["sample", "channel"]},
+        "keys": {"logical_dtype": "utf-8 string", "stored_as": "uint8",
+                 "decode": "bytes(row).rstrip(b'\\x00').decode('utf-8')"},
+        "valid_hw": {"logical_dtype": "int32", "axes": ["sample", "rows|columns"],
+                     "meaning": "features[i, :, :rows, :columns] see image content (identity view); the rest is "
+                                "padding"},
+        "valid_x_hflip": {"logical_dtype": "int32", "axes": ["sample", "x0|x1"],
+                          "meaning": "features_hflip[i, :, :valid_hw[i, 0], x0:x1] see image content"},
+        "done": {"logical_dtype": "bool", "meaning": "the sample's features are written (resume ledger)"},
+    }[name]
 
 
 def in_fraction(key: str, fraction: float, seed: int) -> bool:
@@ -58,6 +117,19 @@ def suffix(view: str) -> str:
     return "" if view == "identity" else f"_{view}"
 
 
+def encode_keys(keys: list[str]) -> np.ndarray:
+    """Sample keys as the ``(N, L)`` uint8 array of their zero-padded UTF-8 bytes."""
+    raw = np.asarray([k.encode() for k in keys] or [b""], dtype="S")
+    return raw.view(np.uint8).reshape(len(raw), raw.dtype.itemsize)[:len(keys)]
+
+
+def decode_keys(stored: np.ndarray) -> list[str]:
+    """The keys of an ``(N, L)`` uint8 ``keys`` array (v1: a zarr ``string`` array)."""
+    if stored.dtype.kind in "OTU":  # medprep-teacher-v1
+        return [str(k) for k in stored]
+    return [k.decode() for k in np.ascontiguousarray(stored).view(f"S{stored.shape[1]}").ravel().tolist()]
+
+
 def decode(stored: np.ndarray, scale: np.ndarray | None, dtype: str) -> np.ndarray:
     """Stored features (``(..., C, H, W)``) back to float32 (``scale``: the int8 per-channel scale, else None)."""
     if dtype == "int8":
@@ -65,6 +137,20 @@ def decode(stored: np.ndarray, scale: np.ndarray | None, dtype: str) -> np.ndarr
     if dtype == "bfloat16":  # bfloat16 is the top half of a float32: exact
         return (stored.astype(np.uint32) << 16).view(np.float32)
     return stored.astype(np.float32)
+
+
+def unsound(stored: np.ndarray, decoded: np.ndarray, dtype: str) -> np.ndarray:
+    """Per sample (leading axis of ``(B, C, H, W)`` arrays): whether it holds NaN/Inf or fill values."""
+    bad = ~np.isfinite(decoded).reshape(len(decoded), -1).all(axis=1)
+    if dtype == "int8":
+        bad |= (stored == FILL["int8"]).reshape(len(stored), -1).any(axis=1)
+    return bad
+
+
+def _missing(stored: np.ndarray, dtype: str) -> bool:
+    """Whether one sample's stored features are all the fill value (its chunk is absent)."""
+    fill = FILL[dtype]
+    return bool(np.isnan(stored).all()) if isinstance(fill, float) else bool((stored == fill).all())
 
 
 def _open_root(url: str, mode: str = "r") -> zarr.Group:
@@ -84,15 +170,20 @@ def runs(url: str) -> list[str]:
 
 
 class FeatureReader:
-    """One run group of a teacher feature store, read-only (see the module docstring for the layout)."""
+    """One run group of a teacher feature store, read-only (see the module docstring for the layout).
+
+    Reads raise :class:`DamagedStore` naming the sample key and the run when a chunk fails its checksum, when a
+    finished sample's chunk is missing, or when features are NaN/Inf.
+    """
 
     def __init__(self, group: zarr.Group, url: str, run: str):
         self.group, self.url, self.run = group, url, run
         self.attrs: dict[str, Any] = dict(group.attrs)
-        if self.attrs.get("format") != FORMAT:
+        self.format = self.attrs.get("format")
+        if self.format not in READABLE:
             raise ValueError(
-                f"{url}/{run} is not a finished medprep teacher store (format {self.attrs.get('format')!r}, "
-                f"expected {FORMAT!r}); rerun 'medprep cache-teacher' to create it"
+                f"{url}/{run} is not a finished medprep teacher store (format {self.format!r}, expected "
+                f"{FORMAT!r}); rerun 'medprep cache-teacher' to create it"
             )
         self.dtype: str = self.attrs["dtype"]
         self.views: list[str] = self.attrs["views"]
@@ -123,7 +214,7 @@ class FeatureReader:
 
     def done(self) -> np.ndarray:
         """Per sample: whether its features are written (the resume ledger, read now)."""
-        return self.group["done"][:]
+        return self._get("done", slice(None))
 
     def done_shards(self) -> list[bool]:
         """Per zarr shard: whether it is finished."""
@@ -132,26 +223,92 @@ class FeatureReader:
 
     def keys(self) -> list[str]:
         """Sample keys, in source order."""
-        return [str(k) for k in self.group["keys"][:]]
+        keys = decode_keys(self._get("keys", slice(None)))
+        if "" in keys:
+            raise DamagedStore(f"{self.url}/{self.run}/keys is missing key {keys.index('')} (a lost chunk): "
+                               f"{self._advice()}")
+        return keys
 
     def read(self, index: int | slice | np.ndarray, view: str = "identity") -> np.ndarray:
-        """Float32 features of sample(s) ``index`` (int8 and bfloat16 decoded)."""
-        sfx = suffix(view)
-        if f"features{sfx}" not in self.group:
-            raise KeyError(f"view {view!r} is not in {self.url}/{self.run} (views cached: {self.views})")
-        stored = self.group[f"features{sfx}"][index]
-        scale = self.group[f"scale{sfx}"][index] if self.dtype == "int8" else None
-        return decode(stored, scale, self.dtype)
+        """Float32 features of sample(s) ``index`` (int8 and bfloat16 decoded); raises :class:`DamagedStore`."""
+        decoded, problems = self._read(index, view)
+        if problems:
+            self._raise(problems, view)
+        return decoded
+
+    def problems(self, index: slice | np.ndarray, view: str = "identity") -> list[tuple[int, str]]:
+        """``(row, what is wrong)`` for each damaged or unfinished sample of ``index`` (checks, never raises)."""
+        return self._read(index, view)[1]
 
     def valid_mask(self, i: int, view: str = "identity") -> np.ndarray:
         """Boolean ``(H, W)`` mask of the embedding cells that see image content (not padding)."""
         _, h, w = self.attrs["feature_shape"]
-        vh, vw = (int(v) for v in self.group["valid_hw"][i])
-        x0, x1 = (int(v) for v in self.group["valid_x_hflip"][i]) if view == "hflip" else (0, vw)
+        vh, vw = (int(v) for v in self._get("valid_hw", i))
+        x0, x1 = (int(v) for v in self._get("valid_x_hflip", i)) if view == "hflip" else (0, vw)
+        if min(vh, x0, x1) < 0:
+            raise DamagedStore(f"{self.url}/{self.run}: the valid region of sample {self.keys()[i]!r} is missing "
+                               f"(a lost chunk): {self._advice()}")
         mask = np.zeros((h, w), dtype=bool)
         mask[:vh, x0:x1] = True
         return mask
 
+    def _get(self, name: str, index: Any) -> np.ndarray:
+        try:
+            return self.group[name][index]
+        except (ValueError, RuntimeError) as e:  # zarr: checksum mismatch, undecodable chunk
+            raise DamagedStore(f"{self.url}/{self.run}/{name} cannot be read ({e}): {self._advice()}") from e
 
-__all__ = ["DTYPES", "FORMAT", "STORED", "VIEWS", "FeatureReader", "decode", "in_fraction", "runs", "suffix",
-           "zarr_location"]
+    def _read(self, index: int | slice | np.ndarray, view: str) -> tuple[np.ndarray | None, list[tuple[int, str]]]:
+        sfx = suffix(view)
+        if f"features{sfx}" not in self.group:
+            raise KeyError(f"view {view!r} is not in {self.url}/{self.run} (views cached: {self.views})")
+        features = self.group[f"features{sfx}"]
+        scale = self.group[f"scale{sfx}"] if self.dtype == "int8" else None
+        try:
+            stored = features[index]
+            decoded = decode(stored, None if scale is None else scale[index], self.dtype)
+        except (ValueError, RuntimeError):  # zarr: checksum mismatch, undecodable chunk; find which samples
+            rows = np.arange(self.n)[index].reshape(-1)
+            return None, [(int(i), why) for i in rows if (why := self._unreadable(int(i), view))]
+        one = np.ndim(index) == 0 and not isinstance(index, slice)
+        bad = unsound(stored[None] if one else stored, decoded[None] if one else decoded, self.dtype)
+        if not bad.any():
+            return decoded, []
+        rows = np.arange(self.n)[index].reshape(-1)
+        done = self.done()
+        out = []
+        for j in np.flatnonzero(bad):
+            s = stored if one else stored[j]
+            out.append((int(rows[j]), "is not cached yet" if not done[rows[j]] else
+                        "is marked done but its chunk is missing" if _missing(s, self.dtype) else
+                        "holds NaN or Inf features"))
+        return decoded, out
+
+    def _unreadable(self, i: int, view: str) -> str:
+        """Why sample ``i`` cannot be read ("" if it can)."""
+        names = [f"features{suffix(view)}"] + ([f"scale{suffix(view)}"] if self.dtype == "int8" else [])
+        for name in names:
+            try:
+                self.group[name][i]
+            except (ValueError, RuntimeError) as e:
+                return f"cannot be read from {name} ({e})"
+        return ""
+
+    def _raise(self, problems: list[tuple[int, str]], view: str) -> None:
+        keys = self.keys()
+        i, why = problems[0]
+        more = f" (and {len(problems) - 1} more samples)" if len(problems) > 1 else ""
+        where = f"sample {keys[i]!r} (row {i}) of teacher store {self.url}, run {self.run!r}, view {view!r}"
+        if why == "is not cached yet":
+            raise ValueError(f"{where} {why}{more}: rerun 'medprep cache-teacher' to finish the run")
+        raise DamagedStore(f"{where} {why}{more}: {self._advice()}")
+
+    def _advice(self) -> str:
+        return (f"the store is damaged; 'medprep check-teacher {self.url} --run {self.run}' lists every damaged "
+                f"sample; restore the store from a copy, or delete {self.url}/{self.run} and rerun "
+                f"'medprep cache-teacher'")
+
+
+__all__ = ["DECODE", "DTYPES", "FILL", "FORMAT", "READABLE", "STORED", "VIEWS", "DamagedStore", "FeatureReader",
+           "array_attrs", "compressors", "decode", "decode_keys", "encode_keys", "in_fraction", "runs", "suffix",
+           "unsound", "zarr_location"]

@@ -14,7 +14,7 @@ from typing import Optional
 
 import click
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperGroup
 
 from medprep import __version__
 
@@ -31,6 +31,14 @@ class _Commands(TyperGroup):
             ctx.meta["debug"] = True
             args = [a for a in args if a != DEBUG]
         return super().parse_args(ctx, args)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """The command, its arguments shown in help by their metavar alone (typer would add ``<str>``)."""
+        command = super().get_command(ctx, cmd_name)
+        for param in getattr(command, "params", ()):
+            if isinstance(param, TyperArgument):
+                param.display_type_rich = lambda ctx: None  # type: ignore[method-assign]
+        return command
 
     def invoke(self, ctx: click.Context) -> object:
         try:
@@ -139,7 +147,13 @@ def _recipe_defaults(ctx: typer.Context, param: object, value: Optional[Path]) -
         doc = read_recipe(value)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    ctx.meta["recipe_options"] = doc.pop("options", {})
+    ctx.meta["recipe_options"] = doc.pop("options")
+    known = {p.name for p in ctx.command.params} - {"config"}
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        names = ", ".join(sorted(k.replace("_", "-") for k in known))
+        raise typer.BadParameter(f"--config {value}: unknown key(s) {', '.join(unknown)}; expected options of medprep "
+                                 f"build ({names}) and an [options] table of converter options")
     if isinstance(doc.get("patch_sizes"), list):
         doc["patch_sizes"] = ",".join(map(str, doc["patch_sizes"]))
     ctx.default_map = {**(ctx.default_map or {}), **doc}
@@ -298,17 +312,22 @@ def _ints(flag: str, text: Optional[str]) -> tuple[int, ...] | None:
 
 @app.command()
 def leakage(
-    built: list[Path] = typer.Argument(..., metavar="DATASET...", help="Built dataset folders (one checks its own "
-                                                                       "splits; several are compared pairwise)."),
-    threshold: Optional[int] = typer.Option(None, help="Hamming distance (of 64 bits) counted as a near-duplicate "
-                                                       "(default 10)."),
-    min_correlation: Optional[float] = typer.Option(None, help="Thumbnail correlation confirming a pair (default "
-                                                               "0.9; -1 keeps every hash match)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report (every pair) as JSON."),
-    strict: bool = typer.Option(False, help="Exit with status 1 when any pair is found."),
-    workers: int = typer.Option(0, help="Threads hashing shards (0: one per CPU)."),
+    built: list[Path] = typer.Argument(..., metavar="BUILT...", help="Built dataset folders (one checks its own "
+                                                                     "splits; several are compared pairwise)."),
+    threshold: Optional[int] = typer.Option(None, metavar="BITS", help="Hamming distance (of 64 bits) counted as a "
+                                                                      "near-duplicate (default 10)."),
+    min_correlation: Optional[float] = typer.Option(None, metavar="R", help="Thumbnail correlation confirming a pair "
+                                                                           "(default 0.9; -1 keeps every hash "
+                                                                           "match)."),
+    json_out: Optional[Path] = typer.Option(None, "--report", metavar="FILE.json", help="Write the full report "
+                                                                                       "(every pair) as JSON."),
+    strict: bool = typer.Option(False, "--strict", help="Exit with status 1 when any pair is found."),
+    workers: int = typer.Option(0, "--threads", metavar="N", help="Threads hashing shards (0: one per CPU)."),
 ) -> None:
-    """Find near-duplicate images across splits and datasets (perceptual hash of the normalised images)."""
+    """Find near-duplicate images across splits and datasets.
+
+    Compares perceptual hashes of the normalised images.
+    """
     from medprep.manifests import atomic_write, dumps
     from medprep.prep.leakage import DEFAULT_MIN_CORRELATION, DEFAULT_THRESHOLD, check
 
@@ -357,8 +376,8 @@ def datasets(
     width = max(60, shutil.get_terminal_size((100, 24)).columns - 1)
 
     def field(label: str, text: str) -> None:
-        typer.echo(textwrap.fill(text, width, initial_indent=f"  {label + ':' if label else '':16s}", subsequent_indent=pad,
-                                 break_on_hyphens=False))
+        head = f"  {label + ':' if label else '':16s}"
+        typer.echo(textwrap.fill(text, width, initial_indent=head, subsequent_indent=pad, break_on_hyphens=False))
 
     typer.echo(f"{d['name']}: {d['title']}")
     ids = ", ".join(f"{t} {i}" for t, i in d["modality_ids"].items())
@@ -385,7 +404,8 @@ def datasets(
 
 
 @app.command()
-def verify(path: str = typer.Argument(..., help="A built dataset folder or fsspec URL (holding manifest.json)."),
+def verify(path: str = typer.Argument(..., metavar="BUILT", help="A built dataset folder or fsspec URL (holding "
+                                                                  "manifest.json)."),
            as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")) -> None:
     """Check a built dataset against everything its readers rely on; list every problem (exit 1 if any)."""
     from medprep.manifests import verify as check
@@ -397,7 +417,8 @@ def verify(path: str = typer.Argument(..., help="A built dataset folder or fsspe
 
 
 @app.command()
-def info(path: str = typer.Argument(..., help="A built dataset folder or a teacher store (zarr), path or fsspec URL."),
+def info(path: str = typer.Argument(..., metavar="PATH", help="A built dataset folder or a teacher store (zarr), "
+                                                               "path or fsspec URL."),
          as_json: bool = typer.Option(False, "--json", help="Print the card as JSON.")) -> None:
     """Show the card of a built dataset (splits, sizes, foreground, failures, how it was built) or a teacher store
     (runs, encoder, checkpoint, dtype, progress, source dataset)."""
@@ -412,13 +433,14 @@ def info(path: str = typer.Argument(..., help="A built dataset folder or a teach
 
 @app.command()
 def preview(
-    path: str = typer.Argument(..., help="A built dataset folder or a teacher store (zarr)."),
-    out: Path = typer.Option(..., "--out", help="The PNG file to write."),
-    n: int = typer.Option(16, "--n", help="Samples to show."),
-    split: Optional[str] = typer.Option(None, help="Dataset split to draw from (default: all)."),
-    run: Optional[str] = typer.Option(None, help="Teacher store run to draw from (default: all finished runs)."),
-    seed: int = typer.Option(0, help="Seed of the sample choice."),
-    tile: int = typer.Option(256, help="Side of one image panel in pixels."),
+    path: str = typer.Argument(..., metavar="PATH", help="A built dataset folder or a teacher store (zarr)."),
+    out: Path = typer.Option(..., "--out", metavar="FILE.png", help="The PNG file to write."),
+    n: int = typer.Option(16, "--n", metavar="N", help="Samples to show."),
+    split: Optional[str] = typer.Option(None, metavar="SPLIT", help="Dataset split to draw from (default: all)."),
+    run: Optional[str] = typer.Option(None, metavar="NAME", help="Teacher store run to draw from (default: all "
+                                                                "finished runs)."),
+    seed: int = typer.Option(0, metavar="N", help="Seed of the sample choice."),
+    tile: int = typer.Option(256, metavar="PIXELS", help="Side of one image panel."),
 ) -> None:
     """Draw a contact sheet: images with their mask, patch32 grid, instance outlines and field of view; for a
     teacher store, each image beside its embedding (PCA to RGB)."""
@@ -432,9 +454,11 @@ def preview(
 
 
 @app.command()
-def demo(out: Path = typer.Option(..., "--out", help="Folder for the fake downloads and the built shards."),
-         size: int = typer.Option(256, help="Output side length (small, so the demo runs in seconds)."),
-         workers: int = typer.Option(1, help="Worker processes."),
+def demo(out: Path = typer.Option(..., "--out", metavar="DIR", help="Folder for the fake downloads and the built "
+                                                                    "shards."),
+         size: int = typer.Option(256, metavar="PIXELS", help="Output side length (small, so the demo runs in "
+                                                              "seconds)."),
+         workers: int = typer.Option(1, metavar="N", help="Worker processes."),
          teacher: bool = typer.Option(True, help="Also cache features of a tiny random-weight teacher.")) -> None:
     """Generate small fake copies of the source-domain datasets in their official layouts and build them."""
     from medprep.prep.demo import run_demo
@@ -476,6 +500,9 @@ def cache_teacher(
     views: str = typer.Option("identity", metavar="VIEWS", help="identity or identity,hflip."),
     shard_samples: int = typer.Option(16, metavar="N", help="Samples per zarr shard object (the unit of work and "
                                                            "resume)."),
+    keep_padding: bool = typer.Option(False, "--keep-padding", help="Store the encoder's output over the padding "
+                                                                    "too (as SamPredictor.features); default: 0 "
+                                                                    "there, so bytes follow the image's aspect."),
     batch_size: int = typer.Option(8, metavar="N", help="Encoder batch size (keep it a divisor of "
                                                        "--shard-samples)."),
     device: str = typer.Option("cuda", metavar="DEVICE", help="cuda or cpu."),
@@ -517,8 +544,9 @@ def cache_teacher(
                 encoder, SourceSpec(source, source_kind, split, fraction, seed, subset_file), out, run=run,
                 checkpoint=checkpoint, encoder_kwargs=parse_options(encoder_arg, "--encoder-arg"),
                 normalize=normalize, resize=resize, dtype=dtype, views=tuple(views.split(",")),
-                shard_size=shard_samples, batch_size=batch_size, device=device, autocast=autocast, compile=compile,
-                workers=decode_threads, devices=tuple(devices.split(",")) if devices else (), scheduler=scheduler)
+                shard_size=shard_samples, keep_padding=keep_padding, batch_size=batch_size, device=device,
+                autocast=autocast, compile=compile, workers=decode_threads,
+                devices=tuple(devices.split(",")) if devices else (), scheduler=scheduler)
             result = run_cache(params, on_event=draw)
         except (ValueError, FileNotFoundError, KeyError, RuntimeError, TypeError) as e:
             progress.close()
@@ -530,14 +558,15 @@ def cache_teacher(
 
 @app.command("check-teacher")
 def check_teacher(
-    store: str = typer.Argument(..., help="zarr teacher store written by cache-teacher."),
-    run: Optional[str] = typer.Option(None, help="Run to check (default: the store's only run)."),
-    samples: int = typer.Option(8, "--samples", "-k", help="Random samples to recompute."),
-    seed: int = typer.Option(0, help="Seed of the sample choice."),
-    device: str = typer.Option("cpu", help="cuda or cpu."),
-    checkpoint: Optional[str] = typer.Option(None, help="Checkpoint path, if it moved since caching."),
-    source: Optional[str] = typer.Option(None, help="Source path, if it moved since caching."),
-    min_cosine: float = typer.Option(0.99, help="Exit with status 1 below this cosine similarity."),
+    store: str = typer.Argument(..., metavar="STORE", help="zarr teacher store written by cache-teacher."),
+    run: Optional[str] = typer.Option(None, metavar="NAME", help="Run to check (default: the store's only run)."),
+    samples: int = typer.Option(8, "--samples", "-k", metavar="K", help="Random samples to recompute."),
+    seed: int = typer.Option(0, metavar="N", help="Seed of the sample choice."),
+    device: str = typer.Option("cpu", metavar="DEVICE", help="cuda or cpu."),
+    checkpoint: Optional[str] = typer.Option(None, metavar="FILE", help="Checkpoint path, if it moved since "
+                                                                       "caching."),
+    source: Optional[str] = typer.Option(None, metavar="PATH", help="Source path, if it moved since caching."),
+    min_cosine: float = typer.Option(0.99, metavar="C", help="Exit with status 1 below this cosine similarity."),
 ) -> None:
     """Recompute K random samples of a teacher store; report max/mean abs error and cosine similarity."""
     from medprep.distill.check import check_teacher as run_check
@@ -553,12 +582,15 @@ def check_teacher(
 
 @app.command()
 def export(
-    sources: list[str] = typer.Argument(..., help="Built dataset folders or URLs (holding manifest.json)."),
-    out: str = typer.Option(..., "--out", help="Output folder or URL."),
-    layout: str = typer.Option(..., "--layout", help="esp-medsam, nnunet or folder."),
-    split: list[str] = typer.Option([], "--split", help="Split to export (repeatable; default: all)."),
-    name: Optional[str] = typer.Option(None, help="esp-medsam split-file name / nnU-Net dataset name."),
-    dataset_id: int = typer.Option(501, help="nnU-Net dataset id (DatasetXXX_Name)."),
+    sources: list[str] = typer.Argument(..., metavar="BUILT...", help="Built dataset folders or URLs (holding "
+                                                                      "manifest.json)."),
+    out: str = typer.Option(..., "--out", metavar="DIR", help="Output folder or URL."),
+    layout: str = typer.Option(..., "--layout", metavar="LAYOUT", help="esp-medsam, nnunet or folder."),
+    split: list[str] = typer.Option([], "--split", metavar="SPLIT", help="Split to export (repeatable; default: "
+                                                                        "all)."),
+    name: Optional[str] = typer.Option(None, metavar="NAME", help="esp-medsam split-file name / nnU-Net dataset "
+                                                                 "name."),
+    dataset_id: int = typer.Option(501, metavar="ID", help="nnU-Net dataset id (DatasetXXX_Name)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files of the same names already in --out "
                                                               "(other files there are left alone)."),
 ) -> None:

@@ -15,4 +15,5 @@ def datasets() -> dict[str, type[Converter]]:
 
 
 __all__ = ["BuildError", "BuildEvent", "BuildParams", "BuildResult", "ConversionError", "Converter", "InputDone",
-           "LayoutError", "Planned", "Published", "Record", "SourceTree", "TaskDone", "build", "datasets", "get_converter"]
+           "LayoutError", "Planned", "Published", "Record", "SourceTree", "TaskDone", "build", "datasets",
+           "get_converter"]

@@ -32,7 +32,7 @@ from .params import BuildError, BuildParams, FailureLimit, InputsFailed
 from .plan import Plan, Task, plan
 from .publish import discard, existing_build, plan_staging, publish, swap_in
 from .task import load_done, run_task
-from .tree import LayoutError, SourceTree, natural_key
+from .tree import LayoutError, SourceTree, escaped, natural_key
 
 log = logging.getLogger("medprep.build")
 
@@ -61,20 +61,22 @@ def build(
     **fields: Any,
 ) -> BuildResult:
     """Build a dataset from its official layout under ``src`` into ``out/<dataset>/`` (``out`` is the parent
-    folder, as the CLI's ``--out``; the folder is named after the dataset, or its ``name`` option).
+    folder, as the CLI's ``--out``; the folder is named after the dataset, or its ``name`` option). Both are local
+    paths or ``file://`` URLs; another URL (``s3://``) raises ValueError before anything is created.
 
     ``params``: the :class:`BuildParams`, or a dataset name with the fields and converter options as keywords
-    (``build("drive", src, out, size=256)`` builds ``BuildParams.of("drive", size=256)``). ``workers`` > 1 or a
-    dask ``scheduler`` address run the tasks on dask. Nothing is published (:class:`InputsFailed`) when no input
+    (``build("drive", src, out, size=256)`` builds ``BuildParams.of("drive", size=256)``). ``workers`` > 1 or a dask
+    ``scheduler`` address run the tasks on dask. Nothing is published (:class:`InputsFailed`) when no input
     converts, when a split the rule or split file defines comes out empty (unless ``allow_empty_split``), or when
     more inputs fail than ``max_failures`` accepts (a count, ``"2%"`` of the inputs, or by default none failing
     because of the parameters); ``strict`` accepts no failure. A build running on the same dataset holds its lock:
-    this one waits up to ``wait`` seconds, then raises :class:`BuildError` naming it. ``on_event`` receives :class:`Planned`, :class:`InputDone` (in-process runs), :class:`TaskDone` and
-    :class:`Published` events; ``command`` (the CLI passes ``sys.argv``) is recorded with the dataset's folder in
-    the card beside the manifest, and ``recipe.toml`` records the build for ``medprep build --config``. Reruns with
-    the same parameters resume an interrupted build or return the finished one unchanged (rebuilt when its inputs'
-    contents changed); a finished build with other parameters or inputs is replaced only with ``overwrite=True``,
-    and only if ``out/<dataset>`` is provably a medprep build (nothing else is ever deleted).
+    this one waits up to ``wait`` seconds, then raises :class:`BuildError` naming it. ``on_event`` receives
+    :class:`Planned`, :class:`InputDone` (in-process runs), :class:`TaskDone` and :class:`Published` events;
+    ``command`` (the CLI passes ``sys.argv``) is recorded with the dataset's folder in the card beside the manifest,
+    and ``recipe.toml`` records the build for ``medprep build --config``. Reruns with the same parameters resume an
+    interrupted build or return the finished one unchanged (rebuilt when its inputs' contents changed); a finished
+    build with other parameters or inputs is replaced only with ``overwrite=True``, and only if ``out/<dataset>`` is
+    provably a medprep build (nothing else is ever deleted).
     """
     if isinstance(params, BuildParams):
         if fields:
@@ -125,8 +127,9 @@ def build(
         if staged.exists():
             shutil.rmtree(staged)  # an earlier publish was interrupted: redo it from the kept parts
         staged.mkdir()
-        origin = {"command": list(command) if command else None, "source": _source(src, tree, planned.root, conv),
-                  STAMPS: stamps_record(planned)}
+        # paths and arguments that are not UTF-8 are recorded with those bytes escaped, as JSON needs
+        origin = {"command": [escaped(a) for a in command] if command else None,
+                  "source": escaped(_source(src, tree, planned.root, conv)), STAMPS: stamps_record(planned)}
         manifest = publish(staged, partial, planned, results, failures, p, conv, split_sha, plan_sha, origin,
                            contents_sha256(results))
         swap_in(staged, out, partial)

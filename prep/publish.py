@@ -90,9 +90,10 @@ def publish(out: Path, partial: Path, plan: Plan, results: list[dict[str, Any]],
             origin: dict[str, Any], inputs_sha: str) -> Manifest:
     """Give the parts in ``partial`` their final shard names in ``out`` in plan order (hard links, so a rerun can
     redo this), then write samples, failures, wids indexes, the dataset card (``card.json``, ``README.md``), the
-    recipe (``recipe.toml``, from ``origin["source"]``) and, last, the manifest. ``origin`` (the command line and the source folder) is recorded in the card, not in the
-    manifest: the manifest depends on the inputs and parameters only (an archive and its extracted folder, or
-    another spelling of the same command, give the same bytes)."""
+    recipe (``recipe.toml``, from ``origin["source"]``) and, last, the manifest. ``origin`` (the command line and
+    the source folder) is recorded in the card, not in the manifest: the manifest depends on the inputs and
+    parameters only (an archive and its extracted folder, or another spelling of the same command, give the same
+    bytes)."""
     shards: list[ShardEntry] = []
     rows: list[dict[str, Any]] = []
     counter: dict[str, int] = {}

@@ -28,8 +28,6 @@ else:  # pragma: no cover - Python 3.10
 
 RECIPE = "recipe.toml"
 PATHS = ("src", "out", "split_file")  # keys holding paths relative to the recipe's folder
-RUN_KEYS = ("src", "out", "workers", "scheduler", "strict", "overwrite", "check_against", "leak_threshold")
-OPTION_FLAGS = ("images", "masks", "modality", "name", "groups_file")  # converter options with a flag of their own
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -48,30 +46,19 @@ def recipe_toml(p: BuildParams, src: str) -> bytes:
 
 
 def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
-    """The options of the recipe at ``path``: ``medprep build`` option name (``shard_size``) -> value, converter
-    options under ``options``, relative paths resolved against the recipe's folder. Raises ValueError naming an
-    unreadable file or an unknown key."""
+    """The keys of the recipe at ``path`` as option names (``shard-size`` -> ``shard_size``), converter options
+    under ``options``, relative ``src``/``out``/``split_file`` resolved against the recipe's folder. Raises
+    ValueError naming an unreadable file. Which keys are known is the caller's (the command's options)."""
     path = Path(path)
     try:
         doc = tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ValueError(f"--config {path}: cannot read it as a TOML recipe ({e})") from None
-    known = {f.name for f in fields(BuildParams)} - {"options"} | set(RUN_KEYS)
-    out: dict[str, Any] = {"options": {}}
-    for key, value in doc.items():
-        name = key.replace("-", "_")
-        if name == "options":
-            if not isinstance(value, dict):
-                raise ValueError(f"--config {path}: [options] must be a table of converter options")
-            out["options"].update({k.replace("-", "_"): v for k, v in value.items()})
-        elif name in OPTION_FLAGS:
-            out["options"][name] = value
-        elif name in known:
-            out[name] = value
-        else:
-            names = sorted(k.replace("_", "-") for k in known | set(OPTION_FLAGS))
-            raise ValueError(f"--config {path}: unknown key {key!r}; expected options of medprep build "
-                             f"({', '.join(names)}) and an [options] table")
+    out = {key.replace("-", "_"): value for key, value in doc.items()}
+    options = out.get("options", {})
+    if not isinstance(options, dict):
+        raise ValueError(f"--config {path}: [options] must be a table of converter options")
+    out["options"] = {k.replace("-", "_"): v for k, v in options.items()}
     for name in PATHS:
         if isinstance(out.get(name), str):
             out[name] = _relative_to(path.parent, out[name])

@@ -10,6 +10,7 @@ UTF-8). So "inputs found = converted + failures" accounts for every file there.
 from __future__ import annotations
 
 import fnmatch
+from itertools import chain
 
 from .datasets import Converter, Failure, Record
 from .tree import SourceTree, stem
@@ -25,21 +26,26 @@ def unclaimed(conv: Converter, tree: SourceTree, records: list[Record], failures
     that are not side files, and for the files there whose name is not valid UTF-8. Inputs found in the folder
     given as --src itself (generic converters' globs) make its direct files count, not its subfolders."""
     claimed = {f for r in records for f in r.files()} | {f for x in failures for f in x.files}
-    suffixes: dict[str, set[str]] = {}  # folder -> suffixes of the files claimed there
-    for f in claimed:
-        suffixes.setdefault(f.rpartition("/")[0], set()).add(_suffix(f))
+    layout = {f.rpartition("/")[0] for f in claimed}
+    homes: dict[str, str | None] = {}  # folder -> the layout folder it is or lies below
+    suffixes: dict[str, list[str]] = {}  # layout folder -> suffixes of the files claimed there
     side = tuple(p.lower() for p in SIDE_FILES + conv.side_files)
     found = []
-    for f, bad_name in [(f, False) for f in tree.files] + [(f, True) for f in tree.undecodable]:
+    others = chain(((f, False) for f in tree.files if f not in claimed), ((f, True) for f in tree.undecodable))
+    for f, bad_name in others:
         folder, _, name = f.rpartition("/")
-        home = _layout_folder(folder, suffixes)
-        if f in claimed or home is None or any(fnmatch.fnmatchcase(name.lower(), p) for p in side):
+        if folder not in homes:
+            homes[folder] = _layout_folder(folder, layout)
+        home = homes[folder]
+        if home is None or any(fnmatch.fnmatchcase(name.lower(), p) for p in side):
             continue
-        found.append(Failure(stem(f), (f,), f"unexpected file {f}: {_why(f, home, suffixes, bad_name, conv)}"))
+        if home not in suffixes:
+            suffixes[home] = sorted({_suffix(c) for c in claimed if c.rpartition("/")[0] == home})
+        found.append(Failure(stem(f), (f,), f"unexpected file {f}: {_why(f, home, suffixes[home], bad_name, conv)}"))
     return found
 
 
-def _layout_folder(folder: str, layout: dict[str, set[str]]) -> str | None:
+def _layout_folder(folder: str, layout: set[str]) -> str | None:
     """The folder of the layout that ``folder`` is or lies below (not below the root folder ''), else None."""
     if folder in layout:
         return folder
@@ -57,7 +63,9 @@ def _suffix(path: str) -> str:
     return name[dot:] if dot > 0 else ""
 
 
-def _why(path: str, home: str, suffixes: dict[str, set[str]], bad_name: bool, conv: Converter) -> str:
+def _why(path: str, home: str, expected: list[str], bad_name: bool, conv: Converter) -> str:
+    """Why the file ``path`` below the layout folder ``home`` (whose inputs have the suffixes ``expected``) is no
+    input."""
     folder, _, name = path.rpartition("/")
     if bad_name:
         return "its name is not valid UTF-8; rename it (e.g. with convmv) to convert it"
@@ -66,13 +74,14 @@ def _why(path: str, home: str, suffixes: dict[str, set[str]], bad_name: bool, co
                 f"directly in {home}/; move it up or remove it")
     if name != name.strip() or stem(name) != stem(name).strip():
         return f"its name begins or ends with a space; rename it to {' '.join(name.split())!r} to convert it"
-    ext, expected = _suffix(name), sorted(suffixes[home])
+    ext = _suffix(name)
     shown = ", ".join(e or "(none)" for e in expected)
+    where = f"{home}/" if home else "the --src folder"
     if ext not in expected and ext.lower() in {e.lower() for e in expected}:
-        return (f"extension {ext} differs in case from the inputs' {shown} in {home}/ (names are case-sensitive); "
+        return (f"extension {ext} differs in case from the inputs' {shown} in {where} (names are case-sensitive); "
                 f"rename it to convert it")
     if ext not in expected:
-        return f"extension {ext or '(none)'}, but the {conv.name} inputs in {home}/ are {shown}; convert or remove it"
+        return f"extension {ext or '(none)'}, but the {conv.name} inputs in {where} are {shown}; convert or remove it"
     return f"its name matches no input of the {conv.name} layout ({conv.layout})"
 
 

@@ -51,7 +51,7 @@ def test_hflip_view_is_the_flipped_image(tmp_path, sa1b):
         canvas, size = pre.host(np.ascontiguousarray(image[:, ::-1]))
         with torch.inference_mode():
             ref = teacher.encoder(pre.device(canvas[None], torch.tensor([size])))[0].numpy()
-        assert np.abs(store.read(i, "hflip") - ref).max() <= 1e-5
+        assert np.abs(store.read(i, "hflip") - np.where(store.valid_mask(i, "hflip"), ref, 0)).max() <= 1e-5
         # SAM pads bottom/right after the flip, so the flipped view's content also starts at column 0
         assert np.array_equal(store.valid_mask(i, "hflip"), store.valid_mask(i))
     assert not np.array_equal(store.read(0, "hflip"), store.read(0))
@@ -94,6 +94,9 @@ def test_check_teacher_and_cli(tmp_path, sa1b):
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "2 zarr shards written (7 images)" in res.output
+    assert "cache r: 7/7 images (100%)" in res.stderr  # progress in images, a plain line without a terminal
+    res = runner.invoke(app, args)  # all done: nothing to encode, the resumed images shown apart
+    assert res.exit_code == 0 and "0 zarr shards written" in res.output and "7 resumed" in res.stderr
     report = check_teacher(out, samples=3)
     assert len(report.keys) == 3 and report.cosine_min >= 0.999 and report.max_abs < 0.05
     res = runner.invoke(app, ["check-teacher", out, "-k", "2"])

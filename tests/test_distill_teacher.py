@@ -26,13 +26,14 @@ def _folder(tmp_path, shapes, seed=0):
     return root, images
 
 
-@pytest.mark.parametrize("img_size", [64, 128])
-def test_cached_features_equal_sam_predictor(tmp_path, img_size):
-    """Square and longest-side (non-square, padded) images through the whole cache vs SamPredictor.features."""
+@pytest.mark.parametrize("img_size, keep_padding", [(64, True), (128, True), (64, False)])
+def test_cached_features_equal_sam_predictor(tmp_path, img_size, keep_padding):
+    """Square and longest-side (non-square, padded) images through the whole cache vs SamPredictor.features
+    (by default the padding cells are stored as 0)."""
     shapes = [(img_size, img_size), (50, 90), (90, 37), (30, 30)]
     root, images = _folder(tmp_path, shapes)
     params = CacheParams(TINY, root, tmp_path / "t.zarr", "r", encoder_kwargs={"img_size": img_size},
-                         dtype="float32", shard_size=2, batch_size=2, device="cpu")
+                         dtype="float32", shard_size=2, batch_size=2, device="cpu", keep_padding=keep_padding)
     cache_teacher(params)
     teacher = params.teacher()
     store = FeatureStore.open(str(tmp_path / "t.zarr"), "r")
@@ -40,11 +41,11 @@ def test_cached_features_equal_sam_predictor(tmp_path, img_size):
     for i, img in enumerate(images):
         predictor.set_image(img)
         ref = predictor.features[0].numpy()
-        assert np.abs(store.read(i) - ref).max() <= 1e-5
         h, w = predictor.input_size  # resized (unpadded) size, as SamPredictor records it
         assert tuple(store.group["valid_hw"][i]) == (-(-h // 16), -(-w // 16))
         mask = store.valid_mask(i)
         assert mask.sum() == (-(-h // 16)) * (-(-w // 16)) and mask[0, 0]
+        assert np.abs(store.read(i) - (ref if keep_padding else np.where(mask, ref, 0))).max() <= 1e-5
 
 
 def test_checkpoint_loaded_weights_only(tmp_path):

@@ -120,7 +120,7 @@ def test_hash_and_correlation_properties():
 def test_cli_leakage_and_build_check_against(world, tmp_path):
     out, expected = world
     runner = CliRunner()
-    r = runner.invoke(app, ["leakage", str(out / "kvasir-seg"), str(out / "planted"), "--json",
+    r = runner.invoke(app, ["leakage", str(out / "kvasir-seg"), str(out / "planted"), "--report",
                             str(tmp_path / "leak.json"), "--strict"])
     assert r.exit_code == 1, r.output  # --strict: pairs found
     assert "cross-dataset" in r.output

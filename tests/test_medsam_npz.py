@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import convert_all as convert_any
 from conftest import read_built
-from medprep.prep import SourceTree, build, get_converter
+from medprep.prep import BuildError, SourceTree, build, get_converter
 from medprep.prep import synthetic3d as s3
 
 
@@ -71,10 +71,9 @@ def test_bad_npz_is_a_failure_with_reason(tmp_path, arrays, message):
     with open(tmp_path / "US_Bad_0001.npz", "wb") as f:
         np.savez(f, **arrays)
     (tmp_path / "US_Good_0001.npz").write_bytes(b"not a zip")
-    res = build("medsam-npz", tmp_path, tmp_path / "out", size=64, modality="ultrasound")
-    reasons = {f["source_id"]: f["reason"] for f in res.failures}
-    assert res.manifest.counts["inputs"] == 2 and res.manifest.counts["failures"] == 2
-    assert message in reasons["US_Bad_0001"] and "cannot read US_Good_0001.npz as npz" in reasons["US_Good_0001"]
+    with pytest.raises(BuildError, match="nothing was converted: all 2 inputs failed") as failed:
+        build("medsam-npz", tmp_path, tmp_path / "out", size=64, modality="ultrasound")
+    assert message in str(failed.value) and "cannot read US_Good_0001.npz as npz" in str(failed.value)
 
 
 def test_build_stamps_modality_and_meta(tmp_path):

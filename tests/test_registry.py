@@ -164,14 +164,14 @@ def test_options_are_validated_by_their_declaration():
         get_converter("drive", images="*.png")
     with pytest.raises(ValueError, match=r"--dataset chase-db1 does not take x \(options: annotator\)"):
         get_converter("chase-db1", x=1)
-    with pytest.raises(ValueError, match="option channel: expected int, got 'abc'"):
+    with pytest.raises(ValueError, match="-o channel: expected int, got 'abc'"):
         get_converter("volumes", modality="ct", channel="abc")
-    with pytest.raises(ValueError, match=r"option channel: expected int >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"-o channel: expected int >= 0, got -1"):
         get_converter("volumes", modality="ct", channel=-1)
-    with pytest.raises(ValueError, match="option annotator: expected one of ah, vk, got 'xx'"):
+    with pytest.raises(ValueError, match="-o annotator: expected one of ah, vk, got 'xx'"):
         get_converter("stare", annotator="xx")
-    with pytest.raises(ValueError, match="option dicom: expected true or false, got 'maybe'"):
+    with pytest.raises(ValueError, match="-o dicom: expected true or false, got 'maybe'"):
         get_converter("volumes", modality="ct", dicom="maybe")
-    with pytest.raises(ValueError, match="option label_windows: expected a JSON object"):
+    with pytest.raises(ValueError, match="-o label_windows: expected a JSON object"):
         get_converter("volumes", modality="ct", multilabel="each", label_windows="bone")
 

@@ -29,7 +29,7 @@ def _fill(pattern: str, image: str, root: str) -> str:
     try:
         filled = pattern.format(**{k: globlib.escape(v) if _MAGIC.search(v) else v for k, v in values.items()})
     except (KeyError, IndexError, ValueError) as e:
-        raise ValueError(f"mask pattern {pattern!r}: unknown placeholder {e}; use {{stem}}, {{name}}, {{dir}} or "
+        raise ValueError(f"--masks {pattern!r}: unknown placeholder {e}; use {{stem}}, {{name}}, {{dir}} or "
                          f"{{parent}}") from None
     return at(root, _SLASHES.sub("/", filled).strip("/"))
 

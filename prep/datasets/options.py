@@ -90,6 +90,12 @@ def _coerce(value: Any, tp: Any) -> Any:
                               f"Literal[...] or X | None")
 
 
+def _name(f: Field) -> str:
+    """How the option is named on the command line: its own flag (``--images``) or ``-o KEY``."""
+    flag = f.metadata.get("flag") or ""
+    return flag if flag.startswith("--") else f"-o {f.name}"
+
+
 def _flag(f: Field) -> str:
     return f.metadata.get("flag") or f"-o {f.name}=..."
 
@@ -113,10 +119,10 @@ def parse(kind: type[T], given: Mapping[str, Any], dataset: str) -> T:
         try:
             values[key] = _coerce(value, hints[key])
         except TypeError:
-            raise ValueError(f"option {key}: expected {_describe(hints[key])}, got {value!r}") from None
+            raise ValueError(f"{_name(declared[key])}: expected {_describe(hints[key])}, got {value!r}") from None
         low = declared[key].metadata.get("ge")
         if low is not None and values[key] is not None and values[key] < low:
-            raise ValueError(f"option {key}: expected {_describe(hints[key])} >= {low}, got {value!r}")
+            raise ValueError(f"{_name(declared[key])}: expected {_describe(hints[key])} >= {low}, got {value!r}")
     return kind(**values)
 
 

@@ -32,8 +32,8 @@ class Shenzhen(Converter):
         masks = {stem(f)[: -len("_mask")]: f for f in tree.files
                  if f.rsplit("/", 1)[-1].startswith("CHNCXR_") and f.endswith("_mask.png")}
         images = tree.glob(at(root, "CXR_png/CHNCXR_*.png"))
-        records, failures = pair_by_name(
-            tree, images, lambda img: [masks[stem(img)]] if stem(img) in masks else [])
+        records, failures = pair_by_name(  # a missing mask is named where the download puts it
+            tree, images, lambda img: [masks.get(stem(img), at(root, f"mask/{stem(img)}_mask.png"))])
         used = {m for r in records for m in r.masks}
         failures += [Failure(stem(m), (m,), "mask without image") for m in sorted(masks.values()) if m not in used]
         records = [Record(r.source_id, r.image, r.masks, info={"tuberculosis": r.source_id.endswith("_1")})

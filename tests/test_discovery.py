@@ -1,0 +1,138 @@
+"""Discovery and mask merging at the cost of what they touch: the folder index of a tree gives exactly what a
+regex over every path gives; archive trees are read by member and reused across tasks while unchanged; masks
+merged by their foreground's box give the same masks, instance maps and overlap counts."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tarfile
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from medprep.prep import get_converter
+from medprep.prep.archive import open_source
+from medprep.prep.imaging import binarize, binarize_box, unbox
+from medprep.prep.tree import SourceTree, _glob_regex, natural_key
+
+NAMES = ["a", "A", "b", "img1.png", "img01.png", "IMG2.PNG", "img10.png", "x[1].png", "a-b", "a.b", "masks",
+         "Masks", "s1", "s10", "s2", "é.png"]
+NESTED = {f"{d}/{s}/{n}" for d in ("a", "A", "a-b", "masks") for s in ("masks", "Masks", "s1", "x[1].png")
+          for n in NAMES}
+FILES = sorted(NESTED | {f"{d}/{n}" for d in ("s10", "s2") for n in NAMES} | {f"a/{n}" for n in NAMES[3:8]}
+               | set(NAMES[3:8]))
+PATTERNS = ["*", "*/*", "a/*", "*/masks/*.png", "*/Masks/*", "a/masks/img1.png", "A/*.png", "*/*/img1.png",
+            "img?.png", "x[[]1].png", "*[0-9]*", "[ab]/*", "[a/b]*", "a//b", "/a", "a/", "", "*.png", "*/*/*",
+            "é.png", "É.PNG", "a[/]masks/*", "[!a]*/*", "s*/*", "a/x[[]1].png/*", "*/s1/IMG2.png"]
+
+
+def reference_glob(files: list[str], pattern: str, ignore_case: bool) -> list[str]:
+    """The definition: every path matched as a whole, in natural order with ties in path order."""
+    rx = re.compile(_glob_regex(pattern), re.IGNORECASE if ignore_case else 0)
+    return sorted((f for f in sorted(files) if rx.fullmatch(f)), key=natural_key)
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> SourceTree:
+    root = tmp_path_factory.mktemp("tree")
+    for f in FILES:
+        (root / f).parent.mkdir(parents=True, exist_ok=True)
+        (root / f).touch()
+    (root / ".hidden").touch()
+    return SourceTree(root)
+
+
+def test_tree_lists_every_file_in_path_order(tree):
+    assert tree.files == sorted(FILES)
+
+
+@pytest.mark.parametrize("ignore_case", [False, True])
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_glob_through_the_folder_index_is_the_regex_over_every_path(tree, pattern, ignore_case):
+    assert tree.glob(pattern, ignore_case=ignore_case) == reference_glob(FILES, pattern, ignore_case)
+
+
+def test_find_root_and_top_level_from_the_index(tree):
+    assert tree.find_root("masks/*.png", "x") == "a"  # the shallowest prefix, in path order
+    assert tree.find_root("s1/IMG2.PNG", "x") == "A"
+    assert tree.top_level(limit=3) == f"A/, IMG2.PNG, a-b/, ... ({len({f.split('/')[0] for f in FILES})} entries)"
+
+
+def test_tar_members_are_read_by_their_header_and_the_tree_is_reused_until_the_archive_changes(tmp_path):
+    def write(path: Path, tag: bytes) -> None:
+        with tarfile.open(path, "w") as tf:
+            for i in range(300):
+                data = tag + str(i).encode()
+                info = tarfile.TarInfo(f"ds/f{i:03d}.txt")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+
+    path = tmp_path / "ds.tar"
+    write(path, b"old")
+    first = open_source(path, reuse=True)
+    assert first.read("ds/f000.txt") == b"old0" and first.read("ds/f299.txt") == b"old299"
+    assert open_source(path, reuse=True) is first
+    assert open_source(path) is not first  # only tasks ask for reuse
+    write(path, b"new-content")  # same names, other bytes: the tree is mounted again
+    os.utime(path, ns=(1, 1))
+    again = open_source(path, reuse=True)
+    assert again is not first and again.read("ds/f007.txt") == b"new-content7"
+
+
+def test_folder_of_archives_reopens_when_an_archive_is_added(tmp_path):
+    (tmp_path / "dl").mkdir()
+    with zipfile.ZipFile(tmp_path / "dl" / "one.zip", "w") as zf:
+        zf.writestr("one/a.png", b"a")
+    first = open_source(tmp_path / "dl", reuse=True)
+    with zipfile.ZipFile(tmp_path / "dl" / "two.zip", "w") as zf:
+        zf.writestr("two/b.png", b"b")
+    again = open_source(tmp_path / "dl", reuse=True)
+    assert again is not first and again.files == ["one/a.png", "two/b.png"]
+
+
+def masks_of(rng: np.random.Generator, hw: tuple[int, int], n: int, value: int = 255) -> list[np.ndarray]:
+    out = []
+    for _ in range(n):
+        m = np.zeros(hw, np.uint8)
+        cv2.circle(m, (int(rng.integers(0, hw[1])), int(rng.integers(0, hw[0]))), int(rng.integers(1, 9)), value, -1)
+        out.append(m)
+    return out
+
+
+@pytest.mark.parametrize("value", [1, 255, 77])
+def test_binarize_box_holds_the_whole_foreground(value):
+    rng = np.random.default_rng(value)
+    for m in masks_of(rng, (40, 56), 30, value) + [np.zeros((5, 7), np.uint8), np.eye(4, dtype=np.uint8) * value]:
+        box, fg = binarize_box(m, "m.png")
+        assert fg.dtype == bool and np.array_equal(unbox(box, fg, m.shape), m > 0)
+        assert np.array_equal(binarize(m, "m.png"), m > 0)
+        outside = np.ones(m.shape, bool)
+        outside[box] = False
+        assert not m[outside].any()
+
+
+def test_dsb_instance_map_and_overlap_of_overlapping_nuclei(tmp_path):
+    rng = np.random.default_rng(3)
+    hw = (48, 64)
+    nuclei = masks_of(rng, hw, 25)  # circles that overlap each other
+    files = {"c/images/c.png": np.full(hw + (3,), 90, np.uint8)} | {f"c/masks/{i:02d}.png": m
+                                                                    for i, m in enumerate(nuclei)}
+    for rel, arr in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / rel), arr)
+    conv = get_converter("dsb2018")
+    tree = SourceTree(tmp_path)
+    (rec,), _ = conv.discover(tree)
+    loaded = conv.load({f: tree.read(f) for f in rec.files()}, rec)
+    inst, overlap = np.zeros(hw, np.uint16), 0
+    for n, m in enumerate(nuclei, start=1):  # the definition: paint in order, count what was already painted
+        overlap += int(np.count_nonzero((m > 0) & (inst > 0)))
+        inst[m > 0] = n
+    assert overlap > 0
+    assert np.array_equal(loaded.inst, inst) and np.array_equal(loaded.mask, inst > 0)
+    assert loaded.info == {"instances": len(nuclei), "overlap_pixels": overlap}
