@@ -2,11 +2,16 @@
 
 1. pipeline efficiency on CPU = bare-encoder time / pipeline time for the same images (small random-weight
    SAM-architecture encoder at 1024 input; decoding, preprocessing and writing should hide behind the encoder);
-2. bytes per sample on disk for float16 and int8 features of shape 256x64x64;
-3. with a CUDA GPU: ViT-H (random weights) at 1024, images/s of the bare encoder (bf16, best batch size) and of
-   the full pipeline. Without a GPU the row says it was not measured.
+2. bytes per sample on disk for float16 and int8 features of shape 256x64x64, for square, 4:3 and 3:2 images
+   (SA-1B's shapes): through the whole pipeline with that encoder, and N(0, 1) features written by the real writer
+   (the padding rows 0, as the writer stores them);
+3. ``--gpu`` (a CUDA GPU): a SAM teacher of random weights in the official checkpoint format (``--encoder vit_h``),
+   fidelity of bf16 + SDPA against the fp32 reference, images/s of the bare encoder per batch size and of the full
+   pipeline, pipeline efficiency and GPU memory (``cache_gpu.py``); the table also goes to ``benchmarks/RESULTS.md``
+   with the machine named.
 
     python benchmarks/cache.py [--images 24] [--out DIR]
+    python benchmarks/cache.py --gpu --encoder vit_h [--compile] [--gpu-images 512]
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +29,6 @@ import torch
 
 from medprep.distill import CacheParams, SA1BSource, SourceSpec, Teacher, load_teacher, open_run, write_shards
 from medprep.distill.pipeline import Encoder, prepare
-from medprep.distill.preprocess import Preprocess
 from medprep.distill.synthetic import write_sa1b_tar
 
 MIB = 1 << 20
@@ -73,7 +78,6 @@ def cpu_rows(root: Path, n: int, batch_size: int, repeats: int) -> list[tuple[st
                     f"{workers} decode thread(s); best of {repeats} alternating runs"),
             ("CPU encoder", "random-weight SAM ViT (embed 64, depth 2), 1024 input, 256x64x64 out"),
             ("CPU images", f"{n} SA-1B-format JPEGs 768x1024 in a tar, batch {batch_size}")]
-    sizes = {}
     for dtype in ("float16", "int8"):
         out = root / f"cpu-{dtype}.zarr"
         bare, piped = [], []
@@ -85,43 +89,67 @@ def cpu_rows(root: Path, n: int, batch_size: int, repeats: int) -> list[tuple[st
         rows.append((f"(1) pipeline efficiency, {dtype}",
                      f"{min(bare) / min(piped):.3f}  (bare {n / min(bare):.2f} img/s, "
                      f"pipeline {n / min(piped):.2f} img/s)"))
-        sizes[dtype] = disk_bytes(out / "r") / n
-    f16, i8 = sizes["float16"], sizes["int8"]
-    rows.append(("(2) bytes/sample float16", f"{f16:.0f} B = {f16 / MIB:.4f} MiB ({(f16 / (2 * MIB) - 1) * 100:+.2f}% vs 2 MiB)"))
-    rows.append(("(2) bytes/sample int8", f"{i8:.0f} B = {i8 / MIB:.4f} MiB (target <= 1.05 MiB)"))
+    return rows + bytes_rows(root, teacher, batch_size, workers)
+
+
+#: image shape (h, w) at SA-1B's size, the rows of the 64x64 grid it fills at 1024, and the issue's targets in MiB
+#: (float16, int8; square: the v1 store's size)
+ASPECTS = {"square": ((1500, 1500), 64, (2.0003, 1.0008)), "4:3": ((1500, 2000), 48, (1.6, 0.80)),
+           "3:2": ((1500, 2250), 43, (1.45, 0.72))}
+
+
+def bytes_rows(root: Path, teacher: Teacher, batch_size: int, workers: int, n: int = 4) -> list[tuple[str, str]]:
+    """Bytes per sample on disk, per dtype and aspect: ``n`` images through the pipeline, and ``4 n`` N(0, 1)
+    feature maps written with the padding rows zero."""
+    from medprep.distill import FeatureStore
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for dtype, target in (("float16", 0), ("int8", 1)):
+        cells = []
+        for name, ((h, w), grid_rows, limits) in ASPECTS.items():
+            tars = root / f"sa1b-{name.replace(':', 'x')}"
+            if not tars.exists():
+                write_sa1b_tar(tars / "sa_000000.tar", list(range(1, n + 1)), rng, sizes=[(h, w)] * n)
+            out = root / f"bytes-{dtype}-{name.replace(':', 'x')}.zarr"
+            pipeline_seconds(teacher, SA1BSource(str(tars)), str(out), dtype=dtype, shard_size=n,
+                             batch_size=batch_size, device="cpu", workers=workers)
+            piped = disk_bytes(out / "r") / n
+            syn = root / f"synthetic-{dtype}-{name.replace(':', 'x')}.zarr"
+            attrs = {"dtype": dtype, "views": ["identity"], "shard_size": n, "encoder": "N(0, 1)"}
+            store = FeatureStore.create_or_open(str(syn), "r", [f"k{i}" for i in range(4 * n)], attrs,
+                                                lambda: (256, 64, 64))
+            for s in range(store.nshards):
+                store.write_shard(s, {"identity": torch.randn(n, 256, 64, 64)}, np.full((n, 2), (grid_rows, 64)))
+            synthetic = disk_bytes(syn / "r") / (4 * n)
+            cells.append(f"{name} {piped / MIB:.3f} / {synthetic / MIB:.3f} (<= {limits[target]})")
+        rows.append((f"(2) MiB/sample {dtype}", "pipeline / N(0,1): " + "; ".join(cells)))
     return rows
-
-
-def gpu_rows(root: Path, n: int) -> list[tuple[str, str]]:
-    if not torch.cuda.is_available():
-        return [("(3) ViT-H on GPU", "not measured: no CUDA GPU available on this machine")]
-    from segment_anything import sam_model_registry
-
-    teacher = Teacher("vit_h (random weights)", sam_model_registry["vit_h"]().image_encoder, Preprocess())
-    tars = root / "sa1b-gpu"
-    write_sa1b_tar(tars / "sa_000000.tar", list(range(1, n + 1)), np.random.default_rng(0), sizes=[(1500, 2250)] * n)
-    source = SA1BSource(str(tars))
-    encoder = Encoder(teacher, "cuda", "bfloat16")
-    prepared = [prepare(source, i % n, "identity", teacher.preprocess, 16) for i in range(64)]
-    best = max(((bs, 64 / bare_seconds(encoder, prepared, bs)) for bs in (1, 2, 4, 8, 16, 32)), key=lambda r: r[1])
-    piped = n / pipeline_seconds(teacher, source, str(root / "gpu.zarr"), dtype="float16", shard_size=32,
-                                 batch_size=best[0], device="cuda", workers=12)
-    name = torch.cuda.get_device_name()
-    return [("(3) ViT-H bare encoder", f"{best[1]:.1f} img/s (bf16, batch {best[0]}, {name})"),
-            ("(3) ViT-H full pipeline", f"{piped:.1f} img/s = {piped / best[1]:.1%} of bare ({n} JPEGs 1500x2250)")]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=16, help="images for the CPU rows")
     ap.add_argument("--repeats", type=int, default=2, help="alternating bare/pipeline runs (best is kept)")
-    ap.add_argument("--gpu-images", type=int, default=512, help="images for the GPU pipeline row")
     ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--gpu", action="store_true", help="the GPU rows instead (needs CUDA); writes RESULTS.md")
+    ap.add_argument("--encoder", default="vit_h", help="--gpu: vit_h, vit_l, vit_b or medsam (random weights)")
+    ap.add_argument("--compile", action="store_true", help="--gpu: torch.compile the encoder")
+    ap.add_argument("--gpu-images", type=int, default=512, help="--gpu: images for the pipeline row")
     ap.add_argument("--out", help="working folder (default: a temporary one)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.out or tmp)
-        rows = cpu_rows(root, args.images, args.batch_size, args.repeats) + gpu_rows(root, args.gpu_images)
+        if args.gpu:
+            if not torch.cuda.is_available():
+                raise SystemExit("--gpu: no CUDA GPU is visible on this machine")
+            import cache_gpu
+
+            rows = cache_gpu.rows(cache_gpu.run(root, args.encoder, "cuda", args.gpu_images, compile=args.compile))
+            cache_gpu.write_results(Path(__file__).with_name("RESULTS.md"), rows,
+                                    "python benchmarks/cache.py " + " ".join(sys.argv[1:]))
+        else:
+            rows = cpu_rows(root, args.images, args.batch_size, args.repeats)
     width = max(len(k) for k, _ in rows)
     print(f"| {'measure':{width}s} | result |\n|{'-' * (width + 2)}|--------|")
     for k, v in rows:

@@ -6,7 +6,7 @@ caller's own ``encoder`` argument, never from an importable name found in the st
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -20,7 +20,8 @@ from .teachers import BUILTIN, load_teacher
 
 @dataclass
 class CheckReport:
-    """Errors of stored features against recomputed ones, over the checked samples and views."""
+    """Errors of stored features against recomputed ones, over the checked samples and views, and every finished
+    sample whose stored data is damaged (``damaged``: checksum mismatch, missing chunk, NaN/Inf)."""
 
     run: str
     keys: list[str]
@@ -28,10 +29,20 @@ class CheckReport:
     mean_abs: float
     cosine_min: float
     cosine_mean: float
+    damaged: list[str] = field(default_factory=list)
+
+    def ok(self, min_cosine: float) -> bool:
+        """No damage, finite errors, and every checked sample at least ``min_cosine`` similar (NaN fails)."""
+        return not self.damaged and bool(np.isfinite(self.max_abs)) and self.cosine_min >= min_cosine
 
     def summary(self) -> str:
-        return (f"{self.run}: {len(self.keys)} samples checked: max |err| {self.max_abs:.3g}, "
-                f"mean |err| {self.mean_abs:.3g}, cosine min {self.cosine_min:.6f} mean {self.cosine_mean:.6f}")
+        lines = [f"{self.run}: {len(self.keys)} samples checked: max |err| {self.max_abs:.3g}, "
+                 f"mean |err| {self.mean_abs:.3g}, cosine min {self.cosine_min:.6f} mean {self.cosine_mean:.6f}"]
+        if self.damaged:
+            lines.append(f"{len(self.damaged)} finished samples are damaged (restore the store from a copy, or "
+                         f"delete the run and rerun 'medprep cache-teacher'):")
+            lines += [f"  {d}" for d in self.damaged]
+        return "\n".join(lines)
 
 
 def trusted_encoder(recorded: str, given: str | None, where: str) -> str:
@@ -57,6 +68,9 @@ def check_teacher(store: str, run: str | None = None, samples: int = 8, *, seed:
                   checkpoint: str | None = None, source: str | None = None, encoder: str | None = None) -> CheckReport:
     """Recompute ``samples`` random finished samples of ``store``/``run`` with the recorded teacher and source.
 
+    First every finished sample is read (chunk checksums, missing chunks, NaN/Inf): damaged ones are listed in the
+    report's ``damaged`` and not recomputed.
+
     ``checkpoint``/``source`` replace the recorded locations when the files have moved; the checkpoint's
     sha256 must still match the recorded one. ``encoder``: needed (and must equal the recorded name) when the
     store was cached with a ``module:callable`` teacher: see :func:`trusted_encoder`.
@@ -75,9 +89,11 @@ def check_teacher(store: str, run: str | None = None, samples: int = 8, *, seed:
     if src.keys != keys:
         raise ValueError(f"source {spec.url} does not hold the keys the store was cached from "
                          f"({len(src.keys)} keys vs {len(keys)}); pass --source with the original data")
-    done = np.flatnonzero(fs.done())
-    if done.size == 0:
+    ledger = fs.done()
+    if not ledger.any():
         raise ValueError(f"{store}/{fs.run} has no finished samples yet; run 'medprep cache-teacher' first")
+    damaged = _damaged(fs, keys, ledger)
+    done = np.setdiff1d(np.flatnonzero(ledger), list(damaged))
     pick = np.sort(np.random.default_rng(seed).choice(done, size=min(samples, done.size), replace=False))
     model = Encoder(teacher, device, a["autocast"], attention=a["attention"])
     stride = teacher.preprocess.img_size // a["feature_shape"][1]
@@ -91,9 +107,20 @@ def check_teacher(store: str, run: str | None = None, samples: int = 8, *, seed:
             got = fs.read(int(i), view)
             errs.append(np.abs(got - ref).ravel())
             coss.append(_cosine(got, ref))
-    err = np.concatenate(errs)
-    return CheckReport(fs.run, [keys[i] for i in pick], float(err.max()), float(err.mean()),
-                       float(min(coss)), float(np.mean(coss)))
+    err = np.concatenate(errs) if errs else np.array([np.nan])
+    return CheckReport(fs.run, [keys[i] for i in pick], float(np.max(err)), float(np.mean(err)),
+                       float(np.min(coss or [np.nan])), float(np.mean(coss or [np.nan])), list(damaged.values()))
+
+
+def _damaged(fs: FeatureReader, keys: list[str], done: np.ndarray) -> dict[int, str]:
+    """Every finished sample whose stored features cannot be trusted (read shard by shard), by row."""
+    out: dict[int, str] = {}
+    for view in fs.views:
+        for s in range(fs.nshards):
+            for i, why in fs.problems(fs.shard_slice(s), view):
+                if done[i]:
+                    out.setdefault(i, f"{keys[i]!r} ({view} view): {why}")
+    return dict(sorted(out.items()))
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

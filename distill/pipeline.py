@@ -7,8 +7,8 @@ depend on which shards were done before it: a resumed or partitioned run gives t
 Determinism: every writer of a run encodes with the run's recorded batch size, autocast, attention and (on a CPU)
 intra-op thread count (``batch_size``, ``autocast``, ``attention``, ``cpu_threads`` in its attrs), so features are
 bit-identical whatever the partition, the resume points or the number of dask workers, on the same kind of device.
-Runs made with another batch size or thread count agree within one step of the stored dtype (float32 reductions
-in another order), not bit for bit.
+Runs made with another batch size or thread count agree within one float16 step at the magnitude of each sample's
+largest feature (float32 reductions in another order), not bit for bit.
 """
 
 from __future__ import annotations

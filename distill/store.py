@@ -13,7 +13,7 @@ import torch
 import zarr
 
 from medprep.manifests.features import (DTYPES, FILL, FORMAT, STORED, FeatureReader, array_attrs, compressors,
-                                        decode, encode_keys, suffix, unsound, zarr_location)
+                                        encode_keys, suffix, unsound, zarr_location)
 
 #: rows per chunk of the ``keys`` array
 KEYS_CHUNK = 1 << 16
@@ -111,10 +111,10 @@ class FeatureStore(FeatureReader):
         sl = self.shard_slice(s)
         for view, x in features.items():
             if not self.attrs.get("keep_padding"):
-                cols = valid_x_hflip if view == "hflip" else np.stack([np.zeros_like(valid_hw[:, 1]), valid_hw[:, 1]], 1)
+                cols = valid_x_hflip if view == "hflip" else np.stack([0 * valid_hw[:, 1], valid_hw[:, 1]], 1)
                 x = zero_padding(x, valid_hw[:, 0], cols)
             stored, scale = encode(x, self.dtype)
-            bad = np.flatnonzero(unsound(stored, decode(stored, scale, self.dtype), self.dtype))
+            bad = np.flatnonzero(unsound(stored, scale, self.dtype))
             if bad.size:
                 keys = self.keys()
                 raise ValueError(
@@ -133,9 +133,15 @@ class FeatureStore(FeatureReader):
 
 def zero_padding(x: torch.Tensor, rows: np.ndarray, cols: np.ndarray) -> torch.Tensor:
     """``x`` ``(B, C, H, W)`` with 0 outside each sample's valid cells: rows ``[0, rows[b])``, columns
-    ``[cols[b, 0], cols[b, 1])``."""
+    ``[cols[b, 0], cols[b, 1])`` (a copy when anything is zeroed; ``x`` is left alone)."""
     h, w = x.shape[-2:]
-    rows, cols = torch.as_tensor(rows), torch.as_tensor(cols)
-    r = torch.arange(h)[None] < rows[:, None]
-    c = (torch.arange(w)[None] >= cols[:, :1]) & (torch.arange(w)[None] < cols[:, 1:])
-    return torch.where((r[:, :, None] & c[:, None, :])[:, None], x, torch.zeros((), dtype=x.dtype))
+    padded = [(b, int(r), int(c0), int(c1)) for b, (r, (c0, c1)) in enumerate(zip(rows, cols))
+              if (r, c0, c1) != (h, 0, w)]
+    if not padded:
+        return x
+    x = x.clone()
+    for b, r, c0, c1 in padded:
+        x[b, :, r:] = 0
+        x[b, :, :, :c0] = 0
+        x[b, :, :, c1:] = 0
+    return x

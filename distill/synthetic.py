@@ -43,17 +43,21 @@ def sa1b_annotations(image_id: int, h: int, w: int, rng: np.random.Generator) ->
 
 
 def write_sa1b_tar(path: str | Path, image_ids: list[int], rng: np.random.Generator,
-                   sizes: list[tuple[int, int]] | None = None, prefix: str = "") -> Path:
+                   sizes: list[tuple[int, int]] | None = None, prefix: str = "", distinct: int | None = None) -> Path:
     """Write ``sa_NNNNNN.tar`` holding ``sa_N.jpg`` and ``sa_N.json`` per id, in the SA-1B download format.
 
-    ``prefix`` (e.g. ``"./"``) is prepended to member names; ``sizes`` gives (h, w) per image (default 48x64).
+    ``prefix`` (e.g. ``"./"``) is prepended to member names; ``sizes`` gives (h, w) per image (default 48x64);
+    ``distinct``: draw only that many images and repeat their JPEG bytes (large benchmark tars in seconds).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     members: dict[str, bytes] = {}
+    jpegs: list[bytes] = []
     for n, image_id in enumerate(image_ids):
         h, w = sizes[n] if sizes else (48, 64)
-        members[f"{prefix}sa_{image_id}.jpg"] = _jpeg(natural_image(h, w, rng))
+        if distinct is None or n < distinct:
+            jpegs.append(_jpeg(natural_image(h, w, rng)))
+        members[f"{prefix}sa_{image_id}.jpg"] = jpegs[n if distinct is None else n % distinct]
         members[f"{prefix}sa_{image_id}.json"] = json.dumps(sa1b_annotations(image_id, h, w, rng)).encode()
     path.write_bytes(tar_bytes(members))
     return path

@@ -7,14 +7,16 @@ predicts which 32x32 patches hold foreground (trained on the shards' ``patch32``
 prompts the decoder; a mask head that matches decoder features against one learned query per modality (focal +
 Dice on ``mask``). The data side is three lines: ``MedShards(...)``, ``DataLoader(...)``, ``set_epoch``.
 
-With ``--teacher STORE`` (a store written by ``medprep cache-teacher`` over the same shards) the student also
-distils the teacher's image embeddings: a 1x1 projection of its deep features, resized to the teacher's grid, is
-pulled towards the stored features with an MSE that ignores padding cells (``teacher_valid``). Inputs are then
-flipped through the store's ``hflip`` view (when cached) instead of free augmentation, so targets stay right.
+With ``--teacher STORE`` (a store written by ``medprep cache-teacher`` over the same shards, one run per dataset)
+the student also distils the teacher's image embeddings: a 1x1 projection of its deep features, resized to the
+teacher's grid, is pulled towards the stored features with an MSE that ignores padding cells (``teacher_valid``).
+Samples are joined by key with all the store's runs (``--teacher-run`` to choose some); each dataset must have been
+cached from the very build given in ``--shards`` (``--allow-source-mismatch`` overrides). Inputs are then flipped
+through the ``hflip`` view where a run cached it, instead of free augmentation, so targets stay right.
 
     medprep demo --out demo/     # shards + a cache from a RANDOM-WEIGHT teacher (plumbing only)
-    python examples/train_student.py --shards demo/shards/drive --teacher demo/teacher.zarr \
-        --teacher-run random-sam-drive --steps 5
+    python examples/train_student.py --shards demo/shards/drive demo/shards/dsb2018 --teacher demo/teacher.zarr \
+        --steps 5
 """
 
 from __future__ import annotations
@@ -107,18 +109,20 @@ def student_loss(out: dict[str, torch.Tensor], batch: dict[str, Any],
 
 
 def train(shards: Sequence[str], steps: int = 5, batch_size: int = 4, workers: int = 0, lr: float = 1e-3,
-          seed: int = 0, balance: str | None = None, teacher: str | None = None, teacher_run: str | None = None,
-          distill_weight: float = 1.0) -> tuple[TinyStudent, list[dict[str, float]]]:
+          seed: int = 0, balance: str | None = None, teacher: str | None = None,
+          teacher_run: Sequence[str] | None = None, distill_weight: float = 1.0,
+          allow_source_mismatch: bool = False) -> tuple[TinyStudent, list[dict[str, float]]]:
     """Train for ``steps`` optimiser steps; returns the model and the loss terms of every step."""
     torch.manual_seed(seed)
-    features = TeacherFeatures(teacher, teacher_run) if teacher else None
+    features = TeacherFeatures(teacher, teacher_run or None) if teacher else None
     data: MedShards | TeacherJoin = MedShards(
         shards, split="train", fields=FIELDS, normalize="sam", augment=None if features else Augment(), seed=seed,
         resampled=True, epoch_samples=steps * batch_size, balance=balance)
     if features is not None:
-        data = TeacherJoin(data, features, hflip=0.5 if "hflip" in features.views else 0.0, seed=seed)
+        hflip = 0.5 if any("hflip" in r.views for r in features.readers) else 0.0
+        data = TeacherJoin(data, features, hflip=hflip, seed=seed, allow_mismatch=allow_source_mismatch)
     loader = DataLoader(data, batch_size=batch_size, num_workers=workers, collate_fn=collate, drop_last=True)
-    model = TinyStudent(teacher_shape=tuple(features.store.attrs["feature_shape"]) if features else None)
+    model = TinyStudent(teacher_shape=features.feature_shape if features else None)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     history: list[dict[str, float]] = []
     epoch = 0
@@ -148,12 +152,16 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, float]]:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--balance", choices=["modality"], default=None, help="modality-balanced batches")
     ap.add_argument("--teacher", default=None, help="teacher feature store (medprep cache-teacher) to distil")
-    ap.add_argument("--teacher-run", default=None, help="run in the store (default: its only run)")
+    ap.add_argument("--teacher-run", action="append", default=[],
+                    help="run(s) of the store to read, repeatable or comma-separated (default: all of them)")
+    ap.add_argument("--allow-source-mismatch", action="store_true",
+                    help="join even when a run was cached from another build of a dataset")
     ap.add_argument("--distill-weight", type=float, default=1.0)
     ap.add_argument("--save", default=None, help="write the trained weights here")
     args = ap.parse_args(argv)
+    runs = [r for value in args.teacher_run for r in value.split(",") if r]
     model, history = train(args.shards, args.steps, args.batch_size, args.workers, args.lr, args.seed, args.balance,
-                           args.teacher, args.teacher_run, args.distill_weight)
+                           args.teacher, runs, args.distill_weight, args.allow_source_mismatch)
     if args.save:
         torch.save(model.state_dict(), args.save)
     return history

@@ -139,12 +139,14 @@ def decode(stored: np.ndarray, scale: np.ndarray | None, dtype: str) -> np.ndarr
     return stored.astype(np.float32)
 
 
-def unsound(stored: np.ndarray, decoded: np.ndarray, dtype: str) -> np.ndarray:
-    """Per sample (leading axis of ``(B, C, H, W)`` arrays): whether it holds NaN/Inf or fill values."""
-    bad = ~np.isfinite(decoded).reshape(len(decoded), -1).all(axis=1)
+def unsound(stored: np.ndarray, scale: np.ndarray | None, dtype: str) -> np.ndarray:
+    """Per sample (leading axis of ``(B, C, H, W)`` stored features): whether it holds NaN/Inf or fill values."""
+    flat = stored.reshape(len(stored), -1)
     if dtype == "int8":
-        bad |= (stored == FILL["int8"]).reshape(len(stored), -1).any(axis=1)
-    return bad
+        return (flat == FILL["int8"]).any(axis=1) | ~np.isfinite(scale.reshape(len(scale), -1)).all(axis=1)
+    if dtype == "bfloat16":  # exponent bits all set: Inf or NaN
+        return ((flat & 0x7F80) == 0x7F80).any(axis=1)
+    return ~np.isfinite(flat).all(axis=1)
 
 
 def _missing(stored: np.ndarray, dtype: str) -> bool:
@@ -180,10 +182,13 @@ class FeatureReader:
         self.group, self.url, self.run = group, url, run
         self.attrs: dict[str, Any] = dict(group.attrs)
         self.format = self.attrs.get("format")
+        if self.format is None:
+            raise ValueError(f"{url}/{run} is not a finished medprep teacher store (no format attr: its creation was "
+                             f"interrupted, or it is not a medprep store); rerun 'medprep cache-teacher' to create it")
         if self.format not in READABLE:
             raise ValueError(
-                f"{url}/{run} is not a finished medprep teacher store (format {self.format!r}, expected "
-                f"{FORMAT!r}); rerun 'medprep cache-teacher' to create it"
+                f"{url}/{run} has the store format {self.format!r}; this medprep reads {list(READABLE)}: use the "
+                f"medprep that wrote it (or a newer one), or rerun 'medprep cache-teacher' into a new store"
             )
         self.dtype: str = self.attrs["dtype"]
         self.views: list[str] = self.attrs["views"]
@@ -266,12 +271,14 @@ class FeatureReader:
         scale = self.group[f"scale{sfx}"] if self.dtype == "int8" else None
         try:
             stored = features[index]
-            decoded = decode(stored, None if scale is None else scale[index], self.dtype)
+            scales = None if scale is None else scale[index]
         except (ValueError, RuntimeError):  # zarr: checksum mismatch, undecodable chunk; find which samples
             rows = np.arange(self.n)[index].reshape(-1)
             return None, [(int(i), why) for i in rows if (why := self._unreadable(int(i), view))]
+        decoded = decode(stored, scales, self.dtype)
         one = np.ndim(index) == 0 and not isinstance(index, slice)
-        bad = unsound(stored[None] if one else stored, decoded[None] if one else decoded, self.dtype)
+        bad = unsound(stored[None] if one else stored, None if scales is None else scales[None] if one else scales,
+                      self.dtype)
         if not bad.any():
             return decoded, []
         rows = np.arange(self.n)[index].reshape(-1)

@@ -233,8 +233,9 @@ def build(
     check_against: list[Path] = typer.Option([], metavar="BUILT", help="Built dataset to run the leakage check "
                                                                       "against (repeatable); the report goes to "
                                                                       "DIR/<dataset>/leakage.json."),
-    leak_threshold: Optional[int] = typer.Option(None, metavar="BITS", help="Hamming threshold of --check-against "
-                                                                           "(default 10)."),
+    leak_min_score: Optional[float] = typer.Option(None, metavar="SCORE", help="Near-duplicate score of "
+                                                                              "--check-against (default 0.4, as "
+                                                                              "'medprep leakage --min-score')."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of the summary."),
     progress_every: float = typer.Option(10.0, metavar="SECONDS", help="Without a terminal: a progress line this "
                                                                        "often."),
@@ -289,11 +290,11 @@ def build(
     elif not quiet:
         typer.echo(result.summary())
     if check_against:
-        from medprep.prep.leakage import DEFAULT_THRESHOLD, check_build
+        from medprep.prep.leakage import DEFAULT_MIN_SCORE, check_build
 
         try:
-            report = check_build(result.out, check_against, DEFAULT_THRESHOLD if leak_threshold is None
-                                 else leak_threshold)
+            report = check_build(result.out, check_against, DEFAULT_MIN_SCORE if leak_min_score is None
+                                 else leak_min_score, workers=workers)
         except (FileNotFoundError, ValueError) as e:
             fail(str(e))
         if not quiet:
@@ -314,31 +315,35 @@ def _ints(flag: str, text: Optional[str]) -> tuple[int, ...] | None:
 def leakage(
     built: list[Path] = typer.Argument(..., metavar="BUILT...", help="Built dataset folders (one checks its own "
                                                                      "splits; several are compared pairwise)."),
-    threshold: Optional[int] = typer.Option(None, metavar="BITS", help="Hamming distance (of 64 bits) counted as a "
-                                                                      "near-duplicate (default 10)."),
-    min_correlation: Optional[float] = typer.Option(None, metavar="R", help="Thumbnail correlation confirming a pair "
-                                                                           "(default 0.9; -1 keeps every hash "
-                                                                           "match)."),
-    json_out: Optional[Path] = typer.Option(None, "--report", metavar="FILE.json", help="Write the full report "
-                                                                                       "(every pair) as JSON."),
+    min_score: Optional[float] = typer.Option(None, metavar="SCORE", help="Structure correlation after alignment "
+                                                                         "counted as a near-duplicate (default 0.4; "
+                                                                         "copies measured >= 0.5, distinct images "
+                                                                         "<= 0.2)."),
+    report_path: Optional[Path] = typer.Option(None, "--report", metavar="FILE.json", help="Where the full report "
+                                                                                          "(every pair) goes "
+                                                                                          "(default: leakage.json "
+                                                                                          "in the first BUILT)."),
     strict: bool = typer.Option(False, "--strict", help="Exit with status 1 when any pair is found."),
-    workers: int = typer.Option(0, "--threads", metavar="N", help="Threads hashing shards (0: one per CPU)."),
+    workers: int = typer.Option(1, metavar="N", help="Worker processes (a dask LocalCluster when > 1)."),
 ) -> None:
     """Find near-duplicate images across splits and datasets.
 
-    Compares perceptual hashes of the normalised images.
+    Compares the fine structure of the normalised images after aligning them, so resized, re-encoded, cropped
+    and brightened copies are found and distinct look-alike images (one modality) are not.
     """
-    from medprep.manifests import atomic_write, dumps
-    from medprep.prep.leakage import DEFAULT_MIN_CORRELATION, DEFAULT_THRESHOLD, check
+    from medprep.prep.leakage import DEFAULT_MIN_SCORE, check, default_report_path
 
     try:
-        report = check(built, DEFAULT_THRESHOLD if threshold is None else threshold,
-                       DEFAULT_MIN_CORRELATION if min_correlation is None else min_correlation, workers=workers)
+        report = check(built, DEFAULT_MIN_SCORE if min_score is None else min_score, workers=workers)
+        path = str(report_path) if report_path is not None else default_report_path(built)
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
+    try:
+        report.write(path)
+    except OSError as e:
+        typer.echo(report.table())
+        fail(f"cannot write the leakage report to {path}: {e}; pass --report FILE.json somewhere writable")
     typer.echo(report.table())
-    if json_out is not None:
-        atomic_write(json_out, dumps(report.to_json()))
     if strict and not report.clean:
         raise typer.Exit(1)
 
@@ -366,7 +371,9 @@ def datasets(
             ids = d["modality_ids"]
             modality = f"{d['modality']} (id {ids['default']})" if ids else "modality given with --modality"
             typer.echo(f"{d['name']:14s} {modality}, split: {d['split_rule']}{domain}")
-            for line in (d["title"], d["homepage"], d["license"] and f"licence: {d['license']}"):
+            needs = " ".join(d["required_options"])
+            for line in (d["title"], d["homepage"], d["license"] and f"licence: {d['license']}",
+                         needs and f"needs: {needs}"):
                 if line:
                     typer.echo(f"{'':14s} {line}")
         typer.echo("\n'medprep datasets NAME' shows the layout, options, split-file ids and build command of one.")
@@ -472,26 +479,29 @@ def demo(out: Path = typer.Option(..., "--out", metavar="DIR", help="Folder for 
 
 @app.command("cache-teacher")
 def cache_teacher(
-    source: str = typer.Option(..., "--source", metavar="PATH", help="Built dataset folder, SA-1B folder/tar, or "
-                                                                     "image folder."),
+    source: list[str] = typer.Option(..., "--source", metavar="PATH", help="Built dataset folder, SA-1B folder/tar, "
+                                                                           "or image folder; repeat it (or give a "
+                                                                           "comma list) to cache several sources "
+                                                                           "into one store, a run each."),
     out: str = typer.Option(..., "--out", metavar="STORE", help="zarr store (path or fsspec URL), e.g. "
                                                                "teacher.zarr."),
-    encoder: str = typer.Option(..., "--encoder", metavar="NAME", help="vit_h, vit_l, vit_b, medsam or "
+    encoder: str = typer.Option(..., "--encoder", metavar="NAME", help="vit_h, vit_l, vit_b, medsam, random-sam "
+                                                                      "(tiny, random weights: demos) or "
                                                                       "package.module:callable."),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", metavar="FILE", help="Local teacher checkpoint "
                                                                                        "(.pth)."),
     encoder_arg: list[str] = typer.Option([], "--encoder-arg", metavar="KEY=VALUE", help="Argument of a "
                                                                                          "module:callable teacher."),
     normalize: Optional[str] = typer.Option(None, metavar="NAME", help="Override pixel normalisation: sam, unit, "
-                                                                      "esp-medsam."),
-    resize: Optional[str] = typer.Option(None, metavar="PATH", help="Override resize path: pil (SamPredictor) or "
-                                                                   "torch."),
-    run: Optional[str] = typer.Option(None, metavar="NAME", help="Run (group) name; default "
+                                                                      "esp-medsam, minmax (per image)."),
+    resize: Optional[str] = typer.Option(None, metavar="PATH", help="Override resize path: pil (SamPredictor), "
+                                                                   "torch, medsam (MedSAM's skimage cubic)."),
+    run: Optional[str] = typer.Option(None, metavar="NAME", help="Run (group) name, with one --source; default "
                                                                 "<encoder>-<source name>."),
     source_kind: str = typer.Option("auto", metavar="KIND", help="auto, medical, sa1b or folder."),
-    split: Optional[str] = typer.Option(None, metavar="SPLIT", help="Medical split to cache (default: all)."),
-    fraction: Optional[float] = typer.Option(None, metavar="F", help="SA-1B: deterministic subset fraction, e.g. "
-                                                                    "0.01."),
+    split: Optional[str] = typer.Option(None, metavar="SPLIT", help="Built datasets: split to cache (default: all)."),
+    fraction: Optional[float] = typer.Option(None, metavar="F", help="SA-1B sources: deterministic subset fraction, "
+                                                                    "e.g. 0.01."),
     seed: int = typer.Option(0, metavar="N", help="SA-1B: seed of the --fraction subset."),
     subset_file: Optional[str] = typer.Option(None, metavar="FILE", help="SA-1B: text file of images to cache "
                                                                         "(sa_N per line)."),
@@ -503,12 +513,17 @@ def cache_teacher(
     keep_padding: bool = typer.Option(False, "--keep-padding", help="Store the encoder's output over the padding "
                                                                     "too (as SamPredictor.features); default: 0 "
                                                                     "there, so bytes follow the image's aspect."),
-    batch_size: int = typer.Option(8, metavar="N", help="Encoder batch size (keep it a divisor of "
-                                                       "--shard-samples)."),
+    batch_size: Optional[int] = typer.Option(None, metavar="N", help="Encoder batch size (keep it a divisor of "
+                                                                    "--shard-samples); default: the run's, else 8."),
     device: str = typer.Option("cuda", metavar="DEVICE", help="cuda or cpu."),
     autocast: str = typer.Option("auto", metavar="TYPE", help="auto (bfloat16 on CUDA), bfloat16, float16 or "
                                                              "none."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the encoder."),
+    attention: str = typer.Option("auto", metavar="KIND", help="SAM encoders' attention: auto (sdpa on CUDA), sdpa "
+                                                              "(fused scaled_dot_product_attention) or reference."),
+    threads: Optional[int] = typer.Option(None, metavar="N", help="Torch intra-op threads of a CPU encoder; "
+                                                                 "default: the run's recorded count, else this "
+                                                                 "machine's (same count: bit-identical features)."),
     decode_threads: int = typer.Option(4, metavar="N", help="Threads decoding and preprocessing images."),
     devices: Optional[str] = typer.Option(None, metavar="LIST", help="One dask worker per device, e.g. "
                                                                     "cuda:0,cuda:1."),
@@ -519,11 +534,11 @@ def cache_teacher(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the library's log messages."),
 ) -> None:
-    """Cache frozen teacher features of a source in a zarr store.
+    """Cache frozen teacher features of one or more sources in a zarr store, a run per source.
 
     Resumable: a rerun continues where an interrupted one stopped.
     """
-    from medprep.distill import CacheEvent, CacheParams, RunOpened, SourceSpec, cache_teacher as run_cache
+    from medprep.distill import CacheEvent, RunOpened, cache_corpus, per_source, source_specs
     from medprep.progress import Progress
 
     setup_logging(verbose)
@@ -540,20 +555,23 @@ def cache_teacher(
 
     with Progress(f"cache {run or encoder}", unit="images", every=progress_every, quiet=quiet) as progress:
         try:
-            params = CacheParams(
-                encoder, SourceSpec(source, source_kind, split, fraction, seed, subset_file), out, run=run,
+            urls = [u for value in source for u in value.split(",") if u]
+            params = per_source(
+                encoder, source_specs(urls, source_kind, split, fraction, seed, subset_file), out, run=run,
                 checkpoint=checkpoint, encoder_kwargs=parse_options(encoder_arg, "--encoder-arg"),
                 normalize=normalize, resize=resize, dtype=dtype, views=tuple(views.split(",")),
                 shard_size=shard_samples, keep_padding=keep_padding, batch_size=batch_size, device=device,
                 autocast=autocast, compile=compile, workers=decode_threads,
-                devices=tuple(devices.split(",")) if devices else (), scheduler=scheduler)
-            result = run_cache(params, on_event=draw)
-        except (ValueError, FileNotFoundError, KeyError, RuntimeError, TypeError) as e:
+                devices=tuple(devices.split(",")) if devices else (), scheduler=scheduler, attention=attention,
+                threads=threads)
+            results = cache_corpus(params, on_event=draw)
+        except (ValueError, FileNotFoundError, KeyError, RuntimeError, TypeError, ImportError) as e:
             progress.close()
             fail(str(e))
     if not quiet:
-        typer.echo(f"{out}/{params.run}: {len(result.shards_written)} zarr shards written ({result.images} images), "
-                   f"{len(result.shards_skipped)} already done")
+        for result in results:
+            typer.echo(f"{out}/{result.store.run}: {len(result.shards_written)} zarr shards written "
+                       f"({result.images} images), {len(result.shards_skipped)} already done")
 
 
 @app.command("check-teacher")
@@ -566,17 +584,23 @@ def check_teacher(
     checkpoint: Optional[str] = typer.Option(None, metavar="FILE", help="Checkpoint path, if it moved since "
                                                                        "caching."),
     source: Optional[str] = typer.Option(None, metavar="PATH", help="Source path, if it moved since caching."),
+    encoder: Optional[str] = typer.Option(None, metavar="NAME", help="The teacher to recompute with: needed when "
+                                                                    "the store names a package.module:callable "
+                                                                    "(pass that same string if you trust the code; "
+                                                                    "a store never chooses code)."),
     min_cosine: float = typer.Option(0.99, metavar="C", help="Exit with status 1 below this cosine similarity."),
 ) -> None:
-    """Recompute K random samples of a teacher store; report max/mean abs error and cosine similarity."""
+    """Read every finished sample of a teacher store (checksums, missing chunks, NaN/Inf), recompute K random ones;
+    report the damaged samples, max/mean abs error and cosine similarity (exit 1 on damage or a low cosine)."""
     from medprep.distill.check import check_teacher as run_check
 
     try:
-        report = run_check(store, run, samples, seed=seed, device=device, checkpoint=checkpoint, source=source)
+        report = run_check(store, run, samples, seed=seed, device=device, checkpoint=checkpoint, source=source,
+                           encoder=encoder)
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
         fail(str(e))
     typer.echo(report.summary())
-    if report.cosine_min < min_cosine:
+    if not report.ok(min_cosine):
         raise typer.Exit(1)
 
 

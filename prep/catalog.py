@@ -31,7 +31,7 @@ def describe_dataset(name: str, examples: bool = True) -> dict[str, Any]:
         "modality_ids": {t: ids[cls.modality] for t, ids in MODALITY_MAPS.items() if cls.modality in ids},
         "domain": cls.domain, "split_rule": cls.split_rule, "homepage": cls.homepage, "license": cls.license,
         "citation": cls.citation, "layout": cls.layout, "options": describe(cls.Options),
-        "build": build_command(name),
+        "required_options": required(cls.Options), "build": build_command(name),
         "esp_medsam_split_file": {"name": split_file, "released": split_file in RELEASED_SPLITS},
     }
     if examples:

@@ -40,7 +40,7 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -107,7 +107,7 @@ def _plausible(w: np.ndarray) -> bool:
 def _ecc(a: np.ndarray, b: np.ndarray, warp: np.ndarray) -> np.ndarray:
     """Refine ``warp`` (b's coordinates of a's pixels) coarse to fine; a level that fails or leaves the plausible
     range keeps the previous warp."""
-    crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 100, 1e-5)
+    crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 1e-3)
     for r in _ECC_LEVELS:
         f = r / _R
         aa = cv2.resize(a, (r, r), interpolation=cv2.INTER_AREA) if r < _R else a
@@ -166,7 +166,7 @@ class Item:
     key: str
     split: str
     digest: str  # sha256 of the valid region's pixels: identical images
-    grey: np.ndarray = field(repr=False, compare=False)  # uint8 ANALYSIS_SIZE square
+    grey: np.ndarray = field(repr=False, compare=False)  # float16 ANALYSIS_SIZE square
     views: np.ndarray = field(repr=False, compare=False)  # gate_views of its detail
 
 
@@ -175,7 +175,7 @@ def describe(label: str, key: str, split: str, rgb: np.ndarray) -> Item:
     g = grey(rgb)
     digest = hashlib.sha256(repr(rgb.shape).encode() + np.ascontiguousarray(rgb).tobytes()).hexdigest()
     return Item(label, key, split, digest,
-                np.clip(np.rint(g), 0, 255).astype(np.uint8), gate_views(detail(g)))
+                g.astype(np.float16), gate_views(detail(g)))
 
 
 def _decode(label: str, sample: dict[str, Any]) -> np.ndarray:
@@ -199,28 +199,48 @@ def shard_items(root: str, shard: str, label: str) -> list[Item]:
             for raw in ds.read_shard(shard, ("image.png", "meta.json"))]
 
 
-def _run(fn: Any, tasks: Sequence[Any], workers: int) -> list[Any]:
-    """``fn(*task)`` for every task, in order: here, or on ``workers`` dask worker processes."""
-    if workers <= 1 or len(tasks) <= 1:
-        return [fn(*t) for t in tasks]
-    from medprep.manifests.runner import DaskRunner
+class _Pool:
+    """Runs ``fn(*task)`` for lists of tasks, results in order: in this process (``workers`` 1) or on one dask
+    cluster of ``workers`` processes, started on first use and closed with the ``with`` block."""
 
-    with DaskRunner(min(workers, len(tasks))) as runner:
-        done = dict(runner.map(_indexed, list(enumerate(tasks)), fn=fn))
-    return [done[i] for i in range(len(tasks))]
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._runner: Any = None
+
+    def __enter__(self) -> _Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            self._runner.close()
+
+    def map(self, fn: Callable[..., Any], tasks: Sequence[Sequence[Any]]) -> list[Any]:
+        if self.workers <= 1 or len(tasks) <= 1:
+            return [fn(*t) for t in tasks]
+        if self._runner is None:
+            from medprep.manifests.runner import DaskRunner
+
+            self._runner = DaskRunner(self.workers).__enter__()
+        done = dict(self._runner.map(_indexed, list(enumerate(tasks)), fn=fn))
+        return [done[i] for i in range(len(tasks))]
 
 
-def _indexed(task: tuple[int, Sequence[Any]], fn: Any) -> tuple[int, Any]:
+def _indexed(task: tuple[int, Sequence[Any]], fn: Callable[..., Any]) -> tuple[int, Any]:
     i, args = task
     return i, fn(*args)
+
+
+def _describe(ds: BuiltDataset, label: str, pool: _Pool) -> list[Item]:
+    parts = pool.map(shard_items, [(ds.root, s.name, label) for s in ds.manifest.shards])
+    return [item for part in parts for item in part]
 
 
 def describe_dataset(root: str | os.PathLike | BuiltDataset, label: str | None = None,
                      workers: int = 1) -> list[Item]:
     """Every sample of a built dataset as an :class:`Item`, in manifest order (``workers`` processes)."""
     ds = open_sources(root)[0]
-    parts = _run(shard_items, [(ds.root, s.name, label or ds.name) for s in ds.manifest.shards], workers)
-    return [item for part in parts for item in part]
+    with _Pool(workers) as pool:
+        return _describe(ds, label or ds.name, pool)
 
 
 def _labels(datasets: Sequence[BuiltDataset]) -> list[str]:
@@ -257,13 +277,15 @@ def candidates(items: Sequence[Item], min_gate: float = DEFAULT_MIN_GATE,
         g1 = (views[start:stop].reshape(-1, d) @ full.T).reshape(stop - start, v, n).max(1)  # a's views vs b
         g2 = (full[start:stop] @ flat.T).reshape(stop - start, n, v).max(2)  # a vs b's views
         gate = np.maximum(g1, g2)
-        hit = _comparable(ds, sp, slice(start, stop), focus) & ((gate >= min_gate) | (digest[start:stop, None] == digest[None, :]))
+        same = digest[start:stop, None] == digest[None, :]
+        hit = _comparable(ds, sp, slice(start, stop), focus) & ((gate >= min_gate) | same)
         out += [(start + int(i), int(j), float(gate[i, j])) for i, j in zip(*np.nonzero(hit))]
     return out
 
 
 def verify_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[tuple[float, list[float]]]:
-    """(score, [scale x, scale y, shift x, shift y]) of each (grey a, grey b) pair (shifts in image fractions)."""
+    """(score, [scale x, scale y, shift x, shift y]) of each (grey a, grey b) pair: a's point p (in image
+    fractions) is b's point scale * p + shift (scale 1.11, shift -0.11: b is a 10% crop of a, magnified)."""
     out = []
     for a, b in pairs:
         s, w = structure_score(a.astype(np.float32), b.astype(np.float32))
@@ -274,11 +296,18 @@ def verify_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[tuple[f
 def find_pairs(items: Sequence[Item], min_score: float = DEFAULT_MIN_SCORE, min_gate: float = DEFAULT_MIN_GATE,
                focus: str | None = None, workers: int = 1) -> tuple[list[dict[str, Any]], int]:
     """Near-duplicate pairs of ``items`` in two splits of one dataset or in two datasets (only pairs involving
-    dataset ``focus`` when given), highest score first; and the number of candidates verified."""
+    dataset ``focus`` when given), highest score first; and the number of candidates verified (``workers``
+    processes)."""
+    with _Pool(workers) as pool:
+        return _find_pairs(items, min_score, min_gate, focus, pool)
+
+
+def _find_pairs(items: Sequence[Item], min_score: float, min_gate: float, focus: str | None,
+                pool: _Pool) -> tuple[list[dict[str, Any]], int]:
     cands = candidates(items, min_gate, focus)
     todo = [(i, j) for i, j, _ in cands if items[i].digest != items[j].digest]
     chunks = [todo[k: k + 64] for k in range(0, len(todo), 64)]
-    results = _run(verify_pairs, [([(items[i].grey, items[j].grey) for i, j in c],) for c in chunks], workers)
+    results = pool.map(verify_pairs, [([(items[i].grey, items[j].grey) for i, j in c],) for c in chunks])
     verified = dict(zip(todo, (r for part in results for r in part)))
     pairs = []
     for i, j, gate in cands:
@@ -291,7 +320,7 @@ def find_pairs(items: Sequence[Item], min_score: float = DEFAULT_MIN_SCORE, min_
         pairs.append({"kind": "split" if x.dataset == y.dataset else "cross-dataset",
                       "match": "identical" if (i, j) not in verified else "near-duplicate",
                       "score": round(score, 4), "gate": round(gate, 4),
-                      "b_in_a": {"scale": [round(v, 3) for v in warp[:2]], "shift": [round(v, 3) for v in warp[2:]]},
+                      "alignment": {"scale": [round(v, 3) for v in warp[:2]], "shift": [round(v, 3) for v in warp[2:]]},
                       "a_dataset": x.dataset, "a_key": x.key, "a_split": x.split,
                       "b_dataset": y.dataset, "b_key": y.key, "b_split": y.split})
     pairs.sort(key=lambda p: (-p["score"], p["a_dataset"], p["a_key"], p["b_dataset"], p["b_key"]))
@@ -370,12 +399,14 @@ def check(roots: Sequence[str | os.PathLike | BuiltDataset], min_score: float = 
     labels = _labels(opened)
     items: list[Item] = []
     summary = {}
-    for ds, label in zip(opened, labels):
-        got = describe_dataset(ds, label, workers)
-        items += got
-        splits = {s: sum(i.split == s for i in got) for s in ds.manifest.splits()}
-        summary[label] = {"root": ds.root, "manifest_sha256": ds.manifest_sha256, "images": len(got), "splits": splits}
-    pairs, verified = find_pairs(items, min_score, min_gate, labels[focus] if focus is not None else None, workers)
+    with _Pool(workers) as pool:
+        for ds, label in zip(opened, labels):
+            got = _describe(ds, label, pool)
+            items += got
+            splits = {s: sum(i.split == s for i in got) for s in ds.manifest.splits()}
+            summary[label] = {"root": ds.root, "manifest_sha256": ds.manifest_sha256, "images": len(got),
+                              "splits": splits}
+        pairs, verified = _find_pairs(items, min_score, min_gate, labels[focus] if focus is not None else None, pool)
     return LeakageReport(min_score, min_gate, summary, verified, pairs)
 
 

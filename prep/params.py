@@ -69,8 +69,10 @@ def read_split_file(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, 
     ignored: dict[str, list[str]] = {}
     for split, names in doc.items():
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            what = (f"a JSON {type(names).__name__ if names is not None else 'null'}" if not isinstance(names, list)
-                    else "a list holding " + ", ".join(sorted({type(n).__name__ for n in names if not isinstance(n, str)})))
+            if isinstance(names, list):
+                what = "a list holding " + ", ".join(sorted({type(n).__name__ for n in names if not isinstance(n, str)}))
+            else:
+                what = f"a JSON {'null' if names is None else type(names).__name__}"
             raise ValueError(f"--split-file {path}: {split!r} must be a list of file names like [\"a.png\", ...], "
                              f"found {what}")
         stems = [PurePosixPath(n).name.rsplit(".", 1)[0] for n in names]
@@ -166,7 +168,7 @@ class BuildParams:
 
     def __post_init__(self) -> None:
         norm = {"dataset": dataset_name(self.dataset),  # DRIVE, Kvasir_SEG: the registered spelling
-                "patch_sizes": tuple(int(p) for p in self.patch_sizes), "shard_size": int(self.shard_size),
+                "patch_sizes": tuple(int(p) for p in self.patch_sizes), "shard_size": parse_size(self.shard_size),
                 "split_file": os.fspath(self.split_file) if self.split_file else None,
                 "options": {k: v for k, v in dict(self.options).items() if v is not None}}
         for name, value in norm.items():

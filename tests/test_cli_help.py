@@ -250,7 +250,7 @@ def test_recipe_round_trip_gives_identical_bytes(tmp_path):
 
 
 def test_hand_written_recipe_and_its_mistakes(tmp_path):
-    src = synthetic.make("folder", tmp_path / "src")
+    synthetic.make("folder", tmp_path / "src")  # -> src/folder
     recipe = tmp_path / "r.toml"
     recipe.write_text('dataset = "folder"\nsrc = "src/folder"\nout = "built"\nsize = 64\n'
                       'images = "imgs/*/*.png"\nmasks = "labels/{parent}/{stem}_mask.png"\n'

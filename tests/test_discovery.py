@@ -18,13 +18,13 @@ import pytest
 from medprep.prep import get_converter
 from medprep.prep.archive import open_source
 from medprep.prep.imaging import binarize, binarize_box, unbox
-from medprep.prep.tree import SourceTree, _glob_regex, natural_key
+from medprep.prep.tree import LayoutError, SourceTree, _glob_regex, natural_key
 
 NAMES = ["a", "A", "b", "img1.png", "img01.png", "IMG2.PNG", "img10.png", "x[1].png", "a-b", "a.b", "masks",
          "Masks", "s1", "s10", "s2", "é.png"]
 NESTED = {f"{d}/{s}/{n}" for d in ("a", "A", "a-b", "masks") for s in ("masks", "Masks", "s1", "x[1].png")
           for n in NAMES}
-FILES = sorted(NESTED | {f"{d}/{n}" for d in ("s10", "s2") for n in NAMES} | {f"a/{n}" for n in NAMES[3:8]}
+FILES = sorted(NESTED | {f"{d}/{n}" for d in ("s10", "s2") for n in NAMES} | {f"a/{n}" for n in NAMES[3:7]}
                | set(NAMES[3:8]))
 PATTERNS = ["*", "*/*", "a/*", "*/masks/*.png", "*/Masks/*", "a/masks/img1.png", "A/*.png", "*/*/img1.png",
             "img?.png", "x[[]1].png", "*[0-9]*", "[ab]/*", "[a/b]*", "a//b", "/a", "a/", "", "*.png", "*/*/*",
@@ -57,10 +57,18 @@ def test_glob_through_the_folder_index_is_the_regex_over_every_path(tree, patter
     assert tree.glob(pattern, ignore_case=ignore_case) == reference_glob(FILES, pattern, ignore_case)
 
 
-def test_find_root_and_top_level_from_the_index(tree):
-    assert tree.find_root("masks/*.png", "x") == "a"  # the shallowest prefix, in path order
-    assert tree.find_root("s1/IMG2.PNG", "x") == "A"
-    assert tree.top_level(limit=3) == f"A/, IMG2.PNG, a-b/, ... ({len({f.split('/')[0] for f in FILES})} entries)"
+@pytest.mark.parametrize("marker", ["masks/*.png", "*/s1/IMG2.PNG", "s1/img?.png", "Masks/x[[]1].png", "*.png"])
+def test_find_root_from_the_index_is_the_shallowest_matching_folder(tree, marker):
+    prefixes = sorted({"/".join(f.split("/")[:d]) for f in FILES for d in range(4) if f.count("/") >= d},
+                      key=lambda p: (p.count("/") + bool(p), p))
+    escaped = {p: re.sub(r"([*?[])", r"[\1]", p) for p in prefixes}  # the prefix as a glob of itself
+    expected = next(p for p in prefixes if reference_glob(FILES, f"{escaped[p]}/{marker}" if p else marker, False))
+    assert tree.find_root(marker, "x") == expected
+
+
+def test_find_root_failure_names_the_top_level(tree):
+    with pytest.raises(LayoutError, match=r"x: expected nothing/\*\.png under .*found A/, IMG2.PNG, a-b/, "):
+        tree.find_root("nothing/*.png", "x")
 
 
 def test_tar_members_are_read_by_their_header_and_the_tree_is_reused_until_the_archive_changes(tmp_path):

@@ -16,7 +16,7 @@ from medprep.distill.check import check_teacher
 from medprep.distill.pipeline import valid_cells
 from medprep.distill.synthetic import write_sa1b_tar
 
-TINY = "medprep.distill.teachers:random_sam"
+TINY = "random-sam"
 KW = {"img_size": 64}
 
 

@@ -103,8 +103,8 @@ def test_registry_vit_b_and_medsam_from_a_local_checkpoint(tmp_path):
         sam = sam_model_registry["vit_b"]()
     ckpt = tmp_path / "sam_vit_b.pth"
     torch.save(sam.state_dict(), ckpt)
-    for name, norm in (("vit_b", "sam"), ("medsam", "unit")):
+    for name, pre in (("vit_b", Preprocess.named("sam", 1024)), ("medsam", Preprocess.named("minmax", 1024, "medsam"))):
         teacher = load_teacher(name, str(ckpt))
         assert torch.equal(teacher.encoder.patch_embed.proj.weight, sam.image_encoder.patch_embed.proj.weight)
-        assert teacher.preprocess == Preprocess.named(norm, 1024)
+        assert teacher.preprocess == pre
         assert teacher.to_attrs()["checkpoint_sha256"] == teacher.checkpoint_sha256

@@ -168,14 +168,14 @@ def test_staging_is_private_to_a_plan(tmp_path):
 @pytest.mark.slow
 def test_two_builds_racing_never_publish_a_mix(tmp_path):
     """The issue's race with real processes: 'build --seed 0', then 0.1-0.3 s later 'build --seed 1 --overwrite'
-    (every other round with --wait), 20 rounds. Each either builds or is refused naming the holder; what is
+    (every fourth round with --wait), 20 rounds. Each either builds or is refused naming the holder; what is
     published is one whole build, the one that finished last."""
     src = udiat(tmp_path, n=8)
     rng = random.Random(0)
     refused = Counter()
     for round_ in range(20):
         out = tmp_path / f"round{round_}"
-        waits = ["--wait", "120"] if round_ % 2 else []
+        waits = ["--wait", "120"] if round_ % 4 == 3 else []
         first = subprocess.Popen([*MEDPREP, *build_cmd(src, out, "--shard-samples", "2", "--seed", "0")],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(rng.uniform(0.1, 0.3))
@@ -190,13 +190,13 @@ def test_two_builds_racing_never_publish_a_mix(tmp_path):
                 assert "Traceback" not in err
                 assert ("is being built by another build: pid" in err
                         or "already holds a build of udiat with other parameters" in err), err
-                refused[round_ % 2] += 1
+                refused[bool(waits)] += 1
         assert not (waits and codes[1]), err1  # a waiting build is never refused
         published = open_dataset(out / "udiat").manifest.params["seed"]
         assert published == (1 if codes[1] == 0 else 0), (codes, published)
         assert_consistent(out / "udiat")
         assert_no_leftovers(out / "udiat")
-    assert refused[0] >= 1, "the builds never overlapped: the race was not exercised"
+    assert refused[False] >= 1, "the builds never overlapped: the race was not exercised"
 
 
 # -- item 2: --overwrite replaces only a medprep build ------------------------------------------------------------
@@ -337,6 +337,8 @@ def test_export_refuses_to_overwrite_and_overwrite_replaces_only_its_files(tmp_p
 
 def test_nothing_converted_exits_1_with_the_real_reason(tmp_path):
     src = udiat(tmp_path)
+    with pytest.raises(InputsFailed, match="nothing was converted: all 10 inputs failed"):
+        build("udiat", src, tmp_path / "out", size=64, shard_size="10KB")
     res = cli(*build_cmd(src, tmp_path / "out", "--shard-size", "10KB"))
     assert res.exit_code == 1, res.output
     assert "error: nothing was converted: all 10 inputs failed:" in res.output
