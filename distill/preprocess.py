@@ -29,15 +29,27 @@ MINMAX_EPS = 1e-8
 
 
 def medsam_resize(image: np.ndarray, size: int) -> np.ndarray:
-    """MedSAM's resize (``MedSAM_Inference.py``): ``skimage.transform.resize`` of the whole RGB uint8 image to
-    ``size`` x ``size`` (aspect not kept), cubic spline (``order=3``), anti-aliased, range preserved, then cast
-    back to uint8 (truncating, as MedSAM's ``.astype(np.uint8)``)."""
+    """MedSAM's resize (``MedSAM_Inference.py``): ``skimage.transform.resize(image, (size, size), order=3,
+    preserve_range=True, anti_aliasing=True).astype(np.uint8)`` of the whole RGB uint8 image (aspect not kept).
+
+    The same computation as scikit-image (>= 0.19) does it, one channel at a time (3-7x faster than its 3-D spline
+    over the channel axis, equal to 1e-12 before the uint8 cast; ``tests/test_distill_medsam.py`` compares with
+    scikit-image itself): a Gaussian anti-aliasing filter of sigma ``max(0, (factor - 1) / 2)`` per axis, a cubic
+    spline zoom (``grid_mode``, mirrored edges), clipped to the image's range, truncated to uint8.
+    """
     try:
-        from skimage.transform import resize
+        from scipy import ndimage
     except ImportError:
-        raise ImportError("MedSAM's preprocessing (--encoder medsam, --resize medsam) needs scikit-image: "
+        raise ImportError("MedSAM's preprocessing (--encoder medsam, --resize medsam) needs scipy: "
                           "pip install 'medprep[medsam]' (or pass --resize pil for SAM's resize)") from None
-    return resize(image, (size, size), order=3, preserve_range=True, anti_aliasing=True).astype(np.uint8)
+    factors = np.array(image.shape[:2], dtype=np.float64) / size
+    sigma = np.maximum(0, (factors - 1) / 2)
+    pixels = image.astype(np.float64)
+    out = np.empty((size, size, image.shape[2]), np.float64)
+    for c in range(image.shape[2]):
+        channel = ndimage.gaussian_filter(pixels[..., c], sigma, mode="mirror") if sigma.any() else pixels[..., c]
+        out[..., c] = ndimage.zoom(channel, 1 / factors, order=3, mode="mirror", grid_mode=True)
+    return np.clip(out, pixels.min(), pixels.max()).astype(np.uint8)
 
 
 @dataclass(frozen=True)

@@ -96,8 +96,8 @@ class FeatureStore(FeatureReader):
             array("valid_x_hflip", (n, 2), "int32", -1, chunks=(ss, 2))
         array("done", (n,), "bool", False, chunks=(ss,))
         stored_keys = encode_keys(keys)
-        array("keys", stored_keys.shape, "uint8", 0, chunks=(max(min(n, KEYS_CHUNK), 1), stored_keys.shape[1]))[:] = (
-            stored_keys)
+        key_rows = max(min(n, KEYS_CHUNK), 1)
+        array("keys", stored_keys.shape, "uint8", 0, chunks=(key_rows, stored_keys.shape[1]))[:] = stored_keys
         g.attrs.update({**attrs, "feature_shape": list(shape), "format": FORMAT})  # last: marks the run complete
         return cls(g, url, run)
 
@@ -117,18 +117,18 @@ class FeatureStore(FeatureReader):
             bad = np.flatnonzero(unsound(stored, scale, self.dtype))
             if bad.size:
                 keys = self.keys()
+                overflow = "; values beyond +-65504 need --dtype bfloat16" if self.dtype == "float16" else ""
                 raise ValueError(
                     f"the teacher's {view} features of {[keys[sl.start + j] for j in bad]} in {self.url}/{self.run} "
-                    f"are NaN or Inf as {self.dtype}: check the checkpoint, the input images and --autocast; "
-                    f"values beyond +-65504 need --dtype bfloat16 or float32"
+                    f"are NaN or Inf as {self.dtype}: check the checkpoint, the input images and --autocast{overflow}"
                 )
-            self.group[f"features{suffix(view)}"][sl] = stored
+            self.array(f"features{suffix(view)}")[sl] = stored
             if scale is not None:
-                self.group[f"scale{suffix(view)}"][sl] = scale
-        self.group["valid_hw"][sl] = valid_hw
+                self.array(f"scale{suffix(view)}")[sl] = scale
+        self.array("valid_hw")[sl] = valid_hw
         if valid_x_hflip is not None:
-            self.group["valid_x_hflip"][sl] = valid_x_hflip
-        self.group["done"][sl] = True
+            self.array("valid_x_hflip")[sl] = valid_x_hflip
+        self.array("done")[sl] = True
 
 
 def zero_padding(x: torch.Tensor, rows: np.ndarray, cols: np.ndarray) -> torch.Tensor:

@@ -24,9 +24,9 @@ finished being created) and ``feature_shape``. Every array is chunked so that za
 ``[s * shard_size, (s + 1) * shard_size)``) is owned by exactly one writer. The writer lives in
 ``medprep.distill.store``; this module imports neither torch nor the cache pipeline.
 
-Format history: ``medprep-teacher-v1`` (medprep 0.x until this version) stored keys as zarr ``string``, features
-uncompressed with fill value 0 and no checksums; it is still read (missing chunks read as zeros there), never
-written.
+Format history: ``medprep-teacher-v1`` stored keys as a zarr ``string`` array (tensorstore cannot read it),
+features uncompressed with their padding and fill value 0, no checksums; it is still read (a missing chunk reads as
+zeros there, undetected), never written or resumed.
 """
 
 from __future__ import annotations
@@ -193,7 +193,8 @@ class FeatureReader:
         self.dtype: str = self.attrs["dtype"]
         self.views: list[str] = self.attrs["views"]
         self.shard_size: int = self.attrs["shard_size"]
-        self.n: int = group["keys"].shape[0]
+        self._arrays: dict[str, zarr.Array] = {}
+        self.n: int = self.array("keys").shape[0]
         self.nshards = -(-self.n // self.shard_size)
 
     @classmethod
@@ -208,6 +209,12 @@ class FeatureReader:
         if run not in present:
             raise KeyError(f"{url} has no run {run!r}; runs present: {present}")
         return cls(root[run], url, run)
+
+    def array(self, name: str) -> zarr.Array:
+        """Array ``name`` of the run, opened once."""
+        if name not in self._arrays:
+            self._arrays[name] = self.group[name]
+        return self._arrays[name]
 
     def shard_slice(self, s: int) -> slice:
         """Sample slice of zarr shard ``s``."""
@@ -259,16 +266,16 @@ class FeatureReader:
 
     def _get(self, name: str, index: Any) -> np.ndarray:
         try:
-            return self.group[name][index]
+            return self.array(name)[index]
         except (ValueError, RuntimeError) as e:  # zarr: checksum mismatch, undecodable chunk
             raise DamagedStore(f"{self.url}/{self.run}/{name} cannot be read ({e}): {self._advice()}") from e
 
     def _read(self, index: int | slice | np.ndarray, view: str) -> tuple[np.ndarray | None, list[tuple[int, str]]]:
         sfx = suffix(view)
-        if f"features{sfx}" not in self.group:
+        if view not in self.views:
             raise KeyError(f"view {view!r} is not in {self.url}/{self.run} (views cached: {self.views})")
-        features = self.group[f"features{sfx}"]
-        scale = self.group[f"scale{sfx}"] if self.dtype == "int8" else None
+        features = self.array(f"features{sfx}")
+        scale = self.array(f"scale{sfx}") if self.dtype == "int8" else None
         try:
             stored = features[index]
             scales = None if scale is None else scale[index]
@@ -296,7 +303,7 @@ class FeatureReader:
         names = [f"features{suffix(view)}"] + ([f"scale{suffix(view)}"] if self.dtype == "int8" else [])
         for name in names:
             try:
-                self.group[name][i]
+                self.array(name)[i]
             except (ValueError, RuntimeError) as e:
                 return f"cannot be read from {name} ({e})"
         return ""

@@ -234,7 +234,7 @@ def build(
                                                                       "against (repeatable); the report goes to "
                                                                       "DIR/<dataset>/leakage.json."),
     leak_min_score: Optional[float] = typer.Option(None, metavar="SCORE", help="Near-duplicate score of "
-                                                                              "--check-against (default 0.4, as "
+                                                                              "--check-against (default 0.35, as "
                                                                               "'medprep leakage --min-score')."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of the summary."),
     progress_every: float = typer.Option(10.0, metavar="SECONDS", help="Without a terminal: a progress line this "
@@ -316,9 +316,9 @@ def leakage(
     built: list[Path] = typer.Argument(..., metavar="BUILT...", help="Built dataset folders (one checks its own "
                                                                      "splits; several are compared pairwise)."),
     min_score: Optional[float] = typer.Option(None, metavar="SCORE", help="Structure correlation after alignment "
-                                                                         "counted as a near-duplicate (default 0.4; "
+                                                                         "counted as a near-duplicate (default 0.35; "
                                                                          "copies measured >= 0.5, distinct images "
-                                                                         "<= 0.2)."),
+                                                                         "<= 0.16)."),
     report_path: Optional[Path] = typer.Option(None, "--report", metavar="FILE.json", help="Where the full report "
                                                                                           "(every pair) goes "
                                                                                           "(default: leakage.json "

@@ -66,7 +66,8 @@ class SourceTree:
         return out
 
     def read(self, rel: str) -> bytes:
-        return (self.root / rel).read_bytes()
+        with open(os.path.join(self.root, rel), "rb") as f:  # no pathlib object per file: tasks read many small ones
+            return f.read()
 
     def stamp(self, rel: str) -> tuple[int, int] | None:
         """(size, mtime in ns) of a file, the build's fast check for changed inputs; None if it cannot be read."""

@@ -209,15 +209,15 @@ def test_help_is_clean(command):
 
 
 def test_one_meaning_per_option_name():
-    """--workers: processes, --shard-size: bytes, --json: print JSON; the cache's threads and samples per shard
-    have their own names, as has the leakage report file."""
+    """--workers: processes (build, leakage), --shard-size: bytes, --json: print JSON; the cache's threads and
+    samples per shard have their own names, as has the leakage report file."""
     group = typer.main.get_command(app)
     opts = {name: {o for p in cmd.params for o in p.opts} for name, cmd in group.commands.items()}
     assert {"--workers", "--shard-size", "--shard-samples", "--json"} <= opts["build"]
     assert "--workers" not in opts["cache-teacher"] and "--shard-size" not in opts["cache-teacher"]
     assert {"--decode-threads", "--shard-samples"} <= opts["cache-teacher"]
-    assert "--workers" not in opts["leakage"] and "--json" not in opts["leakage"]
-    assert {"--threads", "--report"} <= opts["leakage"]
+    assert "--threads" not in opts["leakage"] and "--json" not in opts["leakage"]
+    assert {"--workers", "--report"} <= opts["leakage"]
     assert all("--json" in opts[c] for c in ("build", "verify", "datasets", "info"))
 
 

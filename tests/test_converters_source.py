@@ -86,7 +86,7 @@ def test_cvc_png_variant_with_sequences(tmp_path):
 
 def test_group_by_without_table_is_an_error(tmp_path):
     synthetic.make("cvc-clinicdb", tmp_path / "src", n=4)
-    with pytest.raises(Exception, match="frame-to-sequence"):
+    with pytest.raises(ValueError, match="pass --groups-file FILE, a CSV table with a frame column and a sequence"):
         build("cvc-clinicdb", tmp_path / "src", tmp_path / "out", size=SIZE, group_by="sequence")
 
 

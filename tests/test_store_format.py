@@ -72,7 +72,7 @@ def test_zarr_python_and_tensorstore_read_the_same_tensors(store, dtype):
     assert sorted(names) == sorted(["features", "features_hflip", "keys", "valid_hw", "valid_x_hflip", "done"]
                                    + (["scale", "scale_hflip"] if dtype == "int8" else []))
     by_zarr = {n: a[:] for n, a in zarr.open_group(store, mode="r")[dtype].arrays()}
-    by_ts = {n: ts.open({"driver": "zarr3", "kvstore": f"file://{store}/{dtype}/{n}"}, read=True).result()
+    by_ts = {n: ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": f"{store}/{dtype}/{n}"}}).result()
              .read().result() for n in names}
     for arrays in (by_zarr, by_ts):
         assert [bytes(k).rstrip(b"\0").decode() for k in arrays["keys"]] == keys  # the attrs' "decode"
@@ -182,7 +182,7 @@ def test_writer_refuses_nan_and_float16_overflow(tmp_path):
     store = FeatureStore.create_or_open(str(tmp_path / "s.zarr"), "r", ["a", "b"], attrs, lambda: (2, 2, 2))
     x = torch.zeros(2, 2, 2, 2)
     x[1, 0, 0, 0] = 1e5  # beyond float16
-    with pytest.raises(ValueError, match=r"\['b'\] .* NaN or Inf as float16.*--dtype bfloat16"):
+    with pytest.raises(ValueError, match=r"\['b'\] .* NaN or Inf as float16.*need --dtype bfloat16"):
         store.write_shard(0, {"identity": x}, np.full((2, 2), 2, np.int32))
     assert not store.done().any()
 
