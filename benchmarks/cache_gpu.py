@@ -165,8 +165,8 @@ def run(root: Path, encoder: str = "vit_h", device: str = "cuda", images: int = 
             write_shards(store, teacher, source, params, range(store.nshards), device)
             seconds.append(time.perf_counter() - t)
     rate = images / seconds[-1]
-    result["pipeline"] = {"images_s": rate, "efficiency": rate / best["images_s"], "peak_bytes": mem[0] if mem else None,
-                          "decode_threads": threads, "shard_size": shard}
+    result["pipeline"] = {"images_s": rate, "efficiency": rate / best["images_s"],
+                          "peak_bytes": mem[0] if mem else None, "decode_threads": threads, "shard_size": shard}
     return result
 
 

@@ -95,12 +95,12 @@ def check_teacher(store: str, run: str | None = None, samples: int = 8, *, seed:
     damaged = _damaged(fs, keys, ledger)
     done = np.setdiff1d(np.flatnonzero(ledger), list(damaged))
     pick = np.sort(np.random.default_rng(seed).choice(done, size=min(samples, done.size), replace=False))
-    model = Encoder(teacher, device, a["autocast"], attention=a["attention"])
+    model = Encoder(teacher, device, a["autocast"], attention=a.get("attention", "reference"))  # v1: reference
     stride = teacher.preprocess.img_size // a["feature_shape"][1]
     errs, coss = [], []
     for i in pick:
         for view in fs.views:
-            with intra_op_threads(a["cpu_threads"] if model.device.type == "cpu" else None):
+            with intra_op_threads(a.get("cpu_threads") if model.device.type == "cpu" else None):
                 ref = model([prepare(src, int(i), view, teacher.preprocess, stride)])[0].numpy()
             if not a.get("keep_padding"):  # the store holds 0 outside the valid region
                 ref = np.where(fs.valid_mask(int(i), view), ref, 0)

@@ -13,6 +13,7 @@ A store is data: nothing here imports or calls anything its attrs name.
 from __future__ import annotations
 
 import io
+import multiprocessing
 from collections import Counter
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from medprep.manifests import BuiltDataset, MemberIndex, join
+from medprep.manifests import BuiltDataset, MemberIndex, fs_and_path, join
 from medprep.manifests.features import FeatureReader, in_fraction, runs as store_runs
 from medprep.manifests.pixels import longest_side
 
@@ -93,11 +94,6 @@ class TeacherFeatures:
     def feature_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of every feature."""
         return tuple(self.readers[0].attrs["feature_shape"])
-
-    @property
-    def attrs(self) -> dict[str, Any]:
-        """The attrs of the first run (the teacher's are the same in every run)."""
-        return self.readers[0].attrs
 
     def keys(self) -> list[str]:
         return list(self._index)
@@ -179,15 +175,17 @@ def _same_build(source: dict[str, Any], ds: BuiltDataset) -> bool:
 
 
 def _same_teacher(readers: list[FeatureReader], url: str) -> None:
-    teachers: dict[str, list[str]] = {}
+    """Refuse runs that come from different teachers (or preprocessings), naming each group."""
+    groups: dict[str, list[FeatureReader]] = {}
     for reader in readers:
-        teachers.setdefault(repr([reader.attrs.get(k) for k in TEACHER_ATTRS]), []).append(reader.run)
-    if len(teachers) > 1:
-        groups = "; ".join(f"{names} from {names[0]!r}'s teacher "
-                           f"({next(r for r in readers if r.run == names[0]).attrs.get('encoder')})"
-                           for names in teachers.values())
-        raise ValueError(f"the runs of teacher store {url} come from {len(teachers)} different teachers or "
-                         f"preprocessings ({groups}): a student distils one; choose the runs with run=[...] "
+        groups.setdefault(repr([reader.attrs.get(k) for k in TEACHER_ATTRS]), []).append(reader)
+    if len(groups) > 1:
+        names = "; ".join(
+            f"{[r.run for r in group]}: {group[0].attrs.get('encoder')} {group[0].attrs.get('encoder_kwargs') or ''} "
+            f"(checkpoint sha256 {str(group[0].attrs.get('checkpoint_sha256'))[:12]}, features "
+            f"{group[0].attrs.get('feature_shape')})" for group in groups.values())
+        raise ValueError(f"the runs of teacher store {url} come from {len(groups)} different teachers or "
+                         f"preprocessings ({names}): a student distils one; choose the runs with run=[...] "
                          f"(--teacher-run)")
 
 
@@ -304,14 +302,19 @@ class SA1BStream(torch.utils.data.IterableDataset):
         self.shuffle_buffer = shuffle_buffer if shuffle else 0
         self.rank, self.world_size = rank, world_size
         partition.distributed_rank(rank, world_size)  # validate early
-        self.epoch = 0
+        self._epoch = multiprocessing.RawValue("q", 0)  # shared with (persistent) DataLoader workers
 
     def __repr__(self) -> str:
         return (f"SA1BStream({self.features!r}, tars={len(self.tars)}, size={self.size}, "
                 f"normalize={self.normalize!r}, hflip={self.hflip})")
 
+    @property
+    def epoch(self) -> int:
+        return self._epoch.value
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        """Set before each epoch (it reaches persistent workers): the order and the hflip draws depend on it."""
+        self._epoch.value = epoch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         consumer = partition.current_consumer(self.rank, self.world_size)
@@ -369,8 +372,6 @@ def student_image(image: np.ndarray, size: int, normalize: str) -> torch.Tensor:
 
 def _tar_urls(tars: str | Sequence[str]) -> dict[str, str]:
     """``{tar name: url}`` of a folder of ``sa_NNNNNN.tar`` files or of a list of tars."""
-    from medprep.manifests import fs_and_path
-
     if isinstance(tars, str):
         fs, path = fs_and_path(tars)
         urls = [tars] if fs.isfile(path) else [join(tars, p.rstrip("/").rsplit("/", 1)[-1])

@@ -5,7 +5,8 @@ shard list); samples.jsonl and failures.jsonl (present, JSON lines, sha256 as re
 and sha256, readable tar with well-formed member names, the core entries in every sample, sample count and keys in
 order against the manifest and samples.jsonl); every split's wids index (present, entries equal to the manifest's,
 urls plain names inside the dataset folder); and no file in the folder that a build does not write. A problem is a
-:class:`Problem` naming the file; nothing here raises on a damaged dataset.
+:class:`Problem` naming the file; nothing here raises on a damaged dataset. :func:`build_problems` is the quick
+part of it (no shard read) that a build runs before it replaces a folder.
 """
 
 from __future__ import annotations

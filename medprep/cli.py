@@ -47,8 +47,7 @@ class _Commands(TyperGroup):
             code = _error_status(e)
             if code is None or ctx.meta.get("debug"):
                 raise
-            message = e.args[0] if isinstance(e, KeyError) and e.args else str(e) or type(e).__name__
-            typer.secho(f"error: {message}", fg="red", err=True)
+            typer.secho(f"error: {str(e) or type(e).__name__}", fg="red", err=True)
             raise typer.Exit(code) from None
 
 
@@ -58,7 +57,7 @@ def _error_status(e: Exception) -> int | None:
 
     if isinstance(e, InputsFailed):
         return 1
-    return 2 if isinstance(e, (BuildError, ValueError, OSError, KeyError)) else None
+    return 2 if isinstance(e, (BuildError, ValueError, OSError)) else None
 
 
 app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -491,6 +490,7 @@ def cache_teacher(
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", metavar="FILE", help="Local teacher checkpoint "
                                                                                        "(.pth)."),
     encoder_arg: list[str] = typer.Option([], "--encoder-arg", metavar="KEY=VALUE", help="Argument of a "
+                                                                                         "random-sam or "
                                                                                          "module:callable teacher."),
     normalize: Optional[str] = typer.Option(None, metavar="NAME", help="Override pixel normalisation: sam, unit, "
                                                                       "esp-medsam, minmax (per image)."),

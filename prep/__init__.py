@@ -3,7 +3,7 @@
 from .datasets import REGISTRY, Converter, Record, get_converter, load_all
 from .events import BuildEvent, BuildResult, InputDone, Planned, Published, TaskDone
 from .imaging import ConversionError
-from .params import BuildError, BuildParams
+from .params import BuildError, BuildParams, InputsFailed
 from .pipeline import build
 from .tree import LayoutError, SourceTree
 
@@ -15,5 +15,5 @@ def datasets() -> dict[str, type[Converter]]:
 
 
 __all__ = ["BuildError", "BuildEvent", "BuildParams", "BuildResult", "ConversionError", "Converter", "InputDone",
-           "LayoutError", "Planned", "Published", "Record", "SourceTree", "TaskDone", "build", "datasets",
+           "InputsFailed", "LayoutError", "Planned", "Published", "Record", "SourceTree", "TaskDone", "build", "datasets",
            "get_converter"]

@@ -57,12 +57,13 @@ class DatasetLock:
 
     Entering creates ``out``'s parent folder and the lock file; an unwritable location raises :class:`BuildError`
     naming it. Leaving removes the lock file, then releases it (a build waiting on the removed file notices and
-    locks the new one)."""
+    locks the new one), and removes the parent folder again if it created it and nothing else was put there."""
 
     def __init__(self, out: Path, command: Sequence[str] | None = None, wait: float = 0.0):
         self.out, self.path, self.wait = out, lock_path(out), wait
         self.command = list(command) if command else [sys.executable, *sys.argv]
         self._fd: int | None = None
+        self._made_parent = False
 
     def __enter__(self) -> DatasetLock:
         deadline = time.monotonic() + self.wait
@@ -104,12 +105,19 @@ class DatasetLock:
         except OSError:
             pass
         os.close(fd)
+        if self._made_parent:
+            try:
+                self.out.parent.rmdir()  # only when empty: a build that failed before writing anything
+            except OSError:
+                pass
 
     def _open(self) -> int:
         if self.out.parent.is_file():
             raise BuildError(f"--out {self.out.parent} is a file; expected a folder (created if missing)")
         try:
-            self.out.parent.mkdir(parents=True, exist_ok=True)
+            if not self.out.parent.is_dir():
+                self.out.parent.mkdir(parents=True)
+                self._made_parent = True
             return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as e:
             raise BuildError(f"--out {self.out.parent}: cannot write there ({e.strerror or e}); choose a folder you "

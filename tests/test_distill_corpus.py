@@ -14,7 +14,7 @@ import zarr
 from typer.testing import CliRunner
 
 from medprep.cli import app
-from medprep.distill import CacheParams, SourceSpec, cache_corpus, cache_teacher, per_source, source_specs
+from medprep.distill import CacheParams, cache_corpus, cache_teacher, per_source, source_specs
 from medprep.distill.demo import cache_demo
 from medprep.distill.synthetic import write_sa1b_tar
 from medprep.loaders import collate

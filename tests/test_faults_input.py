@@ -54,17 +54,23 @@ def bomb_nii_gz(side: int = 1024) -> bytes:
     return b"".join(parts)
 
 
+# The child's peak resident memory: VmHWM of its own address space. ru_maxrss is not used on Linux: it keeps the
+# high-water mark of the process image it was forked from (a pytest process that imported torch: gigabytes).
 CHILD = """
 import json, resource, sys
 from medprep.prep import build
 res = build(sys.argv[1], sys.argv[2], sys.argv[3], **json.loads(sys.argv[4]))
-print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "failures": res.failures,
-                  "counts": res.manifest.counts}))
+try:
+    hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
+    peak_mb = int(hwm.split()[1]) / 1024
+except OSError:  # no procfs (macOS): ru_maxrss in bytes
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+print(json.dumps({"peak_mb": peak_mb, "failures": res.failures, "counts": res.manifest.counts}))
 """
 
 
 def build_in_child(dataset: str, src, out, **fields) -> dict:
-    """Build in a fresh Python process; its result and its own peak resident memory (ru_maxrss) in MB."""
+    """Build in a fresh Python process; its result and its own peak resident memory in MB."""
     done = subprocess.run([sys.executable, "-c", CHILD, dataset, str(src), str(out), json.dumps(fields)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
