@@ -13,7 +13,7 @@ from .datasets import Converter, Failure, Record
 from .params import BuildParams
 from .sample import worst_case_bytes
 from .splits import assign_splits
-from .tree import LayoutError, SourceTree, natural_key
+from .tree import LayoutError, SourceTree, natural_key, paused_gc
 from .unclaimed import unclaimed
 
 
@@ -64,7 +64,8 @@ def common_folder(paths: list[str]) -> str:
 
 def plan(conv: Converter, tree: SourceTree, p: BuildParams) -> Plan:
     """Discover inputs, assign splits and cut each split into planned shards, in a seeded shuffled order."""
-    records, failures = conv.discover(tree)
+    with paused_gc():
+        records, failures = conv.discover(tree)
     failures += unclaimed(conv, tree, records, failures)  # every other file in the inputs' folders: counted
     if not records and not failures:
         raise LayoutError(f"{conv.name}: found no input files under {tree.label}; expected {conv.layout}")

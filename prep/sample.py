@@ -72,12 +72,18 @@ def convert(conv: Converter, rec: Record, loaded: Loaded, hashes: dict[str, str]
 
 
 def _labels_present(inst: np.ndarray) -> int:
-    """Distinct nonzero labels of an instance map. A label's first pixel (row-major) is the first pixel or one that
-    differs from the pixel before it, so only those are looked up: ~10x cheaper than a bincount of the map."""
-    flat = inst.ravel()
-    seen = np.zeros(int(flat.max()) + 1, bool)
-    seen[flat[0]] = True
-    seen[flat[1:][flat[1:] != flat[:-1]]] = True
+    """Distinct nonzero labels of an instance map. A label's first pixel (row-major) lies in the first 8-byte block
+    of the map or in one that differs from the block before it (else the label is there 8 bytes earlier), so only
+    those blocks are looked up: a comparison of 64-bit words, ~10x cheaper than a bincount of the map."""
+    flat = np.ascontiguousarray(inst).ravel()
+    per = 8 // flat.itemsize
+    if flat.size % per:  # whole blocks: pad with the first label, which adds none
+        flat = np.concatenate([flat, np.full(per - flat.size % per, flat[0], flat.dtype)])
+    blocks = flat.view(np.uint64)
+    pixels = flat.reshape(-1, per)
+    seen = np.zeros(1 << 8 * flat.itemsize if flat.itemsize <= 2 else int(flat.max()) + 1, bool)
+    seen[pixels[0]] = True
+    seen[pixels[np.flatnonzero(blocks[1:] != blocks[:-1]) + 1]] = True
     return int(np.count_nonzero(seen[1:]))
 
 

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from medprep.manifests import atomic_write, dumps, sha256_bytes
+from medprep.manifests import atomic_write, dumps, jsonl_bytes, sha256_bytes
 from medprep.manifests.pixels import make_key
 from medprep.manifests.tar import TarShard
 
@@ -97,7 +97,7 @@ def run_task(task: Task, src: str, partial: str, p: BuildParams, root: str = "",
     close_part()
     result = {"task": task.name, "parts": parts, "rows": rows, "failures": failures, "converted": converted,
               "stamps": stamps, "inputs": inputs}
-    atomic_write(Path(partial) / f"{task.name}.json", dumps(result))
+    atomic_write(Path(partial) / f"{task.name}.json", jsonl_bytes([result]))  # compact: C encoder, not indent=1
     return result
 
 

@@ -27,7 +27,8 @@ def _fill(pattern: str, image: str, root: str) -> str:
     values = {"stem": name[:dot] if 0 < dot < len(name) - 1 else name, "name": name, "dir": folder,
               "parent": folder.rpartition("/")[2]}
     try:
-        filled = pattern.format(**{k: globlib.escape(v) if _MAGIC.search(v) else v for k, v in values.items()})
+        magic = _MAGIC.search(folder) or _MAGIC.search(name)  # every value is a part of these two
+        filled = pattern.format(**({k: globlib.escape(v) for k, v in values.items()} if magic else values))
     except (KeyError, IndexError, ValueError) as e:
         raise ValueError(f"--masks {pattern!r}: unknown placeholder {e}; use {{stem}}, {{name}}, {{dir}} or "
                          f"{{parent}}") from None
@@ -80,8 +81,7 @@ def pair_pattern(
     stem). ``extras`` maps an optional extra entry (e.g. ``fov``) to a pattern.
     """
     patterns = [masks] if isinstance(masks, str) else list(masks)
-    mask_rx = [_pattern_regex(p, root) for p in patterns]
-    is_mask = lambda f: any(rx.fullmatch(f) for rx in mask_rx)  # noqa: E731
+    is_mask = re.compile("|".join(f"(?:{_pattern_regex(p, root).pattern})" for p in patterns)).fullmatch
     found = [f for f in tree.glob(at(root, images), ignore_case=ignore_case)
              if f.lower().endswith(IMAGE_EXTS) and not is_mask(f)]
     records, failures, used = [], [], set()
