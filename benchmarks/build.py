@@ -289,6 +289,18 @@ def _table(rows: Iterable[tuple[str, float, float]], floor: float, floor_io: flo
     return lines
 
 
+def _settle(work: Path) -> None:
+    """Remove what earlier contenders wrote and flush the page cache's dirty pages, so that no contender pays for
+    the write-back of another's output."""
+    for leftover in ("naive", "sink", "medprep-1", "medprep-2"):
+        target = work / leftover
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    os.sync()
+
+
 def _verdict(ok: bool) -> str:
     return "OK" if ok else "MISSED"
 
@@ -315,15 +327,20 @@ def main() -> None:
         shape.naive(src, work / "warm", args.size)  # warm the page cache for every contender
         shutil.rmtree(work / "warm")
 
+        _settle(work)
         t0 = time.perf_counter()
         n = shape.naive(src, work / "naive", args.size)
         t_naive = time.perf_counter() - t0
-        floors = {"medprep codecs": codec_floor(shape, src, args.size, encode_png),
-                  "medprep codecs + file I/O": codec_floor(shape, src, args.size, encode_png, work / "sink"),
-                  "OpenCV PNG writer (naive's)": codec_floor(shape, src, args.size, cv2_png)}
+        floors = {}
+        for name, encode, sink in (("medprep codecs", encode_png, None),
+                                   ("medprep codecs + file I/O", encode_png, work / "sink"),
+                                   ("OpenCV PNG writer (naive's)", cv2_png, None)):
+            _settle(work)
+            floors[name] = codec_floor(shape, src, args.size, encode, sink)
         rows = [("naive script (1 process)", n / t_naive, t_naive / n)]
         for workers in (1, 2):
             out = work / f"medprep-{workers}"
+            _settle(work)
             t0 = time.perf_counter()
             result = build(shape.dataset, src, out, size=args.size, shard_samples=args.shard_samples,
                            workers=workers, **shape.options)

@@ -164,21 +164,39 @@ def test_staging_is_private_to_a_plan(tmp_path):
     assert_no_leftovers(out)
 
 
+def wait_for_holder(lock: Path, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Return once ``proc`` has written its pid into the lock file ``lock`` (it holds the lock then)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if json.loads(lock.read_text()).get("pid") == proc.pid:
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.002)
+    raise AssertionError(f"build pid {proc.pid} never showed in {lock} (exit code {proc.poll()})")
+
+
 @pytest.mark.slow
 def test_two_builds_racing_never_publish_a_mix(tmp_path):
     """The issue's race with real processes: 'build --seed 0', then 0.1-0.3 s later 'build --seed 1 --overwrite'
     (every fourth round with --wait), 20 rounds. Each either builds or is refused naming the holder; what is
     published is one whole build, the one that finished last."""
     src = udiat(tmp_path, n=8)
+    slow = ["--shard-samples", "2", "--size", "1024"]  # the first build holds the lock for a good part of a second
     rng = random.Random(0)
     refused = Counter()
     for round_ in range(20):
         out = tmp_path / f"round{round_}"
         waits = ["--wait", "120"] if round_ % 4 == 3 else []
-        first = subprocess.Popen([*MEDPREP, *build_cmd(src, out, "--shard-samples", "2", "--seed", "0")],
+        first = subprocess.Popen([*MEDPREP, *build_cmd(src, out, *slow, "--seed", "0")],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(rng.uniform(0.1, 0.3))
-        second = subprocess.Popen([*MEDPREP, *build_cmd(src, out, "--shard-samples", "2", "--seed", "1",
+        if round_ % 2:  # the issue's timing: 0.1-0.3 s after the first started
+            time.sleep(rng.uniform(0.1, 0.3))
+        else:  # while the first holds the lock, whatever the machine's speed
+            wait_for_holder(lock_path(out / "udiat"), first)
+            time.sleep(rng.uniform(0.0, 0.05))
+        second = subprocess.Popen([*MEDPREP, *build_cmd(src, out, *slow, "--seed", "1",
                                                         "--overwrite", *waits)],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         (_, err0), (_, err1) = first.communicate(timeout=300), second.communicate(timeout=300)
