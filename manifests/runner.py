@@ -22,6 +22,7 @@ arguments of :meth:`map`/:meth:`submit` go to ``fn``, so they must not be named 
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 # dask starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also switches off glibc's adaptive mmap threshold:
@@ -31,6 +32,11 @@ WORKER_ENV: dict[str, Any] = {
     "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 256 << 20,
     "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 32 << 20,
 }
+
+# A worker process sets up its logging from the environment when it imports distributed, so its log level travels
+# as an environment variable: shutdown noise ("Failed to communicate with scheduler during heartbeat" while the
+# cluster closes) stays out of the output unless medprep's own logging is on (--verbose).
+QUIET_WORKER_ENV = {"distributed.nanny.pre-spawn-environ.DASK_LOGGING__DISTRIBUTED": "critical"}
 
 CONNECT_TIMEOUT_S = 5.0  # a scheduler that does not answer within this is reported, not waited for (dask: 30 s)
 
@@ -49,6 +55,8 @@ class DaskRunner:
         self.workers, self.scheduler, self.cluster_kwargs = workers, scheduler, cluster_kwargs
         self.connect_timeout = connect_timeout
         self.env = dict(env or {})
+        if not logging.getLogger("medprep").isEnabledFor(logging.INFO):
+            self.env = {**QUIET_WORKER_ENV, **self.env}
         self._cluster: Any = None
         self._client: Any = None
 
@@ -125,4 +133,4 @@ class DaskRunner:
             yield fut.result()
 
 
-__all__ = ["WORKER_ENV", "DaskRunner"]
+__all__ = ["QUIET_WORKER_ENV", "WORKER_ENV", "DaskRunner"]
