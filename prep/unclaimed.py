@@ -28,7 +28,10 @@ def unclaimed(conv: Converter, tree: SourceTree, records: list[Record], failures
     claimed = {f for r in records for f in r.files()} | {f for x in failures for f in x.files}
     layout = {f.rpartition("/")[0] for f in claimed}
     homes: dict[str, str | None] = {}  # folder -> the layout folder it is or lies below
-    suffixes: dict[str, list[str]] = {}  # layout folder -> suffixes of the files claimed there
+    claimed_suffixes: dict[str, set[str]] = {}  # layout folder -> suffixes of the files claimed there
+    for c in claimed:
+        claimed_suffixes.setdefault(c.rpartition("/")[0], set()).add(_suffix(c))
+    suffixes = {folder: sorted(found) for folder, found in claimed_suffixes.items()}
     side = tuple(p.lower() for p in SIDE_FILES + conv.side_files)
     found = []
     others = chain(((f, False) for f in tree.files if f not in claimed), ((f, True) for f in tree.undecodable))
@@ -39,8 +42,6 @@ def unclaimed(conv: Converter, tree: SourceTree, records: list[Record], failures
         home = homes[folder]
         if home is None or any(fnmatch.fnmatchcase(name.lower(), p) for p in side):
             continue
-        if home not in suffixes:
-            suffixes[home] = sorted({_suffix(c) for c in claimed if c.rpartition("/")[0] == home})
         found.append(Failure(stem(f), (f,), f"unexpected file {f}: {_why(f, home, suffixes[home], bad_name, conv)}"))
     return found
 
