@@ -102,6 +102,14 @@ def _resize_pair(img: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarr
             cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST))
 
 
+def _naive_write(dst: Path, stem: str, img: np.ndarray, mask: np.ndarray, size: int) -> int:
+    """The naive script's output step: resize the pair and ``cv2.imwrite`` image and mask; one sample."""
+    img, mask = _resize_pair(img, mask, size)
+    cv2.imwrite(str(dst / f"{stem}.png"), img)
+    cv2.imwrite(str(dst / f"{stem}_mask.png"), mask)
+    return 1
+
+
 class Isic(Shape):
     def make(self, root: Path, n: int, args: argparse.Namespace) -> Path:
         from medprep.prep import synthetic
@@ -115,11 +123,7 @@ class Isic(Shape):
 
     def naive_case(self, files: tuple[Path, ...], dst: Path, size: int) -> int:
         img = cv2.imread(str(files[0]))
-        mask = cv2.imread(str(files[1]), cv2.IMREAD_GRAYSCALE)
-        img, mask = _resize_pair(img, mask, size)
-        cv2.imwrite(str(dst / f"{files[0].stem}.png"), img)
-        cv2.imwrite(str(dst / f"{files[0].stem}_mask.png"), mask)
-        return 1
+        return _naive_write(dst, files[0].stem, img, cv2.imread(str(files[1]), cv2.IMREAD_GRAYSCALE), size)
 
     def process(self, blobs: list[bytes], size: int, encode: Encoder) -> list[bytes]:
         img = cv2.imdecode(np.frombuffer(blobs[0], np.uint8), cv2.IMREAD_COLOR)
@@ -167,10 +171,7 @@ class Dsb(Shape):
         mask = np.zeros(img.shape[:2], np.uint8)
         for f in files[1:]:
             cv2.bitwise_or(mask, cv2.imread(str(f), cv2.IMREAD_GRAYSCALE), dst=mask)
-        img, mask = _resize_pair(img, mask, size)
-        cv2.imwrite(str(dst / f"{files[0].stem}.png"), img)
-        cv2.imwrite(str(dst / f"{files[0].stem}_mask.png"), mask)
-        return 1
+        return _naive_write(dst, files[0].stem, img, mask, size)
 
     def process(self, blobs: list[bytes], size: int, encode: Encoder) -> list[bytes]:
         img = cv2.imdecode(np.frombuffer(blobs[0], np.uint8), cv2.IMREAD_COLOR)
