@@ -72,7 +72,8 @@ def run_in_pty(args: list[str], timeout: float = 120) -> str:
 
 def test_build_on_a_terminal_draws_a_bar_that_counts_samples(drive80, tmp_path):
     """One task per split (--shard-samples 1000): a bar that moved by shards would only show 0, 48, 60 and 80."""
-    text = run_in_pty([*CLI, "build", "-d", "drive", "--src", str(drive80), "--out", str(tmp_path), "--size", "256",
+    # --size 1024: the build lasts seconds, so the bar redraws many times even on a much faster machine
+    text = run_in_pty([*CLI, "build", "-d", "drive", "--src", str(drive80), "--out", str(tmp_path), "--size", "1024",
                        "--shard-samples", "1000"])
     assert "80 inputs found = 80 samples written" in text, text[-2000:]
     counts = {int(n) for n in re.findall(r"(\d+)/80\b", text)}
@@ -81,8 +82,9 @@ def test_build_on_a_terminal_draws_a_bar_that_counts_samples(drive80, tmp_path):
 
 
 def test_piped_build_prints_progress_lines_and_final_counts(drive80, tmp_path):
+    # --size 1024: the build lasts seconds, so 0.05 s lines come many times even on a much faster machine
     res = subprocess.run([*CLI, "build", "-d", "drive", "--src", str(drive80), "--out", str(tmp_path), "--size",
-                          "256", "--progress-every", "0.05"], capture_output=True, text=True, timeout=300)
+                          "1024", "--progress-every", "0.05"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     lines = [x for x in res.stderr.splitlines() if x.startswith("build drive: ")]
     assert len(lines) >= 3, res.stderr
@@ -92,7 +94,7 @@ def test_piped_build_prints_progress_lines_and_final_counts(drive80, tmp_path):
     assert "80 inputs found = 80 samples written + 0 failures" in res.stdout
     assert re.search(r"3 shards, [\d.]+ MB in ", res.stdout) and "samples/s" in res.stdout
     again = subprocess.run([*CLI, "build", "-d", "drive", "--src", str(drive80), "--out", str(tmp_path), "--size",
-                            "256", "--progress-every", "0.05"], capture_output=True, text=True, timeout=300)
+                            "1024", "--progress-every", "0.05"], capture_output=True, text=True, timeout=300)
     assert "drive: up to date, nothing written (80 samples already built)" in again.stdout
     assert "samples written" not in again.stdout and "samples/s" not in again.stdout and not again.stderr
 
