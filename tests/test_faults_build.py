@@ -128,11 +128,11 @@ def test_the_lock_of_a_killed_build_is_taken_over(tmp_path, caplog):
 def test_wait_for_the_holder_or_give_up_after_the_wait(tmp_path):
     src = udiat(tmp_path)
     out = tmp_path / "out" / "udiat"
-    holder = hold_lock(out, 2.0)
+    holder = hold_lock(out, 6.0)
     t0 = time.monotonic()
     with pytest.raises(BuildError, match=r"is being built by another build \(waited 0.3 s\): pid \d+ .*--holder-test"):
         build("udiat", src, out.parent, size=64, wait=0.3)
-    assert time.monotonic() - t0 < 1.5
+    assert time.monotonic() - t0 < 4.0  # gave up after --wait 0.3, long before the holder (6 s) let go
     result = build("udiat", src, out.parent, size=64, wait=60)  # goes ahead once the holder exits
     holder.wait()
     assert result.manifest.counts["samples"] == 10
