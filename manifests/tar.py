@@ -57,7 +57,7 @@ class TarShard:
 
     The member layout of ``webdataset.TarWriter``; headers come from ``tarfile.TarInfo`` and the bytes are laid out
     the way ``tarfile`` writes them (header, data, padding to 512; two zero blocks and padding to the record size
-    at the end). Each member is one ``writev`` and the sha256 is computed on the way, so the shard is never copied
+    at the end). Each sample is one ``writev`` and the sha256 is computed on the way, so the shard is never copied
     or read back; workers do not import torch (which webdataset does) for this.
     """
 
@@ -69,9 +69,11 @@ class TarShard:
     def write(self, sample: Mapping[str, Any]) -> None:
         """Append one sample: ``__key__`` plus entry name -> bytes."""
         key = sample["__key__"]
+        parts = []
         for entry in sorted(k for k in sample if k != "__key__"):
             data = sample[entry]
-            self._put(_header(f"{key}.{entry}", len(data)), data, _padding(len(data)))
+            parts += (_header(f"{key}.{entry}", len(data)), data, _padding(len(data)))
+        self._put(*parts)  # one writev per sample
 
     def _put(self, *parts: bytes) -> None:
         total = sum(len(x) for x in parts)

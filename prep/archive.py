@@ -211,6 +211,10 @@ class ArchiveTree(SourceTree):
             return super().stamp(rel)
         return entry[1].size, self._mtime
 
+    def read_stamped(self, rel: str) -> tuple[bytes, tuple[int, int] | None]:
+        stamp = self.stamp(rel)
+        return self.read(rel), stamp
+
     def read(self, rel: str) -> bytes:
         try:
             container, member = self._entries[rel]

@@ -22,7 +22,8 @@ def convert(conv: Converter, rec: Record, loaded: Loaded, hashes: dict[str, str]
     """
     image, intensity = to_rgb(loaded.image)
     geo = Geometry.plan(image.shape[:2], params.size, params.resize, params.interpolation)
-    mask = geo.label(loaded.mask)
+    inst = geo.label(loaded.inst) if loaded.inst is not None else None
+    mask = geo.label(loaded.mask) if inst is None else inst > 0  # one resize, not two, for instance datasets
     valid = mask[: geo.out_hw[0], : geo.out_hw[1]]
     meta = {
         "dataset": conv.name,
@@ -55,7 +56,6 @@ def convert(conv: Converter, rec: Record, loaded: Loaded, hashes: dict[str, str]
         sample[f"patch{p}.npy"] = encode_npy(grid)
     for name, extra in loaded.extras.items():
         sample[f"{name}.png"] = encode_png(geo.label(extra).view(np.uint8) * np.uint8(255))
-    inst = geo.label(loaded.inst) if loaded.inst is not None else None
     if inst is not None:
         sample["inst.png"] = encode_png(inst)
     row = {
@@ -66,7 +66,9 @@ def convert(conv: Converter, rec: Record, loaded: Loaded, hashes: dict[str, str]
         "original_hw": meta["original_hw"],
         "foreground": meta["foreground"],
         **({"group": rec.group} if rec.group is not None else {}),
-        **({"instances": _labels_present(inst)} if inst is not None else {}),
+        # counted on the smaller map: the source one when the resize keeps every pixel (the same labels)
+        **({"instances": _labels_present(loaded.inst if geo.samples_every_pixel() else inst)}
+           if inst is not None else {}),
     }
     return sample, row
 

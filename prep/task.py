@@ -53,12 +53,16 @@ def run_task(task: Task, src: str, partial: str, p: BuildParams, root: str = "",
     with pixel_limit(p.max_pixels):  # every decode of this task refuses images over --max-pixels
         for rec, key in task.records:
             produced = 0
-            for f in rec.files():  # stamped before it is read; its sha256 stays None if it cannot be read
-                stamps[f[len(root):]], inputs[f[len(root):]] = tree.stamp(f), None
+            files = rec.files()
             try:
                 blobs = {}
-                for f in rec.files():
-                    blobs[f] = tree.read(f)
+                for i, f in enumerate(files):  # stamped as it is opened; its sha256 is None if it cannot be read
+                    try:
+                        blobs[f], stamps[f[len(root):]] = tree.read_stamped(f)
+                    except Exception:
+                        for g in files[i:]:
+                            stamps[g[len(root):]], inputs[g[len(root):]] = tree.stamp(g), None
+                        raise
                     inputs[f[len(root):]] = sha256_bytes(blobs[f])
                 shown = rec.relative_to(root)
                 hashes = {f[len(root):]: inputs[f[len(root):]] for f in blobs}

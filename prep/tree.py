@@ -77,6 +77,12 @@ class SourceTree:
         with open(self._prefix + rel, "rb") as f:
             return f.read()
 
+    def read_stamped(self, rel: str) -> tuple[bytes, tuple[int, int] | None]:
+        """``read`` and the ``stamp`` of the file read (taken from the open file, before reading it)."""
+        with open(self._prefix + rel, "rb") as f:
+            st = os.fstat(f.fileno())
+            return f.read(), (st.st_size, st.st_mtime_ns)
+
     def stamp(self, rel: str) -> tuple[int, int] | None:
         """(size, mtime in ns) of a file, the build's fast check for changed inputs; None if it cannot be read."""
         try:

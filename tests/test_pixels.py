@@ -33,3 +33,26 @@ def test_keys_are_tar_safe():
     assert make_key("stare", "im0001.ah.ppm") == "stare-im0001_ah_ppm"
     assert make_key("x", "../a b/") == "x-a_b" and make_key("x", "...") == "x-x"
     assert safe_key("sa_1.jpg") == "sa_1_jpg" and safe_key("_a_") == "_a_"
+
+
+@pytest.mark.parametrize("mode", ["stretch", "longest"])
+def test_instance_count_on_the_source_map_when_the_resize_keeps_every_pixel(mode):
+    """The build counts an instance map's labels on the source map when no axis shrinks (cheaper); that must be the
+    count of the written, resized map for every size, including odd enlargements, and not be used when one shrinks."""
+    from medprep.prep.imaging import Geometry
+    from medprep.prep.sample import _labels_present
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        h, w = (int(v) for v in rng.integers(1, 300, 2))
+        size = int(rng.integers(8, 700))
+        inst = np.zeros((h, w), np.uint16)
+        n = int(rng.integers(1, 200))
+        inst[rng.integers(0, h, n), rng.integers(0, w, n)] = rng.integers(1, 65535, n)  # one-pixel instances
+        geo = Geometry.plan((h, w), size, mode)
+        resized = geo.label(inst)
+        if geo.samples_every_pixel():
+            assert set(np.unique(resized)) == set(np.unique(inst))
+            assert _labels_present(inst) == _labels_present(resized) == len(np.unique(resized[resized > 0]))
+        else:  # counted on the written map
+            assert _labels_present(resized) == len(np.unique(resized[resized > 0]))

@@ -48,7 +48,8 @@ class Loaded:
     image: np.ndarray
     mask: np.ndarray  # bool, same height/width as image
     extras: dict[str, np.ndarray] = field(default_factory=dict)  # bool masks
-    inst: np.ndarray | None = None  # uint16 instance map
+    inst: np.ndarray | None = None  # uint16 instance map; with one, ``mask`` must be ``inst > 0`` (mask.png is cut
+    # from the resized map: a nearest-neighbour resize samples both at the same pixels)
     info: dict[str, Any] = field(default_factory=dict)
 
 
