@@ -104,8 +104,8 @@ def main() -> None:
                 raise SystemExit(f"{layout} {size}: discovered {found} records, the tree holds {cases} cases")
             rows.append((layout, dataset, files, found, listed, total))
             print(f"  {layout} {files} files: tree written in {made:.1f} s, discovered in {total:.2f} s", flush=True)
-    print(f"\n| layout | converter  |     files |  records | listing s | discovery s | files/s   | vs 10x fewer |")
-    print(f"|--------|------------|----------:|---------:|----------:|------------:|----------:|-------------:|")
+    print("\n| layout | converter  |     files |  records | listing s | discovery s | files/s   | vs 10x fewer |")
+    print("|--------|------------|----------:|---------:|----------:|------------:|----------:|-------------:|")
     previous: dict[str, tuple[int, float]] = {}
     verdicts = []
     for layout, dataset, files, found, listed, total in rows:
