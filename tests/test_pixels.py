@@ -56,3 +56,27 @@ def test_instance_count_on_the_source_map_when_the_resize_keeps_every_pixel(mode
             assert _labels_present(inst) == _labels_present(resized) == len(np.unique(resized[resized > 0]))
         else:  # counted on the written map
             assert _labels_present(resized) == len(np.unique(resized[resized > 0]))
+
+
+def test_mask_box_is_the_bounding_rect_of_the_nonzero_pixels():
+    """The row-sum box of ``binarize_box`` against ``cv2.boundingRect``: random sparse and dense masks, empty ones,
+    one pixel in a corner, and a row too wide for int32 sums (the boundingRect fallback)."""
+    import cv2
+
+    from medprep.prep.imaging import _nonzero_box
+
+    def rect(arr: np.ndarray) -> tuple[slice, slice]:
+        x, y, w, h = cv2.boundingRect(arr)
+        return slice(y, y + h), slice(x, x + w)
+
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        h, w = (int(v) for v in rng.integers(1, 200, 2))
+        arr = ((rng.random((h, w)) < rng.choice([0.0, 0.001, 0.05, 0.9])) * rng.integers(1, 256)).astype(np.uint8)
+        assert _nonzero_box(arr) == rect(arr)
+    corner = np.zeros((50, 70), np.uint8)
+    corner[49, 69] = 255
+    assert _nonzero_box(corner) == (slice(49, 50), slice(69, 70))
+    wide = np.zeros((1, 1 << 23), np.uint8)
+    wide[0, 5:9] = 255
+    assert _nonzero_box(wide) == rect(wide) == (slice(0, 1), slice(5, 9))
