@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from medprep.cli import app
 from medprep.manifests import open_dataset, verify
 from medprep.prep import BuildError, InputsFailed, build, synthetic
-from medprep.prep.events import TaskDone
+from medprep.prep.events import Planned, TaskDone
 from medprep.prep.export import export
 from medprep.prep.lock import DatasetLock, lock_path
 from medprep.prep.publish import staging_dir
@@ -305,6 +305,29 @@ def test_resume_redoes_the_tasks_whose_inputs_changed(tmp_path):
     clean = build("udiat", src, tmp_path / "clean", size=64, shard_samples=2).out
     assert tars(out) == tars(clean)
     assert_consistent(out)
+
+
+def test_an_input_that_vanishes_after_planning_is_a_failure_and_comes_back_on_a_rerun(tmp_path):
+    """The task stamps a file as it opens it: one deleted between planning and its task is a failure naming it
+    (the record's other files still stamped), and once restored a plain rerun converts it, as a clean build does."""
+    src = udiat(tmp_path)
+    mask = src / "GT" / "000004.png"
+    kept = mask.read_bytes()
+
+    def delete_after_planning(event: object) -> None:
+        if isinstance(event, Planned):
+            mask.unlink()
+
+    out = tmp_path / "out"
+    first = build("udiat", src, out, size=64, shard_samples=2, on_event=delete_after_planning)
+    assert [f["source_id"] for f in first.failures] == ["000004"]
+    assert "GT/000004.png" in first.failures[0]["reason"] and first.manifest.counts["samples"] == 9
+    assert_consistent(first.out)
+    mask.write_bytes(kept)
+    again = build("udiat", src, out, size=64, shard_samples=2)
+    assert not again.reused and again.failures == [] and again.manifest.counts["samples"] == 10
+    assert tars(again.out) == tars(build("udiat", src, tmp_path / "clean", size=64, shard_samples=2).out)
+    assert_consistent(again.out)
 
 
 # -- item 5: export never overwrites the user's files silently -----------------------------------------------------
