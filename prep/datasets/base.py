@@ -8,13 +8,13 @@ import pkgutil
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, Iterator
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import numpy as np
 
 from medprep.manifests.modalities import MODALITY_MAPS, modality_id
 
-from ..imaging import Box, ConversionError, binarize_box, decode, unbox
+from ..imaging import Box, ConversionError, decode, decode_mask_boxes, unbox
 from ..tree import SourceTree, natural_key, stem
 from .options import NoOptions, parse
 
@@ -148,19 +148,24 @@ class Converter:
     @staticmethod
     def read_mask_box(blobs: dict[str, bytes], path: str, hw: tuple[int, int]) -> tuple[Box, np.ndarray]:
         """``read_mask`` as (the box of the foreground, the bool mask inside it): see ``binarize_box``."""
-        arr = decode(blobs[path], path)
-        box, fg = binarize_box(arr, path)
-        if arr.shape[:2] != hw:
-            raise ConversionError(f"{path}: mask is {arr.shape[1]}x{arr.shape[0]} but the image is {hw[1]}x{hw[0]}")
-        return box, fg
+        return next(Converter.read_mask_boxes(blobs, [path], hw))
+
+    @staticmethod
+    def read_mask_boxes(blobs: dict[str, bytes], paths: Sequence[str],
+                        hw: tuple[int, int]) -> Iterator[tuple[Box, np.ndarray]]:
+        """``read_mask_box`` of each path in order, decoded together (see ``decode_mask_boxes``); an error is raised
+        when the iteration reaches its file."""
+        for path, (mask_hw, box, fg) in zip(paths, decode_mask_boxes([(blobs[p], p) for p in paths])):
+            if mask_hw != hw:
+                raise ConversionError(f"{path}: mask is {mask_hw[1]}x{mask_hw[0]} but the image is {hw[1]}x{hw[0]}")
+            yield box, fg
 
     @classmethod
-    def merge_masks(cls, blobs: dict[str, bytes], paths: Iterable[str], hw: tuple[int, int]) -> np.ndarray:
+    def merge_masks(cls, blobs: dict[str, bytes], paths: Sequence[str], hw: tuple[int, int]) -> np.ndarray:
         """OR of the binarised masks at ``paths`` (all of size ``hw``; none gives an empty mask), each merged at
         the cost of its foreground's box."""
         out = None
-        for p in paths:
-            box, fg = cls.read_mask_box(blobs, p, hw)
+        for box, fg in cls.read_mask_boxes(blobs, paths, hw):
             if out is None:
                 out = unbox(box, fg, hw)
             else:

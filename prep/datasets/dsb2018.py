@@ -43,8 +43,7 @@ class DSB2018(Converter):
         hw = image.shape[:2]
         inst = instance_map(hw, len(rec.masks), rec.source_id, "nuclei")
         painted = 0
-        for n, path in enumerate(rec.masks, start=1):
-            box, fg = self.read_mask_box(blobs, path, hw)  # work on the nucleus' box, not the whole frame
+        for n, (box, fg) in enumerate(self.read_mask_boxes(blobs, rec.masks, hw), start=1):  # nucleus' box only
             painted += int(np.count_nonzero(fg))
             np.copyto(inst[box], np.uint16(n), where=fg)  # a later nucleus wins where two overlap
         mask = inst > 0
