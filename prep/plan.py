@@ -13,7 +13,7 @@ from .datasets import Converter, Failure, Record
 from .params import BuildParams
 from .sample import worst_case_bytes
 from .splits import assign_splits
-from .tree import LayoutError, SourceTree, natural_key, paused_gc
+from .tree import LayoutError, SourceTree, natural_sorted, paused_gc
 from .unclaimed import unclaimed
 
 
@@ -71,7 +71,7 @@ def plan(conv: Converter, tree: SourceTree, p: BuildParams) -> Plan:
         raise LayoutError(f"{conv.name}: found no input files under {tree.label}; expected {conv.layout}")
     inputs = len(records) + len(failures)
     keyed: dict[str, Record] = {}
-    for r in sorted(records, key=lambda r: natural_key(r.source_id)):
+    for r in natural_sorted(records, lambda r: r.source_id):
         key = make_key(conv.name, r.source_id)
         if key in keyed:
             failures.append(Failure(r.source_id, tuple(r.files()),

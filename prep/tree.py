@@ -9,7 +9,7 @@ import re
 from contextlib import contextmanager
 from functools import cached_property, lru_cache
 from pathlib import Path, PurePosixPath
-from typing import Iterator
+from typing import Callable, Iterable, Iterator, TypeVar
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".7z", ".rar")
 
@@ -26,6 +26,32 @@ def natural_key(s: str) -> tuple:
     parts = _DIGITS.split(s.lower())  # digits are not cased: lowering the whole string lowers every text part
     parts[1::2] = map(int, parts[1::2])
     return tuple(parts)
+
+
+# the head of a name: its first five parts (text, number, text, number, text), each whole
+_HEAD = re.compile(r"\D*\d*\D*\d*\D*")
+T = TypeVar("T")
+
+
+def natural_sorted(items: Iterable[T], text: Callable[[T], str] = str) -> list[T]:
+    """``sorted(items, key=lambda x: natural_key(text(x)))``, tokenising most names only in part.
+
+    Each name is first ordered by the key of its head, its first five parts: that is the full key's first five
+    parts (or the full key, shorter), so heads that differ order their names as the full keys would. Only names
+    with equal heads are tokenised whole. A 64-hex name (DSB-2018's nuclei, ~20 digit runs) costs half.
+    """
+    def head(name: str) -> tuple:
+        return natural_key(_HEAD.match(name).group())  # type: ignore[union-attr]  # the pattern matches ''
+
+    ranked = sorted((head(text(x)), i, x) for i, x in enumerate(items))  # i: stable, and x is never compared
+    out = [x for _, _, x in ranked]
+    start = 0
+    for end in range(1, len(out) + 1):
+        if end == len(out) or ranked[end][0] != ranked[start][0]:
+            if end - start > 1:
+                out[start:end] = sorted(out[start:end], key=lambda x: natural_key(text(x)))
+            start = end
+    return out
 
 
 class SourceTree:
@@ -108,7 +134,7 @@ class SourceTree:
             found.sort()  # ties of the natural order stay in path order
             # below a shared folder the natural order is that of the rest of the path: only that is tokenised
             cut = os.path.commonprefix([found[0], found[-1]]).rfind("/") + 1
-            found.sort(key=lambda f: natural_key(f[cut:]))
+            found = natural_sorted(found, lambda f: f[cut:])
         return found
 
     @cached_property
