@@ -104,10 +104,20 @@ class SourceTree:
             return f.read()
 
     def read_stamped(self, rel: str) -> tuple[bytes, tuple[int, int] | None]:
-        """``read`` and the ``stamp`` of the file read (taken from the open file, before reading it)."""
-        with open(self._prefix + rel, "rb") as f:
-            st = os.fstat(f.fileno())
-            return f.read(), (st.st_size, st.st_mtime_ns)
+        """``read`` and the ``stamp`` of the file read (taken from the open file, before reading it). Plain file
+        descriptor calls: half the cost of a file object, which DSB-2018's 46 files per case notice."""
+        path = self._prefix + rel
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        try:
+            st = os.fstat(fd)
+            chunks = [os.read(fd, st.st_size + 1)]  # one byte more than the stat: a file that grew is read whole
+            while chunks[-1]:
+                chunks.append(os.read(fd, 1 << 20))
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, path) from None
+        finally:
+            os.close(fd)
+        return chunks[0] if len(chunks) == 2 else b"".join(chunks), (st.st_size, st.st_mtime_ns)
 
     def stamp(self, rel: str) -> tuple[int, int] | None:
         """(size, mtime in ns) of a file, the build's fast check for changed inputs; None if it cannot be read."""

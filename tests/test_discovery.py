@@ -164,3 +164,23 @@ def test_natural_sorted_is_the_stable_sort_by_natural_key():
     hexes = [hashlib.sha256(str(i).encode()).hexdigest() + ".png" for i in range(500)]
     assert natural_sorted(hexes) == sorted(hexes, key=natural_key)
     assert natural_sorted(hexes, lambda s: s[3:]) == sorted(hexes, key=lambda s: natural_key(s[3:]))
+
+
+def test_read_stamped_reads_whole_files_and_names_what_it_cannot(tmp_path):
+    """Empty, one-byte and multi-MiB files come back whole with their (size, mtime); a folder or a missing file
+    raises the OSError of its kind, naming the path (it becomes the input's failure reason)."""
+    import os
+
+    rng = np.random.default_rng(0)
+    for n, size in enumerate([0, 1, 4099, 3 << 20]):
+        (tmp_path / f"f{n}.png").write_bytes(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+    (tmp_path / "folder.png").mkdir()
+    tree = SourceTree(tmp_path)
+    for n in range(4):
+        data, stamp = tree.read_stamped(f"f{n}.png")
+        st = os.stat(tmp_path / f"f{n}.png")
+        assert data == (tmp_path / f"f{n}.png").read_bytes() and stamp == (st.st_size, st.st_mtime_ns)
+    with pytest.raises(IsADirectoryError, match="folder.png"):
+        tree.read_stamped("folder.png")
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        tree.read_stamped("missing.png")
