@@ -130,6 +130,14 @@ class SourceTree:
     def exists(self, rel: str) -> bool:
         return rel in self._fileset
 
+    def absent(self, paths: set[str]) -> set[str]:
+        """The paths of ``paths`` that are no file of the tree."""
+        return paths - self._fileset
+
+    def folders(self) -> Iterator[tuple[str, list[str]]]:
+        """(folder, the paths of the files directly in it) for every folder of the tree, '' for the root."""
+        return ((folder, files) for folder, (_, files) in self._folders.items())
+
     @cached_property
     def _fileset(self) -> frozenset[str]:
         return frozenset(self.files)

@@ -26,24 +26,32 @@ def unclaimed(conv: Converter, tree: SourceTree, records: list[Record], failures
     that are not side files, and for the files there whose name is not valid UTF-8. Inputs found in the folder
     given as --src itself (generic converters' globs) make its direct files count, not its subfolders."""
     claimed = {f for r in records for f in r.files()} | {f for x in failures for f in x.files}
-    layout = {f.rpartition("/")[0] for f in claimed}
+    # the folders holding claimed files, from the tree's index (a folder's first file is usually claimed): one
+    # lookup per folder, not a path split per file, which a million-file download feels
+    layout = {folder for folder, files in tree.folders() if any(f in claimed for f in files)}
+    layout |= {f.rpartition("/")[0] for f in tree.absent(claimed)}  # claimed but not in the tree: never, in practice
     homes: dict[str, str | None] = {}  # folder -> the layout folder it is or lies below
-    claimed_suffixes: dict[str, set[str]] = {}  # layout folder -> suffixes of the files claimed there
-    for c in claimed:
-        claimed_suffixes.setdefault(c.rpartition("/")[0], set()).add(_suffix(c))
-    suffixes = {folder: sorted(found) for folder, found in claimed_suffixes.items()}
     side = tuple(p.lower() for p in SIDE_FILES + conv.side_files)
-    found = []
+    strays = []  # (file, its layout folder, its name is not UTF-8)
     others = chain(((f, False) for f in tree.files if f not in claimed), ((f, True) for f in tree.undecodable))
     for f, bad_name in others:
         folder, _, name = f.rpartition("/")
         if folder not in homes:
             homes[folder] = _layout_folder(folder, layout)
         home = homes[folder]
-        if home is None or any(fnmatch.fnmatchcase(name.lower(), p) for p in side):
-            continue
-        found.append(Failure(stem(f), (f,), f"unexpected file {f}: {_why(f, home, suffixes[home], bad_name, conv)}"))
-    return found
+        if home is not None and not any(fnmatch.fnmatchcase(name.lower(), p) for p in side):
+            strays.append((f, home, bad_name))
+    # the suffixes of the files claimed in the layout folders holding strays (what the reasons name as expected):
+    # looked up only when there are strays, not for every claimed file of every build
+    claimed_suffixes: dict[str, set[str]] = {home: set() for _, home, _ in strays}
+    if claimed_suffixes:
+        for c in claimed:
+            at_home = claimed_suffixes.get(c.rpartition("/")[0])
+            if at_home is not None:
+                at_home.add(_suffix(c))
+    suffixes = {folder: sorted(found) for folder, found in claimed_suffixes.items()}
+    return [Failure(stem(f), (f,), f"unexpected file {f}: {_why(f, home, suffixes[home], bad_name, conv)}")
+            for f, home, bad_name in strays]
 
 
 def _layout_folder(folder: str, layout: set[str]) -> str | None:
