@@ -26,14 +26,16 @@ def unclaimed(conv: Converter, tree: SourceTree, records: list[Record], failures
     that are not side files, and for the files there whose name is not valid UTF-8. Inputs found in the folder
     given as --src itself (generic converters' globs) make its direct files count, not its subfolders."""
     claimed = {f for r in records for f in r.files()} | {f for x in failures for f in x.files}
+    loose = [f for f in tree.files if f not in claimed]
     # the folders holding claimed files, from the tree's index (a folder's first file is usually claimed): one
     # lookup per folder, not a path split per file, which a million-file download feels
     layout = {folder for folder, files in tree.folders() if any(f in claimed for f in files)}
-    layout |= {f.rpartition("/")[0] for f in tree.absent(claimed)}  # claimed but not in the tree: never, in practice
+    if len(tree.files) - len(loose) != len(claimed):  # some claimed path is no file of the tree: its folder too
+        layout |= {f.rpartition("/")[0] for f in tree.absent(claimed)}
     homes: dict[str, str | None] = {}  # folder -> the layout folder it is or lies below
     side = tuple(p.lower() for p in SIDE_FILES + conv.side_files)
     strays = []  # (file, its layout folder, its name is not UTF-8)
-    others = chain(((f, False) for f in tree.files if f not in claimed), ((f, True) for f in tree.undecodable))
+    others = chain(((f, False) for f in loose), ((f, True) for f in tree.undecodable))
     for f, bad_name in others:
         folder, _, name = f.rpartition("/")
         if folder not in homes:
