@@ -184,3 +184,21 @@ def test_read_stamped_reads_whole_files_and_names_what_it_cannot(tmp_path):
         tree.read_stamped("folder.png")
     with pytest.raises(FileNotFoundError, match="missing.png"):
         tree.read_stamped("missing.png")
+
+
+def test_unclaimed_counts_strays_beside_claimed_paths_the_tree_lacks(tmp_path):
+    """A folder is part of the layout when a claimed path lies in it, even one the tree does not hold (a failure
+    may name an expected file): its other files are strays with their reason; side files and folders without
+    claimed paths are left alone."""
+    from medprep.prep.datasets import Failure, Record
+    from medprep.prep.unclaimed import unclaimed
+
+    for rel in ("imgs/a.png", "imgs/b.png", "imgs/notes.txt", "gone/extra.bmp", "elsewhere/c.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    tree = SourceTree(tmp_path)
+    conv = get_converter("kvasir-seg")
+    found = unclaimed(conv, tree, [Record("a", "imgs/a.png", ())], [Failure("z", ("gone/z.png",), "missing")])
+    assert sorted(f.files[0] for f in found) == ["gone/extra.bmp", "imgs/b.png"]
+    assert all("unexpected file" in f.reason for f in found)
+    assert "extension .bmp" in next(f.reason for f in found if f.files[0] == "gone/extra.bmp")
