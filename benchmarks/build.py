@@ -14,7 +14,9 @@ Measurements on the same files:
   ``cv2.imwrite`` PNG), one process;
 - codec floors, one core: the decoding, mask merging, resizing and encoding that shape cannot avoid, with
   medprep's PNG writer and in memory (the target's reference); the same plus reading the inputs and appending
-  the outputs to a file; and with OpenCV's PNG writer (the naive script's encoder) for reference;
+  the outputs to a file; and with OpenCV's PNG writer (the naive script's encoder) for reference. The floors
+  decode every mask whole with OpenCV, as the naive script does; medprep's band decoder unfilters only the rows
+  of a mask that hold foreground, which is how its DSB build gets close to (or, in a quiet round, below) them;
 - medprep build with 1 and 2 workers (dask LocalCluster for 2), wall clock including discovery and cluster start.
 
 Every contender runs once per round (``--rounds``, default 2) and keeps its fastest round: on a shared machine a
