@@ -296,6 +296,7 @@ def decode_mask_boxes(files: Sequence[tuple[bytes, str]]) -> Iterator[tuple[tupl
 _PNG_IEND = b"\0\0\0\0IEND\xaeB`\x82"
 _GREY8_IHDR_TAIL = b"\x08\0\0\0\0"  # IHDR after the size: 8 bits, grey, deflate, standard filters, no interlace
 _IDAT_CRC = zlib.crc32(b"IDAT")
+_STACK_BYTES = 1 << 26  # the bands decoded in one call take at most this (beyond it, further calls)
 _Band = tuple[tuple[int, int], int, np.ndarray]  # (mask height, width), first row, filtered rows (n, width + 1)
 
 
@@ -352,7 +353,19 @@ def _decode_bands(bands: list[_Band | None]) -> dict[int, tuple[tuple[int, int],
                 by_width.setdefault(band[0][1], []).append(i)
             else:
                 out[i] = band[0], (slice(0, 0), slice(0, 0)), np.zeros((0, 0), bool)
+    groups = []  # (width, members) decoded in one call, of at most _STACK_BYTES filtered bytes (or one band)
     for w, members in by_width.items():
+        group: list[int] = []
+        size = 0
+        for i in members:
+            rows = (len(bands[i][2]) + 1) * (w + 1)
+            if group and size + rows > _STACK_BYTES:
+                groups.append((w, group))
+                group, size = [], 0
+            group.append(i)
+            size += rows
+        groups.append((w, group))
+    for w, members in groups:
         # one image: the bands one under the other, a 0 row (filter None) before each so that its first row's prior
         # row is 0 as in its own file; deflate-stored, so the decoder only unfilters
         heights = np.array([len(bands[i][2]) for i in members])

@@ -38,12 +38,14 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def grey_png(arr: np.ndarray, filters: np.ndarray, idat_parts: int = 1, tail: bytes = b"",
              before_iend: bytes = b"") -> bytes:
     """An 8-bit grey PNG written byte for byte: row r filtered with ``filters[r]``, the zlib stream (plus ``tail``)
-    cut into ``idat_parts`` IDAT chunks, ``before_iend`` (whole chunks) between the last IDAT and IEND."""
+    cut into ``idat_parts`` IDAT chunks, ``before_iend`` (whole chunks) between the last IDAT and IEND. A filter
+    type over 4 (invalid) writes the row unfiltered under that type byte."""
     h, w = arr.shape
     prior = np.zeros(w, np.uint8)
     raw = b""
     for r in range(h):
-        raw += bytes([int(filters[r])]) + _filter_row(arr[r], prior, int(filters[r])).tobytes()
+        kind = int(filters[r])
+        raw += bytes([kind]) + (_filter_row(arr[r], prior, kind) if kind <= 4 else arr[r]).tobytes()
         prior = arr[r]
     stream = zlib.compress(raw, 6) + tail
     cut = np.linspace(0, len(stream), idat_parts + 1).astype(int)
@@ -109,9 +111,12 @@ def random_mask(rng: np.random.Generator, hw: tuple[int, int]) -> np.ndarray:
     return m
 
 
-def test_band_decoder_matches_the_general_path_on_every_row_filter():
-    """Random masks, random filter per row (Average and Paeth included), batches mixing widths: every file gives
-    the general path's box and pixels, and most go through the band decoder (it is what is tested)."""
+@pytest.mark.parametrize("stack_bytes", [1 << 26, 300])
+def test_band_decoder_matches_the_general_path_on_every_row_filter(stack_bytes, monkeypatch):
+    """Random masks, random filter per row (Average and Paeth included), batches mixing widths, decoded in one call
+    or (a small stack limit) in several: every file gives the general path's box and pixels, and most go through
+    the band decoder (it is what is tested)."""
+    monkeypatch.setattr("medprep.prep.imaging._STACK_BYTES", stack_bytes)
     rng = np.random.default_rng(0)
     banded = total = 0
     for batch in range(60):
@@ -147,8 +152,8 @@ def test_band_decoder_on_files_other_writers_made():
 
 def test_damaged_and_unusual_files_take_the_general_path():
     """A flipped byte (bad CRC), a flipped byte with its CRC fixed (a broken or wrong zlib stream), data after the
-    zlib stream, too few rows, an ancillary chunk, another colour type, a JPEG: same result or error as the
-    general path, never a different mask."""
+    zlib stream, too few rows, an ancillary chunk, an unknown row filter type, another colour type, a JPEG: same
+    result or error as the general path, never a different mask."""
     rng = np.random.default_rng(2)
     m = np.zeros((30, 40), np.uint8)
     cv2.circle(m, (20, 15), 6, 255, -1)
@@ -164,6 +169,7 @@ def test_damaged_and_unusual_files_take_the_general_path():
         "trailing": grey_png(m, rng.integers(0, 5, 30), tail=b"\0junk"),
         "short": good[:8] + _chunk(b"IHDR", struct.pack(">IIBBBBB", 40, 31, 8, 0, 0, 0, 0)) + good[33:],
         "text-chunk": grey_png(m, rng.integers(0, 5, 30), before_iend=_chunk(b"tEXt", b"k\0v")),
+        "bad-filter": grey_png(m, np.where(np.arange(30) == 12, 7, rng.integers(0, 5, 30))),
         "rgb": cv2.imencode(".png", np.dstack([m, m, m]))[1].tobytes(),
         "jpeg": cv2.imencode(".jpg", m)[1].tobytes(),
     }
