@@ -251,28 +251,19 @@ def binarize_box(arr: np.ndarray, name: str) -> tuple[Box, np.ndarray]:
     """
     arr = mask_plane(arr, name)
     if arr.dtype == np.uint8 and arr.size:
-        clean = _clean_box(arr, name, arr.size)
-        if clean is not None:
-            return clean
+        box = _nonzero_box(arr)
+        crop = arr[box]
+        if not crop.size:  # all background
+            return box, crop > 0
+        hi = crop.max()
+        lo = crop.min() if crop.size == arr.size else 0  # a box smaller than the mask has background around it
+        if lo == hi:
+            _fail_const(name, hi)
+        if lo == 0:
+            fg = crop > 0
+            if np.count_nonzero(fg) == np.count_nonzero(crop == hi):  # no value between 0 and the top one
+                return box, fg
     return (slice(0, arr.shape[0]), slice(0, arr.shape[1])), _binarize_levels(arr, name)
-
-
-def _clean_box(arr: np.ndarray, name: str, pixels: int) -> tuple[Box, np.ndarray] | None:
-    """``binarize_box`` of a 2D uint8 ``arr`` that is all background or a clean {0, v} mask; None for any other
-    (left to the histogram rules). ``arr`` may be a band of a mask of ``pixels`` pixels whose other rows are 0."""
-    box = _nonzero_box(arr)
-    crop = arr[box]
-    if not crop.size:  # all background
-        return box, crop > 0
-    hi = crop.max()
-    lo = crop.min() if crop.size == pixels else 0  # a box smaller than the mask has background around it
-    if lo == hi:
-        _fail_const(name, hi)
-    if lo == 0:
-        fg = crop > 0
-        if np.count_nonzero(fg) == np.count_nonzero(crop == hi):  # no value between 0 and the top one
-            return box, fg
-    return None
 
 
 def decode_mask_boxes(files: Sequence[tuple[bytes, str]]) -> Iterator[tuple[tuple[int, int], Box, np.ndarray]]:

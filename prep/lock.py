@@ -24,6 +24,7 @@ from .params import BuildError
 
 log = logging.getLogger("medprep.build")
 POLL_S = 0.1
+NAME_POLLS = 10  # polls for the name of a holder that has the lock but has not written its name yet
 
 
 def lock_path(out: Path) -> Path:
@@ -73,6 +74,11 @@ class DatasetLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = _read(fd)
+                for _ in range(NAME_POLLS):  # the holder writes its name right after locking: give it a moment
+                    if holder:
+                        break
+                    time.sleep(POLL_S)
+                    holder = _read(fd)
                 os.close(fd)
                 if time.monotonic() >= deadline:
                     raise BuildError(self._busy(holder)) from None
@@ -114,14 +120,23 @@ class DatasetLock:
     def _open(self) -> int:
         if self.out.parent.is_file():
             raise BuildError(f"--out {self.out.parent} is a file; expected a folder (created if missing)")
-        try:
-            if not self.out.parent.is_dir():
-                self.out.parent.mkdir(parents=True)
-                self._made_parent = True
-            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as e:
-            raise BuildError(f"--out {self.out.parent}: cannot write there ({e.strerror or e}); choose a folder you "
-                             f"can create files in") from None
+        retries = 2  # a build stopping as this one starts removes the parent folder it made, when empty
+        while True:
+            try:
+                if not self.out.parent.is_dir():
+                    try:
+                        self.out.parent.mkdir(parents=True)
+                        self._made_parent = True
+                    except FileExistsError:  # another build starting at the same moment made it
+                        if not self.out.parent.is_dir():
+                            raise
+                return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as e:
+                if isinstance(e, FileNotFoundError) and retries:
+                    retries -= 1
+                    continue
+                raise BuildError(f"--out {self.out.parent}: cannot write there ({e.strerror or e}); choose a folder "
+                                 f"you can create files in") from None
 
     def _still_there(self, fd: int) -> bool:
         try:

@@ -110,6 +110,42 @@ def test_a_second_build_is_refused_naming_the_holder(tmp_path):
     assert_no_leftovers(out)
 
 
+def test_a_holder_that_writes_its_name_late_is_still_named(tmp_path):
+    """A build that finds the lock taken but not yet named (the holder locks, then writes its name) waits a moment
+    for the name instead of refusing with "a process that has not written its name yet"."""
+    import fcntl
+    import threading
+
+    out = tmp_path / "out" / "udiat"
+    out.parent.mkdir(parents=True)
+    fd = os.open(lock_path(out), os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    late = threading.Timer(0.3, lambda: os.write(fd, json.dumps({"pid": 4242, "host": "elsewhere"}).encode()))
+    late.start()
+    try:
+        with pytest.raises(BuildError, match="is being built by another build: pid 4242 on host elsewhere"):
+            DatasetLock(out, ["medprep"]).__enter__()
+    finally:
+        late.join()
+        os.close(fd)
+
+
+def test_builds_creating_the_same_out_folder_at_once_both_get_to_the_lock(tmp_path):
+    """Several processes making the missing --out folder at the same moment: none fails with 'cannot write there'
+    (one makes it, the others find it made); one holds the lock at a time."""
+    code = ("import sys, time; from pathlib import Path; from medprep.prep.lock import DatasetLock; "
+            "t = float(sys.argv[2]); time.sleep(max(0.0, t - time.time())); "
+            "lock = DatasetLock(Path(sys.argv[1]), ['t'], wait=30).__enter__(); time.sleep(0.05); lock.__exit__()")
+    for round_ in range(5):
+        out = tmp_path / f"round{round_}" / "deep" / "udiat"
+        start = time.time() + 1.5  # after the interpreters have started
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(out), str(start)], stderr=subprocess.PIPE,
+                                  text=True) for _ in range(4)]
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0] * 4, errors
+        assert not lock_path(out).exists()
+
+
 def test_the_lock_of_a_killed_build_is_taken_over(tmp_path, caplog):
     src = udiat(tmp_path)
     out = tmp_path / "out" / "udiat"
