@@ -30,10 +30,10 @@ def natural_key(s: str) -> tuple:
 
 # the head of a name: its first five parts (text, number, text, number, text), each whole
 _HEAD = re.compile(r"\D*\d*\D*\d*\D*")
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 
-def natural_sorted(items: Iterable[T], text: Callable[[T], str] = str) -> list[T]:
+def natural_sorted(items: Iterable[_T], text: Callable[[_T], str] = str) -> list[_T]:
     """``sorted(items, key=lambda x: natural_key(text(x)))``, tokenising most names only in part.
 
     Each name is first ordered by the key of its head, its first five parts: that is the full key's first five
