@@ -30,6 +30,7 @@ from medprep.manifests.modalities import esp_medsam_released_id
 
 from .archive import open_source
 from .datasets import Converter, converter_class, esp_split_name, get_converter, make_fake
+from .datasets.options import DatasetName
 from .imaging import decode, encode_png
 from .tree import natural_key
 
@@ -224,7 +225,7 @@ def _nnunet_paths(folder: str, split: str, key: str) -> tuple[str, str]:
 
 def _esp_medsam(datasets: list[BuiltDataset], out: str, splits: list[str], name: str | None,
                 overwrite: bool) -> ExportResult:
-    names = {name} if name else {esp_split_name(ds.name) for ds in datasets}
+    names = {DatasetName.check(name, "--name")} if name else {esp_split_name(ds.name) for ds in datasets}
     if len(names) != 1:
         raise ValueError(f"sources {[ds.name for ds in datasets]} have different ESP-MedSAM split-file names "
                          f"{sorted(names)}; pass --name to write them into one split file")

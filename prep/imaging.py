@@ -64,6 +64,22 @@ def check_pixels(shape: tuple[int, ...], name: str, what: str = "pixels") -> Non
                               f"--max-pixels if the file is genuine)")
 
 
+def check_finite(arr: np.ndarray, name: str, what: str = "pixel") -> None:
+    """Raise ConversionError when a float array holds NaN or infinite values (``what``: pixel, voxel): scaled to
+    uint8 they would make the whole image black, so the input fails instead, naming how many and where the first
+    is."""
+    if arr.dtype.kind not in "fc":
+        return
+    bad = ~np.isfinite(arr)
+    count = int(np.count_nonzero(bad))
+    if count:
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        value = arr[first]
+        raise ConversionError(f"{name}: {count} {what}{'s' if count > 1 else ''} {'are' if count > 1 else 'is'} not a "
+                              f"finite number (the first, {value} at index {list(first)}); medprep does not guess "
+                              f"what they stand for: replace them (e.g. numpy.nan_to_num) and convert again")
+
+
 def _pil_open(data: bytes, name: str) -> Image.Image:
     """``data`` opened lazily (header read, nothing decoded) by the first PIL plugin that accepts it. Unlike
     ``Image.open`` this skips PIL's process-wide ``MAX_IMAGE_PIXELS`` check: the build applies --max-pixels."""
@@ -192,6 +208,7 @@ def decode(data: bytes, name: str) -> np.ndarray:
         arr = arr[:, :, 0]
     if arr.ndim not in (2, 3) or arr.size == 0:
         raise ConversionError(f"{name}: unsupported array shape {arr.shape}")
+    check_finite(arr, name)
     return arr
 
 
@@ -495,7 +512,14 @@ class Geometry:
         if mode == "stretch":
             return cls(size, mode, src_hw, (size, size), interp)
         if mode == "longest":
-            return cls(size, mode, src_hw, longest_side(*src_hw, size), interp)
+            out_hw = longest_side(*src_hw, size)
+            if min(out_hw) < 1:
+                h, w = src_hw
+                raise ConversionError(f"the image is {w}x{h} (width x height): --resize longest scales its longest "
+                                      f"side to {size} and leaves {min(out_hw)} pixels across the other; an image "
+                                      f"must be at most {2 * size}:1 for --size {size} (crop it, or use --resize "
+                                      f"stretch)")
+            return cls(size, mode, src_hw, out_hw, interp)
         raise ValueError(f"resize mode {mode!r}: expected one of {RESIZE_MODES}")
 
     def samples_every_pixel(self) -> bool:

@@ -5,6 +5,9 @@ Keys are the option names of ``medprep build`` without the leading dashes (``dat
 ``size``, ``patch-sizes``, ``shard-size``, ...; ``_`` may stand for ``-``); converter options (``-o KEY=VALUE``,
 ``--images``, ``--groups-file``, ...) go in an ``[options]`` table (or at the top level, by their option name) and
 are passed on as they are. Relative ``src``, ``out`` and ``split-file`` paths are relative to the recipe's folder.
+A recipe holds what decides the bytes, never how a build runs: the execution options (``RUN_OPTIONS``: scheduler,
+workers, wait, progress, ...) are refused in it, so a shared recipe cannot send a build (and dask's pickles) to an
+address, and one key spelled twice (``patch-sizes`` and ``patch_sizes``) is an error rather than the last one winning.
 The written recipe names the build's output as ``out = ".."`` (the folder above the recipe's, where it lies), so it
 holds no path of where it was built.
 """
@@ -29,6 +32,9 @@ else:  # pragma: no cover - Python 3.10
 RECIPE = "recipe.toml"
 PATHS = ("src", "out", "split_file")  # keys holding paths relative to the recipe's folder
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
+# options of ``medprep build`` that decide how a build runs, not its bytes: given on the command line only
+RUN_OPTIONS = ("scheduler", "workers", "wait", "progress_every", "quiet", "verbose", "as_json", "json", "strict",
+               "overwrite", "max_failures", "allow_empty_split", "check_against", "leak_min_score", "config")
 
 
 def recipe_toml(p: BuildParams, src: str) -> bytes:
@@ -48,20 +54,42 @@ def recipe_toml(p: BuildParams, src: str) -> bytes:
 def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
     """The keys of the recipe at ``path`` as option names (``shard-size`` -> ``shard_size``), converter options
     under ``options``, relative ``src``/``out``/``split_file`` resolved against the recipe's folder. Raises
-    ValueError naming an unreadable file. Which keys are known is the caller's (the command's options)."""
+    ValueError naming an unreadable file, an execution option (``RUN_OPTIONS``) and a key spelled twice. Which
+    other keys are known is the caller's (the command's options)."""
     path = Path(path)
     try:
         doc = tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ValueError(f"--config {path}: cannot read it as a TOML recipe ({e})") from None
-    out = {key.replace("-", "_"): value for key, value in doc.items()}
+    out = _folded(doc, path, "")
+    run = sorted(k for k in out if k in RUN_OPTIONS)
+    if run:
+        flags = ", ".join("--" + ("json" if k == "as_json" else k.replace("_", "-")) for k in run)
+        raise ValueError(f"--config {path}: {', '.join(run)} decide how a build runs, not what it builds; a recipe "
+                         f"holds only what decides the bytes: remove them from the file and give {flags} on the "
+                         f"command line")
     options = out.get("options", {})
     if not isinstance(options, dict):
         raise ValueError(f"--config {path}: [options] must be a table of converter options")
-    out["options"] = {k.replace("-", "_"): v for k, v in options.items()}
+    out["options"] = _folded(options, path, "[options] ")
     for name in PATHS:
         if isinstance(out.get(name), str):
             out[name] = _relative_to(path.parent, out[name])
+    return out
+
+
+def _folded(table: dict[str, Any], path: Path, where: str) -> dict[str, Any]:
+    """``table`` with ``-`` in its keys read as ``_``; raises ValueError naming the file and both keys when two of
+    them are one key spelled two ways (``patch-sizes`` and ``patch_sizes``)."""
+    out: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name in spelled:
+            raise ValueError(f"--config {path}: {where}keys {spelled[name]!r} and {key!r} are one option spelled "
+                             f"twice; keep one of them")
+        spelled[name] = key
+        out[name] = value
     return out
 
 
@@ -90,4 +118,4 @@ def _value(v: Any) -> str:
     raise TypeError(f"a recipe cannot hold {type(v).__name__} values ({v!r})")
 
 
-__all__ = ["RECIPE", "read_recipe", "recipe_toml"]
+__all__ = ["RECIPE", "RUN_OPTIONS", "read_recipe", "recipe_toml"]

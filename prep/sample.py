@@ -10,7 +10,7 @@ import numpy as np
 from medprep.manifests.pixels import patch_pyramid
 
 from .datasets.base import Converter, Loaded, Record
-from .imaging import Geometry, encode_npy, encode_png, to_rgb
+from .imaging import ConversionError, Geometry, encode_npy, encode_png, to_rgb
 from .params import BuildParams
 
 
@@ -50,7 +50,7 @@ def convert(conv: Converter, rec: Record, loaded: Loaded, hashes: dict[str, str]
         "image.png": encode_png(geo.image(image)),
         "mask.png": encode_png(mask.view(np.uint8) * np.uint8(255)),
         "modality.cls": str(modality_id).encode(),
-        "meta.json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode(),
+        "meta.json": _strict_json(meta, rec.image),
     }
     for p, grid in patch_pyramid(mask, params.patch_sizes).items():
         sample[f"patch{p}.npy"] = encode_npy(grid)
@@ -71,6 +71,16 @@ def convert(conv: Converter, rec: Record, loaded: Loaded, hashes: dict[str, str]
            if inst is not None else {}),
     }
     return sample, row
+
+
+def _strict_json(meta: dict[str, Any], name: str) -> bytes:
+    """``meta`` as strict JSON (no NaN or Infinity, which JSON readers other than Python's refuse)."""
+    try:
+        return json.dumps(meta, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError:
+        bad = sorted(k for k, v in meta.items() if "NaN" in json.dumps(v) or "Infinity" in json.dumps(v))
+        raise ConversionError(f"{name}: meta field(s) {', '.join(bad)} hold a number that is not finite (NaN or "
+                              f"Infinity), which meta.json (strict JSON) cannot record; fix the input's header") from None
 
 
 def _labels_present(inst: np.ndarray) -> int:

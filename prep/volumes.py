@@ -13,6 +13,7 @@ left; coronal slices superior up, right on the left; sagittal slices superior up
 from __future__ import annotations
 
 import io
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -22,7 +23,7 @@ import cv2
 import numpy as np
 
 from .datasets.base import Loaded
-from .imaging import ConversionError, check_pixels, gunzip, gunzip_head
+from .imaging import ConversionError, check_finite, check_pixels, gunzip, gunzip_head
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SITK_SUFFIXES = NIFTI_SUFFIXES + (".mha", ".nrrd")  # single-file formats; DICOM series are folders of .dcm
@@ -235,8 +236,11 @@ def read_volume(files: dict[str, bytes], name: str, reader: str = "auto", channe
     if reader == "nibabel" or (reader == "auto" and nifti):
         if not nifti:
             raise ConversionError(f"{name}: -o reader=nibabel reads NIfTI (.nii, .nii.gz) only; use reader=sitk")
-        return read_nibabel(next(iter(files.values())), name, channel)
-    return read_sitk(files, name, channel)
+        vol = read_nibabel(next(iter(files.values())), name, channel)
+    else:
+        vol = read_sitk(files, name, channel)
+    check_finite(vol.data, name, "voxel")
+    return vol
 
 
 def check_grids(image: Volume, label: Volume, image_name: str, label_name: str) -> None:
@@ -252,6 +256,7 @@ def label_values(arr: np.ndarray, name: str) -> np.ndarray:
     """Integer label volume; float labels must hold whole numbers."""
     if arr.dtype.kind in "iub":
         return arr
+    check_finite(arr, name, "label voxel")
     r = np.rint(arr)
     if not np.array_equal(r, arr):
         raise ConversionError(f"{name}: label volume holds non-integer values; expected integer labels (0 = "
@@ -297,6 +302,8 @@ class Window:
     width: float
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.level) and math.isfinite(self.width)):
+            raise ValueError(f"CT window level {self.level} and width {self.width}: expected finite numbers (HU)")
         if not self.width > 0:
             raise ValueError(f"CT window width must be positive, got {self.width}")
 

@@ -11,11 +11,10 @@ from typing import Any, Callable, Sequence
 
 from ..tree import LayoutError, SourceTree, _glob_regex, stem
 from .base import Converter, Failure, Record, at, register
-from .options import option
+from .options import DatasetName, option
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".ppm.gz", ".webp")
 PLACEHOLDERS = ("stem", "name", "dir", "parent")
-_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _MAGIC = re.compile(r"[*?[]")  # what glob.escape escapes
 _SLASHES = re.compile(r"/+")
 
@@ -131,12 +130,7 @@ class Folder(Converter):
         images: str = option(help="image glob below --src, e.g. 'imgs/*.png'", flag="--images")
         masks: str = option(help="mask pattern, e.g. 'labels/{stem}_mask.png'", flag="--masks")
         modality: str = option(help="a modality of the table, e.g. dermoscopy", flag="--modality")
-        name: str = option(help="dataset name: sample keys and OUT/<name>, e.g. mylesions", flag="--name")
-
-        def __post_init__(self) -> None:
-            if not _NAME.fullmatch(self.name):
-                raise ValueError(f"--name {self.name!r}: expected lower-case letters, digits, '_' and '-' "
-                                 f"(it starts every sample key)")
+        name: DatasetName = option(help="dataset name: sample keys and OUT/<name>, e.g. mylesions", flag="--name")
 
     def __init__(self, **options: Any):
         super().__init__(**options)

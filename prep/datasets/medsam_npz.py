@@ -17,11 +17,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..imaging import ConversionError, check_pixels, to_uint8
+from ..imaging import ConversionError, check_finite, check_pixels, to_uint8
 from ..tree import LayoutError, SourceTree
 from ..volumes import cut, label_values
 from .base import Converter, Failure, Loaded, Record, register
-from .options import option
+from .options import DatasetName, option
 from .volumes import SliceOptions
 
 # the challenge's file name prefixes whose modality is unambiguous
@@ -57,7 +57,7 @@ class MedSAMNpz(Converter):
 
     @dataclass(frozen=True, kw_only=True)
     class Options(SliceOptions):
-        name: str = option("medsam-npz", help="dataset name in keys and manifest; give each build its own")
+        name: DatasetName = option(DatasetName("medsam-npz"), help="dataset name in keys and manifest; give each build its own")
         images: str | None = option(None, help="glob of the npz files to read (default: every .npz)")
 
     def __init__(self, **options: Any):
@@ -97,6 +97,7 @@ class MedSAMNpz(Converter):
         if missing:
             raise ConversionError(f"{rec.image}: no {' or '.join(missing)} array; found {', '.join(arrays) or 'none'}"
                                   f" (expected imgs, gts, spacing)")
+        check_finite(arrays["imgs"], f"{rec.image} imgs")
         imgs, gts = arrays["imgs"], label_values(arrays["gts"], rec.image)
         info: dict[str, Any] = {}
         if "spacing" in arrays:

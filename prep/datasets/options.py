@@ -1,19 +1,39 @@
 """Typed converter options: each converter declares a frozen dataclass whose field types validate and coerce the
 ``-o KEY=VALUE`` values (and the CLI flags mapped onto options), so no converter checks its options by hand.
 
-A field's type is the rule: ``int``, ``float``, ``bool``, ``str``, ``dict``, ``Literal[...]`` (one of the given
-values) and ``X | None``; ``option()`` adds the help line ``medprep datasets`` shows, the spelling an error uses
+A field's type is the rule: ``int``, ``float`` (finite: NaN, Infinity and 1e400 are refused), ``bool``, ``str``,
+``DatasetName`` (a name that becomes a folder and starts every sample key), ``dict``, ``Literal[...]`` (one of the
+given values) and ``X | None``; ``option()`` adds the help line ``medprep datasets`` shows, the spelling an error uses
 for a missing required option, and a lower bound. Rules between fields go in the dataclass's ``__post_init__``.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import types
 from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin, get_type_hints
 
 T = TypeVar("T")
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+_DATASET_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+class DatasetName(str):
+    """The type of an option naming a dataset (``--name`` of ``folder``, ``-o name=`` of ``volumes`` and
+    ``medsam-npz``): it becomes the folder ``OUT/<name>`` and starts every sample key (a tar member), so it is
+    checked here, where every such name is made, and nowhere can one leave its folder."""
+
+    RULE = ("1 to 64 lower-case letters, digits, '_' and '-', starting with a letter or digit (it names OUT/<name> "
+            "and starts every sample key)")
+
+    @classmethod
+    def check(cls, value: str, flag: str) -> "DatasetName":
+        """``value`` as a dataset name; ValueError naming ``flag`` when it is not one (empty, '..', a '/')."""
+        if not _DATASET_NAME.fullmatch(value):
+            raise ValueError(f"{flag} {value!r}: expected {cls.RULE}")
+        return cls(value)
 
 
 @dataclass(frozen=True)
@@ -35,6 +55,10 @@ def _describe(tp: Any) -> str:
         return " or ".join(_describe(a) for a in get_args(tp) if a is not type(None))
     if tp is bool:
         return "true or false"
+    if tp is DatasetName:
+        return DatasetName.RULE
+    if tp is float:
+        return "a finite number"
     if origin is dict or tp is dict:
         return "a JSON object"
     return getattr(tp, "__name__", str(tp))
@@ -69,13 +93,26 @@ def _coerce(value: Any, tp: Any) -> Any:
         if isinstance(value, bool):
             raise TypeError
         if isinstance(value, int) or (tp is float and isinstance(value, float)):
-            return tp(value)
-        if isinstance(value, str):
+            number = tp(value)
+        elif isinstance(value, str):
             try:
-                return tp(value)
+                number = tp(value)
             except ValueError:
                 raise TypeError from None
-        raise TypeError
+        else:
+            raise TypeError
+        if tp is float and not math.isfinite(number):  # NaN, Infinity, 1e400: no window, no threshold
+            raise TypeError
+        return number
+    if tp is DatasetName:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):  # -o name=2024 arrives as a number
+            value = str(value)
+        if not isinstance(value, str):
+            raise TypeError
+        try:
+            return DatasetName.check(value, "")
+        except ValueError:
+            raise TypeError from None
     if tp is str:
         if isinstance(value, str):
             return value
@@ -142,4 +179,4 @@ def describe(kind: type) -> list[str]:
     return lines
 
 
-__all__ = ["NoOptions", "describe", "option", "parse", "required"]
+__all__ = ["DatasetName", "NoOptions", "describe", "option", "parse", "required"]

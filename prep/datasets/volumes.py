@@ -23,7 +23,7 @@ from ..volumes import (
     axis_name, canonical, check_grids, cut, label_values, read_volume, stack, volume_suffix,
 )
 from .base import Converter, Failure, Loaded, Record, at, pair_by_name, register
-from .options import option
+from .options import DatasetName, option
 
 INTENSITY_RULES = ("window", "percentile")
 _NNUNET = re.compile(r"(.+)_(\d{4})$")
@@ -44,7 +44,10 @@ def _window(spec: Any, where: str) -> Window:
     if isinstance(spec, str):
         return Window.named(spec)
     if isinstance(spec, (list, tuple)) and len(spec) == 2:
-        return Window(float(spec[0]), float(spec[1]))
+        try:
+            return Window(float(spec[0]), float(spec[1]))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}: expected [level, width] of finite numbers, got {spec!r} ({e})") from None
     raise ValueError(f"{where}: expected a preset ({', '.join(CT_PRESETS)}) or [level, width], got {spec!r}")
 
 
@@ -52,7 +55,7 @@ def _window(spec: Any, where: str) -> Window:
 class SliceOptions:
     """The options every slice-producing converter shares (volumes, medsam-npz)."""
 
-    name: str = option(help="dataset name in keys and manifest; give each dataset its own")
+    name: DatasetName = option(help="dataset name in keys and manifest; give each dataset its own")
     modality: str = option(help="a modality of the table (ct, mr, dermoscopy, ...)", flag="-o modality=NAME")
     multilabel: Literal[LABEL_MODES] = option("binary", help="binary (label > 0) or each (one sample per label)")
     min_object_pixels: int = option(0, ge=0, help="remove 8-connected objects under N pixels per slice first")
@@ -80,7 +83,7 @@ class Volumes(Converter):
 
     @dataclass(frozen=True, kw_only=True)
     class Options(SliceOptions):
-        name: str = option("volumes", help="dataset name in keys and manifest; give each volume dataset its own")
+        name: DatasetName = option(DatasetName("volumes"), help="dataset name in keys and manifest; give each volume dataset its own")
         modality: str = option(help="ct or mr (any modality of the table)", flag="-o modality=ct|mr")
         images: str | None = option(None, help="image glob (with labels): explicit pairing")
         labels: str | None = option(None, help="label pattern ({stem}, {case}, {name}, {dir}, {parent})")
