@@ -220,7 +220,9 @@ class ArchiveTree(SourceTree):
             container, member = self._entries[rel]
         except KeyError:
             raise FileNotFoundError(f"{rel} is not in {self.label}") from None
-        return (self.root / rel).read_bytes() if container is None or member is None else container.read(member)
+        if container is None or member is None:  # a loose file: read as a folder's file is (regular, inside --src)
+            return SourceTree.read_stamped(self, rel)[0]
+        return container.read(member)
 
     # mounting -----------------------------------------------------------------------------------------------------
 

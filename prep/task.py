@@ -20,6 +20,7 @@ from .imaging import ConversionError, pixel_limit
 from .params import BuildParams
 from .plan import Task
 from .sample import convert
+from .tree import InputRefused
 
 
 def run_task(task: Task, src: str, partial: str, p: BuildParams, root: str = "",
@@ -111,7 +112,7 @@ class SampleTooLarge(ConversionError):
 
 def _reason(e: Exception) -> str:
     """The failure reason: a ``ConversionError``'s message, else the exception's (qualified) type and message."""
-    if isinstance(e, ConversionError):
+    if isinstance(e, (ConversionError, InputRefused)):
         return str(e).strip()
     module = type(e).__module__
     kind = type(e).__qualname__

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import gc
 import os
 import re
+import stat
 from contextlib import contextmanager
 from functools import cached_property, lru_cache
 from pathlib import Path, PurePosixPath
@@ -16,6 +18,11 @@ ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".
 
 class LayoutError(FileNotFoundError):
     """The source does not have the layout a converter expects; the message says what and where."""
+
+
+class InputRefused(OSError):
+    """A path of the source that is not read: not a regular file (a FIFO, a device, a socket), a link leading out of
+    ``--src``, or a file growing as it is read. The message names it and what to do."""
 
 
 _DIGITS = re.compile(r"(\d+)")
@@ -84,15 +91,47 @@ class SourceTree:
     def _listed(self) -> list[str]:
         """All files below the root, sorted, as the file system names them (bytes that are not UTF-8 as the lone
         surrogates Python decodes them to)."""
+        return self._walk[0]
+
+    @cached_property
+    def unlisted(self) -> dict[str, str]:
+        """Linked folders that are not listed (they leave the root, or loop back into a folder they lie in), by
+        path, with the reason. The build counts those in the dataset's folders as failures."""
+        return self._walk[1]
+
+    @cached_property
+    def _walk(self) -> tuple[list[str], dict[str, str]]:
+        """``_listed`` and ``unlisted``. A linked folder is listed like a real one when it leads to a folder inside
+        the root that is not one it lies in (a loop)."""
         out: list[str] = []
+        unlisted: dict[str, str] = {}
         top = os.fspath(self.root)
-        for dirpath, dirnames, filenames in os.walk(top):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
+        chains = {top: (self._real_root,)}  # folder walked -> the real folders it lies in (itself last)
+        for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
             rel = dirpath[len(top):].lstrip(os.sep).replace(os.sep, "/")
             prefix = f"{rel}/" if rel else ""
+            chain = chains.pop(dirpath)
+            kept = []
+            for d in sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX"):
+                path = os.path.join(dirpath, d)
+                real = os.path.realpath(path) if os.path.islink(path) else os.path.join(chain[-1], d)
+                if not _inside(real, self._real_root):
+                    unlisted[prefix + d] = (f"a link to the folder {real}, outside --src {self.root}: not "
+                                                 f"followed; move or copy it into --src")
+                elif real in chain:
+                    unlisted[prefix + d] = (f"a link to {real}, a folder it lies in: not followed (a loop); "
+                                                 f"remove the link")
+                else:
+                    chains[path] = (*chain, real)
+                    kept.append(d)
+            dirnames[:] = kept
             out.extend([prefix + f for f in filenames if not f.startswith(".")])
         out.sort()
-        return out
+        return out, unlisted
+
+    @cached_property
+    def _real_root(self) -> str:
+        return os.path.realpath(self.root)
 
     @cached_property
     def _prefix(self) -> str:
@@ -100,24 +139,55 @@ class SourceTree:
         return os.path.join(self.root, "")
 
     def read(self, rel: str) -> bytes:
-        with open(self._prefix + rel, "rb") as f:
-            return f.read()
+        return self.read_stamped(rel)[0]
 
     def read_stamped(self, rel: str) -> tuple[bytes, tuple[int, int] | None]:
         """``read`` and the ``stamp`` of the file read (taken from the open file, before reading it). Plain file
-        descriptor calls: half the cost of a file object, which DSB-2018's 46 files per case notice."""
+        descriptor calls: half the cost of a file object, which DSB-2018's 46 files per case notice.
+
+        Only a regular file inside the root is opened (a FIFO would hang the read, a device never end it): anything
+        else, or a link leading out of the root, raises :class:`InputRefused` naming it. At most the size the file
+        had when opened is read: one that grows meanwhile is refused, not read without end."""
         path = self._prefix + rel
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        try:
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                real = os.path.realpath(path)
+                if not _inside(real, self._real_root):
+                    raise InputRefused(f"{rel} is a link to {real}, outside --src {self.root}: not read; copy the "
+                                       f"file into --src or pass a --src that holds both")
+                st = os.stat(path)
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+            if not stat.S_ISREG(st.st_mode):
+                raise InputRefused(f"{rel} is {_kind(st.st_mode)}, not a regular file: not opened; replace it with "
+                                   f"the file itself")
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0))
+        except (InputRefused, IsADirectoryError):
+            raise
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, path) from None
         try:
             st = os.fstat(fd)
-            chunks = [os.read(fd, st.st_size + 1)]  # one byte more than the stat: a file that grew is read whole
-            while chunks[-1]:
-                chunks.append(os.read(fd, 1 << 20))
+            if not stat.S_ISREG(st.st_mode):  # replaced between the check and the open
+                raise InputRefused(f"{rel} is {_kind(st.st_mode)}, not a regular file: not read")
+            want, got, chunks = st.st_size + 1, 0, []  # one byte more than the stat: a file that grew is seen
+            while got < want:
+                chunk = os.read(fd, want - got)  # a call returns at most ~2 GiB
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                got += len(chunk)
         except OSError as e:
+            if isinstance(e, InputRefused):
+                raise
             raise OSError(e.errno, e.strerror, path) from None
         finally:
             os.close(fd)
-        return chunks[0] if len(chunks) == 2 else b"".join(chunks), (st.st_size, st.st_mtime_ns)
+        if got > st.st_size:
+            raise InputRefused(f"{rel} grew while it was read (it had {st.st_size} bytes when opened): it is being "
+                               f"written; build again when it is complete")
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks), (st.st_size, st.st_mtime_ns)
 
     def stamp(self, rel: str) -> tuple[int, int] | None:
         """(size, mtime in ns) of a file, the build's fast check for changed inputs; None if it cannot be read."""
@@ -248,6 +318,8 @@ class SourceTree:
                     f"parent folder, --src {Path(self.label).parent}")
         else:
             hint = "; pass the folder the official download unpacks to"
+        if self.unlisted:
+            hint += "; not listed: " + "; ".join(f"{k}/, {why}" for k, why in list(self.unlisted.items())[:3])
         raise LayoutError(
             f"{dataset}: expected {marker} under {self.label} (or a subfolder of it); found {self.top_level()}{hint}"
         )
@@ -303,6 +375,18 @@ def _glob_regex(pattern: str) -> str:
             out.append(re.escape(c))
         i += 1
     return "".join(out)
+
+
+def _inside(real: str, root: str) -> bool:
+    """Whether the real path ``real`` is the real folder ``root`` or lies below it."""
+    return real == root or real.startswith(os.path.join(root, ""))
+
+
+def _kind(mode: int) -> str:
+    """What a file of mode ``mode`` is, in words."""
+    kinds = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
 def _utf8(path: str) -> bool:

@@ -4,7 +4,9 @@ A converter's discovery claims files (its records' and its failures'). The folde
 dataset's layout; every other file in them, or in a subfolder of them, is either a known side file (``SIDE_FILES``
 and the converter's ``side_files``: licences, metadata tables, ``Thumbs.db``) or a failure "unexpected file" that
 says why it was not taken (extension, its case, a space at the end of the name, a subfolder, a name that is not
-UTF-8). So "inputs found = converted + failures" accounts for every file there.
+UTF-8). So "inputs found = converted + failures" accounts for every file there. A linked folder the tree does not
+list (it leads out of ``--src`` or loops, ``SourceTree.unlisted``) is a failure wherever it lies: what it holds is
+not silently skipped.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ SIDE_FILES = ("LICENSE*", "LICENCE*", "ATTRIBUTION*", "README*", "CITATION*", "*
 
 def unclaimed(conv: Converter, tree: SourceTree, records: list[Record], failures: list[Failure]) -> list[Failure]:
     """Failures for the files in the folders of the claimed files (and their subfolders) that nothing claims and
-    that are not side files, and for the files there whose name is not valid UTF-8. Inputs found in the folder
-    given as --src itself (generic converters' globs) make its direct files count, not its subfolders."""
+    that are not side files, for the files there whose name is not valid UTF-8, and for every linked folder the tree
+    does not list. Inputs found in the folder given as --src itself (generic converters' globs) make its direct
+    files count, not its subfolders."""
     claimed = {f for r in records for f in r.files()} | {f for x in failures for f in x.files}
     loose = [f for f in tree.files if f not in claimed]
     # the folders holding claimed files, from the tree's index (a folder's first file is usually claimed): one
@@ -53,7 +56,8 @@ def unclaimed(conv: Converter, tree: SourceTree, records: list[Record], failures
                 at_home.add(_suffix(c))
     suffixes = {folder: sorted(found) for folder, found in claimed_suffixes.items()}
     return [Failure(stem(f), (f,), f"unexpected file {f}: {_why(f, home, suffixes[home], bad_name, conv)}")
-            for f, home, bad_name in strays]
+            for f, home, bad_name in strays] + [Failure(stem(f), (f,), f"folder {f}/ not listed: {reason}")
+                                                for f, reason in tree.unlisted.items()]
 
 
 def _layout_folder(folder: str, layout: set[str]) -> str | None:
