@@ -6,6 +6,7 @@ The rules shared with the readers (patch targets, longest-side size, keys) are i
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from contextlib import contextmanager
@@ -119,10 +120,12 @@ def _plain_png(data: bytes) -> bool:
             and data[37:41] == b"IDAT" and zlib.crc32(data[12:29]) == int.from_bytes(data[29:33], "big"))
 
 
-def _pil_decode(data: bytes, name: str) -> np.ndarray:
+def _pil_decode(data: bytes, name: str, indexed: bool = False) -> np.ndarray:
     try:
         with _pil_open(data, name) as im:
             im.load()
+            if indexed and im.mode in ("P", "PA"):  # a label map: its indices, whatever colours the palette shows
+                return np.asarray(im.getchannel(0)).copy()
             if im.mode == "P":
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
             elif im.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
@@ -180,11 +183,13 @@ def gunzip_head(data: bytes, name: str, n: int) -> bytes:
         raise ConversionError(f"cannot gunzip {name}: {e}") from None
 
 
-def decode(data: bytes, name: str) -> np.ndarray:
+def decode(data: bytes, name: str, indexed: bool = False) -> np.ndarray:
     """Decode image bytes to an array (H, W) or (H, W, C) in RGB(A) order, keeping the bit depth.
 
     Gzipped files (``.ppm.gz``) are unpacked first; truncated PNG/JPEG files are rejected, not half-read, and so are
     images whose header declares more than ``--max-pixels`` pixels (:func:`pixel_limit`) and multi-page TIFFs.
+    ``indexed`` (masks): a paletted PNG or GIF gives its palette indices (H, W), not its colours, so a mask whose
+    background index 0 is painted white is not read inverted.
     """
     lname = name.lower()
     if lname.endswith(".gz"):
@@ -198,18 +203,62 @@ def decode(data: bytes, name: str) -> np.ndarray:
         raise ConversionError(f"{name} is a truncated PNG (no IEND chunk)")
     check_header(data, name)
     arr = None
-    if lname.endswith(_CV2_EXT) and not _is_palette_png(data):
+    if lname.endswith((".jpg", ".jpeg")):
+        with _c_stderr() as printed:
+            arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        warned = [line for line in printed if line.startswith(_LIBJPEG_WARNINGS)]
+        if warned:
+            raise ConversionError(f"{name} is a damaged JPEG: the decoder warned {warned[0]!r} (a file cut short or "
+                                  f"corrupted, which would convert with a flat or garbled part); download it again")
+    elif lname.endswith(_CV2_EXT) and not _is_palette_png(data):
         arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if arr is not None and arr.ndim == 3:
             arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA if arr.shape[2] == 4 else cv2.COLOR_BGR2RGB)
     if arr is None:
-        arr = _pil_decode(data, name)
+        arr = _pil_decode(data, name, indexed)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     if arr.ndim not in (2, 3) or arr.size == 0:
         raise ConversionError(f"{name}: unsupported array shape {arr.shape}")
     check_finite(arr, name)
     return arr
+
+
+# what libjpeg prints (its default output_message, which OpenCV keeps) when it decodes a damaged file and fills
+# the rest of the image in: "Corrupt JPEG data: premature end of data segment", "Premature end of JPEG file", ...
+_LIBJPEG_WARNINGS = ("Corrupt JPEG data", "Premature end of JPEG file", "Invalid SOS parameters",
+                     "Unsupported marker type", "Warning: unknown JFIF revision", "Inconsistent progression")
+
+
+@contextmanager
+def _c_stderr() -> Iterator[list[str]]:
+    """The lines C code prints to the process's standard error (fd 2) during the block, captured through a pipe
+    (its first 64 KiB; the rest is dropped, never waited for); whatever does not come from the decoder
+    (``_LIBJPEG_WARNINGS``) is printed again after it."""
+    import sys
+
+    lines: list[str] = []
+    sys.stderr.flush()
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)  # a full pipe drops output instead of blocking the decoder
+    saved = os.dup(2)
+    try:
+        os.dup2(write_end, 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(write_end)
+        chunks = []
+        while chunk := os.read(read_end, 1 << 16):
+            chunks.append(chunk)
+    finally:
+        os.close(saved)
+        os.close(read_end)
+    lines += b"".join(chunks).decode("utf-8", "replace").splitlines()
+    other = [line for line in lines if not line.startswith(_LIBJPEG_WARNINGS)]
+    if other:
+        print("\n".join(other), file=sys.stderr)
 
 
 def _is_palette_png(data: bytes) -> bool:
@@ -254,8 +303,8 @@ Box = tuple[slice, slice]  # rows, columns
 def binarize(arr: np.ndarray, name: str) -> np.ndarray:
     """Turn a mask in any of the usual encodings into a bool array.
 
-    Accepted: 0/1, 0/255, any two-level {0, v}, palette/RGB/RGBA masks (a pixel is foreground if any colour
-    channel is set), and JPEG-compressed masks (threshold at half range). Anything else raises ConversionError.
+    Accepted: 0/1, 0/255, any two-level {0, v}, RGB/RGBA masks (a pixel is foreground if any colour channel is
+    set; palette masks are decoded to their indices, ``decode(indexed=True)``), and JPEG-compressed masks (threshold at half range). Anything else raises ConversionError.
     """
     return unbox(*binarize_box(arr, name), arr.shape[:2])
 
@@ -297,7 +346,7 @@ def decode_mask_boxes(files: Sequence[tuple[bytes, str]]) -> Iterator[tuple[tupl
         if i in done:
             yield done[i]
         else:
-            arr = decode(data, name)
+            arr = decode(data, name, indexed=True)
             yield arr.shape[:2], *binarize_box(arr, name)
 
 

@@ -46,7 +46,7 @@ class ColonMirror(Converter):
         image = decode(blobs[rec.image], rec.image)
         mask = np.zeros(image.shape[:2], bool)
         for path in rec.masks:
-            m = mask_plane(decode(blobs[path], path), path)
+            m = mask_plane(decode(blobs[path], path, indexed=True), path)
             if m.dtype != np.uint8 or m.shape != mask.shape:
                 raise ConversionError(f"{path}: mask is {m.shape[1]}x{m.shape[0]} {m.dtype}; expected 8-bit "
                                       f"{mask.shape[1]}x{mask.shape[0]} like its image")

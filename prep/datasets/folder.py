@@ -77,7 +77,8 @@ def pair_pattern(
     Patterns use ``{stem}``, ``{name}``, ``{dir}`` (the image's folder below ``root``) and ``{parent}`` (that
     folder's name) and may hold wildcards. Files the mask pattern can name never count as images; images without
     a mask and masks without an image become failures. ``id_of`` names a record after its image (default: the file
-    stem). ``extras`` maps an optional extra entry (e.g. ``fov``) to a pattern.
+    stem). ``extras`` maps an optional extra entry (e.g. ``fov``) to a pattern; the extras of an image without a
+    mask are listed with its failure.
     """
     patterns = [masks] if isinstance(masks, str) else list(masks)
     is_mask = re.compile("|".join(f"(?:{_pattern_regex(p, root).pattern})" for p in patterns)).fullmatch
@@ -92,15 +93,15 @@ def pair_pattern(
             matched = tree.glob(tried[-1], ignore_case=ignore_case)
             if matched:
                 break
-        if not matched:
-            failures.append(Failure(sid, (img,), f"image without mask: expected {' or '.join(tried)}"))
-            continue
-        used.update(matched)
         extra = {}
         for key, pat in (extras or {}).items():
             hits = tree.glob(_fill(pat, img, root), ignore_case=ignore_case)
             if hits:
                 extra[key] = hits[0]
+        if not matched:  # its extras (HRF's field of view) fail with it, not as unexpected files
+            failures.append(Failure(sid, (img, *extra.values()), f"image without mask: expected {' or '.join(tried)}"))
+            continue
+        used.update(matched)
         records.append(Record(sid, img, tuple(matched), extras=extra, **fields))
     for f in tree.files:
         if f not in used and is_mask(f) and f.lower().endswith(IMAGE_EXTS):

@@ -19,9 +19,9 @@ class STARE(Converter):
     title = "STARE (STructured Analysis of the REtina), vessel labels"
     modality = "fundus"
     split_rule = "test"
-    marker = "im*.ppm.gz"
+    marker = "im*.ppm*"
     layout = ("stare-images.tar (imNNNN.ppm.gz, 397) + labels-ah.tar (imNNNN.ah.ppm.gz, 20) + labels-vk.tar "
-              "(imNNNN.vk.ppm.gz); the tars or their extracted folders")
+              "(imNNNN.vk.ppm.gz); the tars or their extracted folders, the .ppm.gz files gunzipped (.ppm) or not")
     domain = "unseen"
     esp_name = "stare"
     homepage = "https://cecas.clemson.edu/~ahoover/stare/"
@@ -41,7 +41,7 @@ class STARE(Converter):
         images, labels, failures = {}, {}, []
         for f in tree.files:
             name = f.rsplit("/", 1)[-1]
-            for rx, found in ((r"(im\d+)\.ppm\.gz", images), (rf"(im\d+)\.{who}\.ppm\.gz", labels)):
+            for rx, found in ((r"(im\d+)\.ppm(?:\.gz)?", images), (rf"(im\d+)\.{who}\.ppm(?:\.gz)?", labels)):
                 m = re.fullmatch(rx, name)
                 if m and m.group(1) in found:
                     failures.append(Failure(m.group(1), (f,), f"duplicate file: {found[m.group(1)]} has the same id"))
@@ -50,11 +50,11 @@ class STARE(Converter):
         if not images and not labels:
             tars = [f for f in tree.files if is_archive(f)]
             hint = f"; {', '.join(tars[:3])} are archives: pass the folder holding them as --src" if tars else ""
-            raise LayoutError(f"{self.name}: expected imNNNN.ppm.gz and imNNNN.{who}.ppm.gz files (stare-images.tar, "
+            raise LayoutError(f"{self.name}: expected imNNNN.ppm[.gz] and imNNNN.{who}.ppm[.gz] files (stare-images.tar, "
                               f"labels-{who}.tar or their contents) under {tree.label}; found {tree.top_level()}{hint}")
         records = [Record(sid, img, (labels[sid],), info={"annotator": who}) for sid, img in images.items()
                    if sid in labels]
-        failures += [Failure(sid, (img,), f"image without mask: no {sid}.{who}.ppm.gz in labels-{who} (STARE "
+        failures += [Failure(sid, (img,), f"image without mask: no {sid}.{who}.ppm[.gz] in labels-{who} (STARE "
                                           f"labels 20 of its 397 images)") for sid, img in images.items()
                      if sid not in labels]
         failures += [Failure(sid, (lab,), "mask without image") for sid, lab in labels.items() if sid not in images]
