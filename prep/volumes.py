@@ -111,28 +111,67 @@ def volume_suffix(path: str) -> str | None:
     return next((s for s in sorted(SITK_SUFFIXES, key=len, reverse=True) if low.endswith(s)), None)
 
 
-def _check_channel(channels: int, channel: int, name: str) -> None:
+def _check_channel(channels: int, channel: int | None, name: str) -> int:
+    """``channel`` of a volume of ``channels`` channels; ConversionError when it is out of range, or None (a label
+    volume, whose channel is never guessed)."""
+    if channel is None:
+        raise ConversionError(f"{name}: a label volume of {channels} channels (4th dimension); medprep does not pick "
+                              f"one: choose it with -o label_channel=N (0..{channels - 1})")
     if not 0 <= channel < channels:
-        raise ConversionError(f"{name}: has {channels} channels (4th dimension); -o channel={channel} is out of range")
+        raise ConversionError(f"{name}: has {channels} channels (4th dimension); channel {channel} is out of range "
+                              f"(-o channel for images, -o label_channel for labels: 0..{channels - 1})")
+    return channel
 
 
-def _select(arr: np.ndarray, channel: int, name: str) -> np.ndarray:
-    """(i, j, k) from (i, j, k), (i, j, k, c) or (i, j, k, 1, c)-shaped NIfTI data."""
+def _select(arr: np.ndarray, channel: int | None, name: str) -> np.ndarray:
+    """(i, j, k) from (i, j, k), (i, j, k, c) or (i, j, k, 1, c)-shaped NIfTI data (``channel`` None: refused
+    unless 3D)."""
     if arr.ndim == 5 and arr.shape[3] == 1:  # NIfTI vector data: (i, j, k, 1, c)
         arr = arr[:, :, :, 0]
     if arr.ndim == 4:
-        _check_channel(arr.shape[3], channel, name)
-        arr = arr[:, :, :, channel]
+        arr = arr[:, :, :, _check_channel(arr.shape[3], channel, name)]
     if arr.ndim != 3:
         raise ConversionError(f"{name}: expected a 3D volume (or 4D with channels), found shape {arr.shape}")
     return arr
 
 
 NIFTI_HEADER_BYTES = 540  # a NIfTI-2 header; NIfTI-1's is 348
+NIFTI_EXTENSIONS_MAX = 64 << 20  # header extensions (TotalSegmentator's label names, DICOM tags) are a few KiB
+
+
+def _vox_offset(head: bytes) -> int:
+    """Where a NIfTI file's voxels start (its header and extensions end), read from the first
+    ``NIFTI_HEADER_BYTES`` bytes: NIfTI-1 (sizeof_hdr 348) keeps it as a float32 at byte 108, NIfTI-2 (540) as an
+    int64 at byte 168, in the header's byte order. 0 when the header is neither (its parser then says why)."""
+    import struct
+
+    for order in "<>":
+        if len(head) >= 112 and struct.unpack(f"{order}i", head[:4])[0] == 348:
+            offset = struct.unpack(f"{order}f", head[108:112])[0]
+            return int(offset) if np.isfinite(offset) and offset > 0 else 0
+        if len(head) >= 176 and struct.unpack(f"{order}i", head[:4])[0] == 540:
+            return max(0, struct.unpack(f"{order}q", head[168:176])[0])
+    return 0
+
+
+def _nifti_head(data: bytes, name: str, gz: bool) -> bytes:
+    """The bytes of a NIfTI file's header and its extensions (up to ``vox_offset``), unpacking no more of a
+    ``.nii.gz`` than those; ConversionError for extensions over ``NIFTI_EXTENSIONS_MAX``."""
+    def first(n: int) -> bytes:
+        return gunzip_head(data, name, n) if gz else data[:n]
+
+    head = first(NIFTI_HEADER_BYTES)
+    end = _vox_offset(head)
+    if end <= NIFTI_HEADER_BYTES:
+        return head
+    if end > NIFTI_EXTENSIONS_MAX:
+        raise ConversionError(f"{name}: its header says the voxels start at byte {end} (vox_offset), after more than "
+                              f"{NIFTI_EXTENSIONS_MAX >> 20} MiB of header extensions; not read (a damaged header?)")
+    return first(end)
 
 
 def _nifti_header(head: bytes, name: str) -> Any:
-    """The NIfTI-1 or NIfTI-2 header at the start of ``head`` (the first ``NIFTI_HEADER_BYTES`` of the file)."""
+    """The NIfTI-1 or NIfTI-2 header, with its extensions, at the start of ``head`` (``_nifti_head``)."""
     import nibabel as nib
 
     errors = []
@@ -144,14 +183,14 @@ def _nifti_header(head: bytes, name: str) -> Any:
     raise ConversionError(f"cannot read {name} as NIfTI ({'; '.join(errors)})")
 
 
-def read_nibabel(data: bytes, name: str, channel: int = 0) -> Volume:
+def read_nibabel(data: bytes, name: str, channel: int | None = 0) -> Volume:
     """A NIfTI-1/2 volume (``.nii`` or ``.nii.gz``) from its bytes, scaled by scl_slope/inter. The header is read
     first: a volume over --max-pixels voxels is refused, and a ``.nii.gz`` is unpacked only up to the size its
     header declares."""
     import nibabel as nib
 
     gz = name.lower().endswith(".gz")
-    header = _nifti_header(gunzip_head(data, name, NIFTI_HEADER_BYTES) if gz else data[:NIFTI_HEADER_BYTES], name)
+    header = _nifti_header(_nifti_head(data, name, gz), name)
     shape = header.get_data_shape()
     check_pixels(shape, name, "voxels")
     if gz:
@@ -169,19 +208,18 @@ def read_nibabel(data: bytes, name: str, channel: int = 0) -> Volume:
     return Volume(_select(np.asanyarray(img.dataobj), channel, name), np.asarray(img.affine, np.float64))
 
 
-def _sitk_volume(img: Any, name: str, channel: int) -> Volume:
+def _sitk_volume(img: Any, name: str, channel: int | None) -> Volume:
     """SimpleITK image (LPS, arrays z,y,x) -> Volume (RAS, arrays i,j,k)."""
     import SimpleITK as sitk
 
     if img.GetDimension() == 4:
         size = list(img.GetSize())
-        _check_channel(size[3], channel, name)
-        img = sitk.Extract(img, size[:3] + [0], [0, 0, 0, channel])
+        img = sitk.Extract(img, size[:3] + [0], [0, 0, 0, _check_channel(size[3], channel, name)])
     if img.GetDimension() != 3:
         raise ConversionError(f"{name}: expected a 3D volume, found {img.GetDimension()}D")
     arr = sitk.GetArrayFromImage(img)
     if img.GetNumberOfComponentsPerPixel() > 1:
-        arr = arr[..., channel]
+        arr = arr[..., _check_channel(img.GetNumberOfComponentsPerPixel(), channel, name)]
     d = np.array(img.GetDirection(), np.float64).reshape(3, 3)
     affine = np.eye(4)
     affine[:3, :3] = d * np.array(img.GetSpacing())
@@ -190,7 +228,7 @@ def _sitk_volume(img: Any, name: str, channel: int) -> Volume:
     return Volume(arr.transpose(2, 1, 0), affine)
 
 
-def read_sitk(files: dict[str, bytes], name: str, channel: int = 0) -> Volume:
+def read_sitk(files: dict[str, bytes], name: str, channel: int | None = 0) -> Volume:
     """A volume read by SimpleITK from the bytes of its files: one NIfTI/MHA/NRRD file, or the ``.dcm`` files of
     one DICOM series (``name`` is then the series folder). Files go to a temporary folder that is removed after."""
     import SimpleITK as sitk
@@ -212,12 +250,53 @@ def read_sitk(files: dict[str, bytes], name: str, channel: int = 0) -> Volume:
                                           f"{' (' + ', '.join(series) + ')' if series else ''}")
                 slices = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(tmp, series[0])
                 check_pixels((*_declared_size(slices[0])[:2], len(slices)), name, "voxels")
+                _check_slice_spacing(slices, name)
                 reader = sitk.ImageSeriesReader()
                 reader.SetFileNames(slices)
                 img = reader.Execute()
         except RuntimeError as e:
             raise ConversionError(f"SimpleITK cannot read {name}: {str(e).strip().splitlines()[-1]}") from None
     return _sitk_volume(img, name, channel)
+
+
+SLICE_SPACING_TOLERANCE = 0.01  # of the series' usual slice step: scanners round positions to ~1e-3 mm
+
+
+def _check_slice_spacing(slices: list[str], name: str) -> None:
+    """Raise ConversionError when the slices of a DICOM series (files in position order, as GDCM sorts them) are not
+    evenly spaced along their normal: SimpleITK would stack them with an averaged spacing (a missing slice makes
+    every distance below it wrong). Series whose files lack ImagePositionPatient / ImageOrientationPatient are left
+    to GDCM's own ordering."""
+    import SimpleITK as sitk
+
+    positions = []
+    normal = None
+    for path in slices:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(path)
+        reader.ReadImageInformation()
+        if not (reader.HasMetaDataKey("0020|0032") and reader.HasMetaDataKey("0020|0037")):
+            return
+        try:
+            ipp = np.array([float(x) for x in reader.GetMetaData("0020|0032").split("\\")])
+            if normal is None:
+                iop = np.array([float(x) for x in reader.GetMetaData("0020|0037").split("\\")])
+                normal = np.cross(iop[:3], iop[3:6])
+        except ValueError:
+            return
+        positions.append(float(ipp @ normal))
+    if len(positions) < 3:
+        return
+    steps = np.diff(positions)
+    usual = float(np.median(np.abs(steps)))
+    off = np.flatnonzero(np.abs(np.abs(steps) - usual) > SLICE_SPACING_TOLERANCE * usual)
+    if usual == 0 or off.size:
+        i = int(off[0]) if off.size else 0
+        a, b = (PurePosixPath(slices[j]).name.split("_", 1)[1] for j in (i, i + 1))
+        raise ConversionError(f"{name}: the DICOM slices are not evenly spaced: {a} and {b} lie "
+                              f"{abs(steps[i]):.4g} mm apart where the series' step is {usual:.4g} mm (a missing or "
+                              f"duplicate slice, {off.size} gap(s) in all); medprep does not resample: add the missing "
+                              f"file, or resample the series to even spacing first")
 
 
 def _declared_size(path: str) -> tuple[int, ...]:
@@ -230,8 +309,9 @@ def _declared_size(path: str) -> tuple[int, ...]:
     return tuple(reader.GetSize())
 
 
-def read_volume(files: dict[str, bytes], name: str, reader: str = "auto", channel: int = 0) -> Volume:
-    """Read one volume; ``reader`` 'auto' uses nibabel for NIfTI and SimpleITK for everything else."""
+def read_volume(files: dict[str, bytes], name: str, reader: str = "auto", channel: int | None = 0) -> Volume:
+    """Read one volume; ``reader`` 'auto' uses nibabel for NIfTI and SimpleITK for everything else. ``channel``: the
+    one of a 4D volume to read; None (label volumes without -o label_channel) refuses a 4D volume."""
     nifti = len(files) == 1 and name.lower().endswith(NIFTI_SUFFIXES)
     if reader == "nibabel" or (reader == "auto" and nifti):
         if not nifti:

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import signal
+import struct
 from pathlib import Path
 from typing import Iterator
 
@@ -268,3 +269,113 @@ def test_an_extreme_aspect_ratio_with_longest_resize_says_why(tmp_path):
     assert failure["reason"].startswith("the image is 20000x1 (width x height): --resize longest scales its longest "
                                         "side to 64 and leaves 0 pixels")
     assert "cv2" not in failure["reason"]
+
+
+# --- 5. read what the format says ------------------------------------------------------------------------------------
+
+def test_palette_mask_is_read_by_index_not_colour(tmp_path):
+    """A paletted mask whose background index 0 is painted white (and the object index 1 black) is the same mask as
+    a plain one: read by its colours it would come out inverted."""
+    mask = np.zeros((16, 20), np.uint8)
+    mask[4:10, 5:12] = 1
+    for fmt in ("png", "gif"):
+        src = tmp_path / fmt
+        pairs(src, ["plain", "paletted"])
+        im = Image.fromarray(mask, mode="P")
+        im.putpalette([255, 255, 255, 0, 0, 0] + [0] * 762)  # index 0 white, index 1 black
+        buf = io.BytesIO()
+        im.save(buf, format=fmt, optimize=False)
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(buf.getvalue()))), mask)
+        (src / "masks" / "paletted.png").unlink()
+        synthetic.write(src / "masks" / f"paletted.{fmt}", buf.getvalue())
+        res = build("folder", src, tmp_path / f"out-{fmt}", size=SIZE, images="imgs/*.png", masks="masks/{stem}.*",
+                    modality="dermoscopy", name="mine")
+        rows = {r["source_id"]: r for r in map(json.loads, (res.out / "samples.jsonl").read_text().splitlines())}
+        assert not res.failures and rows["paletted"]["foreground"] == rows["plain"]["foreground"] < 0.5, fmt
+
+
+def test_dicom_series_with_a_missing_slice_fails_naming_the_gap(tmp_path):
+    image, label, affine = s3.phantom()
+    s3.write_dicom_series(tmp_path / "dicom" / "case_000", image, affine)
+    s3.write_nifti(tmp_path / "labels" / "case_000.nii.gz", label, affine)
+    (tmp_path / "dicom" / "case_000" / "IM0008.dcm").unlink()
+    conv = get_converter("volumes", modality="ct", images="dicom/*/*.dcm", labels="labels/{stem}.nii.gz")
+    tree = SourceTree(tmp_path)
+    (rec,), _ = conv.discover(tree)
+    with pytest.raises(ConversionError, match=r"not evenly spaced: IM0007.dcm and IM0009.dcm lie 5 mm apart where "
+                                              r"the series' step is 2.5 mm \(a missing or duplicate slice"):
+        list(conv.samples({f: tree.read(f) for f in rec.files()}, rec))
+
+
+def test_4d_label_volume_is_refused_unless_a_channel_is_chosen(tmp_path):
+    src = s3.make_volumes(tmp_path / "src", cases=1)
+    import nibabel as nib
+
+    path = src / "labelsTr" / "case_000.nii.gz"
+    lab = nib.load(path)
+    data = np.asanyarray(lab.dataobj)
+    nib.save(nib.Nifti1Image(np.stack([np.zeros_like(data), data], axis=3), lab.affine), path)
+    with pytest.raises(Exception, match=r"a label volume of 2 channels .* choose it with -o label_channel=N \(0..1\)"):
+        build("volumes", src, tmp_path / "out", size=SIZE, modality="ct", split_rule="test")
+    res = build("volumes", src, tmp_path / "out", size=SIZE, modality="ct", split_rule="test", label_channel=1)
+    assert res.manifest.counts["samples"] > 0 and not res.failures
+
+
+def test_jpeg_cut_short_with_an_end_marker_is_a_failure():
+    """A JPEG cut mid-data whose end-of-image marker was put back decodes with its lower part flat and a libjpeg
+    warning: the warning makes it a failure."""
+    rng = np.random.default_rng(0)
+    whole = synthetic.jpeg((rng.random((64, 80, 3)) * 255).astype(np.uint8))
+    assert decode(whole, "ok.jpg").shape == (64, 80, 3)
+    with pytest.raises(ConversionError, match="cut.jpg is a damaged JPEG: the decoder warned 'Corrupt JPEG data"):
+        decode(whole[: len(whole) * 6 // 10] + b"\xff\xd9", "cut.jpg")
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_nifti_with_a_header_extension_is_read(tmp_path, gz):
+    """TotalSegmentator writes its label names into a NIfTI-1 header extension: the header parser gets the header
+    and its extensions (up to vox_offset), not the first 540 bytes only."""
+    import gzip
+
+    import nibabel as nib
+
+    from medprep.prep.volumes import read_nibabel
+
+    data = np.zeros((12, 10, 6), np.uint8)
+    data[3:6, 2:5, 2] = 7
+    img = nib.Nifti1Image(data, np.diag([1.5, 1.5, 3.0, 1.0]))
+    names = json.dumps({str(i): f"organ_{i}" for i in range(1, 118)}).encode()  # a few KiB, past byte 540
+    img.header.extensions.append(nib.nifti1.Nifti1Extension("comment", names))
+    blob = img.to_bytes()
+    assert struct.unpack("<f", blob[108:112])[0] > 540  # the voxels start past the extension
+    vol = read_nibabel(gzip.compress(blob) if gz else blob, "seg.nii.gz" if gz else "seg.nii")
+    assert np.array_equal(vol.data, data) and vol.affine[2, 2] == 3.0
+
+
+def test_gunzipped_stare_is_accepted(tmp_path):
+    import gzip
+
+    base = make_fake_stare(tmp_path)
+    for f in sorted(base.rglob("*.ppm.gz"))[::2]:  # half of them gunzipped, as most users unpack them
+        f.with_suffix("").write_bytes(gzip.decompress(f.read_bytes()))
+        f.unlink()
+    res = build("stare", base, tmp_path / "out", size=SIZE)
+    assert res.manifest.counts["samples"] == 4 and len(res.failures) == 2  # the 2 unlabelled images, as gzipped
+    assert all("image without mask" in f["reason"] for f in res.failures)
+
+
+def make_fake_stare(root: Path) -> Path:
+    from medprep.prep.datasets import make_fake
+
+    return make_fake("stare", root, archives=False)
+
+
+def test_hrf_field_of_view_of_a_failed_input_fails_with_it(tmp_path):
+    from medprep.prep.datasets import make_fake
+
+    base = make_fake("hrf", tmp_path)
+    (base / "manual1" / "01_g.tif").unlink()
+    res = build("hrf", base, tmp_path / "out", size=SIZE)
+    (failure,) = res.failures
+    assert failure["source_id"] == "01_g" and failure["reason"].startswith("image without mask")
+    assert failure["files"] == ["images/01_g.jpg", "mask/01_g_mask.tif"]

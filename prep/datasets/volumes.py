@@ -96,6 +96,7 @@ class Volumes(Converter):
         label_windows: dict | None = option(None, help='{label: preset or [level, width]}, with multilabel=each')
         reader: Literal[READERS] = option("auto", help="auto, nibabel or sitk")
         channel: int = option(0, ge=0, help="image channel: nnU-Net _000N suffix or index of a 4D image")
+        label_channel: int | None = option(None, ge=0, help="channel of a 4D label volume (refused without it)")
         dicom: bool = option(False, help="every file matched by images is a DICOM slice (files without .dcm)")
 
         @property
@@ -231,7 +232,7 @@ class Volumes(Converter):
         parts = rec.parts if isinstance(rec, SeriesRecord) else (rec.image,)
         image = read_volume({p: blobs[p] for p in parts}, rec.image, o.reader, o.channel)
         label_path = rec.masks[0]
-        label = read_volume({label_path: blobs[label_path]}, label_path, o.reader)
+        label = read_volume({label_path: blobs[label_path]}, label_path, o.reader, o.label_channel)
         source_orientation = image.axcodes
         image, label = canonical(image), canonical(label)
         check_grids(image, label, rec.image, label_path)
