@@ -9,7 +9,7 @@ import io
 import os
 import struct
 import zlib
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -99,18 +99,21 @@ def _pil_open(data: bytes, name: str) -> Image.Image:
                           f"{' (' + '; '.join(errors) + ')' if errors else ''}")
 
 
-def check_header(data: bytes, name: str) -> None:
+def check_header(data: bytes, name: str) -> str | None:
     """Read an image's header only and refuse it (ConversionError) when its size is over ``--max-pixels`` or it is
-    a multi-page TIFF (whose first page alone would be converted)."""
+    a multi-page TIFF (whose first page alone would be converted). Returns PIL's mode of the image (``P`` for a
+    paletted one), None for a plain PNG (read without PIL)."""
     if _plain_png(data):  # the usual PNG: its size is at a fixed place, no PIL parse (a tenth of a mask's decode)
         check_pixels(struct.unpack(">II", data[16:24]), name)
-        return
+        return None
     with _pil_open(data, name) as im:
         check_pixels(im.size, name)
         pages = getattr(im, "n_frames", 1) if im.format == "TIFF" else 1
+        mode = im.mode
     if pages > 1:
         raise ConversionError(f"{name} is a TIFF of {pages} pages; medprep converts single images and would use the "
                               f"first page only: save the page you mean as its own file")
+    return mode
 
 
 def _plain_png(data: bytes) -> bool:
@@ -188,8 +191,8 @@ def decode(data: bytes, name: str, indexed: bool = False) -> np.ndarray:
 
     Gzipped files (``.ppm.gz``) are unpacked first; truncated PNG/JPEG files are rejected, not half-read, and so are
     images whose header declares more than ``--max-pixels`` pixels (:func:`pixel_limit`) and multi-page TIFFs.
-    ``indexed`` (masks): a paletted PNG or GIF gives its palette indices (H, W), not its colours, so a mask whose
-    background index 0 is painted white is not read inverted.
+    ``indexed`` (masks): a paletted image (PNG, GIF, BMP, TIFF) gives its palette indices (H, W), not its colours,
+    so a mask whose background index 0 is painted white is not read inverted.
     """
     lname = name.lower()
     if lname.endswith(".gz"):
@@ -201,17 +204,15 @@ def decode(data: bytes, name: str, indexed: bool = False) -> np.ndarray:
         raise ConversionError(f"{name} is a truncated JPEG (no end-of-image marker)")
     if lname.endswith(".png") and not data.endswith(b"IEND\xaeB`\x82"):
         raise ConversionError(f"{name} is a truncated PNG (no IEND chunk)")
-    check_header(data, name)
+    mode = check_header(data, name)
     arr = None
-    if lname.endswith((".jpg", ".jpeg")):
-        with _c_stderr() as printed:
+    if lname.endswith(_CV2_EXT) and not _is_palette_png(data) and not (indexed and mode in ("P", "PA")):
+        with _c_stderr() if lname.endswith((".jpg", ".jpeg")) else nullcontext([]) as printed:
             arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         warned = [line for line in printed if line.startswith(_LIBJPEG_WARNINGS)]
         if warned:
             raise ConversionError(f"{name} is a damaged JPEG: the decoder warned {warned[0]!r} (a file cut short or "
                                   f"corrupted, which would convert with a flat or garbled part); download it again")
-    elif lname.endswith(_CV2_EXT) and not _is_palette_png(data):
-        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if arr is not None and arr.ndim == 3:
             arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA if arr.shape[2] == 4 else cv2.COLOR_BGR2RGB)
     if arr is None:
@@ -304,7 +305,8 @@ def binarize(arr: np.ndarray, name: str) -> np.ndarray:
     """Turn a mask in any of the usual encodings into a bool array.
 
     Accepted: 0/1, 0/255, any two-level {0, v}, RGB/RGBA masks (a pixel is foreground if any colour channel is
-    set; palette masks are decoded to their indices, ``decode(indexed=True)``), and JPEG-compressed masks (threshold at half range). Anything else raises ConversionError.
+    set; palette masks are decoded to their indices, ``decode(indexed=True)``), and JPEG-compressed masks
+    (threshold at half range). Anything else raises ConversionError.
     """
     return unbox(*binarize_box(arr, name), arr.shape[:2])
 

@@ -80,7 +80,8 @@ def _strict_json(meta: dict[str, Any], name: str) -> bytes:
     except ValueError:
         bad = sorted(k for k, v in meta.items() if "NaN" in json.dumps(v) or "Infinity" in json.dumps(v))
         raise ConversionError(f"{name}: meta field(s) {', '.join(bad)} hold a number that is not finite (NaN or "
-                              f"Infinity), which meta.json (strict JSON) cannot record; fix the input's header") from None
+                              f"Infinity), which meta.json (strict JSON) cannot record; fix the input's "
+                              f"header") from None
 
 
 def _labels_present(inst: np.ndarray) -> int:

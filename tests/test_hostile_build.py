@@ -278,7 +278,7 @@ def test_palette_mask_is_read_by_index_not_colour(tmp_path):
     a plain one: read by its colours it would come out inverted."""
     mask = np.zeros((16, 20), np.uint8)
     mask[4:10, 5:12] = 1
-    for fmt in ("png", "gif"):
+    for fmt in ("png", "gif", "bmp", "tiff"):
         src = tmp_path / fmt
         pairs(src, ["plain", "paletted"])
         im = Image.fromarray(mask, mode="P")

@@ -57,7 +57,8 @@ class MedSAMNpz(Converter):
 
     @dataclass(frozen=True, kw_only=True)
     class Options(SliceOptions):
-        name: DatasetName = option(DatasetName("medsam-npz"), help="dataset name in keys and manifest; give each build its own")
+        name: DatasetName = option(DatasetName("medsam-npz"),
+                                   help="dataset name in keys and manifest; give each build its own")
         images: str | None = option(None, help="glob of the npz files to read (default: every .npz)")
 
     def __init__(self, **options: Any):

@@ -50,8 +50,9 @@ class STARE(Converter):
         if not images and not labels:
             tars = [f for f in tree.files if is_archive(f)]
             hint = f"; {', '.join(tars[:3])} are archives: pass the folder holding them as --src" if tars else ""
-            raise LayoutError(f"{self.name}: expected imNNNN.ppm[.gz] and imNNNN.{who}.ppm[.gz] files (stare-images.tar, "
-                              f"labels-{who}.tar or their contents) under {tree.label}; found {tree.top_level()}{hint}")
+            raise LayoutError(f"{self.name}: expected imNNNN.ppm[.gz] and imNNNN.{who}.ppm[.gz] files "
+                              f"(stare-images.tar, labels-{who}.tar or their contents) under {tree.label}; found "
+                              f"{tree.top_level()}{hint}")
         records = [Record(sid, img, (labels[sid],), info={"annotator": who}) for sid, img in images.items()
                    if sid in labels]
         failures += [Failure(sid, (img,), f"image without mask: no {sid}.{who}.ppm[.gz] in labels-{who} (STARE "

@@ -83,7 +83,8 @@ class Volumes(Converter):
 
     @dataclass(frozen=True, kw_only=True)
     class Options(SliceOptions):
-        name: DatasetName = option(DatasetName("volumes"), help="dataset name in keys and manifest; give each volume dataset its own")
+        name: DatasetName = option(DatasetName("volumes"),
+                                   help="dataset name in keys and manifest; give each volume dataset its own")
         modality: str = option(help="ct or mr (any modality of the table)", flag="-o modality=ct|mr")
         images: str | None = option(None, help="image glob (with labels): explicit pairing")
         labels: str | None = option(None, help="label pattern ({stem}, {case}, {name}, {dir}, {parent})")
