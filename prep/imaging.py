@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 import zlib
 from contextlib import contextmanager, nullcontext
@@ -209,7 +210,7 @@ def decode(data: bytes, name: str, indexed: bool = False) -> np.ndarray:
     if lname.endswith(_CV2_EXT) and not _is_palette_png(data) and not (indexed and mode in ("P", "PA")):
         with _c_stderr() if lname.endswith((".jpg", ".jpeg")) else nullcontext([]) as printed:
             arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-        warned = [line for line in printed if line.startswith(_LIBJPEG_WARNINGS)]
+        warned = [line for line in printed if line.startswith(_LIBJPEG_WARNINGS) and not _HARMLESS.match(line)]
         if warned:
             raise ConversionError(f"{name} is a damaged JPEG: the decoder warned {warned[0]!r} (a file cut short or "
                                   f"corrupted, which would convert with a flat or garbled part); download it again")
@@ -229,28 +230,35 @@ def decode(data: bytes, name: str, indexed: bool = False) -> np.ndarray:
 # the rest of the image in: "Corrupt JPEG data: premature end of data segment", "Premature end of JPEG file", ...
 _LIBJPEG_WARNINGS = ("Corrupt JPEG data", "Premature end of JPEG file", "Invalid SOS parameters",
                      "Unsupported marker type", "Warning: unknown JFIF revision", "Inconsistent progression")
+# padding between the last scan and the end-of-image marker: every pixel was decoded (cameras write such files)
+_HARMLESS = re.compile(r"Corrupt JPEG data: \d+ extraneous bytes before marker 0xd9")
 
 
 @contextmanager
 def _c_stderr() -> Iterator[list[str]]:
     """The lines C code prints to the process's standard error (fd 2) during the block, captured through a pipe
     (its first 64 KiB; the rest is dropped, never waited for); whatever does not come from the decoder
-    (``_LIBJPEG_WARNINGS``) is printed again after it."""
+    (``_LIBJPEG_WARNINGS``) is printed again after it. A process without fd 2 captures nothing."""
     import sys
 
     lines: list[str] = []
-    sys.stderr.flush()
-    read_end, write_end = os.pipe()
-    os.set_blocking(write_end, False)  # a full pipe drops output instead of blocking the decoder
-    saved = os.dup(2)
+    if sys.stderr is not None:
+        sys.stderr.flush()
     try:
+        saved = os.dup(2)
+    except OSError:
+        yield lines
+        return
+    read_end, write_end = os.pipe()
+    chunks = []
+    try:
+        os.set_blocking(write_end, False)  # a full pipe drops output instead of blocking the decoder
         os.dup2(write_end, 2)
         try:
             yield lines
         finally:
             os.dup2(saved, 2)
             os.close(write_end)
-        chunks = []
         while chunk := os.read(read_end, 1 << 16):
             chunks.append(chunk)
     finally:
@@ -258,7 +266,7 @@ def _c_stderr() -> Iterator[list[str]]:
         os.close(read_end)
     lines += b"".join(chunks).decode("utf-8", "replace").splitlines()
     other = [line for line in lines if not line.startswith(_LIBJPEG_WARNINGS)]
-    if other:
+    if other and sys.stderr is not None:
         print("\n".join(other), file=sys.stderr)
 
 

@@ -379,3 +379,12 @@ def test_hrf_field_of_view_of_a_failed_input_fails_with_it(tmp_path):
     (failure,) = res.failures
     assert failure["source_id"] == "01_g" and failure["reason"].startswith("image without mask")
     assert failure["files"] == ["images/01_g.jpg", "mask/01_g_mask.tif"]
+
+
+def test_jpeg_padded_before_its_end_marker_still_converts():
+    """Bytes between the last scan and the end marker (libjpeg: 'extraneous bytes before marker 0xd9') leave every
+    pixel decoded: such camera files are not refused."""
+    rng = np.random.default_rng(1)
+    whole = synthetic.jpeg((rng.random((32, 40, 3)) * 255).astype(np.uint8))
+    padded = whole[:-2] + b"\xab" * 20 + whole[-2:]  # libjpeg warns of 16 (4 it reads ahead as scan data)
+    assert np.array_equal(decode(padded, "padded.jpg"), decode(whole, "whole.jpg"))
