@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -113,8 +114,20 @@ def write_sitk(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
 
 def write_dicom_series(folder: Path, data: np.ndarray, affine: np.ndarray,
                        uid: str = "1.2.826.0.1.3680043.9.7") -> Path:
-    """A CT DICOM series (one int16 file per slice along the third voxel axis) via SimpleITK's GDCM writer."""
+    """A CT DICOM series (one int16 file per slice along the third voxel axis) via SimpleITK's GDCM writer (which
+    sets the process's locale to "C": it is put back after, so text reads stay UTF-8)."""
+    import locale
+
     import SimpleITK as sitk
+
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        return _write_dicom_series(folder, data, affine, uid, sitk)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_dicom_series(folder: Path, data: np.ndarray, affine: np.ndarray, uid: str, sitk: Any) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     vol = _sitk_image(data.astype(np.int16), affine)
