@@ -96,7 +96,7 @@ class SourceTree:
     @cached_property
     def unlisted(self) -> dict[str, str]:
         """Linked folders that are not listed (they leave the root, or loop back into a folder they lie in), by
-        path, with the reason. The build counts those in the dataset's folders as failures."""
+        path, with the reason. The build counts each as a failure."""
         return self._walk[1]
 
     @cached_property
@@ -117,10 +117,10 @@ class SourceTree:
                 real = os.path.realpath(path) if os.path.islink(path) else os.path.join(chain[-1], d)
                 if not _inside(real, self._real_root):
                     unlisted[prefix + d] = (f"a link to the folder {real}, outside --src {self.root}: not "
-                                                 f"followed; move or copy it into --src")
+                                            f"followed; move or copy it into --src")
                 elif real in chain:
                     unlisted[prefix + d] = (f"a link to {real}, a folder it lies in: not followed (a loop); "
-                                                 f"remove the link")
+                                            f"remove the link")
                 else:
                     chains[path] = (*chain, real)
                     kept.append(d)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import math
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -143,8 +144,6 @@ def _vox_offset(head: bytes) -> int:
     """Where a NIfTI file's voxels start (its header and extensions end), read from the first
     ``NIFTI_HEADER_BYTES`` bytes: NIfTI-1 (sizeof_hdr 348) keeps it as a float32 at byte 108, NIfTI-2 (540) as an
     int64 at byte 168, in the header's byte order. 0 when the header is neither (its parser then says why)."""
-    import struct
-
     for order in "<>":
         if len(head) >= 112 and struct.unpack(f"{order}i", head[:4])[0] == 348:
             offset = struct.unpack(f"{order}f", head[108:112])[0]
