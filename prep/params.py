@@ -15,6 +15,7 @@ from medprep.manifests.pixels import NORMALIZATIONS, PER_IMAGE_NORMALIZATIONS, P
 from .datasets import Converter, converter_class, dataset_name, get_converter, modality_id
 from .imaging import INTERPOLATIONS, MAX_PIXELS, PNG_CODEC, RESIZE_MODES
 from .presets import PRESETS, apply_preset
+from .tree import read_regular
 
 SPLIT_RULES = ("official", "811", "test", "file")
 SIZE_RANGE = (8, 8192)  # output side length in pixels; 8192 already makes one worst-case sample ~540 MB
@@ -55,7 +56,7 @@ def read_split_file(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, 
     path = Path(path)
     shape = '{"train": ["a.png", ...], "valid": [...], "test": [...]}'
     try:
-        doc = json.loads(path.read_bytes())
+        doc = json.loads(read_regular(path))
     except FileNotFoundError:
         raise ValueError(f"--split-file {path} does not exist; expected a JSON file {shape}") from None
     except OSError as e:

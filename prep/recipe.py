@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .params import BuildParams
+from .tree import read_regular
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -58,7 +59,7 @@ def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
     other keys are known is the caller's (the command's options)."""
     path = Path(path)
     try:
-        doc = tomllib.loads(path.read_text())
+        doc = tomllib.loads(read_regular(path).decode())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ValueError(f"--config {path}: cannot read it as a TOML recipe ({e})") from None
     out = _folded(doc, path, "")

@@ -377,6 +377,17 @@ def _glob_regex(pattern: str) -> str:
     return "".join(out)
 
 
+def read_regular(path: str | os.PathLike) -> bytes:
+    """The bytes of a file the user names beside ``--src`` (``--split-file``, ``--groups-file``, ``--config``):
+    :class:`InputRefused` for anything but a regular file or a folder (a FIFO would block the read forever, a
+    device never end it), the OSError of ``open`` otherwise."""
+    st = os.stat(path)
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):  # a folder: open raises IsADirectoryError
+        raise InputRefused(f"{os.fspath(path)} is {_kind(st.st_mode)}, not a regular file: not opened")
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def _inside(real: str, root: str) -> bool:
     """Whether the real path ``real`` is the real folder ``root`` or lies below it."""
     return real == root or real.startswith(os.path.join(root, ""))

@@ -204,6 +204,20 @@ def test_reads_stop_at_the_size_the_file_had(tmp_path):
     assert tree.read_stamped("grows.png")[0] == b"x" * 10
 
 
+def test_files_named_beside_src_that_are_fifos_are_refused_not_read(tmp_path):
+    """--split-file, --config and --groups-file that are FIFOs end in an error naming them, not a hang."""
+    fifo = tmp_path / "named.pipe"
+    os.mkfifo(fifo)
+    src = synthetic.make("cvc-clinicdb", tmp_path / "src")
+    with deadline(60):
+        with pytest.raises(ValueError, match=f"--split-file {fifo}: cannot read it .*a FIFO"):
+            BuildParams.of("drive", split_file=str(fifo))
+        with pytest.raises(ValueError, match=f"--config {fifo}: cannot read it .*a FIFO"):
+            read_recipe(fifo)
+        with pytest.raises(OSError, match="named.pipe is a FIFO"):
+            build("cvc-clinicdb", src, tmp_path / "out", size=SIZE, group_by="sequence", groups_file=str(fifo))
+
+
 # --- 4. numbers that are not numbers ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..tree import LayoutError, SourceTree, stem
+from ..tree import LayoutError, SourceTree, read_regular, stem
 from .base import Converter, Failure, Record, at, pair_by_name, register
 from .options import option
 
@@ -57,8 +57,7 @@ class CVCClinicDB(Converter):
         """frame id -> sequence id, from ``--groups-file`` or the mirror's metadata.csv (absent: empty)."""
         path = self.opts.groups_file
         if path is not None:
-            with open(path, newline="") as f:
-                text = f.read()
+            text = read_regular(path).decode("utf-8-sig")
         else:
             found = [f for f in tree.files if f.rsplit("/", 1)[-1].lower() == "metadata.csv"]
             if not found:
