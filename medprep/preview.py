@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 from medprep.manifests import BuiltDataset, ShardIndex
 from medprep.manifests.card import kind_of
 from medprep.manifests.features import FeatureReader, runs
+from medprep.manifests.runattrs import RunSchemaError
 
 TILE = 256  # side of one panel in pixels
 GAP = 10
@@ -217,8 +218,8 @@ def _store_panels(url: str, n: int, run: str | None, seed: int, side: int
     for name in [run] if run is not None else runs(url):
         try:
             readers.append(FeatureReader.open(url, name))
-        except ValueError as e:  # a run whose creation was interrupted
-            if run is not None:
+        except ValueError as e:  # a run whose creation was interrupted (a run that lies about itself: an error)
+            if run is not None or isinstance(e, RunSchemaError):
                 raise
             notes.append(str(e))
     done = [(r, int(i)) for r in readers for i in np.flatnonzero(r.done())]
