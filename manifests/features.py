@@ -32,6 +32,7 @@ zeros there, undetected), never written or resumed.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from typing import Any, TypeVar
 
 import numpy as np
@@ -160,7 +161,9 @@ def _open_root(url: str, mode: str = "r") -> zarr.Group:
 
 
 def _runs(root: zarr.Group) -> list[str]:
-    return sorted(name for name, _ in root.groups())
+    with warnings.catch_warnings():  # the lock file of a run being written (.<run>.lock) is no zarr object
+        warnings.filterwarnings("ignore", r"Object at \.[^/]*\.lock is not recognized")
+        return sorted(name for name, _ in root.groups())
 
 
 def runs(url: str) -> list[str]:

@@ -525,6 +525,8 @@ def cache_teacher(
                                                                  "default: the run's recorded count, else this "
                                                                  "machine's (same count: bit-identical features)."),
     decode_threads: int = typer.Option(4, metavar="N", help="Threads decoding and preprocessing images."),
+    wait: float = typer.Option(0.0, metavar="SECONDS", help="When another cache-teacher is writing the same run, "
+                                                            "wait this long for it before giving up."),
     devices: Optional[str] = typer.Option(None, metavar="LIST", help="One dask worker per device, e.g. "
                                                                     "cuda:0,cuda:1."),
     scheduler: Optional[str] = typer.Option(None, metavar="ADDRESS", help="A running dask scheduler (default: a "
@@ -563,7 +565,7 @@ def cache_teacher(
                 shard_size=shard_samples, keep_padding=keep_padding, batch_size=batch_size, device=device,
                 autocast=autocast, compile=compile, workers=decode_threads,
                 devices=tuple(devices.split(",")) if devices else (), scheduler=scheduler, attention=attention,
-                threads=threads)
+                threads=threads, wait=wait)
             results = cache_corpus(params, on_event=draw)
         except (ValueError, FileNotFoundError, KeyError, RuntimeError, TypeError, ImportError) as e:
             progress.close()
