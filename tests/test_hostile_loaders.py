@@ -15,15 +15,11 @@ from PIL import Image
 from medprep.loaders import Decoder, MedShards
 from medprep.loaders.fields import recorded_decoder
 from medprep.manifests import open_dataset, sha256_bytes, tar_bytes
-from medprep.prep import build, synthetic
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("hostile-loaders")
-    src = synthetic.make("drive", tmp / "src", n_train=2, n_test=1)
-    build("drive", src, tmp / "shards", size=64)
-    return tmp / "shards" / "drive"
+@pytest.fixture()
+def built(tiny_drive):
+    return tiny_drive
 
 
 def _raw(built) -> dict:

@@ -13,15 +13,11 @@ from typer.testing import CliRunner
 from medprep.cli import app
 from medprep.manifests import open_dataset
 from medprep.preview import MAX_TILE, preview
-from medprep.prep import build, synthetic
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("hostile-manifest")
-    src = synthetic.make("drive", tmp / "src", n_train=2, n_test=1)
-    build("drive", src, tmp / "shards", size=64)
-    return tmp / "shards" / "drive"
+@pytest.fixture()
+def built(tiny_drive):
+    return tiny_drive
 
 
 @pytest.fixture()
