@@ -141,3 +141,18 @@ def test_a_bad_sa1b_member_is_named_with_its_tar(tmp_path):
                                          r"cannot identify image file\)") as e:
         src.load(src.keys.index("sa1b-sa_7"))
     assert "BytesIO" not in str(e.value)
+
+
+def test_sa1b_stream_names_the_tar_and_member_of_an_image_damaged_since_caching(tmp_path):
+    from medprep.distill import CacheParams, cache_teacher
+    from medprep.loaders.teacher import SA1BStream
+
+    tar = write_sa1b_tar(tmp_path / "sa1b" / "sa_000000.tar", [1, 2], np.random.default_rng(0))
+    cache_teacher(CacheParams("random-sam", str(tar), tmp_path / "t.zarr", "sa", encoder_kwargs={"img_size": 64},
+                              device="cpu", shard_size=2, batch_size=2))
+    members = {"sa_1.jpg": b"\xff\xd8 damaged", "sa_2.jpg": b"\xff\xd8 damaged", "sa_1.json": b"{}",
+               "sa_2.json": b"{}"}
+    tar.write_bytes(tar_bytes(members))
+    with pytest.raises(ValueError, match=rf"SA-1B tar {tar}, member sa_\d.jpg is not a decodable image "
+                                         r"\(cannot identify image file\)"):
+        next(iter(SA1BStream(str(tmp_path / "t.zarr"), size=64, shuffle=False)))
