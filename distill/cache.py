@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -16,7 +16,7 @@ from medprep.manifests import MANIFEST, fs_and_path
 from medprep.manifests.lock import OutputLock
 
 from .distributed import write_distributed
-from .events import OnEvent, RunOpened
+from .events import CacheEvent, OnEvent, RunOpened, Skipped
 from .params import CacheParams
 from .pipeline import open_run, write_shards
 from .store import FeatureStore
@@ -34,6 +34,9 @@ class CacheResult:
     shards_written: list[int]
     shards_skipped: list[int]
     images: int
+    #: samples whose image could not be read, skipped under ``max_failures`` (not done: a rerun tries them again;
+    #: in-process runs only, dask workers report theirs in their logs)
+    skipped: list[Skipped] = field(default_factory=list)
 
 
 def cache_teacher(params: CacheParams, shards: Sequence[int] | None = None,
@@ -117,6 +120,14 @@ def _cache(params: CacheParams, teacher: Teacher, shards: Sequence[int] | None,
 
 def _cache_locked(params: CacheParams, teacher: Teacher, shards: Sequence[int] | None,
                   on_event: OnEvent | None) -> CacheResult:
+    skipped: list[Skipped] = []
+
+    def report(event: CacheEvent) -> None:
+        if isinstance(event, Skipped):
+            skipped.append(event)
+        if on_event is not None:
+            on_event(event)
+
     source = params.open_source()
     store = open_run(params, teacher, source)
     wanted = range(store.nshards) if shards is None else list(shards)
@@ -124,16 +135,16 @@ def _cache_locked(params: CacheParams, teacher: Teacher, shards: Sequence[int] |
         raise ValueError(f"shard indices must be in [0, {store.nshards}), got {sorted(wanted)}")
     done = store.done_shards()
     todo = [s for s in wanted if not done[s]]
-    skipped = [s for s in wanted if done[s]]
+    done_before = [s for s in wanted if done[s]]
     images = sum(len(store.indices(s)) for s in todo) * len(store.views)
     if on_event is not None:
-        resumed = sum(len(store.indices(s)) for s in skipped) * len(store.views)
+        resumed = sum(len(store.indices(s)) for s in done_before) * len(store.views)
         on_event(RunOpened(store.url, store.run, store.nshards, todo, images, resumed))
     if params.distributed:
         written = write_distributed(store, params, todo, on_event)
     else:
-        written = write_shards(store, teacher, source, params, todo, params.device, on_event)
-    return CacheResult(store, written, skipped, images)
+        written = write_shards(store, teacher, source, params, todo, params.device, report)
+    return CacheResult(store, written, done_before, images, skipped)
 
 
 __all__ = ["CacheResult", "RunLock", "cache_corpus", "cache_teacher", "refuse_inside_build", "run_lock"]

@@ -156,3 +156,42 @@ def test_sa1b_stream_names_the_tar_and_member_of_an_image_damaged_since_caching(
     with pytest.raises(ValueError, match=rf"SA-1B tar {tar}, member sa_\d.jpg is not a decodable image "
                                          r"\(cannot identify image file\)"):
         next(iter(SA1BStream(str(tmp_path / "t.zarr"), size=64, shuffle=False)))
+
+
+def _tar_with_a_bad_member(tmp_path):
+    """sa_000000.tar with sa_1 ... sa_4, sa_3.jpg not an image."""
+    good = write_sa1b_tar(tmp_path / "x" / "sa_000000.tar", [1, 2, 3, 4], np.random.default_rng(0))
+    from medprep.manifests import MemberIndex
+
+    index = MemberIndex(str(good))
+    members = {m: index.read(m) for m in index.members}
+    members["sa_3.jpg"] = b"\xff\xd8 cut"
+    tar = tmp_path / "sa1b" / "sa_000000.tar"
+    tar.parent.mkdir()
+    tar.write_bytes(tar_bytes(members))
+    return tar
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int8"])
+def test_max_failures_skips_and_lists_bad_members(tmp_path, dtype):
+    tar = _tar_with_a_bad_member(tmp_path)
+    store = tmp_path / "t.zarr"
+    args = ["cache-teacher", "--source", str(tar), "--out", str(store), "--run", "sa", "--dtype", dtype,
+            "--views", "identity,hflip", *TINY]
+    res = CliRunner().invoke(app, args)  # by default one bad member stops the run, named
+    assert res.exit_code == 2 and f"SA-1B tar {tar}, member sa_3.jpg is not a decodable image" in res.output, \
+        res.output
+    res = CliRunner().invoke(app, args + ["--max-failures", "1"])
+    assert res.exit_code == 0, res.output
+    assert "1 images could not be read and were skipped" in res.output
+    assert f"sa1b-sa_3: cannot read sample 'sa1b-sa_3' (ValueError: SA-1B tar {tar}, member sa_3.jpg" in res.output
+    reader = FeatureReader.open(str(store), "sa")
+    assert reader.done().tolist() == [True, True, False, True] and reader.done_shards() == [True, False]
+    assert np.isfinite(reader.read(3, "hflip")).all() and reader.valid_mask(3, "hflip").any()
+    with pytest.raises(ValueError, match=r"'sa1b-sa_3' .* is not cached yet"):
+        reader.read(2)
+    assert reader.problems(slice(None)) == [(2, "is not cached yet")]
+    res = CliRunner().invoke(app, args + ["--max-failures", "1"])  # a rerun tries it again, lists it again
+    assert res.exit_code == 0 and "sa1b-sa_3: cannot read" in res.output, res.output
+    res = CliRunner().invoke(app, ["check-teacher", str(store), "--run", "sa", "--samples", "2"])
+    assert res.exit_code == 0 and "damaged" not in res.output, res.output  # a skipped sample is not damage
