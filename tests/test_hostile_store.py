@@ -33,6 +33,9 @@ def cached(tmp_path_factory):
     return store
 
 
+_DELETE = object()
+
+
 def _attr(name, value):
     def change(group):
         if value is _DELETE:
@@ -40,9 +43,6 @@ def _attr(name, value):
         else:
             group.attrs[name] = value
     return change
-
-
-_DELETE = object()
 
 
 def _retype_features(group):
