@@ -4,11 +4,19 @@ one dask worker per device; ``cache_corpus``: several sources into one store, a 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+import contextlib
+import posixpath
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from fsspec.implementations.local import LocalFileSystem
+
+from medprep.manifests import MANIFEST, fs_and_path
+from medprep.manifests.lock import OutputLock
 
 from .distributed import write_distributed
-from .events import OnEvent, RunOpened
+from .events import CacheEvent, OnEvent, RunOpened, Skipped
 from .params import CacheParams
 from .pipeline import open_run, write_shards
 from .store import FeatureStore
@@ -26,6 +34,9 @@ class CacheResult:
     shards_written: list[int]
     shards_skipped: list[int]
     images: int
+    #: samples whose image could not be read, skipped under ``max_failures`` (not done: a rerun tries them again;
+    #: in-process runs only, dask workers report theirs in their logs)
+    skipped: list[Skipped] = field(default_factory=list)
 
 
 def cache_teacher(params: CacheParams, shards: Sequence[int] | None = None,
@@ -63,8 +74,60 @@ def _teacher_key(params: CacheParams) -> tuple:
     return tuple(repr(getattr(params, f)) for f in TEACHER_FIELDS)
 
 
+class RunLock(OutputLock):
+    """The lock of one run of a local teacher store: ``<store>/.<run>.lock`` (readers list runs without it), held
+    while the run is created and written; a refusal names the holder."""
+
+    activity = "being written by another cache-teacher"
+    alternative = "choose another --run"
+
+    def __init__(self, store: str, run: str, wait: float = 0.0):
+        super().__init__(Path(store) / f".{run}.lock", f"run {run!r} of {store}", wait=wait)
+
+
+@contextlib.contextmanager
+def run_lock(params: CacheParams) -> Iterator[None]:
+    """Hold the lock of run ``params.run`` of a local store (stores on object storage are not locked: keep to one
+    writer per run there yourself)."""
+    fs, path = fs_and_path(params.out)
+    if not isinstance(fs, LocalFileSystem):
+        yield
+        return
+    with RunLock(path, params.run, params.wait):
+        yield
+
+
+def refuse_inside_build(out: str) -> None:
+    """Refuse a store at or inside a built dataset folder (one holding ``manifest.json``): it would change that
+    build, which ``medprep verify`` then fails."""
+    fs, path = fs_and_path(out)
+    folder = path.rstrip("/")
+    while folder:
+        if fs.exists(posixpath.join(folder, MANIFEST)):
+            raise ValueError(f"--out {out} is inside the built dataset {folder} (it holds {MANIFEST}): a store "
+                             f"written there changes that build and 'medprep verify' fails it; put the store beside "
+                             f"it, e.g. --out {posixpath.join(posixpath.dirname(folder) or '.', 'teacher.zarr')}")
+        parent = posixpath.dirname(folder)
+        folder = "" if parent == folder else parent
+
+
 def _cache(params: CacheParams, teacher: Teacher, shards: Sequence[int] | None,
            on_event: OnEvent | None) -> CacheResult:
+    refuse_inside_build(params.out)
+    with run_lock(params):
+        return _cache_locked(params, teacher, shards, on_event)
+
+
+def _cache_locked(params: CacheParams, teacher: Teacher, shards: Sequence[int] | None,
+                  on_event: OnEvent | None) -> CacheResult:
+    skipped: list[Skipped] = []
+
+    def report(event: CacheEvent) -> None:
+        if isinstance(event, Skipped):
+            skipped.append(event)
+        if on_event is not None:
+            on_event(event)
+
     source = params.open_source()
     store = open_run(params, teacher, source)
     wanted = range(store.nshards) if shards is None else list(shards)
@@ -72,16 +135,16 @@ def _cache(params: CacheParams, teacher: Teacher, shards: Sequence[int] | None,
         raise ValueError(f"shard indices must be in [0, {store.nshards}), got {sorted(wanted)}")
     done = store.done_shards()
     todo = [s for s in wanted if not done[s]]
-    skipped = [s for s in wanted if done[s]]
+    done_before = [s for s in wanted if done[s]]
     images = sum(len(store.indices(s)) for s in todo) * len(store.views)
     if on_event is not None:
-        resumed = sum(len(store.indices(s)) for s in skipped) * len(store.views)
+        resumed = sum(len(store.indices(s)) for s in done_before) * len(store.views)
         on_event(RunOpened(store.url, store.run, store.nshards, todo, images, resumed))
     if params.distributed:
         written = write_distributed(store, params, todo, on_event)
     else:
-        written = write_shards(store, teacher, source, params, todo, params.device, on_event)
-    return CacheResult(store, written, skipped, images)
+        written = write_shards(store, teacher, source, params, todo, params.device, report)
+    return CacheResult(store, written, done_before, images, skipped)
 
 
-__all__ = ["CacheResult", "cache_corpus", "cache_teacher"]
+__all__ = ["CacheResult", "RunLock", "cache_corpus", "cache_teacher", "refuse_inside_build", "run_lock"]

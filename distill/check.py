@@ -11,11 +11,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from medprep.manifests.features import FeatureReader
+from medprep.manifests.runattrs import require
 
 from .pipeline import Encoder, intra_op_threads, prepare
 from .preprocess import Preprocess
 from .sources import SourceSpec, open_source
 from .teachers import BUILTIN, load_teacher
+
+#: the run attributes check-teacher recomputes from (every run medprep writes records them)
+RECOMPUTE_ATTRS = ("encoder", "encoder_kwargs", "checkpoint", "checkpoint_sha256", "preprocess", "autocast", "source")
 
 
 @dataclass
@@ -76,6 +80,7 @@ def check_teacher(store: str, run: str | None = None, samples: int = 8, *, seed:
     store was cached with a ``module:callable`` teacher: see :func:`trusted_encoder`.
     """
     fs = FeatureReader.open(store, run)
+    require(fs.attrs, RECOMPUTE_ATTRS, f"{store}/{fs.run}", "to recompute its features")
     a = fs.attrs
     name = trusted_encoder(a["encoder"], encoder, f"{store}/{fs.run}")
     teacher = load_teacher(name, checkpoint or a["checkpoint"], encoder_kwargs=a["encoder_kwargs"])
@@ -114,7 +119,7 @@ def check_teacher(store: str, run: str | None = None, samples: int = 8, *, seed:
 
 def _damaged(fs: FeatureReader, keys: list[str], done: np.ndarray) -> dict[int, str]:
     """Every finished sample whose stored features cannot be trusted (read shard by shard), by row."""
-    out: dict[int, str] = {}
+    out: dict[int, str] = {i: why for i, why in fs.region_problems() if done[i]}
     for view in fs.views:
         for s in range(fs.nshards):
             for i, why in fs.problems(fs.shard_slice(s), view):

@@ -29,7 +29,16 @@ class Encoded:
     images: int
 
 
-CacheEvent = Union[RunOpened, Encoded]
+@dataclass(frozen=True)
+class Skipped:
+    """The image of sample ``key`` could not be read (``reason``) and was skipped (``--max-failures``): the sample
+    stays not done, so a rerun tries it again."""
+
+    key: str
+    reason: str
+
+
+CacheEvent = Union[RunOpened, Encoded, Skipped]
 OnEvent = Callable[[CacheEvent], None]
 
-__all__ = ["CacheEvent", "Encoded", "OnEvent", "RunOpened"]
+__all__ = ["CacheEvent", "Encoded", "OnEvent", "RunOpened", "Skipped"]

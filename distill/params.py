@@ -41,7 +41,11 @@ class CacheParams:
       ``prefetch`` (batches decoded ahead), ``devices`` (one dask worker per entry, e.g.
       ``("cuda:0", "cuda:1")``; replaces ``device``), ``scheduler`` (a running dask scheduler's address) and
       ``threads`` (torch intra-op threads of CPU encoders; default: this process's count when the run is created,
-      then the count recorded in the run, so that every writer of a run computes bit-identical features).
+      then the count recorded in the run, so that every writer of a run computes bit-identical features), ``wait``
+      (seconds to wait for another ``cache-teacher`` writing the same run of a local store, then give up naming it),
+      ``max_failures`` (images of the run that may fail to be read: each is skipped, reported as a
+      :class:`~medprep.distill.events.Skipped` event and left not done, so a rerun tries it again; one more stops
+      the run; with dask workers the count is per worker).
 
     Construction normalises (``str`` paths, tuples, views in store order, the default run name) and raises
     ``ValueError`` naming the option to fix.
@@ -69,6 +73,8 @@ class CacheParams:
     scheduler: str | None = None
     attention: str = "auto"
     threads: int | None = None
+    wait: float = 0.0
+    max_failures: int = 0
 
     def __post_init__(self) -> None:
         source = self.source if isinstance(self.source, SourceSpec) else SourceSpec(_url(self.source))
@@ -90,12 +96,16 @@ class CacheParams:
             raise ValueError(f"--normalize {self.normalize!r}: expected one of {normalizations}")
         if self.attention not in ATTENTIONS:
             raise ValueError(f"unknown --attention {self.attention!r}: expected one of {ATTENTIONS}")
+        if not self.wait >= 0:
+            raise ValueError(f"--wait {self.wait}: expected seconds, at least 0")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"--threads {self.threads}: expected at least 1")
         if self.resize is not None and self.resize not in RESIZES:
             raise ValueError(f"--resize {self.resize!r}: expected one of {RESIZES}")
         if self.autocast not in AUTOCASTS:
             raise ValueError(f"unknown --autocast {self.autocast!r}: expected one of {AUTOCASTS}")
+        if self.max_failures < 0:
+            raise ValueError(f"--max-failures {self.max_failures}: expected a count, at least 0")
         for name in ("shard_size", "batch_size", "workers", "prefetch"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{FLAGS.get(name, '--' + name.replace('_', '-'))} {getattr(self, name)}: expected "

@@ -28,7 +28,7 @@ import medprep
 from medprep.manifests.features import FeatureReader
 
 from .attention import resolve_attention, sam_attention_blocks, set_attention
-from .events import Encoded, OnEvent
+from .events import Encoded, OnEvent, Skipped
 from .params import AUTOCASTS, DEFAULT_BATCH_SIZE, CacheParams
 from .preprocess import Preprocess
 from .sources import Source
@@ -37,6 +37,7 @@ from .teachers import Teacher
 
 
 Valid = tuple[int, tuple[int, int]]  # valid rows, [x0, x1) valid columns, in embedding cells
+SKIPPED: Valid = (-1, (-1, -1))  # the valid region given for a sample whose image could not be read
 
 
 @dataclass(frozen=True)
@@ -243,18 +244,35 @@ def write_shards(store: FeatureStore, teacher: Teacher, source: Source, params: 
     done = store.done_shards()
     todo = [s for s in shards if not done[s]]
     threads = a["cpu_threads"] if encoder.device.type == "cpu" else None
+    failed: dict[int, str] = {}
+
+    def on_failure(i: int, error: Exception) -> None:
+        """Skip sample ``i`` whose image could not be read, within ``params.max_failures``; else re-raise."""
+        if not params.max_failures:
+            raise error
+        if i in failed:  # its other view
+            return
+        failed[i] = str(error)
+        if len(failed) > params.max_failures:
+            listed = "; ".join(f"{source.keys[j]}: {why}" for j, why in failed.items())
+            raise RuntimeError(f"more than --max-failures {params.max_failures} images of {store.url}/{store.run} "
+                               f"could not be read ({listed})") from error
+        if on_event is not None:
+            on_event(Skipped(source.keys[i], failed[i]))
+
     with intra_op_threads(threads), ThreadPoolExecutor(params.workers, thread_name_prefix="medprep-decode") as pool:
         batches = _Prefetch(_batches(todo, store, source, teacher.preprocess, stride, a["batch_size"], pool),
                             params.prefetch)
         writer = _Writer(store)
         try:
-            parts: dict[int, dict[str, list[tuple[torch.Tensor, list[Valid]]]]] = {}
-            for s, view, feats, valid in _encoded(batches, encoder):
+            parts: dict[int, dict[str, list[Part]]] = {}
+            shape = tuple(a["feature_shape"])
+            for s, view, feats, valid, ok in _encoded(batches, encoder, shape, on_failure):
                 shard = parts.setdefault(s, {})
-                shard.setdefault(view, []).append((feats, valid))
+                shard.setdefault(view, []).append((feats, valid, ok))
                 if on_event is not None:
                     on_event(Encoded(len(valid)))
-                if sum(len(v) for p in shard.values() for _, v in p) == len(store.indices(s)) * len(store.views):
+                if sum(len(v) for p in shard.values() for _, v, _ in p) == len(store.indices(s)) * len(store.views):
                     writer.put(s, parts.pop(s))  # complete: hand it over at once
         finally:
             batches.close()
@@ -263,38 +281,60 @@ def write_shards(store: FeatureStore, teacher: Teacher, source: Source, params: 
 
 
 def _batches(todo: Sequence[int], store: FeatureStore, source: Source, pre: Preprocess, stride: int,
-             batch_size: int, pool: ThreadPoolExecutor) -> Iterator[tuple[int, str, list[Future]]]:
+             batch_size: int, pool: ThreadPoolExecutor) -> Iterator[tuple[int, str, range, list[Future]]]:
     for s in todo:
         idx = store.indices(s)
         for view in store.views:
             for b in range(0, len(idx), batch_size):
-                yield s, view, [pool.submit(prepare, source, i, view, pre, stride) for i in idx[b:b + batch_size]]
+                rows = idx[b:b + batch_size]
+                yield s, view, rows, [pool.submit(prepare, source, i, view, pre, stride) for i in rows]
 
 
-Launched = tuple[int, str, Callable[[], torch.Tensor], list[Valid]]
+#: one encoded batch of a shard and view: features (NaN rows for skipped samples), valid regions, read or skipped
+Part = tuple[torch.Tensor, list[Valid], list[bool]]
+Launched = tuple[int, str, Callable[[], torch.Tensor] | None, list[Valid], list[bool]]
 
 
-def _collect(b: Launched) -> tuple[int, str, torch.Tensor, list[Valid]]:
-    return b[0], b[1], b[2](), b[3]
+def _collect(b: Launched, shape: tuple[int, ...]) -> tuple[int, str, torch.Tensor, list[Valid], list[bool]]:
+    s, view, wait, valid, ok = b
+    got = wait() if wait is not None else None
+    if all(ok):
+        return s, view, got, valid, ok
+    out = torch.full((len(ok), *shape), float("nan"))
+    if got is not None:
+        out[torch.tensor(ok)] = got
+    return s, view, out, valid, ok
 
 
-def _encoded(batches: Iterator[tuple[int, str, list[Future]]],
-             encoder: Encoder) -> Iterator[tuple[int, str, torch.Tensor, list[Valid]]]:
-    """Encoded batches in order, keeping one batch queued on the device while the previous one is collected."""
+def _encoded(batches: Iterator[tuple[int, str, range, list[Future]]], encoder: Encoder, shape: tuple[int, ...],
+             on_failure: Callable[[int, Exception], None]
+             ) -> Iterator[tuple[int, str, torch.Tensor, list[Valid], list[bool]]]:
+    """Encoded batches in order, keeping one batch queued on the device while the previous one is collected.
+
+    A sample whose preparation fails goes to ``on_failure`` (which raises to stop the run); if it returns, the
+    sample is skipped: a NaN row, the valid region :data:`SKIPPED`, ``ok`` False."""
     pending: Launched | None = None
-    for s, view, futures in batches:
+    for s, view, rows, futures in batches:
+        items: list[Prepared | None] = []
         try:
-            items = [f.result() for f in futures]
+            for i, f in zip(rows, futures):
+                try:
+                    items.append(f.result())
+                except Exception as e:
+                    on_failure(i, e)
+                    items.append(None)
         except Exception:
             if pending is not None:  # the batch already encoded still reaches its shard
-                yield _collect(pending)
+                yield _collect(pending, shape)
             raise
-        launched = (s, view, encoder.launch(items), [(p.valid_h, p.valid_x) for p in items])
+        good = [p for p in items if p is not None]
+        launched = (s, view, encoder.launch(good) if good else None,
+                    [SKIPPED if p is None else (p.valid_h, p.valid_x) for p in items], [p is not None for p in items])
         if pending is not None:
-            yield _collect(pending)
+            yield _collect(pending, shape)
         pending = launched
     if pending is not None:
-        yield _collect(pending)
+        yield _collect(pending, shape)
 
 
 class _Prefetch:
@@ -341,7 +381,7 @@ class _Prefetch:
             except queue.Empty:
                 continue
             if isinstance(item, tuple):
-                for f in item[2]:
+                for f in item[3]:
                     f.cancel()
 
 
@@ -355,7 +395,7 @@ class _Writer:
         self._thread = threading.Thread(target=self._run, daemon=True, name="medprep-writer")
         self._thread.start()
 
-    def put(self, s: int, parts: dict[str, list[tuple[torch.Tensor, list[Valid]]]]) -> None:
+    def put(self, s: int, parts: dict[str, list[Part]]) -> None:
         if self._error is not None:
             raise self._error
         self._q.put((s, parts))
@@ -369,12 +409,13 @@ class _Writer:
             except BaseException as e:
                 self._error = e
 
-    def _write(self, s: int, parts: dict[str, list[tuple[torch.Tensor, list[Valid]]]]) -> None:
-        feats = {view: torch.cat([x for x, _ in p]) for view, p in parts.items()}
-        valid = {view: [v for _, vs in p for v in vs] for view, p in parts.items()}
+    def _write(self, s: int, parts: dict[str, list[Part]]) -> None:
+        feats = {view: torch.cat([x for x, _, _ in p]) for view, p in parts.items()}
+        valid = {view: [v for _, vs, _ in p for v in vs] for view, p in parts.items()}
+        skipped = ~np.all([[o for _, _, ok in p for o in ok] for p in parts.values()], axis=0)
         valid_hw = np.array([(h, x1) for h, (_, x1) in valid["identity"]], dtype=np.int32)
         flip = np.array([x for _, x in valid["hflip"]], dtype=np.int32) if "hflip" in valid else None
-        self.store.write_shard(s, feats, valid_hw, flip)
+        self.store.write_shard(s, feats, valid_hw, flip, skipped if skipped.any() else None)
 
     def close(self) -> None:
         self._q.put(None)

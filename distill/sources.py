@@ -43,10 +43,14 @@ class Source(Protocol):
         ...
 
 
-def decode_rgb(data: bytes) -> np.ndarray:
-    """Decode image bytes to RGB uint8 ``(H, W, 3)``."""
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("RGB"))
+def decode_rgb(data: bytes, where: str = "image") -> np.ndarray:
+    """Decode image bytes to RGB uint8 ``(H, W, 3)``; a ``ValueError`` naming ``where`` when they are not an image."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        why = str(e).split(" <_io.BytesIO")[0]  # PIL names the buffer, not the file
+        raise ValueError(f"{where} is not a decodable image ({len(data)} bytes: {why})") from None
 
 
 def keys_sha256(keys: list[str]) -> str:
@@ -89,7 +93,7 @@ class MedicalSource:
         if missing:
             raise ValueError(f"{self.dataset.where(shard)}: sample {key} lacks {', '.join(missing)}; run "
                              f"'medprep verify {self.dataset.root}'")
-        image = decode_rgb(raw["image.png"])
+        image = decode_rgb(raw["image.png"], f"{self.dataset.where(shard)}: {key}.image.png")
         meta = json.loads(raw["meta.json"])
         valid = meta.get("valid_hw")
         return image, (int(valid[0]), int(valid[1])) if valid else None
@@ -152,7 +156,7 @@ class SA1BSource:
 
     def load(self, i: int) -> tuple[np.ndarray, tuple[int, int] | None]:
         url, name = self._where[i]
-        return decode_rgb(self._tars.get(url).read(name)), None
+        return decode_rgb(self._tars.get(url).read(name), f"SA-1B tar {url}, member {name}"), None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -180,7 +184,13 @@ class FolderSource:
         self.root = str(root).rstrip("/")
         self.fs, base = fs_and_path(self.root)
         base = base.rstrip("/")
-        files = sorted(p for p in self.fs.find(base) if p.lower().endswith(IMAGE_EXTS))
+        found = self.fs.find(base, detail=True)
+        files = sorted(p for p, info in found.items() if p.lower().endswith(IMAGE_EXTS) and info["type"] == "file")
+        odd = sorted(p for p, info in found.items() if info["type"] not in ("file", "directory"))
+        if odd:  # a FIFO would block the first read forever; a device could be endless
+            raise ValueError(f"{len(odd)} entries under {root} are not regular files (FIFOs, devices or sockets; "
+                             f"never opened): {', '.join(odd[:5])}{' ...' if len(odd) > 5 else ''}; remove them or "
+                             f"cache a folder of image files")
         if not files:
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTS)}) under {root}")
         self.prefix = safe_key(prefix or os.path.basename(base))
@@ -191,7 +201,7 @@ class FolderSource:
             raise ValueError(f"image names under {root} collide once made tar-safe; rename them")
 
     def load(self, i: int) -> tuple[np.ndarray, tuple[int, int] | None]:
-        return decode_rgb(self.fs.cat_file(self._files[i])), None
+        return decode_rgb(self.fs.cat_file(self._files[i]), self._files[i]), None
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "folder", "url": self.root, "prefix": self.prefix, "keys_sha256": keys_sha256(self.keys)}

@@ -102,19 +102,27 @@ class FeatureStore(FeatureReader):
         return cls(g, url, run)
 
     def write_shard(self, s: int, features: dict[str, torch.Tensor], valid_hw: np.ndarray,
-                    valid_x_hflip: np.ndarray | None = None) -> None:
+                    valid_x_hflip: np.ndarray | None = None, skipped: np.ndarray | None = None) -> None:
         """Write zarr shard ``s`` whole (features per view, valid regions), then mark it done.
 
         Unless the run keeps the padding, cells outside each sample's valid region are stored as 0. Features that
-        are NaN/Inf once encoded (e.g. beyond float16's range) are refused, naming the samples.
+        are NaN/Inf once encoded (e.g. beyond float16's range) are refused, naming the samples. ``skipped``: per
+        sample, whether its image could not be read: its features and valid region are left as never written (the
+        fill values) and it is not marked done.
         """
         sl = self.shard_slice(s)
+        skip = np.zeros(sl.stop - sl.start, bool) if skipped is None else np.asarray(skipped, bool)
+        if skip.any():  # whole-grid placeholders, so that nothing is zeroed; written as never written below
+            _, h, w = self.schema.feature_shape
+            valid_hw = np.where(skip[:, None], [h, w], valid_hw).astype(np.int32)
+            if valid_x_hflip is not None:
+                valid_x_hflip = np.where(skip[:, None], [0, w], valid_x_hflip).astype(np.int32)
         for view, x in features.items():
             if not self.attrs.get("keep_padding"):
                 cols = valid_x_hflip if view == "hflip" else np.stack([0 * valid_hw[:, 1], valid_hw[:, 1]], 1)
                 x = zero_padding(x, valid_hw[:, 0], cols)
             stored, scale = encode(x, self.dtype)
-            bad = np.flatnonzero(unsound(stored, scale, self.dtype))
+            bad = np.flatnonzero(unsound(stored, scale, self.dtype) & ~skip)
             if bad.size:
                 keys = self.keys()
                 overflow = "; values beyond +-65504 need --dtype bfloat16" if self.dtype == "float16" else ""
@@ -122,13 +130,15 @@ class FeatureStore(FeatureReader):
                     f"the teacher's {view} features of {[keys[sl.start + j] for j in bad]} in {self.url}/{self.run} "
                     f"are NaN or Inf as {self.dtype}: check the checkpoint, the input images and --autocast{overflow}"
                 )
+            stored[skip] = FILL[self.dtype]
             self.array(f"features{suffix(view)}")[sl] = stored
             if scale is not None:
+                scale[skip] = np.nan
                 self.array(f"scale{suffix(view)}")[sl] = scale
-        self.array("valid_hw")[sl] = valid_hw
+        self.array("valid_hw")[sl] = np.where(skip[:, None], -1, valid_hw)
         if valid_x_hflip is not None:
-            self.array("valid_x_hflip")[sl] = valid_x_hflip
-        self.array("done")[sl] = True
+            self.array("valid_x_hflip")[sl] = np.where(skip[:, None], -1, valid_x_hflip)
+        self.array("done")[sl] = ~skip
 
 
 def zero_padding(x: torch.Tensor, rows: np.ndarray, cols: np.ndarray) -> torch.Tensor:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
+from medprep.manifests.modalities import N_MODALITIES
 from medprep.manifests.pixels import NORMALIZATIONS, PER_IMAGE_NORMALIZATIONS, PROMPT_FIELDS, patch_size
 
 from .prompts import Prompts
@@ -66,6 +67,75 @@ def decode_png(data: bytes, where: str = "PNG entry") -> np.ndarray:
         raise ValueError(f"{where} is not a decodable PNG ({len(data)} bytes): the shard is damaged; run "
                          f"'medprep verify' on its dataset and rebuild")
     return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB) if arr.ndim == 3 else arr
+
+
+def _where(raw: dict[str, Any], entry: str) -> str:
+    """How errors name an entry of a raw sample: ``<key>.<entry> in <shard url>``."""
+    return f"{raw.get('__key__')}.{entry} in {raw.get('__url__')}"
+
+
+def _damaged(where: str, found: str, expected: str) -> ValueError:
+    return ValueError(f"{where}: {found}, expected {expected}: the shard is damaged or was not written by this "
+                      f"medprep; run 'medprep verify' on its dataset and rebuild")
+
+
+def decode_patch(data: bytes, where: str, n: int) -> np.ndarray:
+    """``patchN.npy`` bytes -> uint8 0/1 grid ``(H/N, W/N)``."""
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise _damaged(where, f"not a .npy array ({len(data)} bytes: {e})", f"a uint8 0/1 grid of patch {n}") from None
+    if arr.ndim != 2 or arr.dtype != np.uint8 or (arr.size and arr.max() > 1):
+        top = int(arr.max()) if arr.size and arr.dtype.kind in "biu" else "?"
+        raise _damaged(where, f"an array of shape {arr.shape}, dtype {arr.dtype}, max {top}",
+                       f"a 2-d uint8 0/1 grid of patch {n}")
+    return arr
+
+
+def decode_modality(data: bytes, where: str) -> int:
+    """``modality.cls`` bytes -> the modality id, which must be an id of the modality tables."""
+    try:
+        value = int(data.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        value = None
+    if value is None or not 0 <= value < N_MODALITIES:
+        raise _damaged(where, f"holds {data[:20]!r}", f"a modality id 0-{N_MODALITIES - 1} (the modality tables)")
+    return value
+
+
+def decode_meta(data: bytes, where: str) -> dict[str, Any]:
+    """``meta.json`` bytes -> dict."""
+    try:
+        meta = json.loads(data)
+    except ValueError as e:
+        raise _damaged(where, f"not JSON ({e})", "a JSON object") from None
+    if not isinstance(meta, dict):
+        raise _damaged(where, f"a JSON {type(meta).__name__}", "a JSON object")
+    return meta
+
+
+def check_sizes(arrays: dict[str, np.ndarray], raw: dict[str, Any], size: int | None) -> None:
+    """The decoded spatial fields of one sample agree: image ``(H, W, 3)``; mask, fov, inst ``(H, W)``; each
+    ``patchN`` ``(H/N, W/N)``; and ``H = W = size`` when the manifest records the side ``size``."""
+    full = {f: a for f, a in arrays.items() if not patch_size(f) and not f.startswith("_")}
+    if "image" in full and (full["image"].ndim != 3 or full["image"].shape[2] != 3):
+        raise _damaged(_where(raw, "image.png"), f"an image of shape {full['image'].shape}", "an RGB image (H, W, 3)")
+    ref = next(iter(full), None)
+    hw = full[ref].shape[:2] if ref else (size, size) if size else None
+    if hw is None:
+        return
+    source = f"the sample's {_ENTRIES[ref]}" if ref else "its manifest's size"
+    for f, a in arrays.items():
+        n = patch_size(f)
+        if f.startswith("_") or f == ref:
+            continue
+        want = (hw[0] // n, hw[1] // n) if n else hw
+        if a.shape[:2] != want or (f != "image" and a.ndim != 2):
+            raise _damaged(_where(raw, f"{f}.npy" if n else _ENTRIES[f]), f"shape {a.shape}",
+                           f"{want} (from {source}, {hw[0]} x {hw[1]})")
+    if ref and size and hw != (size, size):
+        raise _damaged(_where(raw, _ENTRIES[ref]), f"{hw[0]} x {hw[1]} pixels",
+                       f"{size} x {size} (the size its manifest records)")
 
 
 def _lut(how: str) -> np.ndarray:
@@ -111,13 +181,15 @@ def _binary(arr: np.ndarray) -> torch.Tensor:
 class Decoder:
     """Turns a raw webdataset sample (entry name -> bytes) into a dict of tensors with the requested fields.
 
-    ``augment`` (optional) is applied to the decoded arrays before they become tensors; it gets the mask decoded
+    Every entry is checked against what it claims to be (``modality.cls`` an id of the modality tables, image,
+    masks and patch grids of agreeing sizes, and ``size`` x ``size`` when ``size`` is given); errors name the shard,
+    the key and the entry. ``augment`` (optional) is applied to the decoded arrays before they become tensors; it gets the mask decoded
     as well when it has to recompute patch targets. Prompt fields (``points``, ``boxes``) are computed after it
     from the mask (and ``inst.png`` when the sample has one), as ``prompts`` says.
     """
 
     def __init__(self, fields: Iterable[str] = DEFAULT_FIELDS, normalize: str = "sam",
-                 augment: Augment | None = None, prompts: Prompts = Prompts()):
+                 augment: Augment | None = None, prompts: Prompts = Prompts(), size: int | None = None):
         if normalize not in NORMALIZATIONS and normalize not in PER_IMAGE_NORMALIZATIONS:
             raise ValueError(f"normalize={normalize!r}: expected one of "
                              f"{', '.join((*NORMALIZATIONS, *PER_IMAGE_NORMALIZATIONS))}")
@@ -126,6 +198,7 @@ class Decoder:
         # minmax: statistics of the unpadded region (meta's valid_hw), which is tracked through the augmentation
         self.per_image = normalize in PER_IMAGE_NORMALIZATIONS and "image" in self.fields
         self.augment = augment
+        self.size = size  # the side every sample has (its manifest's size), checked when given
         self.patches = [f for f in self.fields if patch_size(f)]
         spatial = [f for f in self.fields if f in ("image", "mask", "fov", "inst") or f in self.patches]
         self.arrays = list(spatial)
@@ -163,21 +236,23 @@ class Decoder:
         out: dict[str, np.ndarray] = {}
         for f in self.arrays:
             if patch_size(f):
-                out[f] = np.load(io.BytesIO(self._entry(raw, f"{f}.npy")), allow_pickle=False)
+                out[f] = decode_patch(self._entry(raw, f"{f}.npy"), _where(raw, f"{f}.npy"), patch_size(f))
             else:
                 entry = _ENTRIES[f]
-                arr = decode_png(self._entry(raw, entry), f"{raw.get('__key__')}.{entry} in {raw.get('__url__')}")
+                arr = decode_png(self._entry(raw, entry), _where(raw, entry))
                 out[f] = arr if f in ("image", "inst") else arr > 0
         for f in self.optional:
             if _ENTRIES[f] in raw:
-                out[f] = decode_png(raw[_ENTRIES[f]], f"{raw.get('__key__')}.{_ENTRIES[f]} in {raw.get('__url__')}")
+                out[f] = decode_png(raw[_ENTRIES[f]], _where(raw, _ENTRIES[f]))
+        check_sizes(out, raw, self.size)
         return out
 
     def __call__(self, raw: dict[str, Any], rng: np.random.Generator | None = None) -> dict[str, Any]:
         arrays = self.decode_arrays(raw)
         rng = rng if rng is not None else np.random.default_rng()
         if self.per_image:
-            arrays["_valid"], lo, hi = _valid_region(arrays["image"], json.loads(self._entry(raw, "meta.json")))
+            meta = decode_meta(self._entry(raw, "meta.json"), _where(raw, "meta.json"))
+            arrays["_valid"], lo, hi = _valid_region(arrays["image"], meta)
         if self.augment is not None:
             arrays = self.augment(arrays, rng)
         out: dict[str, Any] = {}
@@ -193,9 +268,10 @@ class Decoder:
             elif f in arrays:
                 out[f] = _binary(arrays[f])
             elif f == "modality_id":
-                out[f] = torch.tensor(int(self._entry(raw, "modality.cls")), dtype=torch.int64)
+                out[f] = torch.tensor(decode_modality(self._entry(raw, "modality.cls"), _where(raw, "modality.cls")),
+                                      dtype=torch.int64)
             elif f == "meta":
-                out[f] = json.loads(self._entry(raw, "meta.json"))
+                out[f] = decode_meta(self._entry(raw, "meta.json"), _where(raw, "meta.json"))
             elif f == "key":
                 out[f] = raw["__key__"]
         return out
@@ -205,7 +281,8 @@ def recorded_decoder(datasets: Sequence[BuiltDataset], fields: Iterable[str] | N
                      augment: Augment | None, prompts: Prompts | None) -> Decoder:
     """A ``Decoder`` whose arguments left ``None`` come from what the sources' builds recorded for their readers
     (``medprep build --preset``): ``normalize`` (else ``sam``), the ``prompts`` field added to ``DEFAULT_FIELDS``,
-    and ``box_jitter``. Sources that recorded different values of one are an error: pass it explicitly."""
+    and ``box_jitter``. Sources that recorded different values of one are an error: pass it explicitly. Samples are
+    checked against the side the manifests record when they all record the same one."""
     recorded: dict[str, Any] = {}
     for name in ("normalize", "prompts", "box_jitter"):
         values = {ds.manifest.params.get(name) for ds in datasets}
@@ -218,7 +295,10 @@ def recorded_decoder(datasets: Sequence[BuiltDataset], fields: Iterable[str] | N
         fields = (*DEFAULT_FIELDS, *([recorded["prompts"]] if "prompts" in recorded else []))
     if prompts is None:
         prompts = Prompts(box_jitter=recorded["box_jitter"]) if "box_jitter" in recorded else Prompts()
-    return Decoder(fields, normalize or recorded.get("normalize", "sam"), augment, prompts)
+    sizes = {ds.manifest.params.get("size") for ds in datasets}
+    size = sizes.pop() if len(sizes) == 1 else None
+    return Decoder(fields, normalize or recorded.get("normalize", "sam"), augment, prompts,
+                   size if isinstance(size, int) and size > 0 else None)
 
 
 def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:

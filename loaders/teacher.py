@@ -343,8 +343,9 @@ class SA1BStream(torch.utils.data.IterableDataset):
         try:  # PIL, as the cache decoded it
             with Image.open(io.BytesIO(index.read(member))) as im:
                 image = np.asarray(im.convert("RGB"))
-        except OSError as e:
-            raise ValueError(f"{index.url}: {member} is not a decodable image ({e})") from None
+        except OSError as e:  # PIL names its buffer (<_io.BytesIO ...>), not the member
+            raise ValueError(f"SA-1B tar {index.url}, member {member} is not a decodable image "
+                             f"({str(e).split(' <_io.BytesIO')[0]})") from None
         if view == "hflip":
             image = image[:, ::-1]
         return {

@@ -24,6 +24,7 @@ import numpy as np
 from . import store
 from .dataset import BuiltDataset
 from .features import STORED, FeatureReader, runs
+from .runattrs import RunSchemaError
 from .schema import MANIFEST, Manifest
 
 CARD = "card.json"
@@ -131,11 +132,13 @@ def run_card(reader: FeatureReader) -> dict[str, Any]:
 
 def store_card(url: str) -> dict[str, Any]:
     """The card of the teacher store at ``url``: one entry per run (a run whose creation was interrupted is listed
-    as not finished)."""
+    as not finished, a run whose attributes or arrays do not match the format as not readable)."""
     out = []
     for run in runs(url):
         try:
             out.append(run_card(FeatureReader.open(url, run)))
+        except RunSchemaError as e:
+            out.append({"run": run, "finished": True, "readable": False, "problem": str(e)})
         except ValueError as e:
             out.append({"run": run, "finished": False, "problem": str(e)})
     return {"kind": "teacher-store", "url": url, "runs": out}
@@ -242,6 +245,9 @@ def _store_markdown(c: dict[str, Any]) -> list[str]:
         lines += [f"## {r['run']}", ""]
         if not r["finished"]:
             lines += [f"not finished being created: {r['problem']}", ""]
+            continue
+        if r.get("readable") is False:
+            lines += [f"cannot be read: {r['problem']}", ""]
             continue
         src = r["source"]
         where = src.get("url")

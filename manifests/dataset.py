@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import IO, Any, Collection, Iterator, Sequence
 
 from . import store, tar
-from .schema import FAILURES, MANIFEST, SAMPLES, Manifest, ShardEntry, wids_problems
+from .schema import FAILURES, MANIFEST, SAMPLES, Manifest, ShardEntry, sample_row_problem, wids_problems
 from .tar import ShardError, ShardIndex
 from .verify import verify
 
@@ -66,8 +66,12 @@ class BuiltDataset:
         return [self.url(s.name) for s in self.manifest.shards_of(split)]
 
     def samples(self, split: str | None = None) -> Iterator[dict[str, Any]]:
-        """Rows of ``samples.jsonl`` (optionally of one split), in shard order."""
-        for row in store.iter_jsonl(self.url(SAMPLES)):
+        """Rows of ``samples.jsonl`` (optionally of one split), in shard order; a row that does not match the schema
+        (:func:`~medprep.manifests.schema.sample_row_problem`) raises a ``ValueError`` naming its line."""
+        for n, row in enumerate(store.iter_jsonl(self.url(SAMPLES)), 1):
+            problem = sample_row_problem(row, self._entries)
+            if problem:
+                raise ValueError(f"{self.url(SAMPLES)} line {n}: {problem}; run 'medprep verify {self.root}'")
             if split is None or row["split"] == split:
                 yield row
 

@@ -32,6 +32,7 @@ zeros there, undetected), never written or resumed.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from typing import Any, TypeVar
 
 import numpy as np
@@ -39,15 +40,12 @@ import zarr
 from fsspec.implementations.local import LocalFileSystem
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
+from .runattrs import DTYPES, STORED, VIEWS, RunAttrs, check_arrays, check_attrs
 from .store import fs_and_path
 
 FORMAT = "medprep-teacher-v2"
 #: older formats this reader still reads (never written)
 READABLE = (FORMAT, "medprep-teacher-v1")
-DTYPES = ("float16", "int8", "bfloat16", "float32")
-VIEWS = ("identity", "hflip")
-#: numpy dtype each feature dtype is stored as (bfloat16 as its raw 16 bits)
-STORED: dict[str, str] = {"float16": "float16", "int8": "int8", "bfloat16": "uint16", "float32": "float32"}
 #: fill value of the stored features: never written as data, so it marks a missing chunk
 FILL: dict[str, float | int] = {"float16": float("nan"), "int8": -128, "bfloat16": 0x7FC0, "float32": float("nan")}
 #: how to get float32 values from each stored feature dtype (written to the features' attrs)
@@ -163,7 +161,9 @@ def _open_root(url: str, mode: str = "r") -> zarr.Group:
 
 
 def _runs(root: zarr.Group) -> list[str]:
-    return sorted(name for name, _ in root.groups())
+    with warnings.catch_warnings():  # the lock file of a run being written (.<run>.lock) is no zarr object
+        warnings.filterwarnings("ignore", r"Object at \.[^/]*\.lock is not recognized")
+        return sorted(name for name, _ in root.groups())
 
 
 def runs(url: str) -> list[str]:
@@ -190,10 +190,12 @@ class FeatureReader:
                 f"{url}/{run} has the store format {self.format!r}; this medprep reads {list(READABLE)}: use the "
                 f"medprep that wrote it (or a newer one), or rerun 'medprep cache-teacher' into a new store"
             )
-        self.dtype: str = self.attrs["dtype"]
-        self.views: list[str] = self.attrs["views"]
-        self.shard_size: int = self.attrs["shard_size"]
-        self._arrays: dict[str, zarr.Array] = {}
+        where = f"{url}/{run}"
+        self.schema: RunAttrs = check_attrs(self.attrs, where)
+        self.dtype: str = self.schema.dtype
+        self.views: list[str] = list(self.schema.views)
+        self.shard_size: int = self.schema.shard_size
+        self._arrays: dict[str, zarr.Array] = check_arrays(group, self.schema, where)
         self.n: int = self.array("keys").shape[0]
         self.nshards = -(-self.n // self.shard_size)
 
@@ -213,7 +215,7 @@ class FeatureReader:
     def array(self, name: str) -> zarr.Array:
         """Array ``name`` of the run, opened once."""
         if name not in self._arrays:
-            self._arrays[name] = self.group[name]
+            raise KeyError(f"{self.url}/{self.run} has no array {name!r} (arrays: {sorted(self._arrays)})")
         return self._arrays[name]
 
     def shard_slice(self, s: int) -> slice:
@@ -254,15 +256,40 @@ class FeatureReader:
 
     def valid_mask(self, i: int, view: str = "identity") -> np.ndarray:
         """Boolean ``(H, W)`` mask of the embedding cells that see image content (not padding)."""
-        _, h, w = self.attrs["feature_shape"]
+        _, h, w = self.schema.feature_shape
         vh, vw = (int(v) for v in self._get("valid_hw", i))
         x0, x1 = (int(v) for v in self._get("valid_x_hflip", i)) if view == "hflip" else (0, vw)
         if min(vh, x0, x1) < 0:
             raise DamagedStore(f"{self.url}/{self.run}: the valid region of sample {self.keys()[i]!r} is missing "
                                f"(a lost chunk): {self._advice()}")
+        why = self._outside(i, view, vh, vw, x0, x1)
+        if why:
+            raise DamagedStore(f"{self.url}/{self.run}: {why}: {self._advice()}")
         mask = np.zeros((h, w), dtype=bool)
         mask[:vh, x0:x1] = True
         return mask
+
+    def region_problems(self) -> list[tuple[int, str]]:
+        """``(row, what is wrong)`` for each sample whose recorded valid region lies outside the feature grid."""
+        hw = self._get("valid_hw", slice(None))
+        flip = self._get("valid_x_hflip", slice(None)) if "hflip" in self.views else None
+        out = []
+        for i, (vh, vw) in enumerate(hw.tolist()):
+            x0, x1 = flip[i].tolist() if flip is not None else (0, vw)
+            if min(vh, vw, x0, x1) >= 0:  # -1: not written yet
+                why = self._outside(i, "identity", vh, vw, 0, vw) or self._outside(i, "hflip", vh, vw, x0, x1)
+                if why:
+                    out.append((i, why))
+        return out
+
+    def _outside(self, i: int, view: str, vh: int, vw: int, x0: int, x1: int) -> str:
+        """Why the valid region of sample ``i`` in ``view`` is not inside the feature grid ("" if it is)."""
+        _, h, w = self.schema.feature_shape
+        if vh <= h and vw <= w and 0 <= x0 <= x1 <= w:
+            return ""
+        name, found = ("valid_x_hflip", [x0, x1]) if view == "hflip" else ("valid_hw", [vh, vw])
+        return (f"{name} of sample {self.keys()[i]!r} (row {i}) is {found}, expected a region inside the {h} x {w} "
+                f"feature grid (rows <= {h}, columns <= {w}, x0 <= x1)")
 
     def _get(self, name: str, index: Any) -> np.ndarray:
         try:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import store
+from .modalities import MODALITY_MAPS, N_MODALITIES
 
 FORMAT = "medprep-manifest-v2"
 FORMATS = ("medprep-manifest-v1", FORMAT)  # formats this version reads (v1: no generation recorded)
@@ -135,6 +136,16 @@ def schema_problems(d: Any) -> list[str]:
                  for k in sorted(set(d) & set(_MANIFEST_FIELDS)) if not _typed(d[k], _MANIFEST_FIELDS[k])]
     if problems or not isinstance(d.get("shards"), list):
         return problems
+    if d["modality"] not in MODALITY_MAPS["default"]:
+        problems.append(f"modality is {d['modality']!r}, expected one of the modality table "
+                        f"({', '.join(MODALITY_MAPS['default'])})")
+    if not 0 <= d["modality_id"] < N_MODALITIES:
+        problems.append(f"modality_id is {d['modality_id']}, expected an id of the modality tables "
+                        f"(0-{N_MODALITIES - 1})")
+    for k, v in d["counts"].items():
+        values = v.values() if isinstance(v, dict) else [v]
+        if not all(_typed(x, int) and x >= 0 for x in values):
+            problems.append(f"counts.{k} is {v!r}, expected a non-negative integer (or an object of them)")
     names: set[str] = set()
     for i, s in enumerate(d["shards"]):
         where = f"shards[{i}]"
@@ -156,6 +167,22 @@ def schema_problems(d: Any) -> list[str]:
         if not SHA256.fullmatch(s["sha256"]):
             problems.append(f"{where}: sha256 is not 64 lowercase hex digits")
     return problems
+
+
+def sample_row_problem(row: Any, shards: dict[str, ShardEntry]) -> str:
+    """What in one ``samples.jsonl`` row does not match the schema ("" if it matches): an object whose ``key`` is
+    a non-empty string and whose ``split`` and ``shard`` name a shard of the manifest holding that split."""
+    if not isinstance(row, dict):
+        return f"a JSON {type(row).__name__}, expected an object"
+    for name in ("key", "split", "shard"):
+        if not isinstance(row.get(name), str) or not row[name]:
+            return f"field {name!r} is {row.get(name, 'missing')!r}, expected a non-empty string"
+    entry = shards.get(row["shard"])
+    if entry is None:
+        return f"field 'shard' is {row['shard']!r}, expected a shard the manifest lists"
+    if entry.split != row["split"]:
+        return f"field 'split' is {row['split']!r}, expected {entry.split!r} (the split of shard {entry.name})"
+    return ""
 
 
 def wids_problems(doc: Any, shards: list[ShardEntry]) -> list[str]:

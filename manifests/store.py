@@ -120,11 +120,15 @@ def human_bytes(n: int) -> str:
 
 
 def iter_jsonl(url: str | os.PathLike) -> Iterator[dict]:
-    """Rows of a JSON-lines file; a missing file yields nothing."""
+    """Rows of a JSON-lines file; a missing file yields nothing; a line that is not JSON raises a ``ValueError``
+    naming the file and the line."""
     fs, path = fs_and_path(url)
     if not fs.exists(path):
         return
     with fs.open(path, "rt", encoding="utf-8") as f:
-        for line in f:
+        for n, line in enumerate(f, 1):
             if line.strip():
-                yield json.loads(line)
+                try:
+                    yield json.loads(line)
+                except ValueError as e:
+                    raise ValueError(f"{url} line {n} is not JSON ({e})") from None

@@ -525,6 +525,11 @@ def cache_teacher(
                                                                  "default: the run's recorded count, else this "
                                                                  "machine's (same count: bit-identical features)."),
     decode_threads: int = typer.Option(4, metavar="N", help="Threads decoding and preprocessing images."),
+    wait: float = typer.Option(0.0, metavar="SECONDS", help="When another cache-teacher is writing the same run, "
+                                                            "wait this long for it before giving up."),
+    max_failures: int = typer.Option(0, metavar="N", help="Images per run that may fail to be read: each is "
+                                                          "skipped and listed (left not done: a rerun tries it "
+                                                          "again); one more stops the run."),
     devices: Optional[str] = typer.Option(None, metavar="LIST", help="One dask worker per device, e.g. "
                                                                     "cuda:0,cuda:1."),
     scheduler: Optional[str] = typer.Option(None, metavar="ADDRESS", help="A running dask scheduler (default: a "
@@ -538,7 +543,7 @@ def cache_teacher(
 
     Resumable: a rerun continues where an interrupted one stopped.
     """
-    from medprep.distill import CacheEvent, RunOpened, cache_corpus, per_source, source_specs
+    from medprep.distill import CacheEvent, RunOpened, Skipped, cache_corpus, per_source, source_specs
     from medprep.progress import Progress
 
     setup_logging(verbose)
@@ -550,7 +555,7 @@ def cache_teacher(
                            err=True)
             progress.label = f"cache {event.run}"
             progress.start(event.images + event.resumed, event.resumed)
-        else:
+        elif not isinstance(event, Skipped):  # skipped images are listed at the end
             progress.advance(event.images)
 
     with Progress(f"cache {run or encoder}", unit="images", every=progress_every, quiet=quiet) as progress:
@@ -563,7 +568,7 @@ def cache_teacher(
                 shard_size=shard_samples, keep_padding=keep_padding, batch_size=batch_size, device=device,
                 autocast=autocast, compile=compile, workers=decode_threads,
                 devices=tuple(devices.split(",")) if devices else (), scheduler=scheduler, attention=attention,
-                threads=threads)
+                threads=threads, wait=wait, max_failures=max_failures)
             results = cache_corpus(params, on_event=draw)
         except (ValueError, FileNotFoundError, KeyError, RuntimeError, TypeError, ImportError) as e:
             progress.close()
@@ -572,6 +577,12 @@ def cache_teacher(
         for result in results:
             typer.echo(f"{out}/{result.store.run}: {len(result.shards_written)} zarr shards written "
                        f"({result.images} images), {len(result.shards_skipped)} already done")
+    for result in results:  # even with --quiet: these samples have no features
+        if result.skipped:
+            typer.echo(f"{out}/{result.store.run}: {len(result.skipped)} images could not be read and were skipped "
+                       f"(not done; a rerun tries them again):", err=True)
+            for event in result.skipped:
+                typer.echo(f"  {event.key}: {event.reason}", err=True)
 
 
 @app.command("check-teacher")

@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 from medprep.manifests import BuiltDataset, ShardIndex
 from medprep.manifests.card import kind_of
 from medprep.manifests.features import FeatureReader, runs
+from medprep.manifests.runattrs import RunSchemaError
 
 TILE = 256  # side of one panel in pixels
 GAP = 10
@@ -35,6 +36,8 @@ GRID = (255, 255, 255, 60)  # patch32 grid lines (RGBA)
 BACKGROUND, TEXT, PADDING = (28, 28, 28), (236, 236, 236), (72, 72, 72)
 ENTRIES = ("image.png", "mask.png", "patch32.npy", "inst.png", "fov.png", "meta.json")
 PCA_CELLS = 50_000  # embedding cells the PCA is fitted on, at most
+MAX_TILE = 2048  # largest --tile (pixels)
+MAX_SHEET_PIXELS = 1 << 27  # largest sheet (panels only): about 400 MB of RGB
 
 
 @dataclass(frozen=True)
@@ -81,8 +84,11 @@ def preview(path: str, out: str | Path, n: int = 16, split: str | None = None, s
             run: str | None = None, tile: int = TILE) -> Sheet:
     """Draw ``n`` random samples (seeded by ``seed``) of the built dataset or teacher store at ``path`` into the PNG
     ``out``. ``split`` picks a dataset's split (default: all); ``run`` a store's run (default: all finished ones)."""
-    if n < 1 or tile < 32:
-        raise ValueError(f"--n {n} and --tile {tile}: expected at least 1 sample and 32 pixels")
+    if n < 1 or not 32 <= tile <= MAX_TILE:
+        raise ValueError(f"--n {n} and --tile {tile}: expected at least 1 sample and 32 to {MAX_TILE} pixels")
+    if 2 * n * tile * tile > MAX_SHEET_PIXELS:
+        raise ValueError(f"--n {n} samples of --tile {tile} pixels make a sheet of about {2 * n * tile * tile:,} "
+                         f"pixels, more than {MAX_SHEET_PIXELS:,}: lower --n or --tile")
     kind = kind_of(path)
     if kind == "dataset":
         if run is not None:
@@ -217,8 +223,8 @@ def _store_panels(url: str, n: int, run: str | None, seed: int, side: int
     for name in [run] if run is not None else runs(url):
         try:
             readers.append(FeatureReader.open(url, name))
-        except ValueError as e:  # a run whose creation was interrupted
-            if run is not None:
+        except ValueError as e:  # a run whose creation was interrupted (a run that lies about itself: an error)
+            if run is not None or isinstance(e, RunSchemaError):
                 raise
             notes.append(str(e))
     done = [(r, int(i)) for r in readers for i in np.flatnonzero(r.done())]

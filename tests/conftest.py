@@ -1,4 +1,5 @@
-"""Shared test helpers (imported as ``from conftest import ...``): read built shards back as decoded samples."""
+"""Shared test helpers (imported as ``from conftest import ...``): read built shards back as decoded samples; a
+small built dataset fixture."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 
@@ -65,3 +67,14 @@ def convert_all(dataset: str, src: str | Path, **options) -> tuple[dict, list]:
     for rec in records:
         out.update(conv.samples({f: tree.read(f) for f in rec.files()}, rec))
     return out, failures
+
+
+@pytest.fixture(scope="session")
+def tiny_drive(tmp_path_factory) -> Path:
+    """A small built DRIVE dataset (2 train, 1 test samples of 64 x 64), shared read-only by the tests of a session:
+    tests that damage it work on a copy."""
+    from medprep.prep import build, synthetic
+
+    tmp = tmp_path_factory.mktemp("tiny-drive")
+    build("drive", synthetic.make("drive", tmp / "src", n_train=2, n_test=1), tmp / "shards", size=64)
+    return tmp / "shards" / "drive"
