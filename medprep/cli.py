@@ -182,8 +182,11 @@ def build(
     patch_sizes: Optional[str] = typer.Option(None, metavar="N,N,...", help="Max-pool patch sizes (default "
                                                                            "16,32,64)."),
     modality_map: Optional[str] = typer.Option(None, metavar="NAME", help="Modality ids: default, esp-medsam (the "
-                                                                         "paper's order) or esp-medsam-released "
-                                                                         "(the released checkpoints')."),
+                                                                         "paper's order), esp-medsam-released "
+                                                                         "(the released checkpoints'), "
+                                                                         "medsam-laptop (the CVPR 2024 challenge's "
+                                                                         "order) or FILE.json (your own: "
+                                                                         "{\"ct\": 0, ...})."),
     normalize: Optional[str] = typer.Option(None, metavar="NAME", help="Record the training normalisation for "
                                                                       "loaders: none, unit, sam, esp-medsam or "
                                                                       "minmax."),
@@ -368,7 +371,8 @@ def datasets(
         for d in catalog():
             domain = f", {d['domain']} domain" if d["domain"] else ""
             ids = d["modality_ids"]
-            modality = f"{d['modality']} (id {ids['default']})" if ids else "modality given with --modality"
+            modality = (f"{d['modality']} (id {ids['default']})" if ids else "modality given with --modality"
+                        if d["modality"] else "modality from each file's name")
             typer.echo(f"{d['name']:14s} {modality}, split: {d['split_rule']}{domain}")
             needs = " ".join(d["required_options"])
             for line in (d["title"], d["homepage"], d["license"] and f"licence: {d['license']}",
@@ -387,7 +391,8 @@ def datasets(
 
     typer.echo(f"{d['name']}: {d['title']}")
     ids = ", ".join(f"{t} {i}" for t, i in d["modality_ids"].items())
-    field("modality", f"{d['modality']} (ids: {ids})" if ids else "given with --modality")
+    field("modality", f"{d['modality']} (ids: {ids})" if ids else "given with --modality" if d["modality"]
+          else "each file's, from its name (or one given with -o modality=NAME)")
     field("split", d["split_rule"] + (f"; {d['domain']} domain" if d["domain"] else ""))
     for label, key in (("official page", "homepage"), ("licence", "license"), ("cite", "citation")):
         field(label, d[key] or "-")
