@@ -417,7 +417,8 @@ def _medsam(datasets: list[BuiltDataset], out: str, splits: list[str], layout: s
     for split in splits:
         for ds in datasets:
             named = dict.fromkeys(_medsam_stem(json.loads(raw["meta.json"]), by_volume)
-                                  for shard in ds.manifest.shards_of(split) for raw in ds.read_shard(shard, {"meta.json"}))
+                                  for shard in ds.manifest.shards_of(split)
+                                  for raw in ds.read_shard(shard, {"meta.json"}))
             if layout == "medsam-npz":
                 paths += [join(out, split, f"{stem}.npz") for stem in dict.fromkeys(stem for stem, _ in named)]
             else:

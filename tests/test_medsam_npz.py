@@ -199,3 +199,21 @@ def test_modality_map_must_hold_every_modality_of_the_build(tmp_path):
     assert len(reasons) == 10 and all("is not in the" in r and "ct_only.json" in r for r in reasons)
     with pytest.raises(ValueError, match="cannot read the file"):
         build("drive", tmp_path, tmp_path / "out3", modality_map=str(tmp_path / "missing.json"))
+
+
+def test_cli_modality_map_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from medprep.cli import app
+
+    src = s3.make_challenge_npz(tmp_path / "src")
+    table = {m: i for i, m in enumerate(sorted(MODALITY_MAPS["medsam-laptop"]))}
+    (tmp_path / "mine.json").write_text(json.dumps(table))
+    (tmp_path / "bad.json").write_text('{"ct": 0, "mr": -3}')
+    base = ["build", "--dataset", "medsam-npz", "--src", str(src), "--size", "64", "--split-rule", "test"]
+    res = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "out"), "--modality-map",
+                                   str(tmp_path / "mine.json")])
+    assert res.exit_code == 0, res.output
+    bad = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "out2"), "--modality-map",
+                                   str(tmp_path / "bad.json")])
+    assert bad.exit_code == 2 and f"--modality-map {tmp_path / 'bad.json'}: field 'mr' has value -3" in bad.output
