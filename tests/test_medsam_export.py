@@ -264,3 +264,20 @@ def test_cli_exports_medsam_layouts(challenge, tmp_path):
     res = CliRunner().invoke(app, ["export", str(challenge), "--out", str(tmp_path / "medsam-npz"), "--layout",
                                    "medsam-npz"])
     assert res.exit_code != 0 and "already holds" in res.output
+
+
+def test_one_label_per_sample_builds_export_their_label_maps(tmp_path):
+    """-o multilabel=each gives a sample per label; the export puts them back into one label map per slice."""
+    src = s3.make_challenge_npz(tmp_path / "src")
+    out = build("medsam-npz", src, tmp_path / "built", size=64, split_rule="test", multilabel="each",
+                images="PET_*.npz").out
+    assert len(read_built(out)) == 4  # label 3 on slices 1-3, label 1 on slice 2
+    export(out, tmp_path / "npz", "medsam-npz")
+    arrays = _npz(tmp_path / "npz" / "test" / "PET_autoPET_fdg_0001.npz")
+    with np.load(src / "PET_autoPET_fdg_0001.npz") as z:
+        source = z["gts"][1:]
+    assert arrays["gts"].shape == (3, 64, 64) and [sorted(np.unique(g)) for g in arrays["gts"]] == [
+        sorted(np.unique(g)) for g in source]
+    res = export(out, tmp_path / "npy", "medsam-npy")
+    assert sorted(p.name for p in (tmp_path / "npy" / "test" / "gts").iterdir()) == [
+        f"PET_autoPET_fdg_0001-{i:03d}.npy" for i in range(3)] and res.counts == {"test": 3}
