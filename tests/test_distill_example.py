@@ -41,7 +41,8 @@ def test_stored_features_teach_the_student_through_teacherjoin(tmp_path):
     with torch.no_grad():  # the stored feature is the teacher's of the student's input (float16 in the store)
         online = teacher(ex.teacher_input(batch, pre))
     assert batch["teacher_valid"].equal(ex.valid_of(batch))
-    assert torch.allclose(batch["teacher"], online, atol=2e-2, rtol=1e-2)
+    inside = batch["teacher_valid"][:, None]  # the store holds 0 over the padding cells
+    assert torch.allclose(batch["teacher"], torch.where(inside, online, 0.0), atol=2e-3, rtol=1e-2)
     torch.manual_seed(0)
     student = ex.Student()
     run = ex.train(student, ex.stored_batches(built, store, 0, 2), lambda b: (b["teacher"], b["teacher_valid"]), 3,
