@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import io
 import json
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Iterable, Sequence
 
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-from medprep.manifests.modalities import N_MODALITIES
+from medprep.manifests.modalities import N_MODALITIES, recorded_table
 from medprep.manifests.pixels import NORMALIZATIONS, PER_IMAGE_NORMALIZATIONS, PROMPT_FIELDS, patch_size
 
 from .prompts import Prompts
@@ -92,14 +92,16 @@ def decode_patch(data: bytes, where: str, n: int) -> np.ndarray:
     return arr
 
 
-def decode_modality(data: bytes, where: str) -> int:
-    """``modality.cls`` bytes -> the modality id, which must be an id of the modality tables."""
+def decode_modality(data: bytes, where: str, ids: Collection[int] = range(N_MODALITIES)) -> int:
+    """``modality.cls`` bytes -> the modality id, which must be one of ``ids`` (the build's table; by default the
+    built-in tables' ids)."""
     try:
         value = int(data.decode("ascii").strip())
     except (UnicodeDecodeError, ValueError):
         value = None
-    if value is None or not 0 <= value < N_MODALITIES:
-        raise _damaged(where, f"holds {data[:20]!r}", f"a modality id 0-{N_MODALITIES - 1} (the modality tables)")
+    if value is None or value not in ids:
+        allowed = (f"0-{N_MODALITIES - 1}" if ids == range(N_MODALITIES) else ", ".join(map(str, sorted(ids))))
+        raise _damaged(where, f"holds {data[:20]!r}", f"a modality id of the build's table ({allowed})")
     return value
 
 
@@ -189,7 +191,8 @@ class Decoder:
     """
 
     def __init__(self, fields: Iterable[str] = DEFAULT_FIELDS, normalize: str = "sam",
-                 augment: Augment | None = None, prompts: Prompts = Prompts(), size: int | None = None):
+                 augment: Augment | None = None, prompts: Prompts = Prompts(), size: int | None = None,
+                 modality_ids: Collection[int] = range(N_MODALITIES)):
         if normalize not in NORMALIZATIONS and normalize not in PER_IMAGE_NORMALIZATIONS:
             raise ValueError(f"normalize={normalize!r}: expected one of "
                              f"{', '.join((*NORMALIZATIONS, *PER_IMAGE_NORMALIZATIONS))}")
@@ -199,6 +202,7 @@ class Decoder:
         self.per_image = normalize in PER_IMAGE_NORMALIZATIONS and "image" in self.fields
         self.augment = augment
         self.size = size  # the side every sample has (its manifest's size), checked when given
+        self.modality_ids = modality_ids  # the ids ``modality.cls`` may hold
         self.patches = [f for f in self.fields if patch_size(f)]
         spatial = [f for f in self.fields if f in ("image", "mask", "fov", "inst") or f in self.patches]
         self.arrays = list(spatial)
@@ -268,7 +272,8 @@ class Decoder:
             elif f in arrays:
                 out[f] = _binary(arrays[f])
             elif f == "modality_id":
-                out[f] = torch.tensor(decode_modality(self._entry(raw, "modality.cls"), _where(raw, "modality.cls")),
+                out[f] = torch.tensor(decode_modality(self._entry(raw, "modality.cls"), _where(raw, "modality.cls"),
+                                                      self.modality_ids),
                                       dtype=torch.int64)
             elif f == "meta":
                 out[f] = decode_meta(self._entry(raw, "meta.json"), _where(raw, "meta.json"))
@@ -297,8 +302,11 @@ def recorded_decoder(datasets: Sequence[BuiltDataset], fields: Iterable[str] | N
         prompts = Prompts(box_jitter=recorded["box_jitter"]) if "box_jitter" in recorded else Prompts()
     sizes = {ds.manifest.params.get("size") for ds in datasets}
     size = sizes.pop() if len(sizes) == 1 else None
+    tables = [recorded_table(ds.manifest.params) for ds in datasets]
+    ids = (range(N_MODALITIES) if not tables or None in tables
+           else frozenset(i for t in tables if t is not None for i in t.values()))
     return Decoder(fields, normalize or recorded.get("normalize", "sam"), augment, prompts,
-                   size if isinstance(size, int) and size > 0 else None)
+                   size if isinstance(size, int) and size > 0 else None, ids)
 
 
 def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:

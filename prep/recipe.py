@@ -22,6 +22,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from medprep.manifests.modalities import is_table_file
+
 from .params import BuildParams
 from .tree import read_regular
 
@@ -44,7 +46,8 @@ def recipe_toml(p: BuildParams, src: str) -> bytes:
     for f in fields(BuildParams):
         value = getattr(p, f.name)
         if f.name not in ("dataset", "options") and value is not None:
-            doc[f.name] = str(Path(value).resolve()) if f.name == "split_file" else value
+            doc[f.name] = str(Path(value).resolve()) if f.name == "split_file" or (
+                f.name == "modality_map" and is_table_file(value)) else value
     head = ("# medprep build recipe: `medprep build --config recipe.toml` rebuilds these bytes (options given on the\n"
             "# command line override these; relative paths are relative to this file's folder).\n")
     body = "".join(f"{_key(k.replace('_', '-'))} = {_value(v)}\n" for k, v in doc.items())

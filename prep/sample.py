@@ -28,9 +28,9 @@ def convert(conv: Converter, rec: Record, loaded: Loaded, hashes: dict[str, str]
     meta = {
         "dataset": conv.name,
         "split": split,
-        "modality": conv.modality,
+        "modality": rec.modality or conv.modality,
         "modality_id": modality_id,
-        "modality_map": params.modality_map,
+        "modality_map": params.modality_map_label,
         "source_id": sample_id,
         "source": {"image": rec.image, "masks": list(rec.masks), **({"extras": rec.extras} if rec.extras else {})},
         "sha256": hashes,

@@ -202,3 +202,33 @@ def make_medsam_npz(root: Path, seed: int = 0) -> Path:
             gts[:, 40:] *= 2  # two labels
         write_medsam_npz(base / "Dermoscopy" / f"Dermoscopy_Fake_{c:04d}.npz", img, gts, None)
     return base
+
+
+# One file name per modality of the challenge, as its files are named (training files <Prefix>_<dataset>_<case>,
+# demo / test files 2DBox_ / 3DBox_), with the modality medprep reads from it; 3D for CT, MR and PET.
+CHALLENGE_FILES = {
+    "CT_AbdTumor_Adrenal_Ki67_Seg_001.npz": "ct", "3DBox_MR_demo.npz": "mr", "PET_autoPET_fdg_0001.npz": "pet",
+    "XRay_Chest-Xray-Masks_CHNCXR_0001.npz": "x-ray", "US_Breast-Ultrasound_benign_1.npz": "ultrasound",
+    "2DBox_Mammography_demo.npz": "mammography", "OCT_Intraretinal-Cystoid_0001.npz": "oct",
+    "Endoscopy_Kvasir-SEG_cju0qkwl35piu0993l0dewei2.npz": "endoscopy", "Fundus_IDRiD_IDRiD_01.npz": "fundus",
+    "Dermoscopy_ISIC2018_ISIC_0000000.npz": "dermoscopy", "Microscope_NeurIPS22CellSeg_cell_00001.npz": "microscopy",
+}
+
+
+def make_challenge_npz(root: Path, seed: int = 0) -> Path:
+    """One npz per modality of the challenge (``CHALLENGE_FILES``), with what its real files hold: 2D ``imgs``
+    (H, W, 3) uint8 and ``gts`` (H, W) uint8 labels; 3D ``imgs`` (D, H, W) uint8, ``gts`` (D, H, W) uint16 labels
+    and ``spacing`` (x, y, z). Every file has foreground; 3D files on 3 of their 4 slices."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, modality in CHALLENGE_FILES.items():
+        if modality in ("ct", "mr", "pet"):
+            imgs = rng.integers(0, 256, (4, 40, 48), dtype=np.uint8)
+            gts = np.zeros(imgs.shape, np.uint16)
+            gts[1:, 10:25, 12:30] = 3
+            gts[2, 28:34, 30:40] = 1
+            write_medsam_npz(root / name, imgs, gts, (0.8, 0.8, 2.5))
+        else:
+            img, mask = scene(48, 56, rng, blobs=2)
+            write_medsam_npz(root / name, img, mask.astype(np.uint8), None)
+    return root

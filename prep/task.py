@@ -69,10 +69,12 @@ def run_task(task: Task, src: str, partial: str, p: BuildParams, root: str = "",
                 hashes = {f[len(root):]: inputs[f[len(root):]] for f in blobs}
                 for sid, loaded in conv.samples(blobs, rec):
                     skey = key if sid == rec.source_id else make_key(conv.name, sid)
-                    sample_mid = mid if mid is not None else p.sample_modality_id(conv, sid)
+                    sample_mid = mid if mid is not None else p.sample_modality_id(conv, sid, rec.modality)
                     sample, row = convert(conv, shown, loaded, hashes, skey, sid, task.split, sample_mid, p)
-                    if mid is None:  # a per-sample id map: the manifest's id is the most common one
+                    if mid is None:  # a per-sample id or modality: the manifest's are the most common ones
                         row["modality_id"] = sample_mid
+                        if rec.modality is not None:
+                            row["modality"] = rec.modality
                     size = TarShard.member_bytes(sample)
                     if TarShard.file_size(size) > p.shard_size:
                         raise SampleTooLarge(f"sample {skey} takes {TarShard.file_size(size)} bytes in a tar, more "

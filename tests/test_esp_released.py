@@ -138,6 +138,6 @@ def test_lung_ids_follow_the_file_names(tmp_path):
 def test_datasets_command_lists_the_ids_per_dataset():
     res = CliRunner().invoke(app, ["datasets", "lung"])
     assert res.exit_code == 0, res.output
-    assert "x-ray (ids: default 1, esp-medsam 1)" in res.output
+    assert "x-ray (ids: default 1, esp-medsam 1, medsam-laptop 3)" in res.output
     assert "1: CHNCXR_0001_0" in res.output and "3: MCUCXR_0001_0" in res.output
     assert "lung_data_split.json (released by the authors)" in res.output

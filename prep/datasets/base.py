@@ -30,6 +30,7 @@ class Record:
     group: str | None = None  # video sequence / patient, for --group-by
     extras: dict[str, str] = field(default_factory=dict)  # name -> file, written as <name>.png (e.g. DRIVE fov)
     info: dict[str, Any] = field(default_factory=dict)  # extra meta fields (e.g. BUSI class)
+    modality: str | None = None  # this input's own modality (medsam-npz file-name prefixes); None: the converter's
 
     def files(self) -> list[str]:
         return [self.image, *self.masks, *self.extras.values()]

@@ -2,14 +2,17 @@
 
 2D files hold ``imgs`` (H, W, 3) or (H, W) and ``gts`` (H, W): one sample each. 3D files hold ``imgs`` and ``gts``
 (D, H, W), already windowed to uint8 by the challenge, cut along axis 0 into slices ``<id>_z0042``; ``spacing`` is
-in SimpleITK (x, y, z) order and goes into meta as [slice, row, col]. Files are named ``<Modality>_<dataset>...``;
-a file whose prefix names another modality than ``-o modality`` is a failure, so select one modality per build
-with ``-o images=GLOB``.
+in SimpleITK (x, y, z) order and goes into meta as [slice, row, col]. Files are named ``<Modality>_<dataset>...``
+(training files, e.g. ``CT_Abd_FLARE22_Tr_0001.npz``) or ``2DBox_<Modality>_...`` / ``3DBox_<Modality>_...`` (the
+challenge's test and demo files): each file's samples get the modality of its prefix (``PREFIX_MODALITY``; one
+build may hold all 11), unless ``-o modality=NAME`` gives one for every file. A file without ``gts`` (a test input:
+``imgs`` + ``boxes``) is a failure.
 """
 
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -24,9 +27,18 @@ from .base import Converter, Failure, Loaded, Record, register
 from .options import DatasetName, option
 from .volumes import SliceOptions
 
-# the challenge's file name prefixes whose modality is unambiguous
-PREFIX_MODALITY = {"CT": "ct", "MR": "mr", "Dermoscopy": "dermoscopy", "Fundus": "fundus", "XRay": "x-ray",
-                   "X-Ray": "x-ray", "US": "ultrasound", "Microscope": "microscopy", "Microscopy": "microscopy"}
+# the challenge's file name prefixes (the first ``_``-separated part after an optional 2DBox_ / 3DBox_) and their
+# modality: all 11 of the CVPR 2024 "MedSAM on laptop" data, with the spellings its files use
+PREFIX_MODALITY = {"CT": "ct", "MR": "mr", "PET": "pet", "XRay": "x-ray", "X-Ray": "x-ray", "Xray": "x-ray",
+                   "US": "ultrasound", "Mammography": "mammography", "Mammo": "mammography", "OCT": "oct",
+                   "Endoscopy": "endoscopy", "Fundus": "fundus", "Dermoscopy": "dermoscopy",
+                   "Microscope": "microscopy", "Microscopy": "microscopy"}
+_BOX_PREFIX = re.compile(r"^[23]D(Box)?_")
+
+
+def prefix_modality(file_stem: str) -> str | None:
+    """The modality a challenge file name declares (``CT_Abd_...``, ``2DBox_Mammography_demo``), None if none."""
+    return PREFIX_MODALITY.get(_BOX_PREFIX.sub("", file_stem).split("_", 1)[0])
 
 
 def _declared_pixels(npz: Any, key: str) -> tuple[int, ...]:
@@ -45,20 +57,23 @@ class MedSAMNpz(Converter):
     homepage = "https://github.com/bowang-lab/MedSAM"
     license = "see the official page (each source dataset keeps its own licence)"
     citation = "Ma J, He Y, Li F, Han L, You C, Wang B. Segment anything in medical images. Nat Commun 15:654, 2024."
-    title = 'CVPR 2024 "MedSAM on laptop" npz files, 2D and 3D (-o modality=NAME required)'
-    modality = "?"  # given with -o modality=
+    title = 'CVPR 2024 "MedSAM on laptop" npz files, 2D and 3D, 11 modalities (from the file names)'
+    modality = None  # each file's, from its name; or -o modality=
     marker = "*.npz"
     src_relative = True  # its globs are relative to --src
-    layout = ("<Modality>_<dataset>_<case>.npz at any depth (or -o images=GLOB), each with imgs (H,W,3)|(H,W) + gts "
-              "(H,W), or imgs + gts (D,H,W) and spacing (x,y,z)")
-    fake_counts = {"train": 18}
-    fake_failures = 2  # the dermoscopy files of a -o modality=ct build
-    fake_options = {"modality": "ct"}
+    layout = ("<Modality>_<dataset>_<case>.npz (CT_, MR_, PET_, XRay_, US_, Mammography_, OCT_, Endoscopy_, Fundus_, "
+              "Dermoscopy_, Microscopy_; optionally after 2DBox_/3DBox_) at any depth (or -o images=GLOB), each with "
+              "imgs (H,W,3)|(H,W) + gts (H,W), or imgs + gts (D,H,W) and spacing (x,y,z)")
+    fake_counts = {"train": 18}  # the CT slices
+    fake_failures = 0
+    fake_options = {"modality": "ct", "images": "CT/*.npz"}  # one modality (the registry's checks), given
 
     @dataclass(frozen=True, kw_only=True)
     class Options(SliceOptions):
         name: DatasetName = option(DatasetName("medsam-npz"),
                                    help="dataset name in keys and manifest; give each build its own")
+        modality: str | None = option(None, help="one modality for every file, overriding the file-name prefixes",
+                                      flag="-o modality=NAME")
         images: str | None = option(None, help="glob of the npz files to read (default: every .npz)")
 
     def __init__(self, **options: Any):
@@ -74,14 +89,15 @@ class MedSAMNpz(Converter):
         records, failures = [], []
         for f in files:
             sid = PurePosixPath(f).name.rsplit(".", 1)[0]
-            declared = PREFIX_MODALITY.get(sid.split("_", 1)[0])
+            declared = prefix_modality(sid)
             if not f.lower().endswith(".npz"):
                 failures.append(Failure(sid, (f,), "not an npz file"))
-            elif declared and declared != self.modality:
-                failures.append(Failure(sid, (f,), f"file name prefix says modality {declared}, this build is -o "
-                                        f"modality={self.modality}; build each modality with its own -o images=GLOB"))
+            elif self.modality is None and declared is None:
+                failures.append(Failure(sid, (f,), f"the file name {PurePosixPath(f).name} starts with no modality "
+                                        f"prefix of the challenge ({'_, '.join(PREFIX_MODALITY)}_, optionally after "
+                                        f"2DBox_ or 3DBox_); rename it or give -o modality=NAME"))
             else:
-                records.append(Record(sid, f, ()))
+                records.append(Record(sid, f, (), modality=None if self.modality else declared))
         return records, failures
 
     def samples(self, blobs: dict[str, bytes], rec: Record) -> Iterator[tuple[str, Loaded]]:
@@ -96,8 +112,9 @@ class MedSAMNpz(Converter):
             raise ConversionError(f"cannot read {rec.image} as npz: {e}") from None
         missing = [k for k in ("imgs", "gts") if k not in arrays]
         if missing:
+            test_input = " (a challenge test input: boxes are prompts, not masks)" if "boxes" in arrays else ""
             raise ConversionError(f"{rec.image}: no {' or '.join(missing)} array; found {', '.join(arrays) or 'none'}"
-                                  f" (expected imgs, gts, spacing)")
+                                  f"{test_input}; expected imgs, gts (label map), spacing")
         check_finite(arrays["imgs"], f"{rec.image} imgs")
         imgs, gts = arrays["imgs"], label_values(arrays["gts"], rec.image)
         info: dict[str, Any] = {}
