@@ -26,8 +26,8 @@ def copy(built, tmp_path):
 
 
 MANIFEST_CASES = [
-    ("modality", {"modality": "sonar"}, r"modality is 'sonar', expected one of the modality table \(dermoscopy, "),
-    ("modality_id-99", {"modality_id": 99}, r"modality_id is 99, expected an id of the modality tables \(0-7\)"),
+    ("modality", {"modality": "sonar"}, r"modality is 'sonar', expected one of the build's modality table \(dermoscopy, "),
+    ("modality_id-99", {"modality_id": 99}, r"modality_id is 99, expected an id of the build's modality table \(0, 1, 2, "),
     ("modality_id--5", {"modality_id": -5}, r"modality_id is -5"),
     ("counts-negative", {"counts": {"samples": -1}}, r"counts\.samples is -1, expected a non-negative integer"),
     ("counts-splits", {"counts": {"splits": {"train": "2"}}}, r"counts\.splits is \{'train': '2'\}, expected"),

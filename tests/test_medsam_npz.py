@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import convert_all as convert_any
 from conftest import read_built
+from medprep.loaders import MedShards
 from medprep.manifests.modalities import MODALITY_MAPS
 from medprep.prep import BuildError, SourceTree, build, get_converter
 from medprep.prep import synthetic3d as s3
@@ -168,6 +169,9 @@ def test_user_modality_map(tmp_path):
     meta = next(iter(read_built(res.out).values()))["meta.json"]
     assert meta["modality_map"] == "mine.json"
     assert str(tmp_path / "mine.json") in (res.out / "recipe.toml").read_text()
+    # the readers check modality.cls against the build's own table (ids 100+ here), not the built-in ones
+    ids = {int(s["modality_id"]) for s in MedShards(res.out, split="test", fields=["modality_id"])}
+    assert ids == set(table.values())
 
 
 @pytest.mark.parametrize("content, message", [
