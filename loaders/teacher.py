@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import multiprocessing
+import warnings
 from collections import Counter
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -126,12 +127,52 @@ class TeacherFeatures:
         """Whether the run holding ``key`` cached ``view``."""
         return view in self.locate(key)[0].views
 
-    def get(self, key: str, view: str = "identity") -> np.ndarray:
-        """Float32 features ``(C, H, W)`` of ``key`` in ``view`` (identity or hflip)."""
-        reader, i = self.locate(key)
-        return reader.read(i, view)
+    def get(self, key: str, view: str = "identity", dtype: str = "float32") -> np.ndarray | torch.Tensor:
+        """Features ``(C, H, W)`` of ``key`` in ``view`` (identity or hflip): ``dtype="float32"``, a float32 numpy
+        array (int8 and bfloat16 decoded); ``"stored"``, a torch tensor in the stored dtype (float16, bfloat16,
+        float32 or int8 with :meth:`scale`), to decode where it is used (:func:`dequantise`, e.g. on the GPU).
+
+        Raises :class:`~medprep.manifests.features.DamagedStore` naming the key and run when its chunk fails its
+        checksum, is missing, or holds NaN/Inf.
+        """
+        x = self.get_batch([key], view, dtype)["teacher"][0]
+        return x.numpy() if dtype == "float32" else x
 
     __getitem__ = get
+
+    def scale(self, key: str, view: str = "identity") -> torch.Tensor:
+        """The float16 per-channel scale ``(C,)`` of an int8 run's features of ``key``: x = q * scale."""
+        reader, i = self.locate(key)
+        if reader.dtype != "int8":
+            raise ValueError(f"run {reader.run!r} of {self.url} stores {reader.dtype} features: only int8 ones "
+                             f"have a scale")
+        return self.get_batch([key], view, "stored")["teacher_scale"][0]
+
+    def get_batch(self, keys: Sequence[str], view: str = "identity", dtype: str = "float32") -> dict[str, torch.Tensor]:
+        """Features of several keys in one read per zarr shard: ``{"teacher": (B, C, H, W)}`` as :meth:`get`'s
+        ``dtype`` (always torch), plus ``"teacher_scale"`` (float16 ``(B, C)``) for stored int8 features."""
+        if dtype not in ("float32", "stored"):
+            raise ValueError(f"dtype={dtype!r}: expected 'float32' (decoded) or 'stored' (as stored, to decode with "
+                             f"dequantise)")
+        located = [self.locate(key) for key in keys]
+        groups: dict[int, list[int]] = {}
+        for b, (reader, _) in enumerate(located):
+            groups.setdefault(id(reader), []).append(b)
+        stored = {r.dtype for r, _ in located}
+        if dtype == "stored" and len(stored) > 1:
+            raise ValueError(f"the runs {self.runs} of {self.url} store features as {sorted(stored)}: one batch in "
+                             f"the stored dtype needs one; read them with dtype='float32'")
+        kind = next(iter(stored)) if dtype == "stored" else "float32"
+        out = {"teacher": torch.empty((len(keys), *self.feature_shape), dtype=TORCH_DTYPES[kind])}
+        if kind == "int8":
+            out["teacher_scale"] = torch.empty((len(keys), self.feature_shape[0]), dtype=torch.float16)
+        for batch in groups.values():
+            reader = located[batch[0]][0]
+            rows = [located[b][1] for b in batch]
+            for b, (values, scale) in zip(batch, reader.stored(rows, view)):
+                _convert(values, scale, reader.dtype, out, b)
+            _check_finite(out, batch, rows, reader, view)
+        return out
 
     def valid_mask(self, key: str, view: str = "identity") -> np.ndarray:
         """Boolean ``(H, W)`` mask of the cells that see image content (False over padding)."""
@@ -165,6 +206,58 @@ class TeacherFeatures:
                     f"{ds.manifest_sha256}): the same keys may hold other pixels. Cache this build "
                     f"('medprep cache-teacher --source {ds.root}') or, if you know the images are the same, pass "
                     f"allow_mismatch=True (--allow-source-mismatch)")
+
+
+#: the torch dtype of each stored feature dtype (bfloat16 is stored as its bits: reinterpreted, not converted)
+TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "int8": torch.int8}
+
+
+def _tensor(values: np.ndarray, dtype: str) -> torch.Tensor:
+    """Stored features (possibly a read-only view of a mapped file) as a torch tensor of the stored dtype, sharing
+    their memory: only read from it."""
+    with warnings.catch_warnings():  # a read-only view: torch warns that it cannot make it read-only
+        warnings.simplefilter("ignore", UserWarning)
+        if dtype == "bfloat16":
+            return torch.from_numpy(values.view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(values)
+
+
+def _convert(values: np.ndarray, scale: np.ndarray | None, dtype: str, out: dict[str, torch.Tensor], b: int) -> None:
+    """Write one sample's stored features into row ``b`` of ``out["teacher"]`` (float32: decoded in one pass, int8
+    with its scale; else copied as stored, the scale into ``out["teacher_scale"]``)."""
+    src = _tensor(values, dtype)
+    target = out["teacher"][b]
+    if target.dtype != torch.float32:
+        target.copy_(src)
+        if scale is not None:
+            out["teacher_scale"][b] = torch.from_numpy(np.asarray(scale))
+    elif scale is not None:
+        torch.mul(src, torch.from_numpy(scale.astype(np.float32))[:, None, None], out=target)
+    else:
+        target.copy_(src)
+
+
+def _check_finite(out: dict[str, torch.Tensor], batch: list[int], rows: list[int], reader: FeatureReader,
+                  view: str) -> None:
+    """Raise naming the samples whose features hold NaN/Inf: one sum per sample (any NaN/Inf makes it non-finite;
+    a sum that overflowed is told apart by checking that sample's values)."""
+    x = out["teacher_scale"] if "teacher_scale" in out else out["teacher"]
+    sums = torch.stack([x[b].sum(dtype=torch.float32) for b in batch])
+    if bool(torch.isfinite(sums).all()):
+        return
+    bad = [rows[j] for j, b in enumerate(batch) if not torch.isfinite(sums[j]) and not torch.isfinite(x[b]).all()]
+    if bad:
+        reader.raise_unsound(bad, view)
+
+
+def dequantise(teacher: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Float32 features from features read with ``dtype="stored"`` (``(..., C, H, W)``; int8 needs their
+    ``scale`` ``(..., C)``), on whatever device they are: move the stored bytes, decode there."""
+    if teacher.dtype == torch.int8:
+        if scale is None:
+            raise ValueError("int8 features need their scale (teacher_scale) to be decoded")
+        return teacher.float() * scale.float()[..., None, None]
+    return teacher.float()
 
 
 def _same_build(source: dict[str, Any], ds: BuiltDataset) -> bool:
