@@ -214,7 +214,7 @@ class FeatureReader:
         self.views: list[str] = self.attrs["views"]
         self.shard_size: int = self.attrs["shard_size"]
         self._arrays: dict[str, zarr.Array] = {}
-        self._files: dict[str, tuple[ChunkFiles, ChunkFiles | None] | None] = {}
+        self._files: dict[str, ChunkFiles | None] = {}
         self.n: int = self.array("keys").shape[0]
         self.nshards = -(-self.n // self.shard_size)
 
@@ -307,19 +307,19 @@ class FeatureReader:
             self._raise(bad, view)
 
     def _chunk_files(self, view: str) -> tuple[ChunkFiles, ChunkFiles | None] | None:
-        """The chunk files of the view's features (and int8 scale), or None when only zarr reads them (remote
-        store, format v1, other codecs)."""
+        """The chunk files of the view's features (and int8 scale), or None when only zarr reads them."""
         if view not in self.views:
             raise KeyError(f"view {view!r} is not in {self.url}/{self.run} (views cached: {self.views})")
-        if view not in self._files:
-            files = None
-            if self.format == FORMAT:
-                features = ChunkFiles.of(self.array(f"features{suffix(view)}"))
-                scale = ChunkFiles.of(self.array(f"scale{suffix(view)}")) if self.dtype == "int8" else None
-                if features is not None and (scale is not None or self.dtype != "int8"):
-                    files = (features, scale)
-            self._files[view] = files
-        return self._files[view]
+        features = self._files_of(f"features{suffix(view)}")
+        scale = self._files_of(f"scale{suffix(view)}") if self.dtype == "int8" else None
+        return None if features is None or (self.dtype == "int8" and scale is None) else (features, scale)
+
+    def _files_of(self, name: str) -> ChunkFiles | None:
+        """Array ``name``'s chunk files, or None when only zarr reads them (remote store, format v1, other
+        codecs)."""
+        if name not in self._files:
+            self._files[name] = ChunkFiles.of(self.array(name)) if self.format == FORMAT else None
+        return self._files[name]
 
     def _stored_by_zarr(self, rows: Sequence[int], view: str) -> list[tuple[np.ndarray, np.ndarray | None]]:
         """:meth:`stored` through zarr: one request per sample, a missing chunk found by its fill values."""
@@ -354,8 +354,14 @@ class FeatureReader:
         return mask
 
     def _get(self, name: str, index: Any) -> np.ndarray:
+        files = self._files_of(name) if isinstance(index, (int, np.integer)) else None
         try:
-            return self.array(name)[index]
+            if files is None:
+                return self.array(name)[index]
+            row = _rows(files, [index])[0]  # one row of a local array: straight from its chunk file
+            return np.full(files.chunk_shape[1:], self.array(name).fill_value, files.dtype) if row is None else row
+        except ChunkError as e:
+            raise DamagedStore(f"{self.url}/{self.run}/{name} cannot be read ({e}): {self._advice()}") from e
         except (ValueError, RuntimeError) as e:  # zarr: checksum mismatch, undecodable chunk
             raise DamagedStore(f"{self.url}/{self.run}/{name} cannot be read ({e}): {self._advice()}") from e
 
