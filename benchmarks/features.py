@@ -24,6 +24,7 @@ import glob
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -77,7 +78,8 @@ def features(n: int, kind: str, seed: int = 0) -> tuple[torch.Tensor, np.ndarray
                 s = 256 / max(c.shape[:2])
                 h, w = round(c.shape[0] * s), round(c.shape[1] * s)
                 x = torch.zeros(1, 3, 256, 256)
-                x[0, :, :h, :w] = torch.from_numpy(cv2.resize(c, (w, h), interpolation=cv2.INTER_AREA)).permute(2, 0, 1) / 255
+                small = cv2.resize(c, (w, h), interpolation=cv2.INTER_AREA)
+                x[0, :, :h, :w] = torch.from_numpy(small).permute(2, 0, 1) / 255
                 out.append(encoder(x)[0])
         feats, what = torch.stack(out), f"LiteMedSAM features of {len(images)} real images (random crops)"
     else:
@@ -88,8 +90,8 @@ def features(n: int, kind: str, seed: int = 0) -> tuple[torch.Tensor, np.ndarray
 def write_store(url: str, dtype: str, codec: str, feats: torch.Tensor, valid_hw: np.ndarray, shard: int = 16) -> str:
     """A run ``r`` of these features through the real writer."""
     keys = [f"s-{i}" for i in range(len(feats))]
-    store = FeatureStore.create_or_open(url, "r", keys, {"dtype": dtype, "views": ["identity"], "shard_size": shard,
-                                                         "encoder": "bench", "codec": codec}, lambda: tuple(feats.shape[1:]))
+    attrs = {"dtype": dtype, "views": ["identity"], "shard_size": shard, "encoder": "bench", "codec": codec}
+    store = FeatureStore.create_or_open(url, "r", keys, attrs, lambda: tuple(feats.shape[1:]))
     for s in range(store.nshards):
         sl = store.shard_slice(s)
         store.write_shard(s, {"identity": feats[sl]}, valid_hw[sl])
@@ -112,10 +114,18 @@ def floor_reader(records: np.memmap, scale: np.ndarray | None, dtype: str, numpy
         if numpy:
             x = (raw.astype(np.uint32) << 16).view(np.float32) if dtype == "bfloat16" else raw.astype(np.float32)
             return torch.from_numpy(x * scale[i].astype(np.float32)[:, None, None] if scales is not None else x)
-        src = torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16) if dtype == "bfloat16" else torch.from_numpy(raw)
+        src = (torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16) if dtype == "bfloat16"
+               else torch.from_numpy(raw))
         return src * scales[i][:, None, None] if scales is not None else src.float()
 
     return read
+
+
+def one_thread() -> None:
+    """One thread for torch and blosc; no warning about read-only arrays (mapped records are only read)."""
+    torch.set_num_threads(1)
+    numcodecs.blosc.set_nthreads(1)
+    warnings.filterwarnings("ignore", "The given NumPy array is not writable")
 
 
 def disk_bytes(path: Path) -> int:
@@ -129,8 +139,7 @@ def main() -> None:
     ap.add_argument("--features", choices=("litemedsam", "synthetic"), default="litemedsam")
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    numcodecs.blosc.set_nthreads(1)
+    one_thread()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="medprep-features-bench-"))
     try:
         t0 = time.perf_counter()

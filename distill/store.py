@@ -54,9 +54,9 @@ class FeatureStore(FeatureReader):
                        shape: Callable[[], tuple[int, int, int]]) -> FeatureStore:
         """Open run ``run`` for writing, creating it on first use; refuse a run made with other parameters.
 
-        ``attrs`` must hold ``dtype``, ``views`` and ``shard_size`` (``codec``: :data:`CODEC` when absent); it is compared with the run's attrs except
-        for locations and versions (see :func:`identity`). ``shape()`` gives ``(C, H, W)`` when creating.
-        A run whose creation was interrupted (no ``format`` attr yet) is created again.
+        ``attrs`` must hold ``dtype``, ``views`` and ``shard_size`` (``codec``: :data:`CODEC` when absent); it is
+        compared with the run's attrs except for locations and versions (see :func:`identity`). ``shape()`` gives
+        ``(C, H, W)`` when creating. A run whose creation was interrupted (no ``format`` attr yet) is created again.
         """
         root = zarr.open_group(zarr_location(url), mode="a")
         old_format = root[run].attrs.get("format") if run in root else None

@@ -228,8 +228,8 @@ def _tensor(values: np.ndarray, dtype: str) -> torch.Tensor:
 
 
 def _convert(values: np.ndarray, scale: np.ndarray | None, dtype: str, out: dict[str, torch.Tensor], b: int) -> None:
-    """Write one sample's stored features into row ``b`` of ``out["teacher"]`` (float32: decoded in one pass, int8
-    with its scale; else copied as stored, the scale into ``out["teacher_scale"]``)."""
+    """Write one sample's stored features into row ``b`` of ``out["teacher"]`` (float32: decoded, int8 times its
+    scale; else copied as stored, the scale into ``out["teacher_scale"]``)."""
     src = _tensor(values, dtype)
     target = out["teacher"][b]
     if target.dtype != torch.float32:
@@ -297,9 +297,9 @@ class TeacherJoin(torch.utils.data.IterableDataset):
 
     Adds ``teacher`` (float32 ``(C, H, W)``), ``teacher_valid`` (bool ``(H, W)``, False over padding) and
     ``teacher_view``; ``dtype="stored"``: ``teacher`` as stored (plus ``teacher_scale`` for int8), to decode with
-    :func:`dequantise` after the move to the GPU. A key missing from the store raises ``KeyError``: nothing is skipped silently. When
-    ``samples`` names its built datasets (``MedShards``, ``MedShardsIndexed``), each must have been cached from
-    this very build (:meth:`TeacherFeatures.check_sources`; ``allow_mismatch`` overrides).
+    :func:`dequantise` after the move to the GPU. A key missing from the store raises ``KeyError``: nothing is
+    skipped silently. When ``samples`` names its built datasets (``MedShards``, ``MedShardsIndexed``), each must
+    have been cached from this very build (:meth:`TeacherFeatures.check_sources`; ``allow_mismatch`` overrides).
 
     ``hflip``: probability of flipping a sample; every tensor of two or more dimensions (image, mask, patch grids,
     ``(C, H, W)`` layout) is flipped along its last axis and the target is the teacher's feature of the flipped

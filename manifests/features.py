@@ -418,6 +418,6 @@ class FeatureReader:
                 f"'medprep cache-teacher'")
 
 
-__all__ = ["CODEC", "CODECS", "DECODE", "DTYPES", "FILL", "FORMAT", "READABLE", "STORED", "VIEWS", "DamagedStore", "FeatureReader",
-           "array_attrs", "compressors", "decode", "decode_keys", "encode_keys", "in_fraction", "runs", "suffix",
-           "unsound", "zarr_location"]
+__all__ = ["CODEC", "CODECS", "DECODE", "DTYPES", "FILL", "FORMAT", "READABLE", "STORED", "VIEWS", "DamagedStore",
+           "FeatureReader", "array_attrs", "compressors", "decode", "decode_keys", "encode_keys", "in_fraction", "runs",
+           "suffix", "unsound", "zarr_location"]

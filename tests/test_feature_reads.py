@@ -3,8 +3,6 @@ codec, the stored dtype and batches, the integrity checks on that path, remote s
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
