@@ -212,3 +212,28 @@ def test_pinned_collate_batches_like_collate():
     pinned, plain = pinned_collate(batch), collate(batch)
     assert torch.equal(pinned["teacher"], plain["teacher"]) and pinned["key"] == plain["key"]
     assert pinned["teacher"].is_pinned() == torch.cuda.is_available()
+
+
+def test_codec_is_recorded_and_kept_on_resume(tmp_path):
+    from PIL import Image
+
+    from medprep.distill import CacheParams, cache_teacher
+    from medprep.distill.synthetic import natural_image
+
+    (tmp_path / "imgs").mkdir()
+    for i in range(2):
+        Image.fromarray(natural_image(48, 64, np.random.default_rng(i))).save(tmp_path / "imgs" / f"im{i}.png")
+
+    def run(codec: str | None) -> None:
+        cache_teacher(CacheParams("random-sam", tmp_path / "imgs", tmp_path / "t.zarr", "r", codec=codec,
+                                  encoder_kwargs={"img_size": 64}, shard_size=1, batch_size=1, device="cpu"))
+
+    run("zstd-1")
+    group = zarr.open_group(tmp_path / "t.zarr", mode="r")["r"]
+    inner = group["features"].metadata.to_dict()["codecs"][0]["configuration"]["codecs"]
+    assert group.attrs["codec"] == "zstd-1" and [c["name"] for c in inner] == ["bytes", "zstd", "crc32c"]
+    run(None)  # a rerun keeps the run's codec
+    with pytest.raises(ValueError, match=r"cached with other parameters \(codec: store has 'zstd-1', this run 'none'"):
+        run("none")
+    feats = TeacherFeatures(str(tmp_path / "t.zarr"), "r")
+    assert np.array_equal(np.stack([feats.get(k) for k in feats.keys()]), _by_zarr(str(tmp_path / "t.zarr")))
