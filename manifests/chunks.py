@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ class ChunkFiles:
         self.index_at_end = shard is None or shard.index_location.value == "end"
         self.decoders = [_decoder(c) for c in reversed(codecs)]
         self._mapped: OrderedDict[str, tuple[tuple[int, int, int], mmap.mmap]] = OrderedDict()
+        self._lock = threading.Lock()  # the mappings are shared by the threads reading through this object
 
     @classmethod
     def of(cls, array: zarr.Array) -> ChunkFiles | None:
@@ -126,17 +128,19 @@ class ChunkFiles:
         except FileNotFoundError:
             return None
         ident = (st.st_ino, st.st_size, st.st_mtime_ns)
-        held = self._mapped.get(path)
-        if held is not None and held[0] == ident:
-            self._mapped.move_to_end(path)
-            return held[1]
+        with self._lock:
+            held = self._mapped.get(path)
+            if held is not None and held[0] == ident:
+                self._mapped.move_to_end(path)
+                return held[1]
         if st.st_size == 0:
             return None
         with open(path, "rb") as f:  # zarr replaces objects whole (temp file + rename): a mapping never shrinks
             mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        self._mapped[path] = (ident, mapped)
-        if len(self._mapped) > MAPPED:
-            self._mapped.popitem(last=False)  # unmapped once no array views it
+        with self._lock:
+            self._mapped[path] = (ident, mapped)
+            if len(self._mapped) > MAPPED:
+                self._mapped.popitem(last=False)  # unmapped once no array views it
         return mapped
 
     def _decode(self, raw: np.ndarray, key: str) -> np.ndarray:
@@ -153,8 +157,11 @@ class ChunkFiles:
             raise ChunkError(f"{self.root / key}: a chunk of {arr.size} values, expected {self.chunk_shape}")
         return arr.reshape(self.chunk_shape)
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_mapped": OrderedDict()}  # mappings are made again where it is unpickled
+    def __getstate__(self) -> dict[str, Any]:  # mappings and lock are made again where it is unpickled
+        return {k: v for k, v in self.__dict__.items() if k not in ("_mapped", "_lock")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _mapped=OrderedDict(), _lock=threading.Lock())
 
 
 def _crc32c(data: np.ndarray | bytes) -> np.ndarray | bytes:

@@ -249,3 +249,19 @@ def test_codec_is_recorded_and_kept_on_resume(tmp_path):
         run("none")
     feats = TeacherFeatures(str(tmp_path / "t.zarr"), "r")
     assert np.array_equal(np.stack([feats.get(k) for k in feats.keys()]), _by_zarr(str(tmp_path / "t.zarr")))
+
+
+def test_threads_share_one_reader(tmp_path, monkeypatch):
+    """Threads reading through one TeacherFeatures (more shard objects than stay mapped) get the right samples."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import medprep.manifests.chunks as chunks
+
+    url = str(tmp_path / "s.zarr")
+    _write(url, "float16", None)
+    feats = TeacherFeatures(url, "r")
+    want = {k: feats.get(k) for k in feats.keys()}
+    monkeypatch.setattr(chunks, "MAPPED", 1)  # every other read maps its shard again
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda k: (k, feats.get(k)), [k for _ in range(20) for k in feats.keys()]))
+    assert all(np.array_equal(x, want[k]) for k, x in got)
