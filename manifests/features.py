@@ -62,7 +62,7 @@ DECODE: dict[str, str] = {
 #: the bytes-to-bytes codec choices of a run's chunks (``--codec``; each followed by a crc32c checksum): standard zarr
 #: v3 codecs only (blosc-lz4: blosc with lz4, level 5, no shuffle)
 CODECS = ("blosc-lz4", "zstd-1", "zstd-3", "none")
-#: the codec of a new run, chosen by measurement (``benchmarks/features.py``, README "Feature store codec"): lz4
+#: the codec of a new run, chosen by measurement (``benchmarks/features.py``, README "Feeding a student"): lz4
 #: drops the zero padding as zstd does and decodes ~10x faster; zstd saves 10-20% more bytes
 CODEC = "blosc-lz4"
 
