@@ -63,7 +63,7 @@ DECODE: dict[str, str] = {
 #: v3 codecs only (blosc-lz4: blosc with lz4, level 5, no shuffle)
 CODECS = ("blosc-lz4", "zstd-1", "zstd-3", "none")
 #: the codec of a new run, chosen by measurement (``benchmarks/features.py``, README "Feeding a student"): lz4
-#: drops the zero padding as zstd does and decodes ~10x faster; zstd saves 10-20% more bytes
+#: drops the zero padding as zstd does and decodes ~10x faster; zstd saves 10-25% more bytes
 CODEC = "blosc-lz4"
 
 _Reader = TypeVar("_Reader", bound="FeatureReader")
