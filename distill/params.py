@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from medprep.manifests.features import DTYPES, VIEWS
+from medprep.manifests.features import CODECS, DTYPES, VIEWS
 from medprep.manifests.pixels import NORMALIZATIONS, PER_IMAGE_NORMALIZATIONS, safe_key
 
 from .attention import ATTENTIONS
@@ -33,7 +33,9 @@ class CacheParams:
       preprocessing), ``attention`` (auto: SDPA on CUDA for SAM encoders, segment_anything's own elsewhere);
     - source: ``source``, a :class:`SourceSpec` (a plain path or URL means ``SourceSpec(url)``);
     - store: ``out`` (zarr store, path or fsspec URL), ``run`` (group name; default
-      ``<encoder>-<source folder name>``), ``dtype``, ``views`` (identity, optionally hflip), ``shard_size``
+      ``<encoder>-<source folder name>``), ``dtype``, ``codec`` (the chunks' compression, one of
+      :data:`~medprep.manifests.features.CODECS`; default: the run's recorded one, else
+      :data:`~medprep.manifests.features.CODEC`), ``views`` (identity, optionally hflip), ``shard_size``
       (samples per zarr shard object: the unit of work and of resume), ``keep_padding`` (store the encoder's output
       over the padding too, as ``SamPredictor.features``; default: 0 there, so bytes follow the image's aspect);
     - execution: ``batch_size`` (default: the run's recorded one, else :data:`DEFAULT_BATCH_SIZE`), ``device``,
@@ -60,6 +62,7 @@ class CacheParams:
     normalize: str | None = None
     resize: str | None = None
     dtype: str = "float16"
+    codec: str | None = None
     views: tuple[str, ...] = ("identity",)
     shard_size: int = 16
     keep_padding: bool = False
@@ -89,6 +92,8 @@ class CacheParams:
             object.__setattr__(self, name, value)
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown --dtype {self.dtype!r}: expected one of {DTYPES}")
+        if self.codec is not None and self.codec not in CODECS:
+            raise ValueError(f"unknown --codec {self.codec!r}: expected one of {CODECS}")
         if "identity" not in views or any(v not in VIEWS for v in views):
             raise ValueError(f"--views {list(views)}: expected 'identity' plus optionally 'hflip'")
         normalizations = [*NORMALIZATIONS, *PER_IMAGE_NORMALIZATIONS]

@@ -25,7 +25,7 @@ import torch
 
 import medprep
 
-from medprep.manifests.features import FeatureReader
+from medprep.manifests.features import CODEC, FeatureReader
 
 from .attention import resolve_attention, sam_attention_blocks, set_attention
 from .events import Encoded, OnEvent, Skipped
@@ -201,11 +201,18 @@ def run_attrs(teacher: Teacher, source: Source, params: CacheParams, device: str
         "source": src,
         "source_manifest_sha256": src.get("manifest_sha256"),
         "dtype": params.dtype,
+        **_codec(params.codec or recorded.get("codec"), recorded),
         "views": list(params.views),
         "shard_size": params.shard_size,
         "keep_padding": params.keep_padding,
         "medprep_version": medprep.__version__,
     }
+
+
+def _codec(codec: str | None, recorded: dict[str, Any]) -> dict[str, str]:
+    """The ``codec`` attr of a run: the one asked for, else the recorded one, else :data:`CODEC` for a new run (a
+    run created before the attr existed records none: its arrays say their codecs)."""
+    return {"codec": codec} if codec else {} if recorded else {"codec": CODEC}
 
 
 def open_run(params: CacheParams, teacher: Teacher, source: Source) -> FeatureStore:

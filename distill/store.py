@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import zarr
 
-from medprep.manifests.features import (DTYPES, FILL, FORMAT, STORED, FeatureReader, array_attrs, compressors,
+from medprep.manifests.features import (CODEC, DTYPES, FILL, FORMAT, STORED, FeatureReader, array_attrs, compressors,
                                         encode_keys, suffix, unsound, zarr_location)
 
 #: rows per chunk of the ``keys`` array
@@ -54,9 +54,9 @@ class FeatureStore(FeatureReader):
                        shape: Callable[[], tuple[int, int, int]]) -> FeatureStore:
         """Open run ``run`` for writing, creating it on first use; refuse a run made with other parameters.
 
-        ``attrs`` must hold ``dtype``, ``views`` and ``shard_size``; it is compared with the run's attrs except
-        for locations and versions (see :func:`identity`). ``shape()`` gives ``(C, H, W)`` when creating.
-        A run whose creation was interrupted (no ``format`` attr yet) is created again.
+        ``attrs`` must hold ``dtype``, ``views`` and ``shard_size`` (``codec``: :data:`CODEC` when absent); it is
+        compared with the run's attrs except for locations and versions (see :func:`identity`). ``shape()`` gives
+        ``(C, H, W)`` when creating. A run whose creation was interrupted (no ``format`` attr yet) is created again.
         """
         root = zarr.open_group(zarr_location(url), mode="a")
         old_format = root[run].attrs.get("format") if run in root else None
@@ -78,12 +78,14 @@ class FeatureStore(FeatureReader):
                 )
             return store
         shape = tuple(shape())
+        attrs = {**attrs, "codec": attrs.get("codec", CODEC)}
         n, ss, dtype = len(keys), attrs["shard_size"], attrs["dtype"]
         pad = bool(attrs.get("keep_padding"))
         g = root.create_group(run, overwrite=True)
 
         def array(name: str, dims: tuple[int, ...], stored: str, fill: Any, **kw: Any) -> zarr.Array:
-            return g.create_array(name, shape=dims, dtype=stored, fill_value=fill, compressors=compressors(),
+            return g.create_array(name, shape=dims, dtype=stored, fill_value=fill,
+                                  compressors=compressors(attrs["codec"]),
                                   attributes=array_attrs(name, dtype, pad), **kw)
 
         for view in attrs["views"]:

@@ -2,13 +2,13 @@
 
 ``MedShards`` (streaming, exact or resampled epochs, workers x ranks, mixing), ``MedShardsIndexed`` (random access
 through the wids index), ``Augment`` (target-consistent geometric augmentation), ``Prompts`` (point and box prompt
-fields from the final mask), ``collate``.
+fields from the final mask), ``collate`` (``pinned_collate``: into page-locked memory).
 """
 
 from medprep.manifests.pixels import NORMALIZATIONS, SAM_MEAN as PIXEL_MEAN, SAM_STD as PIXEL_STD
 
 from .augment import Affine, Augment
-from .fields import DEFAULT_FIELDS, Decoder, collate
+from .fields import DEFAULT_FIELDS, Decoder, collate, pinned_collate
 from .indexed import MedShardsIndexed
 from .prompts import Prompts
 from .reader import open_sources, read_samples
@@ -16,5 +16,5 @@ from .shards import MedShards
 
 __all__ = [
     "Affine", "Augment", "DEFAULT_FIELDS", "Decoder", "MedShards", "MedShardsIndexed", "NORMALIZATIONS",
-    "PIXEL_MEAN", "PIXEL_STD", "Prompts", "collate", "open_sources", "read_samples",
+    "PIXEL_MEAN", "PIXEL_STD", "Prompts", "collate", "open_sources", "pinned_collate", "read_samples",
 ]

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Collection, Iterable, Sequence
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import default_collate
+from torch.utils.data import default_collate, get_worker_info
 
 from medprep.manifests.modalities import N_MODALITIES, recorded_table
 from medprep.manifests.pixels import NORMALIZATIONS, PER_IMAGE_NORMALIZATIONS, PROMPT_FIELDS, patch_size
@@ -315,3 +315,20 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
     first = batch[0]
     return {k: default_collate([s[k] for s in batch]) if isinstance(first[k], torch.Tensor)
             else [s[k] for s in batch] for k in first}
+
+
+def pinned_collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """:func:`collate`, with each tensor stacked straight into page-locked (pinned) memory when called in the main
+    process with CUDA available (``DataLoader(num_workers=0)``, or a loop batching reads itself), so that
+    ``.to("cuda", non_blocking=True)`` needs no staging copy. Inside DataLoader workers (which must not touch CUDA)
+    and without CUDA it is :func:`collate`: pass ``pin_memory=True`` to the DataLoader to pin worker batches."""
+    if get_worker_info() is not None or not torch.cuda.is_available():
+        return collate(batch)
+    out: dict[str, Any] = {}
+    for k, first in batch[0].items():
+        if isinstance(first, torch.Tensor):
+            pinned = torch.empty((len(batch), *first.shape), dtype=first.dtype, pin_memory=True)
+            out[k] = torch.stack([s[k] for s in batch], out=pinned)
+        else:
+            out[k] = [s[k] for s in batch]
+    return out

@@ -13,7 +13,9 @@ A store is data: nothing here imports or calls anything its attrs name.
 from __future__ import annotations
 
 import io
+import math
 import multiprocessing
+import warnings
 from collections import Counter
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -126,12 +128,50 @@ class TeacherFeatures:
         """Whether the run holding ``key`` cached ``view``."""
         return view in self.locate(key)[0].views
 
-    def get(self, key: str, view: str = "identity") -> np.ndarray:
-        """Float32 features ``(C, H, W)`` of ``key`` in ``view`` (identity or hflip)."""
-        reader, i = self.locate(key)
-        return reader.read(i, view)
+    def get(self, key: str, view: str = "identity", dtype: str = "float32") -> np.ndarray | torch.Tensor:
+        """Features ``(C, H, W)`` of ``key`` in ``view`` (identity or hflip): ``dtype="float32"``, a float32 numpy
+        array (int8 and bfloat16 decoded); ``"stored"``, a torch tensor in the stored dtype (float16, bfloat16,
+        float32 or int8 with :meth:`scale`), to decode where it is used (:func:`dequantise`, e.g. on the GPU).
+
+        Raises :class:`~medprep.manifests.features.DamagedStore` naming the key and run when its chunk fails its
+        checksum, is missing, or holds NaN/Inf.
+        """
+        x = self.get_batch([key], view, dtype)["teacher"][0]
+        return x.numpy() if dtype == "float32" else x
 
     __getitem__ = get
+
+    def scale(self, key: str, view: str = "identity") -> torch.Tensor:
+        """The float16 per-channel scale ``(C,)`` of an int8 run's features of ``key``: x = q * scale."""
+        reader, i = self.locate(key)
+        if reader.dtype != "int8":
+            raise ValueError(f"run {reader.run!r} of {self.url} stores {reader.dtype} features: only int8 ones "
+                             f"have a scale")
+        return self.get_batch([key], view, "stored")["teacher_scale"][0]
+
+    def get_batch(self, keys: Sequence[str], view: str = "identity", dtype: str = "float32") -> dict[str, torch.Tensor]:
+        """Features of several keys in one read per zarr shard: ``{"teacher": (B, C, H, W)}`` as :meth:`get`'s
+        ``dtype`` (always torch), plus ``"teacher_scale"`` (float16 ``(B, C)``) for stored int8 features."""
+        _check_dtype(dtype)
+        located = [self.locate(key) for key in keys]
+        groups: dict[int, list[int]] = {}
+        for b, (reader, _) in enumerate(located):
+            groups.setdefault(id(reader), []).append(b)
+        stored = {r.dtype for r, _ in located}
+        if dtype == "stored" and len(stored) > 1:
+            raise ValueError(f"the runs {self.runs} of {self.url} store features as {sorted(stored)}: one batch in "
+                             f"the stored dtype needs one; read them with dtype='float32'")
+        kind = next(iter(stored)) if dtype == "stored" else "float32"
+        out = {"teacher": torch.empty((len(keys), *self.feature_shape), dtype=TORCH_DTYPES[kind])}
+        if kind == "int8":
+            out["teacher_scale"] = torch.empty((len(keys), self.feature_shape[0]), dtype=torch.float16)
+        for batch in groups.values():
+            reader = located[batch[0]][0]
+            rows = [located[b][1] for b in batch]
+            for b, (values, scale) in zip(batch, reader.stored(rows, view)):
+                _convert(values, scale, reader.dtype, out, b)
+            _check_finite(out, batch, rows, reader, view)
+        return out
 
     def valid_mask(self, key: str, view: str = "identity") -> np.ndarray:
         """Boolean ``(H, W)`` mask of the cells that see image content (False over padding)."""
@@ -167,6 +207,64 @@ class TeacherFeatures:
                     f"allow_mismatch=True (--allow-source-mismatch)")
 
 
+def _check_dtype(dtype: str) -> None:
+    if dtype not in ("float32", "stored"):
+        raise ValueError(f"dtype={dtype!r}: expected 'float32' (decoded) or 'stored' (as stored, to decode with "
+                         f"dequantise)")
+
+
+#: the torch dtype of each stored feature dtype (bfloat16 is stored as its bits: reinterpreted, not converted)
+TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "int8": torch.int8}
+
+
+def _tensor(values: np.ndarray, dtype: str) -> torch.Tensor:
+    """Stored features (possibly a read-only view of a mapped file) as a torch tensor of the stored dtype, sharing
+    their memory: only read from it."""
+    with warnings.catch_warnings():  # a read-only view: torch warns that it cannot make it read-only
+        warnings.simplefilter("ignore", UserWarning)
+        if dtype == "bfloat16":
+            return torch.from_numpy(values.view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(values)
+
+
+def _convert(values: np.ndarray, scale: np.ndarray | None, dtype: str, out: dict[str, torch.Tensor], b: int) -> None:
+    """Write one sample's stored features into row ``b`` of ``out["teacher"]`` (float32: decoded, int8 times its
+    scale; else copied as stored, the scale into ``out["teacher_scale"]``)."""
+    src = _tensor(values, dtype)
+    target = out["teacher"][b]
+    if target.dtype != torch.float32:
+        target.copy_(src)
+        if scale is not None:
+            out["teacher_scale"][b] = torch.from_numpy(np.asarray(scale))
+    elif scale is not None:  # int8 -> float32 copy, then the scale in place: both vectorised (a mixed-dtype mul is not)
+        target.copy_(src).mul_(torch.from_numpy(scale.astype(np.float32))[:, None, None])
+    else:
+        target.copy_(src)
+
+
+def _check_finite(out: dict[str, torch.Tensor], batch: list[int], rows: list[int], reader: FeatureReader,
+                  view: str) -> None:
+    """Raise naming the samples whose features hold NaN/Inf: one sum per sample (any NaN/Inf makes it non-finite;
+    a sum that overflowed is told apart by checking that sample's values)."""
+    x = out["teacher_scale"] if "teacher_scale" in out else out["teacher"]
+    sums = [math.isfinite(x[b].sum(dtype=torch.float32).item()) for b in batch]
+    if all(sums):
+        return
+    bad = [rows[j] for j, b in enumerate(batch) if not sums[j] and not torch.isfinite(x[b]).all()]
+    if bad:
+        reader.raise_unsound(bad, view)
+
+
+def dequantise(teacher: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Float32 features from features read with ``dtype="stored"`` (``(..., C, H, W)``; int8 needs their
+    ``scale`` ``(..., C)``), on whatever device they are: move the stored bytes, decode there."""
+    if teacher.dtype == torch.int8:
+        if scale is None:
+            raise ValueError("int8 features need their scale (teacher_scale) to be decoded")
+        return teacher.float() * scale.float()[..., None, None]
+    return teacher.float()
+
+
 def _same_build(source: dict[str, Any], ds: BuiltDataset) -> bool:
     """Whether a run's recorded medical source is the build ``ds`` (by generation, else by manifest sha256)."""
     if source.get("generation"):
@@ -198,9 +296,10 @@ class TeacherJoin(torch.utils.data.IterableDataset):
     """Samples (dicts with ``key`` or ``__key__``, e.g. from ``MedShards``) joined with their teacher features.
 
     Adds ``teacher`` (float32 ``(C, H, W)``), ``teacher_valid`` (bool ``(H, W)``, False over padding) and
-    ``teacher_view``. A key missing from the store raises ``KeyError``: nothing is skipped silently. When
-    ``samples`` names its built datasets (``MedShards``, ``MedShardsIndexed``), each must have been cached from
-    this very build (:meth:`TeacherFeatures.check_sources`; ``allow_mismatch`` overrides).
+    ``teacher_view``; ``dtype="stored"``: ``teacher`` as stored (plus ``teacher_scale`` for int8), to decode with
+    :func:`dequantise` after the move to the GPU. A key missing from the store raises ``KeyError``: nothing is
+    skipped silently. When ``samples`` names its built datasets (``MedShards``, ``MedShardsIndexed``), each must
+    have been cached from this very build (:meth:`TeacherFeatures.check_sources`; ``allow_mismatch`` overrides).
 
     ``hflip``: probability of flipping a sample; every tensor of two or more dimensions (image, mask, patch grids,
     ``(C, H, W)`` layout) is flipped along its last axis and the target is the teacher's feature of the flipped
@@ -210,17 +309,20 @@ class TeacherJoin(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, samples: Iterable[dict[str, Any]], features: TeacherFeatures, hflip: float = 0.0,
-                 seed: int = 0, allow_mismatch: bool = False):
+                 seed: int = 0, allow_mismatch: bool = False, dtype: str = "float32"):
         if hflip and not any("hflip" in r.views for r in features.readers):
             raise ValueError(f"hflip={hflip} needs the hflip view, but the runs {features.runs} hold only "
                              f"{features.views}: cache them with --views identity,hflip")
         datasets = getattr(samples, "datasets", None)
         if datasets is not None:
             features.check_sources(datasets, allow_mismatch)
+        _check_dtype(dtype)
         self.samples, self.features, self.hflip, self.seed, self.epoch = samples, features, hflip, seed, 0
+        self.dtype = dtype
 
     def __repr__(self) -> str:
-        return f"TeacherJoin({self.samples!r}, {self.features!r}, hflip={self.hflip}, seed={self.seed})"
+        return (f"TeacherJoin({self.samples!r}, {self.features!r}, hflip={self.hflip}, seed={self.seed}, "
+                f"dtype={self.dtype!r})")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -233,12 +335,13 @@ class TeacherJoin(torch.utils.data.IterableDataset):
             view = _view(key, self.hflip, self.seed, self.epoch, self.features)
             if view == "hflip":
                 sample = _flip(sample)
-            yield {
-                **sample,
-                "teacher": torch.from_numpy(self.features.get(key, view)),
-                "teacher_valid": torch.from_numpy(self.features.valid_mask(key, view)),
-                "teacher_view": view,
-            }
+            yield {**sample, **_teacher_fields(self.features, key, view, self.dtype)}
+
+
+def _teacher_fields(features: TeacherFeatures, key: str, view: str, dtype: str) -> dict[str, Any]:
+    """``teacher`` (and ``teacher_scale`` for stored int8), ``teacher_valid`` and ``teacher_view`` of a sample."""
+    fields = {name: x[0] for name, x in features.get_batch([key], view, dtype).items()}
+    return {**fields, "teacher_valid": torch.from_numpy(features.valid_mask(key, view)), "teacher_view": view}
 
 
 def _view(key: str, hflip: float, seed: int, epoch: int, features: TeacherFeatures) -> str:
@@ -249,13 +352,14 @@ def _view(key: str, hflip: float, seed: int, epoch: int, features: TeacherFeatur
 
 
 def teacher_shards(dataset: Any, store: str, run: str | Sequence[str] | None = None, split: str = "train",
-                   hflip: float = 0.0, seed: int = 0, allow_mismatch: bool = False, **medshards: Any) -> TeacherJoin:
+                   hflip: float = 0.0, seed: int = 0, allow_mismatch: bool = False, dtype: str = "float32",
+                   **medshards: Any) -> TeacherJoin:
     """``MedShards(dataset, split, **medshards)`` (one built dataset or several) joined with the features of
     ``store`` (``run``: one, several or, by default, all of its runs)."""
     from .shards import MedShards
 
     return TeacherJoin(MedShards(dataset, split, seed=seed, **medshards), TeacherFeatures(store, run), hflip, seed,
-                       allow_mismatch)
+                       allow_mismatch, dtype)
 
 
 class SA1BStream(torch.utils.data.IterableDataset):
@@ -265,7 +369,7 @@ class SA1BStream(torch.utils.data.IterableDataset):
     of their recorded tars in place (``tars``: the folder or tar list they are in now, when they moved). Yields
     dicts: ``key``; ``image`` float32 ``(3, size, size)``, the image resized as the teacher saw it (longest side to
     ``size``, padded bottom/right with 0 after normalising with ``normalize``, e.g. ``sam``); ``teacher``,
-    ``teacher_valid``, ``teacher_view`` as :class:`TeacherJoin`. ``hflip`` as :class:`TeacherJoin`.
+    ``teacher_valid``, ``teacher_view`` as :class:`TeacherJoin`. ``hflip`` and ``dtype`` as :class:`TeacherJoin`.
 
     Every cached sample once per epoch: tars are split among ranks x DataLoader workers, each part shuffled through
     a ``shuffle_buffer`` of keys by ``(seed, epoch)``; call ``set_epoch`` before each epoch.
@@ -273,7 +377,9 @@ class SA1BStream(torch.utils.data.IterableDataset):
 
     def __init__(self, store: str, run: str | Sequence[str] | None = None, size: int = 1024, normalize: str = "sam",
                  hflip: float = 0.0, seed: int = 0, shuffle: bool = True, shuffle_buffer: int = 256,
-                 tars: str | Sequence[str] | None = None, rank: int | None = None, world_size: int | None = None):
+                 tars: str | Sequence[str] | None = None, rank: int | None = None, world_size: int | None = None,
+                 dtype: str = "float32"):
+        _check_dtype(dtype)
         if run is None:
             run = [name for name in store_runs(store)
                    if FeatureReader.open(store, name).attrs["source"].get("kind") == "sa1b"]
@@ -298,7 +404,7 @@ class SA1BStream(torch.utils.data.IterableDataset):
                 path = moved[name] if moved is not None else url
                 if path not in self.tars:
                     self.tars.append(path)
-        self.size, self.normalize, self.hflip, self.seed = size, normalize, hflip, seed
+        self.size, self.normalize, self.hflip, self.seed, self.dtype = size, normalize, hflip, seed, dtype
         self.shuffle_buffer = shuffle_buffer if shuffle else 0
         self.rank, self.world_size = rank, world_size
         partition.distributed_rank(rank, world_size)  # validate early
@@ -348,13 +454,8 @@ class SA1BStream(torch.utils.data.IterableDataset):
                              f"({str(e).split(' <_io.BytesIO')[0]})") from None
         if view == "hflip":
             image = image[:, ::-1]
-        return {
-            "key": key,
-            "image": student_image(image, self.size, self.normalize),
-            "teacher": torch.from_numpy(self.features.get(key, view)),
-            "teacher_valid": torch.from_numpy(self.features.valid_mask(key, view)),
-            "teacher_view": view,
-        }
+        return {"key": key, "image": student_image(image, self.size, self.normalize),
+                **_teacher_fields(self.features, key, view, self.dtype)}
 
 
 def student_image(image: np.ndarray, size: int, normalize: str) -> torch.Tensor:
@@ -382,4 +483,4 @@ def _tar_urls(tars: str | Sequence[str]) -> dict[str, str]:
     return {u.rstrip("/").rsplit("/", 1)[-1]: u for u in urls}
 
 
-__all__ = ["SA1BStream", "TeacherFeatures", "TeacherJoin", "student_image", "teacher_shards"]
+__all__ = ["SA1BStream", "TeacherFeatures", "TeacherJoin", "dequantise", "student_image", "teacher_shards"]

@@ -12,12 +12,13 @@ Layout of ``<store>/<run>`` (``V`` = view suffix: "" for the identity view, "_hf
     done          (N,)          bool resume ledger, set for a shard only after all its data is written
 
 Only standard zarr v3 data types and codecs, so zarr-python and tensorstore read every array: each chunk is
-``bytes`` (little endian) -> ``zstd`` -> ``crc32c``, so damage is detected on read. Each array's attrs say its
+``bytes`` (little endian) -> the run's codec (``blosc`` lz4 by default, ``zstd`` or none: the ``codec`` attr) ->
+``crc32c``, so damage is detected on read. Each array's attrs say its
 logical dtype and how to decode it (:func:`array_attrs`). Fill values are never written as data, so a missing
 chunk is told apart from real values: NaN for float features and scales (bfloat16: the bits 0x7FC0, a NaN),
 -128 for int8 features (the encoder writes [-127, 127]), -1 for ``valid_hw``. Unless the run's
-``keep_padding`` attr is true, cells outside the valid region are stored as 0 (compressed away by zstd, so the
-bytes per sample follow the image's aspect).
+``keep_padding`` attr is true, cells outside the valid region are stored as 0 (compressed away by lz4 or zstd, so
+the bytes per sample follow the image's aspect).
 
 The group's attrs record everything the features depend on, ``format`` (written last: a run without it was not
 finished being created) and ``feature_shape``. Every array is chunked so that zarr shard ``s`` (samples
@@ -33,13 +34,14 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from typing import Any, TypeVar
+from typing import Any, Sequence, TypeVar
 
 import numpy as np
 import zarr
 from fsspec.implementations.local import LocalFileSystem
-from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
+from .chunks import ChunkError, ChunkFiles
 from .runattrs import DTYPES, STORED, VIEWS, RunAttrs, check_arrays, check_attrs
 from .store import fs_and_path
 
@@ -55,8 +57,12 @@ DECODE: dict[str, str] = {
     "bfloat16": "x = (uint32(features) << 16) reinterpreted as float32 (features hold the bfloat16 bits)",
     "int8": "x = float32(features) * float32(scale)[..., None, None] (scale: same sample, per channel)",
 }
-#: zstd level of every chunk: fast, and enough to drop the zero padding
-ZSTD_LEVEL = 1
+#: the bytes-to-bytes codec choices of a run's chunks (``--codec``; each followed by a crc32c checksum): standard zarr
+#: v3 codecs only (blosc-lz4: blosc with lz4, level 5, no shuffle)
+CODECS = ("blosc-lz4", "zstd-1", "zstd-3", "none")
+#: the codec of a new run, chosen by measurement (``benchmarks/features.py``, README "Feeding a student"): lz4
+#: drops the zero padding as zstd does and decodes ~10x faster; zstd saves 10-25% more bytes
+CODEC = "blosc-lz4"
 
 _Reader = TypeVar("_Reader", bound="FeatureReader")
 
@@ -65,9 +71,16 @@ class DamagedStore(ValueError):
     """Stored data that cannot be trusted: a checksum mismatch, a missing chunk of a finished sample, NaN/Inf."""
 
 
-def compressors() -> list:
-    """The bytes-to-bytes codecs of every array of a run: zstd, then a crc32c checksum."""
-    return [ZstdCodec(level=ZSTD_LEVEL), Crc32cCodec()]
+def compressors(codec: str = CODEC) -> list:
+    """The bytes-to-bytes codecs of every array of a run: ``codec`` (one of :data:`CODECS`), then a crc32c
+    checksum."""
+    if codec not in CODECS:
+        raise ValueError(f"unknown --codec {codec!r}: expected one of {CODECS}")
+    if codec == "none":
+        return [Crc32cCodec()]
+    if codec == "blosc-lz4":
+        return [BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle"), Crc32cCodec()]
+    return [ZstdCodec(level=int(codec.removeprefix("zstd-"))), Crc32cCodec()]
 
 
 def array_attrs(name: str, dtype: str, keep_padding: bool) -> dict[str, Any]:
@@ -153,6 +166,13 @@ def _missing(stored: np.ndarray, dtype: str) -> bool:
     return bool(np.isnan(stored).all()) if isinstance(fill, float) else bool((stored == fill).all())
 
 
+def _rows(files: ChunkFiles, rows: Sequence[int]) -> list[np.ndarray | None]:
+    """Rows ``rows`` (along the first axis) of an array read by whole chunks; None where the chunk is absent."""
+    per = files.chunk_shape[0]
+    chunks = files.read_many([(int(i) // per,) + (0,) * (len(files.chunk_shape) - 1) for i in rows])
+    return [None if c is None else c[int(i) % per] for i, c in zip(rows, chunks)]
+
+
 def _open_root(url: str, mode: str = "r") -> zarr.Group:
     try:
         return zarr.open_group(zarr_location(url), mode=mode)
@@ -196,6 +216,7 @@ class FeatureReader:
         self.views: list[str] = list(self.schema.views)
         self.shard_size: int = self.schema.shard_size
         self._arrays: dict[str, zarr.Array] = check_arrays(group, self.schema, where)
+        self._files: dict[str, ChunkFiles | None] = {}
         self.n: int = self.array("keys").shape[0]
         self.nshards = -(-self.n // self.shard_size)
 
@@ -254,6 +275,74 @@ class FeatureReader:
         """``(row, what is wrong)`` for each damaged or unfinished sample of ``index`` (checks, never raises)."""
         return self._read(index, view)[1]
 
+    def stored(self, rows: Sequence[int], view: str = "identity") -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Samples ``rows`` as stored: features ``(C, H, W)`` in the stored dtype (read-only) and the int8 scale
+        (float16 ``(C,)``, else None). Checksums are checked and an absent chunk raises (:class:`DamagedStore` for a
+        done sample, naming its key and the run); the values are not (see :meth:`raise_unsound`).
+
+        A local v2 run is read straight from its chunk files (:class:`ChunkFiles`: the shard index finds each
+        chunk, rows of one zarr shard share one index read); other stores through zarr.
+        """
+        files = self._chunk_files(view)
+        if files is None:
+            return self._stored_by_zarr(rows, view)
+        features, scales = files
+        try:
+            values = _rows(features, rows)
+            scale = [None] * len(rows) if scales is None else _rows(scales, rows)
+        except ChunkError as e:  # find which samples
+            problems = [(int(i), why) for i in rows if (why := self._unreadable(int(i), view))]
+            self._raise(problems or [(int(rows[0]), f"cannot be read ({e})")], view)
+        absent = [int(i) for i, v, s in zip(rows, values, scale) if v is None or (self.dtype == "int8" and s is None)]
+        if absent:
+            done = self.done()
+            self._raise([(i, "is marked done but its chunk is missing" if done[i] else "is not cached yet")
+                         for i in absent], view)
+        return list(zip(values, scale))
+
+    def raise_unsound(self, rows: Sequence[int], view: str = "identity") -> None:
+        """Raise :class:`DamagedStore` for the samples of ``rows`` that hold NaN/Inf (a reader that found
+        non-finite values calls this to name them)."""
+        bad = [(int(i), "holds NaN or Inf features") for i, (values, scale) in zip(rows, self.stored(rows, view))
+               if unsound(values[None], None if scale is None else scale[None], self.dtype)[0]]
+        if bad:
+            self._raise(bad, view)
+
+    def _chunk_files(self, view: str) -> tuple[ChunkFiles, ChunkFiles | None] | None:
+        """The chunk files of the view's features (and int8 scale), or None when only zarr reads them."""
+        if view not in self.views:
+            raise KeyError(f"view {view!r} is not in {self.url}/{self.run} (views cached: {self.views})")
+        features = self._files_of(f"features{suffix(view)}")
+        scale = self._files_of(f"scale{suffix(view)}") if self.dtype == "int8" else None
+        return None if features is None or (self.dtype == "int8" and scale is None) else (features, scale)
+
+    def _files_of(self, name: str) -> ChunkFiles | None:
+        """Array ``name``'s chunk files, or None when only zarr reads them (remote store, format v1, other
+        codecs)."""
+        if name not in self._files:
+            self._files[name] = ChunkFiles.of(self.array(name)) if self.format == FORMAT else None
+        return self._files[name]
+
+    def _stored_by_zarr(self, rows: Sequence[int], view: str) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """:meth:`stored` through zarr: one request per sample, a missing chunk found by its fill values."""
+        out, problems = [], []
+        done = None
+        for i in (int(i) for i in rows):
+            try:
+                values = self.array(f"features{suffix(view)}")[i]
+                scale = self.array(f"scale{suffix(view)}")[i] if self.dtype == "int8" else None
+            except (ValueError, RuntimeError):
+                problems.append((i, self._unreadable(i, view)))
+                continue
+            if self.format == FORMAT and (_missing(values, self.dtype) or
+                                          (scale is not None and np.isnan(scale).all())):
+                done = self.done() if done is None else done
+                problems.append((i, "is marked done but its chunk is missing" if done[i] else "is not cached yet"))
+            out.append((values, scale))
+        if problems:
+            self._raise(problems, view)
+        return out
+
     def valid_mask(self, i: int, view: str = "identity") -> np.ndarray:
         """Boolean ``(H, W)`` mask of the embedding cells that see image content (not padding)."""
         _, h, w = self.schema.feature_shape
@@ -292,8 +381,14 @@ class FeatureReader:
                 f"feature grid (rows <= {h}, columns <= {w}, x0 <= x1)")
 
     def _get(self, name: str, index: Any) -> np.ndarray:
+        files = self._files_of(name) if isinstance(index, (int, np.integer)) else None
         try:
-            return self.array(name)[index]
+            if files is None:
+                return self.array(name)[index]
+            row = _rows(files, [index])[0]  # one row of a local array: straight from its chunk file
+            return np.full(files.chunk_shape[1:], self.array(name).fill_value, files.dtype) if row is None else row
+        except ChunkError as e:
+            raise DamagedStore(f"{self.url}/{self.run}/{name} cannot be read ({e}): {self._advice()}") from e
         except (ValueError, RuntimeError) as e:  # zarr: checksum mismatch, undecodable chunk
             raise DamagedStore(f"{self.url}/{self.run}/{name} cannot be read ({e}): {self._advice()}") from e
 
@@ -350,6 +445,6 @@ class FeatureReader:
                 f"'medprep cache-teacher'")
 
 
-__all__ = ["DECODE", "DTYPES", "FILL", "FORMAT", "READABLE", "STORED", "VIEWS", "DamagedStore", "FeatureReader",
-           "array_attrs", "compressors", "decode", "decode_keys", "encode_keys", "in_fraction", "runs", "suffix",
-           "unsound", "zarr_location"]
+__all__ = ["CODEC", "CODECS", "DECODE", "DTYPES", "FILL", "FORMAT", "READABLE", "STORED", "VIEWS", "DamagedStore",
+           "FeatureReader", "array_attrs", "compressors", "decode", "decode_keys", "encode_keys", "in_fraction", "runs",
+           "suffix", "unsound", "zarr_location"]

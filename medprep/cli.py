@@ -512,6 +512,9 @@ def cache_teacher(
                                                                         "(sa_N per line)."),
     dtype: str = typer.Option("float16", metavar="TYPE", help="float16, int8 (per-channel scale), bfloat16 or "
                                                              "float32."),
+    codec: Optional[str] = typer.Option(None, metavar="CODEC", help="Chunk compression: blosc-lz4 (default: "
+                                                                   "fast reads), zstd-1, zstd-3 (fewer bytes) or "
+                                                                   "none; a resumed run keeps its own."),
     views: str = typer.Option("identity", metavar="VIEWS", help="identity or identity,hflip."),
     shard_samples: int = typer.Option(16, metavar="N", help="Samples per zarr shard object (the unit of work and "
                                                            "resume)."),
@@ -569,7 +572,7 @@ def cache_teacher(
             params = per_source(
                 encoder, source_specs(urls, source_kind, split, fraction, seed, subset_file), out, run=run,
                 checkpoint=checkpoint, encoder_kwargs=parse_options(encoder_arg, "--encoder-arg"),
-                normalize=normalize, resize=resize, dtype=dtype, views=tuple(views.split(",")),
+                normalize=normalize, resize=resize, dtype=dtype, codec=codec, views=tuple(views.split(",")),
                 shard_size=shard_samples, keep_padding=keep_padding, batch_size=batch_size, device=device,
                 autocast=autocast, compile=compile, workers=decode_threads,
                 devices=tuple(devices.split(",")) if devices else (), scheduler=scheduler, attention=attention,

@@ -1,0 +1,267 @@
+"""Fast feature reads (issue 20): whole chunks straight from local chunk files agree with zarr for every dtype and
+codec, the stored dtype and batches, the integrity checks on that path, remote stores through zarr, --codec."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from typer.testing import CliRunner
+
+from medprep.cli import app
+from medprep.distill import FeatureStore
+from medprep.loaders import collate, pinned_collate
+from medprep.loaders.teacher import TeacherFeatures, dequantise
+from medprep.manifests.chunks import ChunkFiles
+from medprep.manifests.features import CODECS, DamagedStore, FeatureReader
+
+DTYPES = ("float16", "bfloat16", "int8", "float32")
+SHAPE = (8, 4, 4)
+N, SHARD = 6, 4
+
+
+def _write(url: str, dtype: str, codec: str | None, views: tuple[str, ...] = ("identity",)) -> torch.Tensor:
+    """A run ``r`` of N samples (the last zarr shard partial, padding rows of sample 1 zeroed) through the writer."""
+    attrs = {"dtype": dtype, "views": list(views), "shard_size": SHARD, "encoder": "x",
+             **({"codec": codec} if codec else {})}
+    store = FeatureStore.create_or_open(url, "r", [f"k{i}" for i in range(N)], attrs, lambda: SHAPE)
+    x = torch.randn(N, *SHAPE, generator=torch.Generator().manual_seed(0)) * 3
+    valid = np.full((N, 2), 4, np.int32)
+    valid[1] = (2, 4)
+    for s in range(store.nshards):
+        sl = store.shard_slice(s)
+        store.write_shard(s, {v: x[sl].flip(-1) if v == "hflip" else x[sl] for v in views}, valid[sl],
+                          np.stack([0 * valid[sl, 1], valid[sl, 1]], 1) if "hflip" in views else None)
+    return x
+
+
+def _by_zarr(url: str, view: str = "identity") -> np.ndarray:
+    """Every sample decoded through zarr (FeatureReader.read: the path that existed before)."""
+    return FeatureReader.open(url, "r").read(slice(None), view)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_chunk_files_read_what_zarr_reads(tmp_path, dtype, codec):
+    url = str(tmp_path / "s.zarr")
+    _write(url, dtype, codec, views=("identity", "hflip"))
+    feats = TeacherFeatures(url, "r")
+    reader = feats.readers[0]
+    assert isinstance(reader._chunk_files("identity")[0], ChunkFiles)  # the fast path is the one tested
+    assert reader.attrs["codec"] == codec
+    for view in ("identity", "hflip"):
+        want = _by_zarr(url, view)
+        got = np.stack([feats.get(k, view) for k in feats.keys()])
+        assert got.dtype == np.float32 and np.array_equal(got, want)
+        batch = feats.get_batch(feats.keys()[::-1], view)["teacher"]  # across zarr shards, any order
+        assert np.array_equal(batch.numpy(), want[::-1])
+        assert np.array_equal(np.stack([reader.valid_mask(i, view) for i in range(N)]),
+                              np.stack([feats.valid_mask(k, view) for k in feats.keys()]))
+    stored = feats.get_batch(feats.keys(), dtype="stored")
+    assert stored["teacher"].dtype == {"float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.int8,
+                                       "float32": torch.float32}[dtype]
+    assert ("teacher_scale" in stored) == (dtype == "int8")
+    assert np.array_equal(dequantise(stored["teacher"], stored.get("teacher_scale")).numpy(), _by_zarr(url))
+    one = feats.get("k5", dtype="stored")
+    assert isinstance(one, torch.Tensor) and torch.equal(one, stored["teacher"][5])
+    if dtype == "int8":
+        assert torch.equal(feats.scale("k5"), stored["teacher_scale"][5])
+    else:
+        with pytest.raises(ValueError, match="only int8"):
+            feats.scale("k5")
+
+
+def test_readers_pickle_after_fast_reads(tmp_path):
+    """A reader that has mapped chunk files still pickles (dask workers, DataLoader spawn) and reads the same."""
+    import pickle
+
+    url = str(tmp_path / "s.zarr")
+    _write(url, "int8", None)
+    reader = FeatureReader.open(url, "r")
+    first = reader.stored([1, 5])
+    again = pickle.loads(pickle.dumps(reader)).stored([1, 5])
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(first, again))
+
+
+def test_existing_zstd_store_is_read_and_resumed(tmp_path):
+    """A run written before --codec existed (zstd, no codec attr) reads on the fast path, and resumes."""
+    url = str(tmp_path / "s.zarr")
+    _write(url, "float16", "zstd-1")
+    group = zarr.open_group(url, mode="r+")["r"]
+    del group.attrs["codec"]
+    feats = TeacherFeatures(url, "r")
+    assert np.array_equal(np.stack([feats.get(k) for k in feats.keys()]), _by_zarr(url))
+    attrs = {"dtype": "float16", "views": ["identity"], "shard_size": SHARD, "encoder": "x"}
+    FeatureStore.create_or_open(url, "r", [f"k{i}" for i in range(N)], attrs, lambda: SHAPE)  # no refusal
+
+
+def test_unknown_codec_is_refused(tmp_path):
+    from medprep.distill import CacheParams
+
+    with pytest.raises(ValueError, match=r"unknown --codec 'lz5': expected one of \('blosc-lz4'"):
+        CacheParams("random-sam", str(tmp_path), str(tmp_path / "t.zarr"), codec="lz5")
+    res = CliRunner().invoke(app, ["cache-teacher", "--source", str(tmp_path), "--out", str(tmp_path / "t.zarr"),
+                                   "--encoder", "random-sam", "--codec", "lz5", "--device", "cpu"])
+    assert res.exit_code != 0 and "--codec 'lz5'" in res.output
+
+
+def _chunk_extent(shard: Path, j: int) -> tuple[int, int]:
+    raw = shard.read_bytes()
+    offset, size = np.frombuffer(raw, "<u8", count=2, offset=len(raw) - 16 * SHARD - 4 + 16 * j)
+    return int(offset), int(size)
+
+
+@pytest.mark.parametrize("codec", ["none", "blosc-lz4"])
+def test_damage_on_the_fast_path_names_the_key(tmp_path, codec):
+    url = str(tmp_path / "s.zarr")
+    _write(url, "float16", codec)
+    shard = Path(url) / "r" / "features" / "c" / "0" / "0" / "0" / "0"
+    offset, size = _chunk_extent(shard, 2)
+    raw = bytearray(shard.read_bytes())
+    raw[offset + size // 2] ^= 0x01  # one flipped bit inside sample 2's chunk
+    shard.write_bytes(bytes(raw))
+    feats = TeacherFeatures(url, "r")
+    with pytest.raises(DamagedStore, match=r"sample 'k2' \(row 2\) of teacher store .*run 'r'.*cannot be read"):
+        feats.get("k2")
+    with pytest.raises(DamagedStore, match="sample 'k2'"):
+        feats.get_batch(["k0", "k2"])
+    assert np.array_equal(feats.get("k3"), FeatureReader.open(url, "r").read(3))  # the shard's other samples read
+    raw[-2] ^= 0x01  # the shard index's own checksum
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(DamagedStore, match=r"sample 'k0' .*run 'r'.*(checksum|cannot be read)"):
+        feats.get("k0")
+
+
+def test_missing_chunks_on_the_fast_path(tmp_path):
+    url = str(tmp_path / "s.zarr")
+    _write(url, "int8", "none")
+    features = Path(url) / "r" / "features" / "c"
+    (features / "1" / "0" / "0" / "0").unlink()  # the zarr shard of samples 4-5
+    feats = TeacherFeatures(url, "r")
+    assert feats.get("k3").shape == SHAPE
+    with pytest.raises(DamagedStore, match=r"sample 'k4' .*run 'r'.*marked done but its chunk is missing"):
+        feats.get("k4")
+    (Path(url) / "r" / "scale" / "c" / "0" / "0").unlink()  # the scales of samples 0-3
+    with pytest.raises(DamagedStore, match=r"sample 'k1' .*marked done but its chunk is missing"):
+        feats.get("k1", dtype="stored")
+
+
+def test_a_chunk_absent_from_its_shard_index(tmp_path):
+    """A shard object whose index marks one inner chunk as never written (2**64 - 1 twice): the sample is missing."""
+    url = str(tmp_path / "s.zarr")
+    _write(url, "float16", "none")
+    array = zarr.open_group(url, mode="r+")["r"]["features"]
+    shard = Path(url) / "r" / "features" / "c" / "0" / "0" / "0" / "0"
+    keep = array[:4].copy()
+    keep[1] = np.nan  # zarr writes no chunk that is all fill value
+    array[:4] = keep
+    assert _chunk_extent(shard, 1) == (2**64 - 1, 2**64 - 1)
+    with pytest.raises(DamagedStore, match=r"sample 'k1' .*marked done but its chunk is missing"):
+        TeacherFeatures(url, "r").get("k1")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_nan_and_inf_on_the_fast_path(tmp_path, dtype):
+    url = str(tmp_path / "s.zarr")
+    _write(url, dtype, "blosc-lz4")
+    array = zarr.open_group(url, mode="r+")["r"]["features"]
+    values = array[5]
+    values[3, 1, 2] = 0x7F80 if dtype == "bfloat16" else np.inf
+    array[5] = values  # through zarr: the checksum matches, the values are bad
+    feats = TeacherFeatures(url, "r")
+    for read in (lambda: feats.get("k5"), lambda: feats.get("k5", dtype="stored"),
+                 lambda: feats.get_batch(["k4", "k5"])):
+        with pytest.raises(DamagedStore, match=r"sample 'k5' .*run 'r'.*NaN or Inf"):
+            read()
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_finite_features_whose_sum_overflows_are_sound(tmp_path, dtype):
+    url = str(tmp_path / "s.zarr")
+    store = FeatureStore.create_or_open(url, "r", ["a"], {"dtype": dtype, "views": ["identity"], "shard_size": 1,
+                                                          "encoder": "x"}, lambda: SHAPE)
+    store.write_shard(0, {"identity": torch.full((1, *SHAPE), 3e38)}, np.full((1, 2), 4, np.int32))
+    x = torch.from_numpy(TeacherFeatures(url, "r").get("a"))
+    assert torch.isinf(x.sum()) and torch.isfinite(x).all()
+
+
+def test_remote_store_reads_through_zarr(tmp_path, monkeypatch):
+    """An s3:// store (moto's S3 server on loopback) reads the same features, through zarr."""
+    pytest.importorskip("s3fs")
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        import fsspec
+
+        host, port = server.get_host_and_port()
+        for k, v in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": f"http://{host}:{port}",
+                                                       "skip_instance_cache": True})
+
+        url = str(tmp_path / "s.zarr")
+        _write(url, "int8", None)
+        fs = fsspec.filesystem("s3")
+        fs.mkdir("feats")
+        fs.put(url, "feats/s.zarr", recursive=True)
+        local, remote = TeacherFeatures(url, "r"), TeacherFeatures("s3://feats/s.zarr", "r")
+        assert remote.readers[0]._chunk_files("identity") is None  # zarr's path
+        for key in local.keys():
+            assert np.array_equal(remote.get(key), local.get(key))
+            assert torch.equal(remote.get(key, dtype="stored"), local.get(key, dtype="stored"))
+        assert torch.equal(remote.get_batch(["k1", "k4"])["teacher"], local.get_batch(["k1", "k4"])["teacher"])
+    finally:
+        server.stop()
+
+
+def test_pinned_collate_batches_like_collate():
+    batch = [{"teacher": torch.full(SHAPE, float(i)), "key": f"k{i}"} for i in range(3)]
+    pinned, plain = pinned_collate(batch), collate(batch)
+    assert torch.equal(pinned["teacher"], plain["teacher"]) and pinned["key"] == plain["key"]
+    assert pinned["teacher"].is_pinned() == torch.cuda.is_available()
+
+
+def test_codec_is_recorded_and_kept_on_resume(tmp_path):
+    from PIL import Image
+
+    from medprep.distill import CacheParams, cache_teacher
+    from medprep.distill.synthetic import natural_image
+
+    (tmp_path / "imgs").mkdir()
+    for i in range(2):
+        Image.fromarray(natural_image(48, 64, np.random.default_rng(i))).save(tmp_path / "imgs" / f"im{i}.png")
+
+    def run(codec: str | None) -> None:
+        cache_teacher(CacheParams("random-sam", tmp_path / "imgs", tmp_path / "t.zarr", "r", codec=codec,
+                                  encoder_kwargs={"img_size": 64}, shard_size=1, batch_size=1, device="cpu"))
+
+    run("zstd-1")
+    group = zarr.open_group(tmp_path / "t.zarr", mode="r")["r"]
+    inner = group["features"].metadata.to_dict()["codecs"][0]["configuration"]["codecs"]
+    assert group.attrs["codec"] == "zstd-1" and [c["name"] for c in inner] == ["bytes", "zstd", "crc32c"]
+    run(None)  # a rerun keeps the run's codec
+    with pytest.raises(ValueError, match=r"cached with other parameters \(codec: store has 'zstd-1', this run 'none'"):
+        run("none")
+    feats = TeacherFeatures(str(tmp_path / "t.zarr"), "r")
+    assert np.array_equal(np.stack([feats.get(k) for k in feats.keys()]), _by_zarr(str(tmp_path / "t.zarr")))
+
+
+def test_threads_share_one_reader(tmp_path, monkeypatch):
+    """Threads reading through one TeacherFeatures (more shard objects than stay mapped) get the right samples."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import medprep.manifests.chunks as chunks
+
+    url = str(tmp_path / "s.zarr")
+    _write(url, "float16", None)
+    feats = TeacherFeatures(url, "r")
+    want = {k: feats.get(k) for k in feats.keys()}
+    monkeypatch.setattr(chunks, "MAPPED", 1)  # every other read maps its shard again
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda k: (k, feats.get(k)), [k for _ in range(20) for k in feats.keys()]))
+    assert all(np.array_equal(x, want[k]) for k, x in got)
