@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import multiprocessing
+from collections import Counter
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from . import partition
+from medprep.manifests import ShardIndex
+
+from . import partition, state
 from .augment import Augment
 from .fields import recorded_decoder
 from .prompts import Prompts
@@ -32,10 +36,17 @@ class MedShards(torch.utils.data.IterableDataset):
     modality per round, in a random order), so a batch size that is a multiple of the number of modalities gives
     exactly balanced batches.
 
-    Order: shards are shuffled by ``(seed, epoch)`` and samples through a ``shuffle_buffer`` of raw samples per
-    worker (split among the sources in resampled mode); identical for identical seed, epoch and numbers of workers
-    and ranks; ``shuffle=False`` reads the manifest order. Call ``set_epoch`` before each epoch (it reaches
-    persistent workers).
+    Order: shards are shuffled by ``(seed, epoch)``; an exact epoch's sample sequence is cut into ``partitions``
+    canonical partitions (``medprep.loaders.partition``), each read through its own ``shuffle_buffer`` of raw
+    samples, in an order that depends on ``(seed, epoch, partition)`` only; every reader (rank x worker) reads a
+    contiguous range of partitions, in an order drawn by ``(seed, epoch)``. Resampled mode draws per reader, through
+    a ``shuffle_buffer`` split among the sources. Identical for identical seed, epoch and numbers of workers and
+    ranks; ``shuffle=False`` reads the manifest order. Call ``set_epoch`` before each epoch (it reaches persistent
+    workers).
+
+    Resume: ``state_dict()`` / ``load_state_dict()`` (also through ``torchdata``'s ``StatefulDataLoader``) continue
+    an epoch exactly where it stopped, in the uninterrupted order, without reading the samples already yielded; in
+    exact mode ``merge_states`` of every rank's state continues it on any other numbers of ranks and workers.
 
     ``fields`` (default ``DEFAULT_FIELDS``), ``normalize`` (default ``sam``) and ``prompts`` left ``None`` follow what
     the sources' builds recorded (``medprep build --preset``: the normalisation, a ``points``/``boxes`` field and its
@@ -61,6 +72,7 @@ class MedShards(torch.utils.data.IterableDataset):
         balance: str | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        partitions: int = partition.PARTITIONS,
     ):
         super().__init__()
         self.datasets = open_sources(sources)
@@ -86,7 +98,12 @@ class MedShards(torch.utils.data.IterableDataset):
         if epoch_samples is not None and epoch_samples < 1:
             raise ValueError(f"epoch_samples={epoch_samples}: expected a positive number of samples per rank")
         self.epoch_samples = epoch_samples
+        if partitions < 1:
+            raise ValueError(f"partitions={partitions}: expected a positive number of canonical partitions")
+        self.partitions = partitions
         self._epoch = multiprocessing.RawValue("q", epoch)  # shared with (persistent) DataLoader workers
+        self._resume: dict[str, Any] | None = None  # a loaded state, for the next iteration of its epoch
+        self._progress: dict[str, Any] | None = None  # the running (or last) iteration's place in its epoch
 
     def __repr__(self) -> str:
         return (f"MedShards({roots(self.datasets)}, split={self.split!r}, samples={self.nsamples()}, "
@@ -99,8 +116,11 @@ class MedShards(torch.utils.data.IterableDataset):
         return int(self._epoch.value)
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch (shard order, shuffle and augmentation seeds); seen by persistent workers too."""
+        """Select the epoch (shard order, shuffle and augmentation seeds); seen by persistent workers too. A loaded
+        state of another epoch is dropped."""
         self._epoch.value = int(epoch)
+        if self._resume is not None and self._resume["epoch"] != int(epoch):
+            self._resume = None
 
     def nsamples(self) -> int:
         """Samples of the split over all sources."""
@@ -125,41 +145,49 @@ class MedShards(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         consumer = partition.current_consumer(self.rank, self.world_size)
         epoch = self.epoch
-        aug_rng = partition.rng(self.seed, epoch, consumer.index, 1)
-        raw = self._resampled(consumer, epoch) if self.resampled else self._exact(consumer, epoch)
-        for sample in raw:
-            yield self.decoder(sample, aug_rng)
+        progress = self._start(consumer)
+        self._resume, self._progress = None, progress
+        raw = self._resampled(consumer, epoch, progress) if self.resampled else self._exact(consumer, epoch, progress)
+        seeded = self.decoder.augment is not None or bool(self.decoder.prompt_fields)
+        for words, sample in raw:  # augmentation and prompt draws: by (seed, epoch, the sample's place in the epoch)
+            yield self.decoder(sample, partition.rng(self.seed, epoch, 1, *words) if seeded else None)
 
-    def _exact(self, consumer: partition.Consumer, epoch: int) -> Iterator[dict[str, Any]]:
+    def _exact(self, consumer: partition.Consumer, epoch: int, progress: dict[str, Any]
+               ) -> Iterator[tuple[tuple[int, ...], dict[str, Any]]]:
         order = np.arange(len(self.shards))
         if self.shuffle:
             order = partition.rng(self.seed, epoch).permutation(order)
-        parts = partition.assign(len(order), consumer)
-        stream = (s for pos, stride, offset in parts
-                  for s in self.shards[order[pos]].read(self.entries, stride, offset))
-        if self.shuffle_buffer > 1:
-            stream = partition.shuffled(stream, self.shuffle_buffer, partition.rng(self.seed, epoch, consumer.index, 2))
-        return stream
+        blocks = partition.Blocks([s.nsamples for s in self.shards], order, self.partitions)
+        reader = _Reader(self.shards, self.entries)
+        cursors = progress["cursors"]
+        for p in partition.visit_order(partition.owned(consumer, self.partitions), self.seed, epoch, self.shuffle):
+            for u, sample in partition.resumable(blocks.runs(p), _Reader.count, reader.read, reader.fetch,
+                                                 self.shuffle_buffer, partition.rng(self.seed, epoch, 2, p),
+                                                 cursors[p]):
+                cursors[p] += 1
+                yield (2, p, u), sample
 
-    def _source_stream(self, source: int, buffer: int, gen: np.random.Generator) -> Iterator[dict[str, Any]]:
+    def _source_stream(self, source: int, buffer: int, gen: np.random.Generator, skip: int
+                       ) -> Iterator[tuple[int, dict[str, Any]]]:
         """Endless samples of one source: whole shards drawn with probability proportional to their size, through
-        a shuffle buffer of ``buffer`` samples."""
-        shards = [s for s in self.shards if s.source == source]
-        p = np.array([s.nsamples for s in shards], float)
+        a shuffle buffer of ``buffer`` samples, after its first ``skip``."""
+        shards = [k for k, s in enumerate(self.shards) if s.source == source]
+        p = np.array([self.shards[k].nsamples for k in shards], float)
         p /= p.sum()
 
-        def endless() -> Iterator[dict[str, Any]]:
+        def endless() -> Iterator[tuple[int, int, int]]:
             while True:
-                yield from shards[int(gen.choice(len(shards), p=p))].read(self.entries)
+                k = shards[int(gen.choice(len(shards), p=p))]
+                yield k, 0, self.shards[k].nsamples
 
-        return partition.shuffled(endless(), buffer, gen) if buffer > 1 else endless()
+        reader = _Reader(self.shards, self.entries)
+        return partition.resumable(endless(), _Reader.count, reader.read, reader.fetch, buffer, gen, skip)
 
-    def _resampled(self, consumer: partition.Consumer, epoch: int) -> Iterator[dict[str, Any]]:
+    def _resampled(self, consumer: partition.Consumer, epoch: int, progress: dict[str, Any]
+                   ) -> Iterator[tuple[tuple[int, ...], dict[str, Any]]]:
         gen = partition.rng(self.seed, epoch, consumer.index, 3)
         usable = [i for i, w in enumerate(self.weights) if w > 0]
         buffer = self.shuffle_buffer // len(usable)  # the buffers of all sources together hold shuffle_buffer samples
-        streams = {i: self._source_stream(i, buffer, partition.rng(self.seed, epoch, consumer.index, 4, i))
-                   for i in usable}
         if self.balance == "modality":
             groups: dict[int, list[int]] = {}
             for i in usable:
@@ -167,8 +195,89 @@ class MedShards(torch.utils.data.IterableDataset):
             picks = _rounds(list(groups.values()), self.weights, gen)
         else:
             picks = _draws(usable, self.weights, gen)
-        for _ in range(partition.quota(self.samples_per_rank(), consumer)):
-            yield next(streams[next(picks)])
+        quota = partition.quota(self.samples_per_rank(), consumer)
+        done = min(progress["yielded"], quota)
+        skipped = Counter(itertools.islice(picks, done))  # the picks already served, drawn again (no reads)
+        streams = {i: self._source_stream(i, buffer, partition.rng(self.seed, epoch, consumer.index, 4, i), skipped[i])
+                   for i in usable}
+        for _ in range(quota - done):
+            i = next(picks)
+            u, sample = next(streams[i])
+            progress["yielded"] += 1
+            yield (3, consumer.index, i, u), sample
+
+    # -- state ----------------------------------------------------------------------------------------------------
+    def _identity(self) -> dict[str, Any]:
+        """What a state must agree on to be loaded here: the data, the order's parameters, the mode."""
+        ident: dict[str, Any] = {
+            "kind": "MedShards", "version": state.VERSION, "shards": state.fingerprint(
+                [f"{s.dataset.name}/{s.entry.name}:{s.nsamples}" for s in self.shards]),
+            "samples": self.nsamples(), "seed": self.seed, "shuffle": self.shuffle,
+            "shuffle_buffer": self.shuffle_buffer, "mode": "resampled" if self.resampled else "exact"}
+        if self.resampled:
+            ident.update(epoch_samples=self.samples_per_rank(), weights=self.weights, balance=self.balance)
+        else:
+            ident["partitions"] = self.partitions
+        return ident
+
+    def _start(self, consumer: partition.Consumer) -> dict[str, Any]:
+        """Where ``consumer``'s next iteration of the current epoch starts: the loaded state, else the start."""
+        resume = self._resume if self._resume is not None and self._resume["epoch"] == self.epoch else None
+        where = [consumer.rank, consumer.world_size, consumer.worker, consumer.num_workers]
+        if self.resampled:
+            if resume is not None and resume["consumer"] != where:
+                raise ValueError(f"this resampled state was saved by reader {resume['consumer']} (rank, world_size, "
+                                 f"worker, num_workers), not {where}: a resampled epoch is drawn per reader, so it "
+                                 f"resumes on the same ranks and workers; start the next epoch to change them")
+            return {"epoch": self.epoch, "consumer": where, "yielded": resume["yielded"] if resume else 0}
+        cursors = state.owned_cursors(resume["cursors"] if resume else None,
+                                      partition.owned(consumer, self.partitions), self.partitions)
+        return {"epoch": self.epoch, "consumer": where, "cursors": cursors}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where this reader stands in its epoch (small, picklable, JSON-serialisable): in exact mode one cursor
+        (samples yielded) per canonical partition this reader owns (``None`` for the others), in resampled mode
+        the samples this reader yielded. Inside a DataLoader worker it is that worker's; ``StatefulDataLoader``
+        collects them. ``merge_states`` turns the states of every rank and worker into one any topology loads."""
+        consumer = partition.current_consumer(self.rank, self.world_size)
+        where = [consumer.rank, consumer.world_size, consumer.worker, consumer.num_workers]
+        progress = self._progress
+        if progress is None or progress["epoch"] != self.epoch or progress["consumer"] != where:
+            progress = self._start(consumer)
+        out = {**self._identity(), "epoch": progress["epoch"]}
+        if self.resampled:
+            return {**out, "consumer": list(progress["consumer"]), "yielded": progress["yielded"]}
+        return {**out, "cursors": list(progress["cursors"])}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """Continue from ``saved`` (a ``state_dict()``, or ``merge_states`` of several): the next iteration of its
+        epoch (which this selects) yields exactly the samples the saved run had not yielded yet, in the order it
+        would have; an iteration of another epoch (``set_epoch``) starts that epoch whole."""
+        state.check(saved, self._identity(), self)
+        self.set_epoch(saved["epoch"])
+        self._resume, self._progress = saved, None
+
+
+class _Reader:
+    """Reads ``(shard, start, stop)`` runs of ``shards``: in order, or one sample through the shard's index."""
+
+    def __init__(self, shards: list[Shard], entries: set[str]):
+        self.shards, self.entries = shards, entries
+        self.indexes: dict[int, ShardIndex] = {}
+
+    @staticmethod
+    def count(run: tuple[int, int, int]) -> int:
+        return run[2] - run[1]
+
+    def read(self, run: tuple[int, int, int], k: int) -> Iterator[dict[str, Any]]:
+        shard, start, stop = run
+        return self.shards[shard].read(self.entries, start + k, stop)
+
+    def fetch(self, run: tuple[int, int, int], k: int) -> dict[str, Any]:
+        shard, start, _ = run
+        if shard not in self.indexes:
+            self.indexes[shard] = self.shards[shard].index()
+        return self.shards[shard].fetch(self.indexes[shard], start + k, self.entries)
 
 
 def _draws(sources: list[int], weights: list[float], gen: np.random.Generator) -> Iterator[int]:
