@@ -22,7 +22,7 @@ from .reader import Shard, Source, open_sources, roots, split_shards
 BALANCE = (None, "modality")
 
 
-class MedShards(torch.utils.data.IterableDataset):
+class MedShards(state.Resumable, torch.utils.data.IterableDataset):
     """Samples of ``split`` of one or more built datasets, as dicts of tensors (see ``medprep.loaders.fields``).
 
     Exact mode (default): every sample exactly once per epoch, split among DataLoader workers and distributed ranks
@@ -102,8 +102,6 @@ class MedShards(torch.utils.data.IterableDataset):
             raise ValueError(f"partitions={partitions}: expected a positive number of canonical partitions")
         self.partitions = partitions
         self._epoch = multiprocessing.RawValue("q", epoch)  # shared with (persistent) DataLoader workers
-        self._resume: dict[str, Any] | None = None  # a loaded state, for the next iteration of its epoch
-        self._progress: dict[str, Any] | None = None  # the running (or last) iteration's place in its epoch
 
     def __repr__(self) -> str:
         return (f"MedShards({roots(self.datasets)}, split={self.split!r}, samples={self.nsamples()}, "
@@ -119,8 +117,7 @@ class MedShards(torch.utils.data.IterableDataset):
         """Select the epoch (shard order, shuffle and augmentation seeds); seen by persistent workers too. A loaded
         state of another epoch is dropped."""
         self._epoch.value = int(epoch)
-        if self._resume is not None and self._resume["epoch"] != int(epoch):
-            self._resume = None
+        self._keep_resume(int(epoch))
 
     def nsamples(self) -> int:
         """Samples of the split over all sources."""
@@ -145,8 +142,7 @@ class MedShards(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         consumer = partition.current_consumer(self.rank, self.world_size)
         epoch = self.epoch
-        progress = self._start(consumer)
-        self._resume, self._progress = None, progress
+        progress = self._begin(consumer)
         raw = self._resampled(consumer, epoch, progress) if self.resampled else self._exact(consumer, epoch, progress)
         seeded = self.decoder.augment is not None or bool(self.decoder.prompt_fields)
         for words, sample in raw:  # augmentation and prompt draws: by (seed, epoch, the sample's place in the epoch)
@@ -206,7 +202,7 @@ class MedShards(torch.utils.data.IterableDataset):
             progress["yielded"] += 1
             yield (3, consumer.index, i, u), sample
 
-    # -- state ----------------------------------------------------------------------------------------------------
+    # -- state (state_dict, load_state_dict: state.Resumable) -------------------------------------------------------
     def _identity(self) -> dict[str, Any]:
         """What a state must agree on to be loaded here: the data, the order's parameters, the mode."""
         ident: dict[str, Any] = {
@@ -219,43 +215,6 @@ class MedShards(torch.utils.data.IterableDataset):
         else:
             ident["partitions"] = self.partitions
         return ident
-
-    def _start(self, consumer: partition.Consumer) -> dict[str, Any]:
-        """Where ``consumer``'s next iteration of the current epoch starts: the loaded state, else the start."""
-        resume = self._resume if self._resume is not None and self._resume["epoch"] == self.epoch else None
-        where = [consumer.rank, consumer.world_size, consumer.worker, consumer.num_workers]
-        if self.resampled:
-            if resume is not None and resume["consumer"] != where:
-                raise ValueError(f"this resampled state was saved by reader {resume['consumer']} (rank, world_size, "
-                                 f"worker, num_workers), not {where}: a resampled epoch is drawn per reader, so it "
-                                 f"resumes on the same ranks and workers; start the next epoch to change them")
-            return {"epoch": self.epoch, "consumer": where, "yielded": resume["yielded"] if resume else 0}
-        cursors = state.owned_cursors(resume["cursors"] if resume else None,
-                                      partition.owned(consumer, self.partitions), self.partitions)
-        return {"epoch": self.epoch, "consumer": where, "cursors": cursors}
-
-    def state_dict(self) -> dict[str, Any]:
-        """Where this reader stands in its epoch (small, picklable, JSON-serialisable): in exact mode one cursor
-        (samples yielded) per canonical partition this reader owns (``None`` for the others), in resampled mode
-        the samples this reader yielded. Inside a DataLoader worker it is that worker's; ``StatefulDataLoader``
-        collects them. ``merge_states`` turns the states of every rank and worker into one any topology loads."""
-        consumer = partition.current_consumer(self.rank, self.world_size)
-        where = [consumer.rank, consumer.world_size, consumer.worker, consumer.num_workers]
-        progress = self._progress
-        if progress is None or progress["epoch"] != self.epoch or progress["consumer"] != where:
-            progress = self._start(consumer)
-        out = {**self._identity(), "epoch": progress["epoch"]}
-        if self.resampled:
-            return {**out, "consumer": list(progress["consumer"]), "yielded": progress["yielded"]}
-        return {**out, "cursors": list(progress["cursors"])}
-
-    def load_state_dict(self, saved: dict[str, Any]) -> None:
-        """Continue from ``saved`` (a ``state_dict()``, or ``merge_states`` of several): the next iteration of its
-        epoch (which this selects) yields exactly the samples the saved run had not yielded yet, in the order it
-        would have; an iteration of another epoch (``set_epoch``) starts that epoch whole."""
-        state.check(saved, self._identity(), self)
-        self.set_epoch(saved["epoch"])
-        self._resume, self._progress = saved, None
 
 
 class _Reader:

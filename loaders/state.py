@@ -9,7 +9,9 @@ partitions the saving reader does not own; :func:`merge_states` takes the owned 
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
+
+from . import partition
 
 VERSION = 1
 
@@ -107,4 +109,70 @@ def merge_states(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {**head, "cursors": cursors}
 
 
-__all__ = ["VERSION", "check", "dataset_states", "fingerprint", "merge_states", "owned_cursors"]
+class Resumable:
+    """``state_dict`` / ``load_state_dict`` of a reader whose epoch is read over canonical partitions (or, with
+    ``resampled`` True, drawn per reader). The reader gives ``_identity()`` (what a state must agree on),
+    ``partitions``, ``rank``, ``world_size`` and ``epoch``; its ``__iter__`` starts with ``progress =
+    self._begin(consumer)`` and advances ``progress["cursors"][p]`` (or ``progress["yielded"]``) before it yields
+    each sample; its ``set_epoch`` calls ``_keep_resume``."""
+
+    resampled = False
+    epoch: int
+    _identity: Callable[[], dict[str, Any]]
+    partitions: int
+    rank: int | None
+    world_size: int | None
+    _resume: dict[str, Any] | None = None  # a loaded state, for the next iteration of its epoch
+    _progress: dict[str, Any] | None = None  # the running (or last) iteration's place in its epoch
+
+    def _start(self, consumer: partition.Consumer) -> dict[str, Any]:
+        """Where ``consumer``'s next iteration of the current epoch starts: the loaded state, else the start."""
+        resume = self._resume if self._resume is not None and self._resume["epoch"] == self.epoch else None
+        where = [consumer.rank, consumer.world_size, consumer.worker, consumer.num_workers]
+        if self.resampled:
+            if resume is not None and resume["consumer"] != where:
+                raise ValueError(f"this resampled state was saved by reader {resume['consumer']} (rank, world_size, "
+                                 f"worker, num_workers), not {where}: a resampled epoch is drawn per reader, so it "
+                                 f"resumes on the same ranks and workers; start the next epoch to change them")
+            return {"epoch": self.epoch, "consumer": where, "yielded": resume["yielded"] if resume else 0}
+        cursors = owned_cursors(resume["cursors"] if resume else None, partition.owned(consumer, self.partitions),
+                                self.partitions)
+        return {"epoch": self.epoch, "consumer": where, "cursors": cursors}
+
+    def _begin(self, consumer: partition.Consumer) -> dict[str, Any]:
+        """The progress of an iteration that starts now (a loaded state is used up by it)."""
+        progress = self._start(consumer)
+        self._resume, self._progress = None, progress
+        return progress
+
+    def _keep_resume(self, epoch: int) -> None:
+        """``set_epoch``: a loaded state of another epoch is dropped."""
+        if self._resume is not None and self._resume["epoch"] != epoch:
+            self._resume = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where this reader stands in its epoch (small, picklable, JSON-serialisable): in exact mode one cursor
+        (samples yielded) per canonical partition this reader owns (``None`` for the others), in resampled mode
+        the samples this reader yielded. Inside a DataLoader worker it is that worker's; ``StatefulDataLoader``
+        collects them. :func:`merge_states` turns the states of every rank and worker into one any topology
+        loads."""
+        consumer = partition.current_consumer(self.rank, self.world_size)
+        where = [consumer.rank, consumer.world_size, consumer.worker, consumer.num_workers]
+        progress = self._progress
+        if progress is None or progress["epoch"] != self.epoch or progress["consumer"] != where:
+            progress = self._start(consumer)
+        out = {**self._identity(), "epoch": progress["epoch"]}
+        if self.resampled:
+            return {**out, "consumer": list(progress["consumer"]), "yielded": progress["yielded"]}
+        return {**out, "cursors": list(progress["cursors"])}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """Continue from ``saved`` (a ``state_dict()``, or :func:`merge_states` of several): the next iteration of
+        its epoch (which this selects) yields exactly the samples the saved run had not yielded yet, in the order
+        it would have; an iteration of another epoch (``set_epoch``) starts that epoch whole."""
+        check(saved, self._identity(), self)
+        self.set_epoch(saved["epoch"])  # type: ignore[attr-defined]
+        self._resume, self._progress = saved, None
+
+
+__all__ = ["Resumable", "VERSION", "check", "dataset_states", "fingerprint", "merge_states", "owned_cursors"]
