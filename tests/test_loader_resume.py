@@ -8,10 +8,10 @@ import json
 import os
 import pickle
 import random
+import runpy
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -201,12 +201,12 @@ def test_set_epoch_drops_a_state_of_another_epoch(mixed):
     assert len(list(resumed)) == len(all_keys(mixed)) and len(head) == 4
 
 
+@pytest.mark.slow
 def test_training_killed_with_sigkill_resumes_from_its_checkpoint(mixed, tmp_path):
     """examples/train_student.py checkpoints model, optimiser and loader state every step; killed at a random step
     with SIGKILL and restarted, its steps (the last run of each) equal an uninterrupted run's, and the epoch's
     samples each come exactly once."""
-    args = [sys.executable, str(EXAMPLE), "--shards", *mixed, "--exact", "--batch-size", "3", "--workers", "2",
-            "--steps", "8"]
+    options = ["--shards", *mixed, "--exact", "--batch-size", "3", "--workers", "2", "--steps", "8"]
 
     def log_of(path: Path) -> dict[int, list[str]]:
         steps: dict[int, list[str]] = {}
@@ -215,11 +215,11 @@ def test_training_killed_with_sigkill_resumes_from_its_checkpoint(mixed, tmp_pat
             steps[row["step"]] = row["keys"]  # a step redone after the kill: its last run counts
         return steps
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    subprocess.run([*args, "--log-keys", str(tmp_path / "ref.jsonl")], check=True, env=env, capture_output=True)
+    runpy.run_path(str(EXAMPLE))["main"]([*options, "--log-keys", str(tmp_path / "ref.jsonl")])  # uninterrupted
     reference = log_of(tmp_path / "ref.jsonl")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     ckpt, log = tmp_path / "ckpt.pt", tmp_path / "run.jsonl"
-    run = [*args, "--checkpoint", str(ckpt), "--log-keys", str(log)]
+    run = [sys.executable, str(EXAMPLE), *options, "--checkpoint", str(ckpt), "--log-keys", str(log)]
     kill_after = random.Random().randint(1, 6)
     proc = subprocess.Popen(run, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
