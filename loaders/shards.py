@@ -39,10 +39,10 @@ class MedShards(state.Resumable, torch.utils.data.IterableDataset):
     Order: shards are shuffled by ``(seed, epoch)``; an exact epoch's sample sequence is cut into ``partitions``
     canonical partitions (``medprep.loaders.partition``; at least ranks x workers), each read through its own
     ``shuffle_buffer`` of raw samples, in an order that depends on ``(seed, epoch, partition)`` only; every reader
-    (rank x worker) reads a contiguous range of partitions, in an order drawn by ``(seed, epoch)``. Resampled mode draws per reader, through
-    a ``shuffle_buffer`` split among the sources. Identical for identical seed, epoch and numbers of workers and
-    ranks; ``shuffle=False`` reads the manifest order. Call ``set_epoch`` before each epoch (it reaches persistent
-    workers).
+    (rank x worker) reads a contiguous range of partitions, in an order drawn by ``(seed, epoch)``. Resampled mode
+    draws per reader, through a ``shuffle_buffer`` split among the sources. Identical for identical seed, epoch and
+    numbers of workers and ranks; ``shuffle=False`` reads the manifest order. Call ``set_epoch`` before each epoch
+    (it reaches persistent workers).
 
     Resume: ``state_dict()`` / ``load_state_dict()`` (also through ``torchdata``'s ``StatefulDataLoader``) continue
     an epoch exactly where it stopped, in the uninterrupted order, without reading the samples already yielded; in

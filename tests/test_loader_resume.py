@@ -166,7 +166,8 @@ def stateful_epoch_part(sources, rank: int, world: int, workers: int, batches: i
 @pytest.mark.parametrize("world, workers", [(3, 1), (1, 0)])
 def test_merged_states_continue_on_other_ranks_and_workers(mixed, world, workers):
     """2 ranks x 2 workers stopped mid-epoch (rank 0 after 2 batches, rank 1 after 3; prefetched batches count as
-    not yielded) -> ``merge_states`` -> ``world`` ranks x ``workers`` workers: every sample of the epoch exactly once."""
+    not yielded) -> ``merge_states`` -> ``world`` ranks x ``workers`` workers: every sample of the epoch exactly
+    once."""
     seen, states = [], []
     for rank, batches in ((0, 2), (1, 3)):
         part, saved = stateful_epoch_part(mixed, rank, 2, 2, batches)
