@@ -4,9 +4,9 @@ An epoch is defined over a fixed number of *canonical partitions* (``PARTITIONS`
 numbers of ranks and workers: the epoch's sample sequence (shards in their shuffled order, each shard's samples in
 tar order) is cut into that many contiguous blocks of near-equal size, and each block is read through its own
 shuffle buffer whose order is a pure function of ``(seed, epoch, partition)``. A *consumer* (one DataLoader worker
-of one rank; ``world_size * num_workers`` of them) reads a contiguous range of partitions. So every sample is read
-by exactly one consumer, and where an epoch stands is one cursor per partition (samples yielded): a state any other
-topology can continue (``medprep.loaders.merge_states``).
+of one rank; ``world_size * num_workers`` of them) reads a contiguous range of partitions, visited in an order
+drawn by ``(seed, epoch)``. So every sample is read by exactly one consumer, and where an epoch stands is one cursor
+per partition (samples yielded): a state any other topology can continue (``medprep.loaders.merge_states``).
 
 :func:`resumable` runs one partition's read stream from a cursor: the buffer's order is computed on positions, so
 the skipped part is never read, and items still in the buffer at the cursor are fetched one by one by index.
@@ -26,7 +26,7 @@ import torch
 T = TypeVar("T")
 R = TypeVar("R")
 
-#: canonical partitions of an epoch (the most consumers, ranks x workers, that can share one)
+#: canonical partitions of an exact epoch by default (at most this many readers, ranks x workers, share an epoch)
 PARTITIONS = 256
 
 

@@ -218,7 +218,11 @@ class MedShards(state.Resumable, torch.utils.data.IterableDataset):
 
 
 class _Reader:
-    """Reads ``(shard, start, stop)`` runs of ``shards``: in order, or one sample through the shard's index."""
+    """Reads ``(shard, start, stop)`` runs of ``shards``: a long run by streaming the shard's tar from ``start``, a
+    short one (small partitions) and single samples by ranged reads through the shard's index (its tar headers,
+    read once)."""
+
+    STREAM = 16  # runs of at least this many samples are streamed
 
     def __init__(self, shards: list[Shard], entries: set[str]):
         self.shards, self.entries = shards, entries
@@ -230,7 +234,9 @@ class _Reader:
 
     def read(self, run: tuple[int, int, int], k: int) -> Iterator[dict[str, Any]]:
         shard, start, stop = run
-        return self.shards[shard].read(self.entries, start + k, stop)
+        if stop - start - k >= self.STREAM:
+            return self.shards[shard].read(self.entries, start + k, stop)
+        return (self.fetch(run, j) for j in range(k, stop - start))
 
     def fetch(self, run: tuple[int, int, int], k: int) -> dict[str, Any]:
         shard, start, _ = run
