@@ -5,7 +5,7 @@
 The student follows the ESP-MedSAM / De-LightSAM recipe at toy scale: a conv image encoder; a patch head that
 predicts which 32x32 patches hold foreground (trained on the shards' ``patch32`` with BCE) and whose output
 prompts the decoder; a mask head that matches decoder features against one learned query per modality (focal +
-Dice on ``mask``). The data side is three lines: ``MedShards(...)``, ``DataLoader(...)``, ``set_epoch``.
+Dice on ``mask``). The data side is three lines: ``MedShards(...)``, ``StatefulDataLoader(...)``, ``set_epoch``.
 
 With ``--teacher STORE`` (a store written by ``medprep cache-teacher`` over the same shards, one run per dataset)
 the student also distils the teacher's image embeddings: a 1x1 projection of its deep features, resized to the
@@ -17,18 +17,26 @@ through the ``hflip`` view where a run cached it, instead of free augmentation, 
     medprep demo --out demo/     # shards + a cache from a RANDOM-WEIGHT teacher (plumbing only)
     python examples/train_student.py --shards demo/shards/drive demo/shards/dsb2018 --teacher demo/teacher.zarr \
         --steps 5
+
+With ``--checkpoint FILE`` the model, the optimiser and the loader's state (``torchdata``'s ``StatefulDataLoader``
+collects it from every worker) are saved after every step, atomically; run the same command again after a crash
+or a SIGKILL and training continues from the next batch the killed run would have seen, mid-epoch. ``--exact``
+reads every sample once per epoch instead of resampled, modality-balanced draws.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from medprep.distill.loss import masked_mse
 from medprep.loaders import Augment, MedShards, collate
@@ -111,22 +119,32 @@ def student_loss(out: dict[str, torch.Tensor], batch: dict[str, Any],
 def train(shards: Sequence[str], steps: int = 5, batch_size: int = 4, workers: int = 0, lr: float = 1e-3,
           seed: int = 0, balance: str | None = None, teacher: str | None = None,
           teacher_run: Sequence[str] | None = None, distill_weight: float = 1.0,
-          allow_source_mismatch: bool = False) -> tuple[TinyStudent, list[dict[str, float]]]:
-    """Train for ``steps`` optimiser steps; returns the model and the loss terms of every step."""
+          allow_source_mismatch: bool = False, exact: bool = False, checkpoint: str | None = None,
+          log_keys: str | None = None) -> tuple[TinyStudent, list[dict[str, float]]]:
+    """Train up to ``steps`` optimiser steps in all (continuing from ``checkpoint`` when it exists, and saving it
+    after every step); returns the model and the loss terms of the steps this call ran."""
     torch.manual_seed(seed)
     features = TeacherFeatures(teacher, teacher_run or None) if teacher else None
     data: MedShards | TeacherJoin = MedShards(
         shards, split="train", fields=FIELDS, normalize="sam", augment=None if features else Augment(), seed=seed,
-        resampled=True, epoch_samples=steps * batch_size, balance=balance)
+        resampled=not exact, epoch_samples=None if exact else steps * batch_size, balance=balance)
     if features is not None:
         hflip = 0.5 if any("hflip" in r.views for r in features.readers) else 0.0
         data = TeacherJoin(data, features, hflip=hflip, seed=seed, allow_mismatch=allow_source_mismatch)
-    loader = DataLoader(data, batch_size=batch_size, num_workers=workers, collate_fn=collate, drop_last=True)
+    loader = StatefulDataLoader(data, batch_size=batch_size, num_workers=workers, collate_fn=collate,
+                                drop_last=True)
     model = TinyStudent(teacher_shape=features.feature_shape if features else None)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    step, epoch = 0, 0
+    if checkpoint and os.path.exists(checkpoint):
+        saved = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        loader.load_state_dict(saved["loader"])  # the rest of the saved epoch, in the order it would have come
+        step, epoch = saved["step"], saved["epoch"]
+        print(f"resumed at step {step} (epoch {epoch})")
     history: list[dict[str, float]] = []
-    epoch = 0
-    while len(history) < steps:
+    while step < steps:
         data.set_epoch(epoch)
         for batch in loader:
             out = model(batch["image"], batch["modality_id"])
@@ -134,12 +152,26 @@ def train(shards: Sequence[str], steps: int = 5, batch_size: int = 4, workers: i
             opt.zero_grad()
             losses["total"].backward()
             opt.step()
+            step += 1
             history.append({k: v.item() for k, v in losses.items()})
-            print(f"step {len(history):4d}  " + "  ".join(f"{k} {v:.4f}" for k, v in history[-1].items()))
-            if len(history) == steps:
+            if log_keys:  # the samples of every step, for checking what a resumed run saw
+                with open(log_keys, "a") as f:
+                    f.write(json.dumps({"step": step, "keys": batch["key"]}) + "\n")
+            if checkpoint:
+                save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                             "loader": loader.state_dict(), "step": step, "epoch": epoch})
+            print(f"step {step:4d}  " + "  ".join(f"{k} {v:.4f}" for k, v in history[-1].items()), flush=True)
+            if step == steps:
                 break
         epoch += 1
     return model, history
+
+
+def save_checkpoint(path: str, state: dict[str, Any]) -> None:
+    """Write ``state`` to a temporary name, then rename it over ``path``: a kill leaves the old or the new file."""
+    tmp = Path(f"{path}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, float]]:
@@ -158,10 +190,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, float]]:
                     help="join even when a run was cached from another build of a dataset")
     ap.add_argument("--distill-weight", type=float, default=1.0)
     ap.add_argument("--save", default=None, help="write the trained weights here")
+    ap.add_argument("--exact", action="store_true", help="every sample once per epoch (default: resampled draws)")
+    ap.add_argument("--checkpoint", default=None,
+                    help="save model, optimiser and loader state here after every step; resume from it if it exists")
+    ap.add_argument("--log-keys", default=None, help="append each step's sample keys to this JSON-lines file")
     args = ap.parse_args(argv)
     runs = [r for value in args.teacher_run for r in value.split(",") if r]
     model, history = train(args.shards, args.steps, args.batch_size, args.workers, args.lr, args.seed, args.balance,
-                           args.teacher, runs, args.distill_weight, args.allow_source_mismatch)
+                           args.teacher, runs, args.distill_weight, args.allow_source_mismatch, args.exact,
+                           args.checkpoint, args.log_keys)
     if args.save:
         torch.save(model.state_dict(), args.save)
     return history

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Collection, Iterator
 
-from medprep.manifests import BuiltDataset, ShardEntry, open_dataset
+from medprep.manifests import BuiltDataset, ShardEntry, ShardIndex, open_dataset
 from medprep.manifests.dataset import Source, open_sources
 
 
@@ -27,10 +27,18 @@ class Shard:
     def nsamples(self) -> int:
         return self.entry.nsamples
 
-    def read(self, entries: Collection[str] | None = None, stride: int = 1, offset: int = 0
+    def read(self, entries: Collection[str] | None = None, start: int = 0, stop: int | None = None
              ) -> Iterator[dict[str, Any]]:
-        """Raw samples of this shard (see ``BuiltDataset.read_shard``)."""
-        return self.dataset.read_shard(self.entry, entries, stride, offset)
+        """Raw samples ``start`` to ``stop`` of this shard (see ``BuiltDataset.read_shard``)."""
+        return self.dataset.read_shard(self.entry, entries, start=start, stop=stop)
+
+    def index(self) -> ShardIndex:
+        """The offset index of this shard (its tar headers only)."""
+        return self.dataset.index_shard(self.entry)
+
+    def fetch(self, index: ShardIndex, j: int, entries: Collection[str] | None = None) -> dict[str, Any]:
+        """Raw sample ``j`` of this shard, with one ranged read through its ``index``."""
+        return self.dataset.fetch(self.entry, index, j, entries)
 
 
 def roots(datasets: list[BuiltDataset]) -> str:

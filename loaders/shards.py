@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import multiprocessing
+from collections import Counter
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from . import partition
+from medprep.manifests import ShardIndex
+
+from . import partition, state
 from .augment import Augment
 from .fields import recorded_decoder
 from .prompts import Prompts
@@ -18,7 +22,7 @@ from .reader import Shard, Source, open_sources, roots, split_shards
 BALANCE = (None, "modality")
 
 
-class MedShards(torch.utils.data.IterableDataset):
+class MedShards(state.Resumable, torch.utils.data.IterableDataset):
     """Samples of ``split`` of one or more built datasets, as dicts of tensors (see ``medprep.loaders.fields``).
 
     Exact mode (default): every sample exactly once per epoch, split among DataLoader workers and distributed ranks
@@ -32,10 +36,17 @@ class MedShards(torch.utils.data.IterableDataset):
     modality per round, in a random order), so a batch size that is a multiple of the number of modalities gives
     exactly balanced batches.
 
-    Order: shards are shuffled by ``(seed, epoch)`` and samples through a ``shuffle_buffer`` of raw samples per
-    worker (split among the sources in resampled mode); identical for identical seed, epoch and numbers of workers
-    and ranks; ``shuffle=False`` reads the manifest order. Call ``set_epoch`` before each epoch (it reaches
-    persistent workers).
+    Order: shards are shuffled by ``(seed, epoch)``; an exact epoch's sample sequence is cut into ``partitions``
+    canonical partitions (``medprep.loaders.partition``; at least ranks x workers), each read through its own
+    ``shuffle_buffer`` of raw samples, in an order that depends on ``(seed, epoch, partition)`` only; every reader
+    (rank x worker) reads a contiguous range of partitions, in an order drawn by ``(seed, epoch)``. Resampled mode
+    draws per reader, through a ``shuffle_buffer`` split among the sources. Identical for identical seed, epoch and
+    numbers of workers and ranks; ``shuffle=False`` reads the manifest order. Call ``set_epoch`` before each epoch
+    (it reaches persistent workers).
+
+    Resume: ``state_dict()`` / ``load_state_dict()`` (also through ``torchdata``'s ``StatefulDataLoader``) continue
+    an epoch exactly where it stopped, in the uninterrupted order, without reading the samples already yielded; in
+    exact mode ``merge_states`` of every rank's state continues it on any other numbers of ranks and workers.
 
     ``fields`` (default ``DEFAULT_FIELDS``), ``normalize`` (default ``sam``) and ``prompts`` left ``None`` follow what
     the sources' builds recorded (``medprep build --preset``: the normalisation, a ``points``/``boxes`` field and its
@@ -61,6 +72,7 @@ class MedShards(torch.utils.data.IterableDataset):
         balance: str | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        partitions: int = partition.PARTITIONS,
     ):
         super().__init__()
         self.datasets = open_sources(sources)
@@ -86,6 +98,9 @@ class MedShards(torch.utils.data.IterableDataset):
         if epoch_samples is not None and epoch_samples < 1:
             raise ValueError(f"epoch_samples={epoch_samples}: expected a positive number of samples per rank")
         self.epoch_samples = epoch_samples
+        if partitions < 1:
+            raise ValueError(f"partitions={partitions}: expected a positive number of canonical partitions")
+        self.partitions = partitions
         self._epoch = multiprocessing.RawValue("q", epoch)  # shared with (persistent) DataLoader workers
 
     def __repr__(self) -> str:
@@ -99,8 +114,10 @@ class MedShards(torch.utils.data.IterableDataset):
         return int(self._epoch.value)
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch (shard order, shuffle and augmentation seeds); seen by persistent workers too."""
+        """Select the epoch (shard order, shuffle and augmentation seeds); seen by persistent workers too. A loaded
+        state of another epoch is dropped."""
         self._epoch.value = int(epoch)
+        self._keep_resume(int(epoch))
 
     def nsamples(self) -> int:
         """Samples of the split over all sources."""
@@ -125,41 +142,48 @@ class MedShards(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         consumer = partition.current_consumer(self.rank, self.world_size)
         epoch = self.epoch
-        aug_rng = partition.rng(self.seed, epoch, consumer.index, 1)
-        raw = self._resampled(consumer, epoch) if self.resampled else self._exact(consumer, epoch)
-        for sample in raw:
-            yield self.decoder(sample, aug_rng)
+        progress = self._begin(consumer)
+        raw = self._resampled(consumer, epoch, progress) if self.resampled else self._exact(consumer, epoch, progress)
+        seeded = self.decoder.augment is not None or bool(self.decoder.prompt_fields)
+        for words, sample in raw:  # augmentation and prompt draws: by (seed, epoch, the sample's place in the epoch)
+            yield self.decoder(sample, partition.rng(self.seed, epoch, 1, *words) if seeded else None)
 
-    def _exact(self, consumer: partition.Consumer, epoch: int) -> Iterator[dict[str, Any]]:
+    def _exact(self, consumer: partition.Consumer, epoch: int, progress: dict[str, Any]
+               ) -> Iterator[tuple[tuple[int, ...], dict[str, Any]]]:
         order = np.arange(len(self.shards))
         if self.shuffle:
             order = partition.rng(self.seed, epoch).permutation(order)
-        parts = partition.assign(len(order), consumer)
-        stream = (s for pos, stride, offset in parts
-                  for s in self.shards[order[pos]].read(self.entries, stride, offset))
-        if self.shuffle_buffer > 1:
-            stream = partition.shuffled(stream, self.shuffle_buffer, partition.rng(self.seed, epoch, consumer.index, 2))
-        return stream
+        blocks = partition.Blocks([s.nsamples for s in self.shards], order, self.partitions)
+        reader = _Reader(self.shards, self.entries)
+        cursors = progress["cursors"]
+        for p in partition.visit_order(partition.owned(consumer, self.partitions), self.seed, epoch, self.shuffle):
+            for u, sample in partition.resumable(blocks.runs(p), _Reader.count, reader.read, reader.fetch,
+                                                 self.shuffle_buffer, partition.rng(self.seed, epoch, 2, p),
+                                                 cursors[p]):
+                cursors[p] += 1
+                yield (2, p, u), sample
 
-    def _source_stream(self, source: int, buffer: int, gen: np.random.Generator) -> Iterator[dict[str, Any]]:
+    def _source_stream(self, source: int, buffer: int, gen: np.random.Generator, skip: int
+                       ) -> Iterator[tuple[int, dict[str, Any]]]:
         """Endless samples of one source: whole shards drawn with probability proportional to their size, through
-        a shuffle buffer of ``buffer`` samples."""
-        shards = [s for s in self.shards if s.source == source]
-        p = np.array([s.nsamples for s in shards], float)
+        a shuffle buffer of ``buffer`` samples, after its first ``skip``."""
+        shards = [k for k, s in enumerate(self.shards) if s.source == source]
+        p = np.array([self.shards[k].nsamples for k in shards], float)
         p /= p.sum()
 
-        def endless() -> Iterator[dict[str, Any]]:
+        def endless() -> Iterator[tuple[int, int, int]]:
             while True:
-                yield from shards[int(gen.choice(len(shards), p=p))].read(self.entries)
+                k = shards[int(gen.choice(len(shards), p=p))]
+                yield k, 0, self.shards[k].nsamples
 
-        return partition.shuffled(endless(), buffer, gen) if buffer > 1 else endless()
+        reader = _Reader(self.shards, self.entries)
+        return partition.resumable(endless(), _Reader.count, reader.read, reader.fetch, buffer, gen, skip)
 
-    def _resampled(self, consumer: partition.Consumer, epoch: int) -> Iterator[dict[str, Any]]:
+    def _resampled(self, consumer: partition.Consumer, epoch: int, progress: dict[str, Any]
+                   ) -> Iterator[tuple[tuple[int, ...], dict[str, Any]]]:
         gen = partition.rng(self.seed, epoch, consumer.index, 3)
         usable = [i for i, w in enumerate(self.weights) if w > 0]
         buffer = self.shuffle_buffer // len(usable)  # the buffers of all sources together hold shuffle_buffer samples
-        streams = {i: self._source_stream(i, buffer, partition.rng(self.seed, epoch, consumer.index, 4, i))
-                   for i in usable}
         if self.balance == "modality":
             groups: dict[int, list[int]] = {}
             for i in usable:
@@ -167,8 +191,58 @@ class MedShards(torch.utils.data.IterableDataset):
             picks = _rounds(list(groups.values()), self.weights, gen)
         else:
             picks = _draws(usable, self.weights, gen)
-        for _ in range(partition.quota(self.samples_per_rank(), consumer)):
-            yield next(streams[next(picks)])
+        quota = partition.quota(self.samples_per_rank(), consumer)
+        done = min(progress["yielded"], quota)
+        skipped = Counter(itertools.islice(picks, done))  # the picks already served, drawn again (no reads)
+        streams = {i: self._source_stream(i, buffer, partition.rng(self.seed, epoch, consumer.index, 4, i), skipped[i])
+                   for i in usable}
+        for _ in range(quota - done):
+            i = next(picks)
+            u, sample = next(streams[i])
+            progress["yielded"] += 1
+            yield (3, consumer.index, i, u), sample
+
+    # -- state (state_dict, load_state_dict: state.Resumable) -------------------------------------------------------
+    def _identity(self) -> dict[str, Any]:
+        """What a state must agree on to be loaded here: the data, the order's parameters, the mode."""
+        ident: dict[str, Any] = {
+            "kind": "MedShards", "version": state.VERSION, "shards": state.fingerprint(
+                [f"{s.dataset.name}/{s.entry.name}:{s.nsamples}" for s in self.shards]),
+            "samples": self.nsamples(), "seed": self.seed, "shuffle": self.shuffle,
+            "shuffle_buffer": self.shuffle_buffer, "mode": "resampled" if self.resampled else "exact"}
+        if self.resampled:
+            ident.update(epoch_samples=self.samples_per_rank(), weights=self.weights, balance=self.balance)
+        else:
+            ident["partitions"] = self.partitions
+        return ident
+
+
+class _Reader:
+    """Reads ``(shard, start, stop)`` runs of ``shards``: a long run by streaming the shard's tar from ``start``, a
+    short one (small partitions) and single samples by ranged reads through the shard's index (its tar headers,
+    read once)."""
+
+    STREAM = 16  # runs of at least this many samples are streamed
+
+    def __init__(self, shards: list[Shard], entries: set[str]):
+        self.shards, self.entries = shards, entries
+        self.indexes: dict[int, ShardIndex] = {}
+
+    @staticmethod
+    def count(run: tuple[int, int, int]) -> int:
+        return run[2] - run[1]
+
+    def read(self, run: tuple[int, int, int], k: int) -> Iterator[dict[str, Any]]:
+        shard, start, stop = run
+        if stop - start - k >= self.STREAM:
+            return self.shards[shard].read(self.entries, start + k, stop)
+        return (self.fetch(run, j) for j in range(k, stop - start))
+
+    def fetch(self, run: tuple[int, int, int], k: int) -> dict[str, Any]:
+        shard, start, _ = run
+        if shard not in self.indexes:
+            self.indexes[shard] = self.shards[shard].index()
+        return self.shards[shard].fetch(self.indexes[shard], start + k, self.entries)
 
 
 def _draws(sources: list[int], weights: list[float], gen: np.random.Generator) -> Iterator[int]:

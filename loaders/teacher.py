@@ -28,7 +28,7 @@ from medprep.manifests import BuiltDataset, MemberIndex, fs_and_path, join
 from medprep.manifests.features import FeatureReader, in_fraction, runs as store_runs
 from medprep.manifests.pixels import longest_side
 
-from . import partition
+from . import partition, state
 from .fields import normalise
 
 #: the run attrs that name a teacher: runs read together must agree on them
@@ -329,6 +329,24 @@ class TeacherJoin(torch.utils.data.IterableDataset):
         if hasattr(self.samples, "set_epoch"):
             self.samples.set_epoch(epoch)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The state of ``samples`` (``MedShards``: see its ``state_dict``) with this join's epoch and draws."""
+        inner = self.samples.state_dict() if hasattr(self.samples, "state_dict") else None
+        return {**self._identity(), "epoch": self.epoch, "samples": inner}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """Continue from ``saved`` (``state_dict()``, or ``merge_states`` of several): ``samples`` loads its part."""
+        state.check(saved, self._identity(), self)
+        if saved["samples"] is None or not hasattr(self.samples, "load_state_dict"):
+            raise ValueError(f"{self.samples!r} keeps no state: a TeacherJoin resumes over a reader that does "
+                             f"(MedShards)")
+        self.epoch = saved["epoch"]
+        self.samples.load_state_dict(saved["samples"])
+
+    def _identity(self) -> dict[str, Any]:
+        return {"kind": "TeacherJoin", "version": state.VERSION, "hflip": self.hflip, "seed": self.seed,
+                "runs": self.features.runs}
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for sample in self.samples:
             key = sample["__key__"] if "__key__" in sample else sample["key"]
@@ -362,7 +380,7 @@ def teacher_shards(dataset: Any, store: str, run: str | Sequence[str] | None = N
                        allow_mismatch, dtype)
 
 
-class SA1BStream(torch.utils.data.IterableDataset):
+class SA1BStream(state.Resumable, torch.utils.data.IterableDataset):
     """SA-1B images with their teacher features, for the pure distillation stage (no masks).
 
     Reads the SA-1B runs of ``store`` (``run=None``: every run cached from SA-1B tars) and the ``sa_N.jpg`` images
@@ -371,14 +389,17 @@ class SA1BStream(torch.utils.data.IterableDataset):
     ``size``, padded bottom/right with 0 after normalising with ``normalize``, e.g. ``sam``); ``teacher``,
     ``teacher_valid``, ``teacher_view`` as :class:`TeacherJoin`. ``hflip`` and ``dtype`` as :class:`TeacherJoin`.
 
-    Every cached sample once per epoch: tars are split among ranks x DataLoader workers, each part shuffled through
-    a ``shuffle_buffer`` of keys by ``(seed, epoch)``; call ``set_epoch`` before each epoch.
+    Every cached sample once per epoch: the tars, shuffled by ``(seed, epoch)``, are cut into ``partitions``
+    canonical partitions (a tar shared by several is split by its images), each shuffled through a
+    ``shuffle_buffer`` of keys by ``(seed, epoch, partition)`` and read by one of the ranks x DataLoader workers;
+    call ``set_epoch`` before each epoch. ``state_dict`` / ``load_state_dict`` / ``merge_states`` resume an epoch
+    as ``MedShards`` does; a tar's member list (its headers) is read again on resume, never its consumed images.
     """
 
     def __init__(self, store: str, run: str | Sequence[str] | None = None, size: int = 1024, normalize: str = "sam",
                  hflip: float = 0.0, seed: int = 0, shuffle: bool = True, shuffle_buffer: int = 256,
                  tars: str | Sequence[str] | None = None, rank: int | None = None, world_size: int | None = None,
-                 dtype: str = "float32"):
+                 dtype: str = "float32", partitions: int = partition.PARTITIONS):
         _check_dtype(dtype)
         if run is None:
             run = [name for name in store_runs(store)
@@ -406,7 +427,7 @@ class SA1BStream(torch.utils.data.IterableDataset):
                     self.tars.append(path)
         self.size, self.normalize, self.hflip, self.seed, self.dtype = size, normalize, hflip, seed, dtype
         self.shuffle_buffer = shuffle_buffer if shuffle else 0
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.partitions = rank, world_size, partitions
         partition.distributed_rank(rank, world_size)  # validate early
         self._epoch = multiprocessing.RawValue("q", 0)  # shared with (persistent) DataLoader workers
 
@@ -419,30 +440,33 @@ class SA1BStream(torch.utils.data.IterableDataset):
         return self._epoch.value
 
     def set_epoch(self, epoch: int) -> None:
-        """Set before each epoch (it reaches persistent workers): the order and the hflip draws depend on it."""
+        """Set before each epoch (it reaches persistent workers): the order and the hflip draws depend on it. A
+        loaded state of another epoch is dropped."""
         self._epoch.value = epoch
+        self._keep_resume(epoch)
+
+    def _identity(self) -> dict[str, Any]:
+        return {"kind": "SA1BStream", "version": state.VERSION, "runs": self.features.runs,
+                "tars": state.fingerprint(t.rstrip("/").rsplit("/", 1)[-1] for t in self.tars),
+                "samples": len(self.features), "seed": self.seed, "shuffle_buffer": self.shuffle_buffer,
+                "hflip": self.hflip, "partitions": self.partitions}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         consumer = partition.current_consumer(self.rank, self.world_size)
+        epoch = self.epoch
+        cursors = self._begin(consumer)["cursors"]
         n = len(self.tars)
-        order = partition.rng(self.seed, self.epoch).permutation(n) if self.shuffle_buffer else np.arange(n)
-        items = self._members([(self.tars[order[i]], stride, offset)
-                               for i, stride, offset in partition.assign(n, consumer)])
-        if self.shuffle_buffer:
-            items = partition.shuffled(items, self.shuffle_buffer,
-                                       partition.rng(self.seed, self.epoch, consumer.index))
-        for index, member, key in items:
-            yield self._sample(index, member, key)
-
-    def _members(self, parts: list[tuple[str, int, int]]) -> Iterator[tuple[MemberIndex, str, str]]:
-        """``(tar index, member, key)`` of the cached images of each part (a tar, or every ``stride``-th of its
-        cached images from ``offset`` when consumers share it), in tar order."""
-        for url, stride, offset in parts:
-            index = MemberIndex(url)
-            cached = [(m, key) for m in index.members
-                      if m.endswith(".jpg") and (key := f"sa1b-{m.removesuffix('.jpg')}") in self.features]
-            for member, key in cached[offset::stride]:
-                yield index, member, key
+        order = partition.rng(self.seed, epoch).permutation(n) if self.shuffle_buffer else np.arange(n)
+        # every tar counts as `partitions` units, so tars are split among partitions when there are fewer of them
+        blocks = partition.Blocks([self.partitions] * n, order, self.partitions)
+        members = _CachedMembers(self.tars, self.features, self.partitions)
+        for p in partition.visit_order(partition.owned(consumer, self.partitions), self.seed, epoch,
+                                       bool(self.shuffle_buffer)):
+            for _, (index, member, key) in partition.resumable(
+                    blocks.runs(p), members.count, members.read, members.fetch, self.shuffle_buffer,
+                    partition.rng(self.seed, epoch, 2, p), cursors[p]):
+                cursors[p] += 1
+                yield self._sample(index, member, key)
 
     def _sample(self, index: MemberIndex, member: str, key: str) -> dict[str, Any]:
         view = _view(key, self.hflip, self.seed, self.epoch, self.features)
@@ -456,6 +480,40 @@ class SA1BStream(torch.utils.data.IterableDataset):
             image = image[:, ::-1]
         return {"key": key, "image": student_image(image, self.size, self.normalize),
                 **_teacher_fields(self.features, key, view, self.dtype)}
+
+
+class _CachedMembers:
+    """The cached images of SA-1B tars as ``(tar, start, stop)`` runs in units of ``1/units`` of a tar's cached
+    images (the member list of a tar is read when one of its runs is first counted)."""
+
+    def __init__(self, tars: list[str], features: TeacherFeatures, units: int):
+        self.tars, self.features, self.units = tars, features, units
+        self._cached: dict[int, tuple[MemberIndex, list[tuple[str, str]]]] = {}
+
+    def _of(self, tar: int) -> tuple[MemberIndex, list[tuple[str, str]]]:
+        if tar not in self._cached:
+            index = MemberIndex(self.tars[tar])
+            self._cached[tar] = index, [(m, key) for m in index.members if m.endswith(".jpg")
+                                        and (key := f"sa1b-{m.removesuffix('.jpg')}") in self.features]
+        return self._cached[tar]
+
+    def _bounds(self, run: tuple[int, int, int]) -> tuple[int, int]:
+        tar, start, stop = run
+        n = len(self._of(tar)[1])
+        return start * n // self.units, stop * n // self.units
+
+    def count(self, run: tuple[int, int, int]) -> int:
+        lo, hi = self._bounds(run)
+        return hi - lo
+
+    def fetch(self, run: tuple[int, int, int], k: int) -> tuple[MemberIndex, str, str]:
+        index, cached = self._of(run[0])
+        member, key = cached[self._bounds(run)[0] + k]
+        return index, member, key
+
+    def read(self, run: tuple[int, int, int], k: int) -> Iterator[tuple[MemberIndex, str, str]]:
+        lo, hi = self._bounds(run)
+        return (self.fetch(run, j) for j in range(k, hi - lo))
 
 
 def student_image(image: np.ndarray, size: int, normalize: str) -> torch.Tensor:

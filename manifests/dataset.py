@@ -143,12 +143,13 @@ class BuiltDataset:
             yield e, f
 
     def read_shard(self, shard: str | ShardEntry, entries: Collection[str] | None = None, stride: int = 1,
-                   offset: int = 0) -> Iterator[dict[str, Any]]:
+                   offset: int = 0, start: int = 0, stop: int | None = None) -> Iterator[dict[str, Any]]:
         """Samples of one shard in tar order, as dicts with ``__key__``, ``__url__`` and the bytes of ``entries``
-        (all when None); only samples whose number is ``offset`` modulo ``stride`` (see ``tar.read_samples``)."""
+        (all when None); only samples whose number is ``offset`` modulo ``stride`` and in ``[start, stop)`` (see
+        ``tar.read_samples``)."""
         with self.open_shard(shard) as (e, f):
             yield from tar.read_samples(f, self.where(e.name), expected=e.nsamples, entries=entries, stride=stride,
-                                        offset=offset, url=self.url(e.name))
+                                        offset=offset, url=self.url(e.name), start=start, stop=stop)
 
     def index_shard(self, shard: str | ShardEntry) -> ShardIndex:
         """The offset index of one shard (its tar headers only), checked against the manifest."""

@@ -215,13 +215,15 @@ class _Grouper:
 
 
 def read_samples(f: IO[bytes], where: str, *, expected: int | None = None, entries: Collection[str] | None = None,
-                 stride: int = 1, offset: int = 0, url: str | None = None) -> Iterator[dict[str, Any]]:
+                 stride: int = 1, offset: int = 0, url: str | None = None, start: int = 0,
+                 stop: int | None = None) -> Iterator[dict[str, Any]]:
     """Samples of the shard open in ``f``, in tar order: dicts with ``__key__``, ``__url__`` (``url``) and the
     bytes of ``entries`` (all when None).
 
-    Only samples whose number is ``offset`` modulo ``stride`` are read; the data of other members is skipped.
-    Every member name is checked; with ``expected`` the number of samples must match once the shard is read (a
-    shard cut at a sample boundary raises after its last sample). ``where`` names the shard in errors.
+    Only samples whose number is ``offset`` modulo ``stride`` and in ``[start, stop)`` are read; the data of other
+    members is skipped, and reading ends at sample ``stop``. Every member name is checked; with ``expected`` the
+    number of samples must match once the shard is read to its end (a shard cut at a sample boundary raises after
+    its last sample). ``where`` names the shard in errors.
     """
     group = _Grouper(where)
     sample: dict[str, Any] | None = None
@@ -230,7 +232,10 @@ def read_samples(f: IO[bytes], where: str, *, expected: int | None = None, entri
         if new:
             if sample is not None:
                 yield sample
-            sample = {"__key__": key, "__url__": url} if (len(group.keys) - 1) % stride == offset else None
+            number = len(group.keys) - 1
+            if stop is not None and number >= stop:
+                return
+            sample = {"__key__": key, "__url__": url} if number >= start and number % stride == offset else None
         if sample is not None and (entries is None or entry in entries):
             sample[entry] = _data(tf, m, where, key)
     group.check_count(expected)

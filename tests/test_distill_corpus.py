@@ -207,6 +207,39 @@ def test_sa1b_stream_in_dataloader_workers_and_moved_tars(sa1b_store, tmp_path):
         SA1BStream(store, run="random-sam-drive")
 
 
+def test_sa1b_stream_resumes_and_continues_on_other_readers(sa1b_store):
+    """SA1BStream's state: the rest of the epoch in order; two ranks' states merged continue on one reader."""
+    import json
+    from collections import Counter
+
+    from medprep.loaders import merge_states
+
+    _, store = sa1b_store
+
+    def make(rank: int = 0, world: int = 1) -> SA1BStream:
+        return SA1BStream(store, size=32, seed=2, shuffle_buffer=3, hflip=0.5, partitions=4, rank=rank,
+                          world_size=world)
+
+    full = [(s["key"], s["teacher_view"]) for s in make()]
+    assert len(full) == 8
+    ds = make()
+    it = iter(ds)
+    head = [next(it)["key"] for _ in range(3)]
+    resumed = make()
+    resumed.load_state_dict(json.loads(json.dumps(ds.state_dict())))
+    assert head == [k for k, _ in full[:3]] and [(s["key"], s["teacher_view"]) for s in resumed] == full[3:]
+    seen, states = [], []
+    for rank in (0, 1):
+        ds = make(rank, 2)
+        it = iter(ds)
+        seen += [next(it)["key"] for _ in range(2)]
+        states.append(ds.state_dict())
+    one = make()
+    one.load_state_dict(merge_states(states))
+    rest = [s["key"] for s in one]
+    assert Counter(seen + rest) == Counter(k for k, _ in full) and len(rest) == 4
+
+
 def test_student_image_geometry():
     image = np.full((30, 60, 3), 255, np.uint8)
     out = student_image(image, 32, "none")

@@ -119,6 +119,37 @@ def test_join_in_dataloader_workers(cached):
         assert masked_mse(torch.zeros_like(b["teacher"]), b["teacher"], b["teacher_valid"]) > 0
 
 
+def test_join_resumes_mid_epoch_through_stateful_dataloader(cached):
+    """TeacherJoin's state carries its reader's: the restored loader yields the rest, with the same flip draws."""
+    import json
+
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    from medprep.loaders import collate, merge_states
+
+    out, store, _ = cached
+
+    def make() -> TeacherJoin:
+        return teacher_shards(str(out), store, split="train", fields=FIELDS, hflip=0.5, seed=1, shuffle_buffer=2,
+                              partitions=2)
+
+    full = [(s["key"], s["teacher_view"]) for s in make()]
+    loader = StatefulDataLoader(make(), batch_size=1, collate_fn=collate)
+    it = iter(loader)
+    head = [next(it)["key"][0] for _ in range(2)]
+    saved = json.loads(json.dumps(loader.state_dict()))
+    resumed = StatefulDataLoader(make(), batch_size=1, collate_fn=collate)
+    resumed.load_state_dict(saved)
+    rest = [(b["key"][0], b["teacher_view"][0]) for b in resumed]
+    assert head == [k for k, _ in full[:2]] and rest == full[2:]
+    merged = merge_states([saved])
+    assert merged["kind"] == "TeacherJoin" and merged["samples"]["cursors"] == saved["dataset_state"]["samples"][
+        "cursors"]
+    again = make()
+    again.load_state_dict(merged)
+    assert [(s["key"], s["teacher_view"]) for s in again] == full[2:]
+
+
 def test_train_student_example_distils_stored_features(cached, tmp_path):
     """examples/train_student.py --teacher: the distillation term enters the loss and the student learns it."""
     import runpy

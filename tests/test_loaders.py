@@ -16,7 +16,7 @@ from medprep.loaders import (
     NORMALIZATIONS, PIXEL_MEAN, PIXEL_STD, Affine, Augment, Decoder, MedShards, MedShardsIndexed, collate,
     read_samples,
 )
-from medprep.loaders.partition import Consumer, assign
+from medprep.loaders.partition import Blocks, Consumer, owned
 from medprep.manifests import open_dataset
 from medprep.manifests.pixels import patch_targets
 from medprep.prep import build, synthetic
@@ -50,16 +50,22 @@ def test_shard_counts_cover_fewer_and_more_than_workers(shards):
     assert open_dataset(shards["drive2"]).manifest.nsamples("train") == 16
 
 
-def test_assign_is_a_partition():
-    for n_shards in range(1, 10):
-        for n_consumers in range(1, 10):
-            owners = Counter()
-            for c in range(n_consumers):
-                for pos, stride, offset in assign(n_shards, Consumer(0, 1, c, n_consumers)):
-                    owners.update((pos, (offset + k * stride) % 12) for k in range(12 // stride + 1)
-                                  if (offset + k * stride) < 12)
-            assert set(owners) == {(s, i) for s in range(n_shards) for i in range(12)}
-            assert set(owners.values()) == {1}
+def test_canonical_partitions_tile_the_epoch():
+    """Blocks of the shuffled sample sequence cover every sample once, whatever the shard sizes and partitions;
+    the consumers' partition ranges tile the partitions, whatever the numbers of ranks and workers."""
+    rng = np.random.default_rng(0)
+    for n_shards in range(1, 7):
+        sizes = rng.integers(0, 5, n_shards).tolist()
+        order = rng.permutation(n_shards)
+        for partitions in (1, 3, 8, 64):
+            got = Counter((s, j) for p in range(partitions) for s, a, b in Blocks(sizes, order, partitions).runs(p)
+                          for j in range(a, b))
+            assert got == Counter((s, j) for s in range(n_shards) for j in range(sizes[s])), (sizes, partitions)
+    for world, workers in ((1, 1), (2, 3), (3, 1), (8, 8)):
+        parts = [p for r in range(world) for w in range(workers) for p in owned(Consumer(r, world, w, workers), 64)]
+        assert parts == list(range(64))
+    with pytest.raises(ValueError, match="pass partitions>=72"):
+        owned(Consumer(0, 9, 0, 8), 64)
 
 
 @pytest.mark.parametrize("name", ["drive2", "drive4", "drive8"])
