@@ -81,14 +81,23 @@ class MedicalSource:
         self._shard = [r["shard"] for r in rows]
         self._indexes = _Indexes(self.dataset.index_shard)
 
-    def load(self, i: int) -> tuple[np.ndarray, tuple[int, int] | None]:
+    def _fetch(self, i: int, entries: tuple[str, ...]) -> dict[str, bytes]:
         shard, key = self._shard[i], self.keys[i]
         index = self._indexes.get(shard)
-        raw = self.dataset.fetch(shard, index, index.position(key), MEDICAL_ENTRIES)
-        missing = [e for e in MEDICAL_ENTRIES if e not in raw]
+        raw = self.dataset.fetch(shard, index, index.position(key), entries)
+        missing = [e for e in entries if e not in raw]
         if missing:
             raise ValueError(f"{self.dataset.where(shard)}: sample {key} lacks {', '.join(missing)}; run "
                              f"'medprep verify {self.dataset.root}'")
+        return raw
+
+    def load_mask(self, i: int) -> np.ndarray:
+        """The ground-truth mask of sample ``i``: bool ``(H, W)`` (``mask.png``)."""
+        with Image.open(io.BytesIO(self._fetch(i, ("mask.png",))["mask.png"])) as im:
+            return np.asarray(im.convert("L")) > 0
+
+    def load(self, i: int) -> tuple[np.ndarray, tuple[int, int] | None]:
+        raw = self._fetch(i, MEDICAL_ENTRIES)
         image = decode_rgb(raw["image.png"])
         meta = json.loads(raw["meta.json"])
         valid = meta.get("valid_hw")
