@@ -81,7 +81,8 @@ class Preprocess:
     ``resize="pil"`` is ``ResizeLongestSide.apply_image`` (PIL bilinear on uint8, what ``SamPredictor`` does);
     ``resize="torch"`` is bilinear ``F.interpolate`` with antialias on float pixels (SAM's batched torch path);
     ``resize="medsam"`` is MedSAM's (:func:`medsam_resize`: the whole image to ``img_size`` x ``img_size``, no
-    padding); ``resize="area"`` is LiteMedSAM's (``cv2.INTER_AREA`` on uint8). ``minmax`` replaces ``(x - mean) / std`` by MedSAM's per-image ``(x - min) / max(max - min, 1e-8)``
+    padding); ``resize="area"`` is LiteMedSAM's (``cv2.INTER_AREA`` on uint8). ``minmax`` replaces
+    ``(x - mean) / std`` by MedSAM's per-image ``(x - min) / max(max - min, 1e-8)``
     over the resized image (all channels).
     """
 
