@@ -177,15 +177,16 @@ class _Checked:
 
 def _check(fs: FeatureReader, model: Encoder, teacher: Teacher, key: str, i: int, view: str, image: np.ndarray,
            valid: tuple[int, int] | None, gt: np.ndarray | None, keep_padding: bool) -> _Checked:
-    """Compare sample ``i``'s stored ``view`` with the teacher on its own preprocessing (:func:`teacher_input`)."""
+    """Compare sample ``i``'s stored ``view`` with the teacher on its own preprocessing (:func:`teacher_input`):
+    the features as the store should hold them (0 over the padding unless ``keep_padding``), and the masks decoded
+    from the stored features and from the teacher's whole output."""
     flipped = view == "hflip"
     if flipped:
         image = image[:, ::-1]
     pre = teacher.preprocess
-    x = torch.from_numpy(teacher_input(pre, image, valid, flipped))[None]
-    ref = model.encode(x)[0].numpy()
-    if not keep_padding:  # the store holds 0 outside the valid region
-        ref = np.where(fs.valid_mask(i, view), ref, 0)
+    live = model.encode(torch.from_numpy(teacher_input(pre, image, valid, flipped))[None])[0].numpy()
+    # the store holds 0 outside the valid region unless --keep-padding; the live masks see the teacher's output
+    ref = live if keep_padding else np.where(fs.valid_mask(i, view), live, 0)
     got = fs.read(i, view)
     err = np.abs(got - ref)
     sample = SampleCheck(key, view, float(err.max()), _cosine(got, ref))
@@ -195,10 +196,10 @@ def _check(fs: FeatureReader, model: Encoder, teacher: Teacher, key: str, i: int
             rh, rw, x0, scale = pre.layout(image.shape[:2], valid, flipped)
             box = teacher_box(m, scale, teacher.decoder.box_rule, x0)
             truth = cv2.resize(m.astype(np.uint8), (rw, rh), interpolation=cv2.INTER_NEAREST) > 0
-            stored, live = (decode_mask(teacher, torch.from_numpy(f)[None], box, (rh, x0, x0 + rw))
-                            for f in (np.ascontiguousarray(got), ref))
-            sample.dice, sample.dice_stored_gt, sample.dice_live_gt = dice(stored, live), dice(stored, truth), \
-                dice(live, truth)
+            stored, recomputed = (decode_mask(teacher, torch.from_numpy(f)[None], box, (rh, x0, x0 + rw))
+                                  for f in (np.ascontiguousarray(got), live))
+            sample.dice, sample.dice_stored_gt, sample.dice_live_gt = (dice(stored, recomputed), dice(stored, truth),
+                                                                       dice(recomputed, truth))
     return _Checked(sample, float(err.mean()))
 
 
