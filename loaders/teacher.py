@@ -29,7 +29,7 @@ from medprep.manifests.features import FeatureReader, in_fraction, runs as store
 from medprep.manifests.pixels import longest_side
 
 from . import partition, state
-from .fields import normalise
+from .fields import minmax, normalise
 
 #: the run attrs that name a teacher: runs read together must agree on them
 TEACHER_ATTRS = ("encoder", "encoder_kwargs", "checkpoint_sha256", "preprocess", "feature_shape")
@@ -518,15 +518,20 @@ class _CachedMembers:
 
 def student_image(image: np.ndarray, size: int, normalize: str) -> torch.Tensor:
     """RGB uint8 ``(H, W, 3)`` -> float32 ``(3, size, size)``: longest side to ``size`` (area interpolation when
-    shrinking, linear when enlarging), normalised with ``normalize``, padded bottom/right with 0 (SAM's geometry,
-    so the teacher's embedding cells cover the same pixels)."""
+    shrinking, linear when enlarging), normalised with ``normalize`` (``minmax``: over the resized image, as
+    LiteMedSAM), padded bottom/right with 0 (SAM's geometry, so the teacher's embedding cells cover the same
+    pixels)."""
     h, w = longest_side(image.shape[0], image.shape[1], size)
     if (h, w) != image.shape[:2]:
         shrink = h < image.shape[0]
         image = cv2.resize(np.ascontiguousarray(image), (w, h), interpolation=cv2.INTER_AREA if shrink
                            else cv2.INTER_LINEAR)
     out = torch.zeros((3, size, size), dtype=torch.float32)
-    out[:, :h, :w] = normalise(np.ascontiguousarray(image), normalize)
+    image = np.ascontiguousarray(image)
+    if normalize == "minmax":
+        out[:, :h, :w] = minmax(image, np.ones((h, w), bool), float(image.min()), float(image.max()))
+    else:
+        out[:, :h, :w] = normalise(image, normalize)
     return out
 
 

@@ -489,8 +489,9 @@ def cache_teacher(
                                                                            "into one store, a run each."),
     out: str = typer.Option(..., "--out", metavar="STORE", help="zarr store (path or fsspec URL), e.g. "
                                                                "teacher.zarr."),
-    encoder: str = typer.Option(..., "--encoder", metavar="NAME", help="vit_h, vit_l, vit_b, medsam, random-sam "
-                                                                      "(tiny, random weights: demos) or "
+    encoder: str = typer.Option(..., "--encoder", metavar="NAME", help="vit_h, vit_l, vit_b, medsam, litemedsam "
+                                                                      "(bundled checkpoint by default), "
+                                                                      "random-sam (tiny, random weights: demos) or "
                                                                       "package.module:callable."),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", metavar="FILE", help="Local teacher checkpoint "
                                                                                        "(.pth)."),
@@ -500,7 +501,8 @@ def cache_teacher(
     normalize: Optional[str] = typer.Option(None, metavar="NAME", help="Override pixel normalisation: sam, unit, "
                                                                       "esp-medsam, minmax (per image)."),
     resize: Optional[str] = typer.Option(None, metavar="PATH", help="Override resize path: pil (SamPredictor), "
-                                                                   "torch, medsam (MedSAM's skimage cubic)."),
+                                                                   "torch, medsam (MedSAM's skimage cubic), area "
+                                                                   "(LiteMedSAM's cv2.INTER_AREA)."),
     run: Optional[str] = typer.Option(None, metavar="NAME", help="Run (group) name, with one --source; default "
                                                                 "<encoder>-<source name>."),
     source_kind: str = typer.Option("auto", metavar="KIND", help="auto, medical, sa1b or folder."),
@@ -608,9 +610,16 @@ def check_teacher(
                                                                     "(pass that same string if you trust the code; "
                                                                     "a store never chooses code)."),
     min_cosine: float = typer.Option(0.99, metavar="C", help="Exit with status 1 below this cosine similarity."),
+    min_dice: Optional[float] = typer.Option(None, metavar="D", help="Exit with status 1 where masks decoded from "
+                                                                    "stored and recomputed features have a lower "
+                                                                    "Dice."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON (per run and per sample)."),
 ) -> None:
-    """Read every finished sample of a teacher store (checksums, missing chunks, NaN/Inf), recompute K random ones;
-    report the damaged samples, max/mean abs error and cosine similarity (exit 1 on damage or a low cosine)."""
+    """Read every finished sample of a teacher store (checksums, missing chunks, NaN/Inf), recompute K random ones
+    with the teacher's own preprocessing; report the damaged samples, max/mean abs error and cosine similarity and,
+    for teachers with a prompt decoder (vit_*, medsam, litemedsam), the Dice of the masks decoded from a
+    whole-object box prompt: stored vs recomputed features, and to the ground truth (exit 1 on damage, a low cosine
+    or, with --min-dice, a low Dice)."""
     from medprep.distill.check import check_teacher as run_check
 
     try:
@@ -618,8 +627,8 @@ def check_teacher(
                            encoder=encoder)
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
         fail(str(e))
-    typer.echo(report.summary())
-    if not report.ok(min_cosine):
+    typer.echo(json.dumps(report.to_json(), indent=1) if json_out else report.summary())
+    if not report.ok(min_cosine, min_dice):
         raise typer.Exit(1)
 
 

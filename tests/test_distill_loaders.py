@@ -10,6 +10,7 @@ import torch
 
 from medprep.distill import CacheParams, MedicalSource, SourceSpec, cache_teacher
 from medprep.distill.loss import masked_mse
+from medprep.distill.preprocess import teacher_input
 from medprep.loaders.teacher import TeacherFeatures, TeacherJoin, teacher_shards
 from medprep.prep import build, synthetic
 
@@ -39,9 +40,10 @@ def test_features_by_key_and_padding_masks(cached):
     for key in src.keys[:2]:
         image, valid_px = src.load(src.keys.index(key))
         assert valid_px[0] == 128 and valid_px[1] < 50
-        flipped, size = teacher.preprocess.host(np.ascontiguousarray(image[:, ::-1]))
+        # the teacher's own preprocessing of the valid pixels (normalised alone, padded with 0), flipped
+        x = teacher_input(teacher.preprocess, np.ascontiguousarray(image[:, ::-1]), valid_px, flipped=True)
         with torch.inference_mode():
-            ref = teacher.encoder(teacher.preprocess.device(flipped[None], torch.tensor([size])))[0].numpy()
+            ref = teacher.encoder(torch.from_numpy(x)[None])[0].numpy()
         ident, flip = feats.valid_mask(key), feats.valid_mask(key, "hflip")
         assert np.abs(feats.get(key, "hflip") - np.where(flip, ref, 0)).max() <= 1e-5  # padding stored as 0
         assert ident.all(axis=0)[:3].all() and not ident[:, 4:].any()  # content: left 3 columns of cells

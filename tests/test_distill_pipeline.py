@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from medprep.cli import app
 from medprep.distill import CacheParams, FeatureStore, SA1BSource, cache_teacher
 from medprep.distill.check import check_teacher
-from medprep.distill.pipeline import valid_cells
+from medprep.distill.pipeline import region_cells
+from medprep.distill.preprocess import Preprocess
 from medprep.distill.synthetic import write_sa1b_tar
 
 TINY = "random-sam"
@@ -57,14 +58,20 @@ def test_hflip_view_is_the_flipped_image(tmp_path, sa1b):
     assert not np.array_equal(store.read(0, "hflip"), store.read(0))
 
 
+def _cells(hw: tuple[int, int], valid: tuple[int, int] | None, flipped: bool) -> tuple[int, tuple[int, int]]:
+    """Valid cells of an ``hw`` image with valid pixels ``valid``, placed for a teacher of input 64, stride 16."""
+    _, region = Preprocess(64).place(np.zeros((*hw, 3), np.uint8), valid, flipped)
+    return region_cells(region, 16)
+
+
 def test_valid_cells_of_padded_sources():
     # a 128x128 medical image whose content is the top-left 100x60 (longest-side build), teacher input 64
-    assert valid_cells((128, 128), (100, 60), (64, 64), 16, flipped=False) == (4, (0, 2))
+    assert _cells((128, 128), (100, 60), flipped=False) == (4, (0, 2))
     # flipped: the content moves to the right: pixels [34, 64) of the teacher input -> cells [2, 4)
-    assert valid_cells((128, 128), (100, 60), (64, 64), 16, flipped=True) == (4, (2, 4))
+    assert _cells((128, 128), (100, 60), flipped=True) == (4, (2, 4))
     # SA-1B style: no padding in the source; SAM pads the 64x43 resized image itself
-    assert valid_cells((90, 60), None, (64, 43), 16, flipped=False) == (4, (0, 3))
-    assert valid_cells((90, 60), None, (64, 43), 16, flipped=True) == (4, (0, 3))
+    assert _cells((90, 60), None, flipped=False) == (4, (0, 3))
+    assert _cells((90, 60), None, flipped=True) == (4, (0, 3))
 
 
 def test_same_arrays_whatever_the_partition(tmp_path, sa1b):
