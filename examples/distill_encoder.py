@@ -7,7 +7,7 @@ image embeddings), at toy scale and on stored features:
 
 1. the real DRIVE, DSB-2018 and Kvasir-SEG images of ``--realdata`` are built with ``--preset litemedsam`` (256 px,
    longest side, zero padding); their ``train`` split trains, their ``test`` split is held out;
-2. LiteMedSAM's image encoder (bundled checkpoint; ``litemedsam_teacher.image_encoder``) is cached over all of them
+2. LiteMedSAM's image encoder (``--encoder litemedsam``, the bundled checkpoint) is cached over all of them
    into one zarr store, a run per dataset;
 3. :class:`Student` (a compact timm CNN, ``resnet10t``, with a neck to the teacher's (256, 64, 64)) learns the
    stored features through ``TeacherJoin`` with ``masked_mse`` on the valid cells (padding ignored);
@@ -21,7 +21,6 @@ image embeddings), at toy scale and on stored features:
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,18 +31,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # litemedsam_teacher, the teacher callable
+from medprep.distill import CacheParams, Preprocess, cache_corpus, load_teacher, masked_mse
+from medprep.distill.pipeline import region_cells
+from medprep.loaders import MedShards, collate
+from medprep.loaders.teacher import TeacherFeatures, TeacherJoin
+from medprep.prep import build
 
-from litemedsam_teacher import IMG_SIZE, image_encoder, lite_medsam  # noqa: E402
-
-from medprep.distill import CacheParams, cache_corpus, masked_mse  # noqa: E402
-from medprep.distill.pipeline import valid_cells  # noqa: E402
-from medprep.loaders import MedShards, collate  # noqa: E402
-from medprep.loaders.teacher import TeacherFeatures, TeacherJoin  # noqa: E402
-from medprep.prep import build  # noqa: E402
-
-#: the teacher, as cache-teacher names it (switch to "litemedsam" once medprep has it built in)
-TEACHER = "litemedsam_teacher:image_encoder"
+#: the teacher, as cache-teacher names it
+TEACHER = "litemedsam"
+IMG_SIZE = 256  # LiteMedSAM's input
 #: --realdata folder -> dataset
 REAL = {"drive": "DRIVE", "dsb2018": "stage1_train", "kvasir-seg": "Kvasir-SEG"}
 FIELDS = ["image", "mask", "key", "meta"]
@@ -82,20 +78,32 @@ def prepare(realdata: Path, work: Path) -> tuple[list[Path], str]:
     return built, store
 
 
-def teacher_input(batch: dict, pre) -> torch.Tensor:
-    """The teacher's (and the student's) input: the shard images through the teacher's recorded preprocessing
-    (``Preprocess.device``: min-max to [0, 1]), exactly as the cache fed it."""
+def image_encoder() -> tuple[nn.Module, Preprocess]:
+    """LiteMedSAM's image encoder (the bundled checkpoint) and its preprocessing, as ``cache-teacher`` runs them."""
+    teacher = load_teacher(TEACHER)
+    return teacher.encoder.eval(), teacher.preprocess
+
+
+def lite_medsam() -> nn.Module:
+    """LiteMedSAM's prompt encoder and mask decoder (the bundled checkpoint)."""
+    return load_teacher(TEACHER).decoder.eval()
+
+
+def teacher_input(batch: dict, pre: Preprocess) -> torch.Tensor:
+    """The teacher's (and the student's) input: the shard images through the teacher's preprocessing
+    (``Preprocess.device``: min-max to [0, 1] over each image's valid pixels, 0 on the padding), exactly as the
+    cache fed it."""
     images = batch["image"]  # float32 0..255 (normalize="none"), already 256 x 256
-    sizes = torch.tensor([images.shape[-2:]] * len(images))
-    return pre.device(images, sizes)
+    valid = torch.tensor([meta["valid_hw"] for meta in batch["meta"]])
+    return pre.device(images, valid)
 
 
 def valid_of(batch: dict) -> torch.Tensor:
     """Bool (B, 64, 64): the cells over image content (the cache's ``valid_hw`` rule, from each sample's meta)."""
     out = torch.zeros(len(batch["meta"]), IMG_SIZE // STRIDE, IMG_SIZE // STRIDE, dtype=torch.bool)
     for i, meta in enumerate(batch["meta"]):
-        rows, (c0, c1) = valid_cells((IMG_SIZE, IMG_SIZE), tuple(meta["valid_hw"]), (IMG_SIZE, IMG_SIZE), STRIDE,
-                                     False)
+        h, w = meta["valid_hw"]
+        rows, (c0, c1) = region_cells((h, 0, w), STRIDE)
         out[i, :rows, c0:c1] = True
     return out
 
@@ -114,7 +122,7 @@ class Run:
 
 
 def train(student: Student, batches: Callable[[int], Iterable[dict]], targets: Callable[[dict], tuple],
-          epochs: int, pre, name: str, lr: float = 3e-3) -> Run:
+          epochs: int, pre: Preprocess, name: str, lr: float = 3e-3) -> Run:
     """``epochs`` passes over ``batches(epoch)``; ``targets(batch)`` gives (teacher features, valid cells)."""
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.01)
     run = Run(name)
@@ -175,7 +183,7 @@ def _with_split(built: list[Path], split: str) -> list[Path]:
 
 
 @torch.no_grad()
-def evaluate(encoders: dict[str, Callable[[torch.Tensor], torch.Tensor]], built: list[Path], pre,
+def evaluate(encoders: dict[str, Callable[[torch.Tensor], torch.Tensor]], built: list[Path], pre: Preprocess,
              teacher_features: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, dict[str, float]]:
     """Box-prompted masks of LiteMedSAM's prompt encoder + mask decoder on the held-out (``test``) images, fed by
     each encoder: per encoder the mean Dice against the ground truth, against the teacher's masks, and the feature

@@ -22,7 +22,7 @@ from medprep.prep import build, synthetic  # noqa: E402
 def test_teacher_callable_is_litemedsam_and_student_fits_its_features():
     teacher = load_teacher(ex.TEACHER)
     assert type(teacher.encoder).__name__ == "TinyViT" and teacher.preprocess.img_size == 256
-    assert teacher.preprocess.minmax and teacher.to_attrs()["encoder"] == "litemedsam_teacher:image_encoder"
+    assert teacher.preprocess.minmax and teacher.to_attrs()["encoder"] == "litemedsam"
     student = ex.Student()
     assert student(torch.zeros(1, 3, 256, 256)).shape == (1, 256, 64, 64)
 
