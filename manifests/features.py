@@ -32,6 +32,7 @@ zeros there, undetected), never written or resumed.
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any, TypeVar
 
 import numpy as np
@@ -180,6 +181,7 @@ class FeatureReader:
 
     def __init__(self, group: zarr.Group, url: str, run: str):
         self.group, self.url, self.run = group, url, run
+        self._pid = os.getpid()  # the process whose event loop the group's store is bound to
         self.attrs: dict[str, Any] = dict(group.attrs)
         self.format = self.attrs.get("format")
         if self.format is None:
@@ -211,7 +213,11 @@ class FeatureReader:
         return cls(root[run], url, run)
 
     def array(self, name: str) -> zarr.Array:
-        """Array ``name`` of the run, opened once."""
+        """Array ``name`` of the run, opened once per process: a forked process (a DataLoader worker) opens the
+        run again, since an object store's client belongs to the event loop of the process that opened it."""
+        if self._pid != os.getpid():
+            mode = "r" if self.group.store.read_only else "a"
+            self.group, self._arrays, self._pid = _open_root(self.url, mode)[self.run], {}, os.getpid()
         if name not in self._arrays:
             self._arrays[name] = self.group[name]
         return self._arrays[name]
