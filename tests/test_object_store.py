@@ -166,40 +166,40 @@ def test_build_and_cache_on_a_cluster_equal_a_local_run(cluster, local, tmp_path
     assert got.keys() == want.keys() and got.done().all()
     assert np.array_equal(got.read(slice(None)), want.read(slice(None)))
 
-    # readers in two DataLoader workers, forked and spawned
-    keys = sorted(ds.keys("train"))
-    for context in ("fork", "spawn"):
-        shards = MedShards(ds.root, "train", ("image", "key"), shuffle=False)
-        loader = torch.utils.data.DataLoader(shards, batch_size=2, num_workers=2, collate_fn=collate,
-                                             multiprocessing_context=context)
-        assert sorted(k for b in loader for k in b["key"]) == keys
-        joined = teacher_shards(ds.root, store, split="train", fields=("image", "key"), shuffle=False)
-        loader = torch.utils.data.DataLoader(joined, batch_size=2, num_workers=2, collate_fn=collate,
-                                             multiprocessing_context=context)
-        batches = list(loader)
-        assert sorted(k for b in batches for k in b["key"]) == keys
-        feats = TeacherFeatures(store, "r")
-        for b in batches:
-            for k, t in zip(b["key"], b["teacher"]):
-                assert np.array_equal(t.numpy(), feats.get(k))
-    indexed = MedShardsIndexed(ds.root, "train", ("image", "key"))
-    loader = torch.utils.data.DataLoader(indexed, batch_size=2, num_workers=2, collate_fn=collate)
-    assert sorted(k for b in loader for k in b["key"]) == keys
 
 
-def test_sa1b_stream_from_the_object_store_in_workers(cluster, tmp_path):
+def test_readers_in_dataloader_workers(cluster, local, tmp_path):
+    """MedShards, TeacherJoin and SA1BStream (one chain) and MedShardsIndexed read s3:// in 2 forked and 2 spawned
+    DataLoader workers: every sample once, the features as stored."""
     from medprep.distill.synthetic import write_sa1b_tar
 
+    src = local[0]
+    build("dsb2018", src, "s3://bkt/readers", **BUILD)
+    ds = BuiltDataset("s3://bkt/readers/dsb2018")
+    store = "s3://bkt/readers.zarr"
+    cache_teacher(_params(ds.root, store))
     write_sa1b_tar(tmp_path / "sa_000000.tar", [1, 2, 3, 4], np.random.default_rng(0))
     cluster.fs.put(str(tmp_path / "sa_000000.tar"), "bkt/sa1b/sa_000000.tar")
-    store = "s3://bkt/sa.zarr"
-    cache_teacher(_params("s3://bkt/sa1b", store))
-    keys = FeatureReader.open(store).keys()
+    sa_store = "s3://bkt/sa.zarr"
+    cache_teacher(_params("s3://bkt/sa1b", sa_store))
+    train = ds.keys("train")
+    sa_keys = FeatureReader.open(sa_store).keys()
+    feats = {**{k: TeacherFeatures(store, "r").get(k) for k in train},
+             **{k: TeacherFeatures(sa_store).get(k) for k in sa_keys}}
     for context in ("fork", "spawn"):
-        stream = SA1BStream(store, size=32, shuffle=False)
-        loader = torch.utils.data.DataLoader(stream, batch_size=2, num_workers=2, collate_fn=collate,
-                                             multiprocessing_context=context)
-        assert sorted(k for b in loader for k in b["key"]) == sorted(keys)
+        chain = torch.utils.data.ChainDataset([
+            MedShards(ds.root, "train", ("image", "key"), shuffle=False),
+            teacher_shards(ds.root, store, split="train", fields=("image", "key"), shuffle=False),
+            SA1BStream(sa_store, size=32, shuffle=False)])
+        loader = torch.utils.data.DataLoader(chain, batch_size=None, num_workers=2, multiprocessing_context=context)
+        got = list(loader)
+        assert sorted(s["key"] for s in got) == sorted([*train, *train, *sa_keys]), context
+        for s in got:
+            if "teacher" in s:
+                assert np.array_equal(s["teacher"].numpy(), feats[s["key"]]), (context, s["key"])
+        indexed = MedShardsIndexed(ds.root, "train", ("image", "key"))
+        loader = torch.utils.data.DataLoader(indexed, batch_size=None, num_workers=2, multiprocessing_context=context)
+        assert sorted(s["key"] for s in loader) == sorted(train), context
 
 
 def test_a_reader_never_sees_a_mix_of_two_builds(cluster, local):
@@ -208,7 +208,7 @@ def test_a_reader_never_sees_a_mix_of_two_builds(cluster, local):
     src = local[0]
     url = "s3://bkt/poll"
     root = f"{url}/dsb2018"
-    build("dsb2018", src, url, size=32, shard_samples=2)
+    build("dsb2018", src, url, size=64, shard_samples=2)
     stop = threading.Event()
     seen: dict[int, int] = {}
     mixes: list[str] = []
@@ -232,7 +232,7 @@ def test_a_reader_never_sees_a_mix_of_two_builds(cluster, local):
     reader.start()
     try:
         for i in range(20):
-            build("dsb2018", src, url, size=32, shard_samples=3 if i % 2 == 0 else 2, overwrite=True)
+            build("dsb2018", src, url, size=64, shard_samples=3 if i % 2 == 0 else 2, overwrite=True)
     finally:
         stop.set()
         reader.join()
