@@ -61,7 +61,8 @@ class _Commands(TyperGroup):
 
 
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+://\S+")
-_STORE_CLIENTS = ("botocore", "aiobotocore", "s3fs", "gcsfs", "adlfs", "aiohttp")  # their errors are not OSErrors
+# their errors are not OSErrors, or do not name the URL
+_STORE_CLIENTS = ("botocore", "aiobotocore", "s3fs", "gcsfs", "adlfs", "aiohttp", "huggingface_hub", "requests")
 
 
 def _object_store_error(e: Exception) -> bool:
