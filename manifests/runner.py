@@ -45,6 +45,15 @@ CONNECT_TIMEOUT_S = 5.0  # a scheduler that does not answer within this is repor
 _QUIET_HTTP = {"dashboard_address": "127.0.0.1:0"}
 
 
+class WorkerLost(RuntimeError):
+    """A task whose worker process died every time it ran it (dask gave up after ``deaths`` deaths): ``item`` is
+    the task's input, for the caller to name."""
+
+    def __init__(self, item: Any, deaths: int):
+        super().__init__(f"a dask worker died {deaths} times running {item!r}")
+        self.item, self.deaths = item, deaths
+
+
 class DaskRunner:
     """A dask client over a LocalCluster it starts (``scheduler=None``) or over a running scheduler."""
 
@@ -123,14 +132,22 @@ class DaskRunner:
 
     def map(self, fn: Callable[..., Any], items: Iterable[Any], **kwargs: Any) -> Iterator[Any]:
         """``fn(item, **kwargs)`` for every item on the workers; yields results as they complete (a task error is
-        raised here; the other tasks are cancelled when the runner closes)."""
-        from dask.distributed import as_completed
+        raised here; the other tasks are cancelled when the runner closes). A worker that dies running a task is
+        replaced and the task runs again (dask); one that dies every time (``distributed.scheduler.allowed-failures``
+        + 1 times) raises :class:`WorkerLost` naming the item."""
+        from dask.distributed import KilledWorker, as_completed
 
         items = list(items)
         if not items:
             return
-        for fut in as_completed(self.client.map(fn, items, pure=False, **kwargs)):
-            yield fut.result()
+        futures = self.client.map(fn, items, pure=False, **kwargs)
+        item_of = {fut.key: item for fut, item in zip(futures, items)}
+        for fut in as_completed(futures):
+            try:
+                result = fut.result()
+            except KilledWorker as e:
+                raise WorkerLost(item_of[fut.key], e.allowed_failures + 1) from None
+            yield result
 
 
-__all__ = ["QUIET_WORKER_ENV", "WORKER_ENV", "DaskRunner"]
+__all__ = ["QUIET_WORKER_ENV", "WORKER_ENV", "DaskRunner", "WorkerLost"]

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 from medprep import __version__
 from medprep.manifests import dumps, sha256_bytes
 from medprep.manifests.store import configure, is_remote, join, local_path
-from medprep.manifests.runner import WORKER_ENV, DaskRunner
+from medprep.manifests.runner import WORKER_ENV, DaskRunner, WorkerLost
 
 from .archive import ArchiveTree, open_source
 from .datasets import Converter, looks_like
@@ -242,8 +242,18 @@ def _run(todo: list[Task], src: str, root: str, partial: Path | str, p: BuildPar
             finished(run_task(t, **kwargs, on_input=lambda n, failed, name=t.name: emit(InputDone(name, n, failed))))
     elif todo:
         with DaskRunner(workers, scheduler, env=WORKER_ENV) as runner:
-            for res in runner.map(run_task, todo, **kwargs):
-                finished(res)
+            try:
+                for res in runner.map(run_task, todo, **kwargs):
+                    finished(res)
+            except WorkerLost as e:
+                task: Task = e.item
+                ids = [r.source_id for r, _ in task.records]
+                shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if ids[10:] else "")
+                raise BuildError(
+                    f"a dask worker died {e.deaths} times converting shard {task.name} (inputs {shown}): one of "
+                    f"these inputs kills the process that reads it (out of memory, or a crash in a decoder); give "
+                    f"the workers more memory, lower --max-pixels, or move the input away; finished shards are "
+                    f"kept in {partial} for the next run") from None
     return results
 
 

@@ -280,6 +280,26 @@ def test_a_worker_killed_mid_build_changes_nothing(cluster, local):
     _same_build(BuiltDataset(f"{url}/dsb2018"), BuiltDataset(ref_one))
 
 
+def test_a_worker_dying_on_every_try_of_one_input_names_it(tmp_path):
+    """An input whose decoding takes more memory than a worker has: the nanny kills the worker each time it runs
+    that shard; after dask's allowed failures the build stops with an error naming the shard's inputs."""
+    import dask
+    from dask.distributed import LocalCluster
+    from test_faults_input import bomb_png
+
+    from medprep.prep import BuildError
+
+    src = synthetic.make("dsb2018", tmp_path / "src", n=10)
+    case = sorted((tmp_path / "src" / "stage1_train").iterdir())[0]
+    next((case / "images").iterdir()).write_bytes(bomb_png(14000))  # 196 MB grey, more as RGB
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1, "distributed.scheduler.worker-saturation": 1.0,
+                          "logging.distributed": "critical"}):
+        with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="400MB", dashboard_address=None) as c:
+            with pytest.raises(BuildError, match="a dask worker died 2 times converting shard") as e:
+                build("dsb2018", src, tmp_path / "out", scheduler=c.scheduler_address, **BUILD)
+    assert case.name in str(e.value)
+
+
 def test_object_store_errors_are_one_line(cluster, tmp_path):
     env = {**os.environ, "AWS_MAX_ATTEMPTS": "1", "FSSPEC_S3": json.dumps({"config_kwargs": {
         "retries": {"max_attempts": 1}, "connect_timeout": 2}})}
