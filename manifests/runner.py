@@ -17,7 +17,7 @@ answer within ``connect_timeout`` seconds raises ``ConnectionError`` naming it. 
 ``with`` block closes the client and the cluster it started (a connected cluster is left running). Extra keywords
 go to ``LocalCluster`` (e.g. ``resources={"GPU": 1}``). dask is imported only when a runner starts. Keyword
 arguments of :meth:`map`/:meth:`submit` go to ``fn``, so they must not be named like dask's own (``key``,
-``workers``, ``resources``, ``retries``, ``priority``...).
+``workers``, ``resources``, ``allow_other_workers``, ``retries``, ``priority``...).
 """
 
 from __future__ import annotations
@@ -120,11 +120,14 @@ class DaskRunner:
         return sorted(self.client.scheduler_info()["workers"])
 
     def submit(self, fn: Callable[..., Any], *args: Any, workers: Sequence[str] | None = None,
-               resources: Mapping[str, float] | None = None, **kwargs: Any) -> Any:
-        """Submit one call (never deduplicated: ``pure=False``), optionally pinned to ``workers`` or needing
+               resources: Mapping[str, float] | None = None, allow_other_workers: bool = False,
+               **kwargs: Any) -> Any:
+        """Submit one call (never deduplicated: ``pure=False``), optionally pinned to ``workers`` (preferred only,
+        with ``allow_other_workers``: a pinned task whose worker died runs on another one) or needing
         ``resources``; returns its future."""
         return self.client.submit(fn, *args, workers=list(workers) if workers else None,
-                                  resources=dict(resources) if resources else None, pure=False, **kwargs)
+                                  resources=dict(resources) if resources else None, pure=False,
+                                  allow_other_workers=allow_other_workers, **kwargs)
 
     def gather(self, futures: Sequence[Any]) -> list[Any]:
         """Results of ``futures`` in their order (raises the first task error)."""

@@ -125,8 +125,9 @@ def local(tmp_path_factory):
 
 
 def _params(source: str, out: str, **kw) -> CacheParams:
-    return CacheParams(TINY, source, out, "r", encoder_kwargs={"img_size": 64}, dtype="float32", shard_size=3,
-                       batch_size=2, device="cpu", **kw)
+    kw = {"shard_size": 3, **kw}
+    return CacheParams(TINY, source, out, "r", encoder_kwargs={"img_size": 64}, dtype="float32", batch_size=2,
+                       device="cpu", **kw)
 
 
 def _tars(ds: BuiltDataset) -> list[bytes]:
@@ -263,21 +264,22 @@ def test_an_interrupted_publish_resumes_from_uploaded_shards(cluster, local):
 
 
 def test_a_worker_killed_mid_build_changes_nothing(cluster, local):
+    """SIGKILL of a worker process while the tasks run: its nanny starts it again, dask runs the lost task again
+    (tasks are idempotent), and the outputs equal the local run's."""
     src, ref, _ = local
     url = "s3://bkt/killed"
-    killed = []
+    killed: list[int] = []
 
     def kill_one(event) -> None:
         if isinstance(event, TaskDone) and not killed:
             pid = sorted(cluster.worker_pids().values())[0]
-            os.kill(pid, signal.SIGKILL)  # its nanny starts it again; dask runs its task elsewhere
+            os.kill(pid, signal.SIGKILL)
             killed.append(pid)
 
-    build("dsb2018", src, url, scheduler=cluster.address, on_event=kill_one, **{**BUILD, "shard_samples": 1})
+    build("dsb2018", src, url, scheduler=cluster.address, on_event=kill_one, **BUILD)
     assert killed
-    cluster.client.wait_for_workers(2, timeout=120)
-    ref_one = build("dsb2018", src, local[1].parent.parent / "one", **{**BUILD, "shard_samples": 1}).out
-    _same_build(BuiltDataset(f"{url}/dsb2018"), BuiltDataset(ref_one))
+    _same_build(BuiltDataset(f"{url}/dsb2018"), BuiltDataset(ref))
+
 
 
 def test_a_worker_dying_on_every_try_of_one_input_names_it(tmp_path):
