@@ -27,7 +27,7 @@ import fsspec.config  # noqa: E402
 from moto.server import ThreadedMotoServer  # noqa: E402
 
 from medprep.distill import CacheParams, cache_teacher  # noqa: E402
-from medprep.loaders import MedShards, MedShardsIndexed, collate  # noqa: E402
+from medprep.loaders import MedShards, MedShardsIndexed  # noqa: E402
 from medprep.loaders.teacher import SA1BStream, TeacherFeatures, teacher_shards  # noqa: E402
 from medprep.manifests import BuiltDataset, verify  # noqa: E402
 from medprep.manifests.features import FeatureReader  # noqa: E402
@@ -168,7 +168,6 @@ def test_build_and_cache_on_a_cluster_equal_a_local_run(cluster, local, tmp_path
     assert np.array_equal(got.read(slice(None)), want.read(slice(None)))
 
 
-
 def test_readers_in_dataloader_workers(cluster, local, tmp_path):
     """MedShards, TeacherJoin and SA1BStream (one chain) and MedShardsIndexed read s3:// in 2 forked and 2 spawned
     DataLoader workers: every sample once, the features as stored."""
@@ -279,7 +278,7 @@ def test_a_worker_killed_mid_build_changes_nothing(cluster, local):
     build("dsb2018", src, url, scheduler=cluster.address, on_event=kill_one, **BUILD)
     assert killed
     _same_build(BuiltDataset(f"{url}/dsb2018"), BuiltDataset(ref))
-
+    cluster.client.wait_for_workers(2, timeout=120)
 
 
 def test_a_worker_dying_on_every_try_of_one_input_names_it(tmp_path):
@@ -296,7 +295,8 @@ def test_a_worker_dying_on_every_try_of_one_input_names_it(tmp_path):
     next((case / "images").iterdir()).write_bytes(bomb_png(14000))  # 196 MB grey, more as RGB
     with dask.config.set({"distributed.scheduler.allowed-failures": 1, "distributed.scheduler.worker-saturation": 1.0,
                           "logging.distributed": "critical"}):
-        with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="400MB", dashboard_address=None) as c:
+        with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="400MB", dashboard_address=None,
+                          scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as c:
             with pytest.raises(BuildError, match="a dask worker died 2 times converting shard") as e:
                 build("dsb2018", src, tmp_path / "out", scheduler=c.scheduler_address, **BUILD)
     assert case.name in str(e.value)
