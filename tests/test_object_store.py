@@ -202,6 +202,25 @@ def test_readers_in_dataloader_workers(cluster, local, tmp_path):
         assert sorted(s["key"] for s in loader) == sorted(train), context
 
 
+def test_commands_read_a_build_from_its_url(cluster, local, tmp_path):
+    """build --out s3://, then verify, info, preview, export and leakage take the URL as they take a folder."""
+    from typer.testing import CliRunner
+
+    from medprep.cli import app
+
+    url = "s3://bkt/cli/dsb2018"
+    runner = CliRunner()
+    steps = [["build", "-d", "dsb2018", "--src", str(local[0]), "--out", "s3://bkt/cli", "--size", "64", "-q",
+              "--storage-options", json.dumps({"endpoint_url": cluster.endpoint}), "--keep-generations", "1"],
+             ["verify", url], ["info", url], ["preview", url, "--out", str(tmp_path / "p.png"), "--n", "4"],
+             ["export", url, "--out", str(tmp_path / "exp"), "--layout", "folder"], ["leakage", url], ["verify", url]]
+    for args in steps:
+        done = runner.invoke(app, args)
+        assert done.exit_code == 0, (args, done.output)
+    assert (tmp_path / "p.png").stat().st_size and len(list((tmp_path / "exp").rglob("*.png"))) == 2 * 12
+    assert cluster.fs.exists("bkt/cli/dsb2018/leakage.json")
+
+
 def test_a_reader_never_sees_a_mix_of_two_builds(cluster, local):
     """A reader polls the manifest of an s3:// build while it is rebuilt 20 times with other parameters: every
     manifest it reads names files of one build (sizes, sha256 of the samples list) or files already gone."""
