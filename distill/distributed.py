@@ -41,7 +41,9 @@ def write_distributed(store: FeatureStore, params: CacheParams, shards: Sequence
         if len(addresses) < len(devices):
             raise ValueError(f"dask scheduler {params.scheduler} has {len(addresses)} workers, but {len(devices)} "
                              f"devices were given ({', '.join(devices)}): start one worker per device")
-        futures = [runner.submit(_work, part, params, dev, workers=[addr])
+        # a part whose worker dies runs again on another worker (its replacement has another address); its whole
+        # zarr shards are written again, the finished ones skipped
+        futures = [runner.submit(_work, part, params, dev, workers=[addr], allow_other_workers=True)
                    for (dev, part), addr in zip(parts, addresses)]
         written = []
         for future in futures:

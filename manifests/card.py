@@ -102,7 +102,7 @@ def card_of_dataset(ds: BuiltDataset) -> dict[str, Any]:
     """The card of the built dataset ``ds``, computed from its manifest, samples and failures lists; the command
     line and source folder come from the ``card.json`` its build wrote (None when there is none)."""
     try:
-        written = store.read_json(ds.url(CARD))
+        written = store.read_json(ds.file_url(CARD))
     except (FileNotFoundError, ValueError):
         written = {}
     return dataset_card(ds.manifest, list(ds.samples()), ds.failures(),

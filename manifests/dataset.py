@@ -61,6 +61,11 @@ class BuiltDataset:
     def url(self, name: str) -> str:
         return store.join(self.root, name)
 
+    def file_url(self, name: str) -> str:
+        """The URL of the build's file ``name`` (``samples.jsonl``, ``card.json``...): beside the manifest, or in
+        the build folder of a build published to an object store."""
+        return self.url(self.manifest.path(name))
+
     def shard_urls(self, split: str | None = None) -> list[str]:
         """URLs of the shards of ``split`` (all splits when None), in manifest order."""
         return [self.url(s.name) for s in self.manifest.shards_of(split)]
@@ -68,10 +73,10 @@ class BuiltDataset:
     def samples(self, split: str | None = None) -> Iterator[dict[str, Any]]:
         """Rows of ``samples.jsonl`` (optionally of one split), in shard order; a row that does not match the schema
         (:func:`~medprep.manifests.schema.sample_row_problem`) raises a ``ValueError`` naming its line."""
-        for n, row in enumerate(store.iter_jsonl(self.url(SAMPLES)), 1):
+        for n, row in enumerate(store.iter_jsonl(self.file_url(SAMPLES)), 1):
             problem = sample_row_problem(row, self._entries)
             if problem:
-                raise ValueError(f"{self.url(SAMPLES)} line {n}: {problem}; run 'medprep verify {self.root}'")
+                raise ValueError(f"{self.file_url(SAMPLES)} line {n}: {problem}; run 'medprep verify {self.root}'")
             if split is None or row["split"] == split:
                 yield row
 
@@ -79,10 +84,10 @@ class BuiltDataset:
         return [r["key"] for r in self.samples(split)]
 
     def failures(self) -> list[dict[str, Any]]:
-        return list(store.iter_jsonl(self.url(FAILURES)))
+        return list(store.iter_jsonl(self.file_url(FAILURES)))
 
     def wids_url(self, split: str) -> str:
-        return self.url(f"{split}.wids.json")
+        return self.file_url(f"{split}.wids.json")
 
     def verify(self) -> list[str]:
         """Every problem ``medprep verify`` finds, as ``"<file>: <problem>"`` lines (empty if none)."""

@@ -33,6 +33,7 @@ zeros there, undetected), never written or resumed.
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 from typing import Any, Sequence, TypeVar
 
@@ -200,6 +201,7 @@ class FeatureReader:
 
     def __init__(self, group: zarr.Group, url: str, run: str):
         self.group, self.url, self.run = group, url, run
+        self._pid = os.getpid()  # the process whose event loop the group's store is bound to
         self.attrs: dict[str, Any] = dict(group.attrs)
         self.format = self.attrs.get("format")
         if self.format is None:
@@ -234,7 +236,12 @@ class FeatureReader:
         return cls(root[run], url, run)
 
     def array(self, name: str) -> zarr.Array:
-        """Array ``name`` of the run, opened once."""
+        """Array ``name`` of the run, opened once per process: a forked process (a DataLoader worker) opens the
+        run again, since an object store's client belongs to the event loop of the process that opened it."""
+        if self._pid != os.getpid():
+            mode = "r" if self.group.store.read_only else "a"
+            self.group, self._pid = _open_root(self.url, mode)[self.run], os.getpid()
+            self._arrays = check_arrays(self.group, self.schema, f"{self.url}/{self.run}")
         if name not in self._arrays:
             raise KeyError(f"{self.url}/{self.run} has no array {name!r} (arrays: {sorted(self._arrays)})")
         return self._arrays[name]

@@ -17,7 +17,7 @@ answer within ``connect_timeout`` seconds raises ``ConnectionError`` naming it. 
 ``with`` block closes the client and the cluster it started (a connected cluster is left running). Extra keywords
 go to ``LocalCluster`` (e.g. ``resources={"GPU": 1}``). dask is imported only when a runner starts. Keyword
 arguments of :meth:`map`/:meth:`submit` go to ``fn``, so they must not be named like dask's own (``key``,
-``workers``, ``resources``, ``retries``, ``priority``...).
+``workers``, ``resources``, ``allow_other_workers``, ``retries``, ``priority``...).
 """
 
 from __future__ import annotations
@@ -43,6 +43,15 @@ CONNECT_TIMEOUT_S = 5.0  # a scheduler that does not answer within this is repor
 # no dashboard, and the scheduler's small HTTP server on a free local port rather than 8787 (which warns whenever
 # another cluster holds it)
 _QUIET_HTTP = {"dashboard_address": "127.0.0.1:0"}
+
+
+class WorkerLost(RuntimeError):
+    """A task whose worker process died every time it ran it (dask gave up after ``deaths`` deaths): ``item`` is
+    the task's input, for the caller to name."""
+
+    def __init__(self, item: Any, deaths: int):
+        super().__init__(f"a dask worker died {deaths} times running {item!r}")
+        self.item, self.deaths = item, deaths
 
 
 class DaskRunner:
@@ -111,11 +120,14 @@ class DaskRunner:
         return sorted(self.client.scheduler_info()["workers"])
 
     def submit(self, fn: Callable[..., Any], *args: Any, workers: Sequence[str] | None = None,
-               resources: Mapping[str, float] | None = None, **kwargs: Any) -> Any:
-        """Submit one call (never deduplicated: ``pure=False``), optionally pinned to ``workers`` or needing
+               resources: Mapping[str, float] | None = None, allow_other_workers: bool = False,
+               **kwargs: Any) -> Any:
+        """Submit one call (never deduplicated: ``pure=False``), optionally pinned to ``workers`` (preferred only,
+        with ``allow_other_workers``: a pinned task whose worker died runs on another one) or needing
         ``resources``; returns its future."""
         return self.client.submit(fn, *args, workers=list(workers) if workers else None,
-                                  resources=dict(resources) if resources else None, pure=False, **kwargs)
+                                  resources=dict(resources) if resources else None, pure=False,
+                                  allow_other_workers=allow_other_workers, **kwargs)
 
     def gather(self, futures: Sequence[Any]) -> list[Any]:
         """Results of ``futures`` in their order (raises the first task error)."""
@@ -123,14 +135,22 @@ class DaskRunner:
 
     def map(self, fn: Callable[..., Any], items: Iterable[Any], **kwargs: Any) -> Iterator[Any]:
         """``fn(item, **kwargs)`` for every item on the workers; yields results as they complete (a task error is
-        raised here; the other tasks are cancelled when the runner closes)."""
-        from dask.distributed import as_completed
+        raised here; the other tasks are cancelled when the runner closes). A worker that dies running a task is
+        replaced and the task runs again (dask); one that dies every time (``distributed.scheduler.allowed-failures``
+        + 1 times) raises :class:`WorkerLost` naming the item."""
+        from dask.distributed import KilledWorker, as_completed
 
         items = list(items)
         if not items:
             return
-        for fut in as_completed(self.client.map(fn, items, pure=False, **kwargs)):
-            yield fut.result()
+        futures = self.client.map(fn, items, pure=False, **kwargs)
+        item_of = {fut.key: item for fut, item in zip(futures, items)}
+        for fut in as_completed(futures):
+            try:
+                result = fut.result()
+            except KilledWorker as e:
+                raise WorkerLost(item_of[fut.key], e.allowed_failures + 1) from None
+            yield result
 
 
-__all__ = ["QUIET_WORKER_ENV", "WORKER_ENV", "DaskRunner"]
+__all__ = ["QUIET_WORKER_ENV", "WORKER_ENV", "DaskRunner", "WorkerLost"]

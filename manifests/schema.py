@@ -8,6 +8,11 @@ A built dataset is a folder (or fsspec URL) holding::
     <split>-NNNNNN.tar     webdataset shards
     <split>.wids.json      the shard list of one split in the wids-shard-index-v1 format
 
+A build published to an object store (``s3://...``) keeps everything but ``manifest.json`` in a build folder of its
+own, ``b-<16 hex>/`` (shards, samples, failures, wids indexes, card): the manifest names them by that folder
+(``b-.../train-000000.tar``, ``files.samples`` ``b-.../samples.jsonl``) and is written last, in one PUT, so a reader
+sees the previous build or the new one, never a mix. A local build has no build folder (its folder is swapped in).
+
 The manifest's ``generation`` names the build's content (shard list and samples list): identical rebuilds keep it,
 a replaced build changes it, and readers compare it to notice a dataset replaced under them. Format v2 added it;
 v1 manifests are read with the generation derived from their content.
@@ -43,7 +48,9 @@ class ShardEntry:
     sha256: str
 
 
-SHARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.tar")  # a plain file name inside the dataset folder
+PLAIN_TAR = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.tar")  # a plain file name inside the dataset folder
+BUILD_FOLDER = re.compile(r"b-[0-9a-f]{16}")  # the folder of one build published to an object store
+SHARD_NAME = re.compile(rf"(?:{BUILD_FOLDER.pattern}/)?{PLAIN_TAR.pattern}")  # in the folder or its build folder
 SHA256 = re.compile(r"[0-9a-f]{64}")
 _MANIFEST_FIELDS = {"dataset": str, "modality": str, "modality_id": int, "medprep_version": str, "params": dict,
                     "shards": list, "counts": dict, "split_report": dict, "files": dict, "format": str,
@@ -78,6 +85,17 @@ class Manifest:
                "samples_sha256": self.files.get("samples_sha256")}
         return store.sha256_bytes(store.dumps(doc))[:16]
 
+    @property
+    def folder(self) -> str:
+        """The build folder holding everything but the manifest (``b-<hex>`` of a build published to an object
+        store), or "" when the files lie beside the manifest."""
+        return self.files.get("samples", SAMPLES).rpartition("/")[0]
+
+    def path(self, name: str) -> str:
+        """Where the build's file ``name`` (``samples.jsonl``, ``card.json``, a wids index) lies, relative to the
+        manifest's folder."""
+        return f"{self.folder}/{name}" if self.folder else name
+
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["shards"] = [asdict(s) for s in self.shards]
@@ -106,13 +124,19 @@ class Manifest:
 
 
 def wids_index(shards: list[ShardEntry], name: str) -> dict[str, Any]:
-    """The wids-shard-index-v1 document for ``shards`` (urls relative to the index file)."""
+    """The wids-shard-index-v1 document for ``shards`` (urls relative to the index file, which lies in their
+    folder)."""
     return {
         "__kind__": WIDS_KIND,
         "wids_version": 1,
         "name": name,
-        "shardlist": [{"url": s.name, "nsamples": s.nsamples, "filesize": s.bytes} for s in shards],
+        "shardlist": [{"url": plain_name(s.name), "nsamples": s.nsamples, "filesize": s.bytes} for s in shards],
     }
+
+
+def plain_name(name: str) -> str:
+    """A shard's file name without its build folder."""
+    return name.rpartition("/")[2]
 
 
 def _typed(value: Any, kind: type) -> bool:
@@ -149,6 +173,12 @@ def schema_problems(d: Any) -> list[str]:
         values = v.values() if isinstance(v, dict) else [v]
         if not all(_typed(x, int) and x >= 0 for x in values):
             problems.append(f"counts.{k} is {v!r}, expected a non-negative integer (or an object of them)")
+    files = d.get("files") if isinstance(d.get("files"), dict) else {}
+    samples = files.get("samples", SAMPLES)
+    folder = samples.rpartition("/")[0] if isinstance(samples, str) else ""
+    if folder and not BUILD_FOLDER.fullmatch(folder):
+        problems.append(f"files.samples {samples!r}: expected samples.jsonl beside the manifest or in a build folder "
+                        f"b-<16 hex digits>/")
     names: set[str] = set()
     for i, s in enumerate(d["shards"]):
         where = f"shards[{i}]"
@@ -162,6 +192,8 @@ def schema_problems(d: Any) -> list[str]:
         where = f"{where} ({s['name']})"
         if not SHARD_NAME.fullmatch(s["name"]):
             problems.append(f"{where}: not a plain .tar file name inside the dataset folder")
+        elif s["name"].rpartition("/")[0] != folder:
+            problems.append(f"{where}: not in the build's folder {folder or '(the manifest folder)'}")
         elif s["name"] in names:
             problems.append(f"{where}: listed twice")
         names.add(s["name"])
@@ -201,10 +233,10 @@ def wids_problems(doc: Any, shards: list[ShardEntry]) -> list[str]:
     problems = []
     for i, (item, shard) in enumerate(zip(listed, shards)):
         url = item.get("url")
-        if not isinstance(url, str) or not SHARD_NAME.fullmatch(url):
+        if not isinstance(url, str) or not PLAIN_TAR.fullmatch(url):
             problems.append(f"shardlist[{i}]: url {url!r} is not a plain shard name inside the dataset folder "
                             f"(absolute urls, '..' and sub-folders are refused)")
-        elif url != shard.name:
+        elif url != plain_name(shard.name):
             problems.append(f"shardlist[{i}]: url {url!r}, the manifest lists {shard.name!r} there")
         elif item.get("nsamples") != shard.nsamples or item.get("filesize") != shard.bytes:
             problems.append(f"shardlist[{i}] ({url}): nsamples {item.get('nsamples')!r}, filesize "

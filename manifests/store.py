@@ -8,11 +8,12 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 import fsspec
+import fsspec.config
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
@@ -33,6 +34,22 @@ def url_scheme(path: str | os.PathLike) -> str | None:
     ``s3:/bucket/x``), lower-cased; None for a local path."""
     m = _SCHEME.match(os.fspath(path))
     return m.group(1).lower() if m else None
+
+
+def is_remote(url: str | os.PathLike) -> bool:
+    """Whether ``url`` names an object store or another remote file system (any URL but ``file://``)."""
+    return url_scheme(url) not in (None, "file")
+
+
+def configure(url: str | os.PathLike, options: Mapping[str, Any] | None) -> None:
+    """Use the storage ``options`` (s3fs: ``endpoint_url``, ``key``, ``secret``, ``client_kwargs``...) for every
+    file system of ``url``'s protocol that this process opens from now on (fsspec's config, which also takes them
+    from ``FSSPEC_<PROTOCOL>_<OPTION>`` environment variables). None or empty changes nothing."""
+    scheme = url_scheme(url)
+    if not options or scheme is None:
+        return
+    fsspec.config.conf.setdefault(scheme, {}).update(options)
+    fsspec.get_filesystem_class(scheme).clear_instance_cache()
 
 
 def local_path(path: str | os.PathLike, option: str, refusal: str) -> Path:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import store
-from .schema import CORE_ENTRIES, FAILURES, MANIFEST, SAMPLES, Manifest, ShardEntry, schema_problems, wids_problems
+from .schema import BUILD_FOLDER, CORE_ENTRIES, FAILURES, MANIFEST, SAMPLES, Manifest, ShardEntry, schema_problems, wids_problems
 from .tar import ShardError, ShardIndex
 
 WIDS_SUFFIX = ".wids.json"
@@ -77,10 +77,13 @@ def verify(root: str | os.PathLike) -> VerifyReport:
     if not fs.isdir(base):
         report.add(".", f"{report.root} is not a folder: expected a dataset folder written by 'medprep build'")
         return report
-    present = {os.path.basename(str(x["name"]).rstrip("/")): x["type"] for x in fs.ls(base, detail=True)}
+    present = _listing(fs, base)
     manifest = _manifest(report, present)
-    rows = _jsonl(report, SAMPLES, present, manifest, ("key", "split", "shard"))
-    _jsonl(report, FAILURES, present, manifest, ())
+    if manifest is not None and manifest.folder:
+        present.update(_listing(fs, f"{base}/{manifest.folder}", f"{manifest.folder}/"))
+    where = manifest.path if manifest is not None else (lambda name: name)
+    rows = _jsonl(report, where(SAMPLES), present, manifest, ("key", "split", "shard"))
+    _jsonl(report, where(FAILURES), present, manifest, ())
     if manifest is None:
         return report
     report.shards, report.samples = len(manifest.shards), manifest.nsamples()
@@ -99,14 +102,22 @@ def build_problems(root: str | os.PathLike) -> list[Problem]:
     build does not write. Empty when it is one; a build replaces a folder (``--overwrite``) only then."""
     report = VerifyReport(str(root).rstrip("/"))
     fs, base = store.fs_and_path(report.root)
-    present = {os.path.basename(str(x["name"]).rstrip("/")): x["type"] for x in fs.ls(base, detail=True)}
+    present = _listing(fs, base)
     manifest = _manifest(report, present)
+    if manifest is not None and manifest.folder:
+        present.update(_listing(fs, f"{base}/{manifest.folder}", f"{manifest.folder}/"))
     if manifest is not None:
         for s in manifest.shards:
             if s.name not in present:
                 report.add(s.name, "missing")
         _strays(report, manifest, present)
     return report.problems
+
+
+def _listing(fs: Any, path: str, prefix: str = "") -> dict[str, str]:
+    """The names in the folder ``path`` (``prefix`` put before each) and their kind (``file``, ``directory``)."""
+    return {prefix + os.path.basename(str(x["name"]).rstrip("/")): x["type"]
+            for x in fs.ls(path, detail=True, refresh=True)}
 
 
 def _manifest(report: VerifyReport, present: dict[str, str]) -> Manifest | None:
@@ -139,7 +150,7 @@ def _jsonl(report: VerifyReport, name: str, present: dict[str, str], manifest: M
         report.add(name, "missing: every build writes it")
         return None
     data = store.read_bytes(store.join(report.root, name))
-    key = f"{name.split('.')[0]}_sha256"
+    key = f"{name.rpartition('/')[2].split('.')[0]}_sha256"
     if manifest is not None and key in manifest.files and store.sha256_bytes(data) != manifest.files[key]:
         report.add(name, "sha256 differs from the manifest")
     rows, bad = [], []
@@ -230,7 +241,7 @@ def _shard(report: VerifyReport, s: ShardEntry, keys: list[str] | None, present:
 def _wids(report: VerifyReport, m: Manifest, present: dict[str, str]) -> None:
     """Every split's wids index against the manifest."""
     for split in m.splits():
-        name = f"{split}{WIDS_SUFFIX}"
+        name = m.path(f"{split}{WIDS_SUFFIX}")
         if name not in present:
             report.add(name, f"missing: the wids index of split {split}")
             continue
@@ -245,11 +256,13 @@ def _wids(report: VerifyReport, m: Manifest, present: dict[str, str]) -> None:
 
 def _strays(report: VerifyReport, m: Manifest, present: dict[str, str]) -> None:
     """Files and folders that a build does not write (nor the commands that add files beside one)."""
-    expected = {MANIFEST, SAMPLES, FAILURES, *LATER_FILES, *(s.name for s in m.shards),
-                *(f"{split}{WIDS_SUFFIX}" for split in m.splits())}
+    expected = {MANIFEST, *LATER_FILES, *map(m.path, (SAMPLES, FAILURES, *LATER_FILES)), *(s.name for s in m.shards),
+                *(m.path(f"{split}{WIDS_SUFFIX}") for split in m.splits())}
     for name, kind in sorted(present.items()):
         if name in expected:
             continue
+        if m.folder and kind == "directory" and BUILD_FOLDER.fullmatch(name):
+            continue  # this build's folder, or an earlier build's kept by --keep-generations
         if kind != "file":
             report.add(name, "unexpected folder in a built dataset")
         elif name.endswith(WIDS_SUFFIX):

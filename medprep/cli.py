@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import textwrap
@@ -30,6 +31,7 @@ class _Commands(TyperGroup):
         if DEBUG in args:
             ctx.meta["debug"] = True
             args = [a for a in args if a != DEBUG]
+        ctx.meta["urls"] = [m.group(0) for a in args if (m := _URL.search(a))]  # named by object-store errors
         return super().parse_args(ctx, args)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
@@ -47,8 +49,25 @@ class _Commands(TyperGroup):
             code = _error_status(e)
             if code is None or ctx.meta.get("debug"):
                 raise
-            typer.secho(f"error: {str(e) or type(e).__name__}", fg="red", err=True)
+            message = str(e) or type(e).__name__
+            if _object_store_error(e):
+                urls = ", ".join(ctx.meta.get("urls") or ["the URL given"])
+                message = (f"{urls}: the object store could not be reached or refused the request ({type(e).__name__}: "
+                           f"{' '.join(message.split())}); check the endpoint (--storage-options, "
+                           f"FSSPEC_S3_ENDPOINT_URL or AWS_ENDPOINT_URL), the bucket and the credentials "
+                           f"(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)")
+            typer.secho(f"error: {message}", fg="red", err=True)
             raise typer.Exit(code) from None
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+://\S+")
+# their errors are not OSErrors, or do not name the URL
+_STORE_CLIENTS = ("botocore", "aiobotocore", "s3fs", "gcsfs", "adlfs", "aiohttp", "huggingface_hub", "requests")
+
+
+def _object_store_error(e: Exception) -> bool:
+    """Whether ``e`` comes from an object-store client (no such endpoint, no credentials, access refused)."""
+    return type(e).__module__.split(".")[0] in _STORE_CLIENTS
 
 
 def _error_status(e: Exception) -> int | None:
@@ -57,7 +76,7 @@ def _error_status(e: Exception) -> int | None:
 
     if isinstance(e, InputsFailed):
         return 1
-    return 2 if isinstance(e, (BuildError, ValueError, OSError)) else None
+    return 2 if isinstance(e, (BuildError, ValueError, OSError)) or _object_store_error(e) else None
 
 
 app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -166,7 +185,8 @@ def build(
                                 help="Dataset name, e.g. drive (see 'medprep datasets'; case and -/_ are ignored)."),
     src: Path = typer.Option(..., "--src", metavar="PATH", help="The official download: the folder it unpacks to "
                                                                "(or one above it), or the archive itself."),
-    out: Path = typer.Option(..., "--out", metavar="DIR", help="Output folder; the build goes to DIR/<dataset>/."),
+    out: str = typer.Option(..., "--out", metavar="DIR", help="Output folder or object-store URL (s3://bucket/prefix,"
+                                                              " any fsspec URL); the build goes to DIR/<dataset>/."),
     config: Optional[Path] = typer.Option(None, "--config", metavar="RECIPE.toml", is_eager=True,
                                           callback=_recipe_defaults,
                                           help="Build from a recipe (TOML, the keys of these options, e.g. the "
@@ -212,6 +232,12 @@ def build(
     workers: int = typer.Option(1, metavar="N", help="Worker processes (a dask LocalCluster when > 1)."),
     scheduler: Optional[str] = typer.Option(None, metavar="ADDRESS", help="A running dask scheduler, e.g. "
                                                                          "tcp://host:8786."),
+    storage_options: Optional[str] = typer.Option(None, metavar="JSON", help="fsspec storage options of an --out "
+                                                  "URL, e.g. '{\"endpoint_url\": \"http://host:9000\"}' (also "
+                                                  "from FSSPEC_S3_* / AWS_* variables); sent to the workers."),
+    keep_generations: int = typer.Option(2, metavar="N", help="--out URL: builds kept there, the new one included "
+                                                              "(older ones are removed after its manifest is "
+                                                              "written)."),
     strict: bool = typer.Option(False, "--strict", help="Publish nothing if any input cannot be converted."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished build made with other "
                                                               "parameters."),
@@ -232,7 +258,7 @@ def build(
                                                                      "dermoscopy)."),
     name: Optional[str] = typer.Option(None, metavar="NAME", help="folder: dataset name, used in sample keys and as "
                                                                  "DIR/<name>."),
-    check_against: list[Path] = typer.Option([], metavar="BUILT", help="Built dataset to run the leakage check "
+    check_against: list[str] = typer.Option([], metavar="BUILT", help="Built dataset to run the leakage check "
                                                                       "against (repeatable); the report goes to "
                                                                       "DIR/<dataset>/leakage.json."),
     leak_min_score: Optional[float] = typer.Option(None, metavar="SCORE", help="Near-duplicate score of "
@@ -286,7 +312,9 @@ def build(
                                 shard_samples=shard_samples, max_pixels=max_pixels, options=opts)
         result = run_build(params, src, out, workers=workers, scheduler=scheduler, strict=strict,
                            overwrite=overwrite, max_failures=max_failures, allow_empty_split=allow_empty_split,
-                           wait=wait, on_event=draw, command=["medprep", *sys.argv[1:]])
+                           wait=wait, on_event=draw, command=["medprep", *sys.argv[1:]],
+                           storage_options=_json_object("--storage-options", storage_options),
+                           keep_generations=keep_generations)
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=1))
     elif not quiet:
@@ -303,6 +331,20 @@ def build(
             typer.echo(report.table())
 
 
+def _json_object(flag: str, text: Optional[str]) -> dict[str, object] | None:
+    """``'{"k": 1}'`` -> ``{"k": 1}``; None stays None."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{flag} {text!r}: not JSON ({e}); expected an object, e.g. "
+                         f"'{{\"endpoint_url\": \"http://127.0.0.1:9000\"}}'") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} {text!r}: expected a JSON object, found {type(value).__name__}")
+    return value
+
+
 def _ints(flag: str, text: Optional[str]) -> tuple[int, ...] | None:
     """``'16,32,64'`` -> ``(16, 32, 64)``; None stays None."""
     if text is None:
@@ -315,13 +357,13 @@ def _ints(flag: str, text: Optional[str]) -> tuple[int, ...] | None:
 
 @app.command()
 def leakage(
-    built: list[Path] = typer.Argument(..., metavar="BUILT...", help="Built dataset folders (one checks its own "
-                                                                     "splits; several are compared pairwise)."),
+    built: list[str] = typer.Argument(..., metavar="BUILT...", help="Built dataset folders or URLs (one checks its "
+                                                                    "own splits; several are compared pairwise)."),
     min_score: Optional[float] = typer.Option(None, metavar="SCORE", help="Structure correlation after alignment "
                                                                          "counted as a near-duplicate (default 0.35; "
                                                                          "copies measured >= 0.5, distinct images "
                                                                          "<= 0.16)."),
-    report_path: Optional[Path] = typer.Option(None, "--report", metavar="FILE.json", help="Where the full report "
+    report_path: Optional[str] = typer.Option(None, "--report", metavar="FILE.json", help="Where the full report "
                                                                                           "(every pair) goes "
                                                                                           "(default: leakage.json "
                                                                                           "in the first BUILT)."),

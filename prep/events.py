@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Union
 
-from medprep.manifests import FAILURES, SPLITS, Manifest, human_bytes
+from medprep.manifests import FAILURES, SPLITS, Manifest, human_bytes, join
 from medprep.manifests.card import failure_kind
 
 
@@ -77,7 +77,7 @@ def top_failures(failures: list[dict[str, Any]], n: int = 3) -> list[str]:
 class BuildResult:
     """What a build produced."""
 
-    out: Path
+    out: Path | str  # a folder, or the URL of a build published to an object store
     manifest: Manifest
     failures: list[dict[str, Any]]
     seconds: float = 0.0
@@ -96,6 +96,11 @@ class BuildResult:
         fresh = self.manifest.counts["samples"] - self.resumed_samples
         return fresh / self.seconds if not self.reused and self.seconds and fresh > 0 else None
 
+    @property
+    def failures_file(self) -> str:
+        """Where the failures are listed."""
+        return join(self.out, self.manifest.path(FAILURES))
+
     def summary(self) -> str:
         """A few lines for people: counts per split, bytes, failure reasons and where they are listed, split-file
         matching, throughput of this run (or that nothing was written when the build was already up to date)."""
@@ -113,7 +118,7 @@ class BuildResult:
                        f"{human_bytes(self.bytes)} in {self.out}"]
         lines += [f"  failure: {line}" for line in top_failures(self.failures, 8)]
         if self.failures:
-            lines.append(f"  failures listed in {self.out / FAILURES}")
+            lines.append(f"  failures listed in {self.failures_file}")
         rep = self.manifest.split_report
         if rep.get("split_file"):
             lines.append(f"  split file: {rep['matched']} matched, {len(rep['in_file_not_found'])} listed but not "
@@ -131,7 +136,7 @@ class BuildResult:
         return {"dataset": self.manifest.dataset, "out": str(self.out), "up_to_date": self.reused,
                 "inputs": c["inputs"], "samples": c["samples"], "converted": c["converted"],
                 "failures": c["failures"], "splits": c["splits"], "shards": len(self.manifest.shards),
-                "bytes": self.bytes, "failures_file": str(self.out / FAILURES) if self.failures else None,
+                "bytes": self.bytes, "failures_file": self.failures_file if self.failures else None,
                 "resumed_samples": self.resumed_samples, "seconds": round(self.seconds, 3),
                 "samples_per_second": None if self.rate is None else round(self.rate, 2),
                 "split_report": self.manifest.split_report}

@@ -11,11 +11,11 @@ one is rebuilt. A resumed build redoes the tasks whose files' stamps changed sin
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Mapping
 
-from medprep.manifests import dumps, sha256_bytes
+from medprep.manifests import BuiltDataset, dumps, sha256_bytes
 from medprep.manifests.card import CARD
+from medprep.manifests.store import read_bytes
 
 from .plan import Plan
 from .tree import SourceTree
@@ -41,13 +41,14 @@ def stamps_record(planned: Plan) -> dict[str, Any]:
     return {"files": len(planned.stamps), "sha256": digest(planned.stamps)}
 
 
-def unchanged(out: Path, contents: str | None, planned: Plan, tree: SourceTree) -> bool:
-    """Whether the inputs of ``planned`` are those the build at ``out`` read (``contents``: its manifest's
-    ``inputs_sha256``): the same stamps as its card records, or else the same contents (every file hashed again)."""
+def unchanged(old: BuiltDataset, planned: Plan, tree: SourceTree) -> bool:
+    """Whether the inputs of ``planned`` are those the build ``old`` read (its manifest's ``inputs_sha256``): the
+    same stamps as its card records, or else the same contents (every file hashed again)."""
+    contents = old.manifest.params.get("inputs_sha256")
     if not contents:
         return False
     try:
-        card = json.loads((out / CARD).read_bytes())
+        card = json.loads(read_bytes(old.file_url(CARD)))
     except (OSError, ValueError):
         card = None
     recorded = card.get(STAMPS) if isinstance(card, dict) else None

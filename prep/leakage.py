@@ -428,7 +428,7 @@ def check_build(out: str | os.PathLike, others: Sequence[str | os.PathLike], min
     """The leakage check of ``medprep build --check-against``: the new build against ``others`` (and its own
     splits), written to ``<out>/leakage.json``."""
     report = check([out, *others], min_score, focus=0, workers=workers)
-    report.write(os.path.join(out, REPORT))
+    report.write(join(out, REPORT))
     return report
 
 

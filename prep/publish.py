@@ -1,6 +1,11 @@
 """Publishing a build: name the finished parts in plan order, write the indexes and the manifest, swap the folder in.
 
-A build works in a folder of its own plan, ``.<name>.partial/<plan>/`` beside its output folder
+A build published to an object store (``--out s3://...``) has no rename: its tasks upload their parts into a build
+folder of its own, ``<out>/b-<hex>/parts/`` (:func:`build_folder`), publishing copies them to their shard names in
+that folder, writes the lists and the card there and, last, ``<out>/manifest.json`` naming them (one PUT); earlier
+build folders are removed after that (:func:`prune`, ``--keep-generations``).
+
+A local build works in a folder of its own plan, ``.<name>.partial/<plan>/`` beside its output folder
 (:func:`plan_staging`; builds of other parameters never share parts); publishing assembles the final folder inside
 it (``publish/``) and renames it to the output folder, so a reader sees no build, the previous one or the new one,
 never a partial one. Only a folder that is provably a medprep build is ever replaced (:func:`existing_build`).
@@ -14,12 +19,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from fsspec.implementations.local import LocalFileSystem
+
 from medprep import __version__
 from medprep.manifests import (
-    FAILURES, MANIFEST, SAMPLES, Manifest, ShardEntry, atomic_write, dumps, jsonl_bytes, sha256_bytes, wids_index,
+    FAILURES, MANIFEST, SAMPLES, Manifest, ShardEntry, atomic_write, dumps, fs_and_path, join, jsonl_bytes,
+    sha256_bytes, wids_index,
 )
 from medprep.manifests.card import CARD, README, dataset_card, markdown
 from medprep.manifests.dataset import BuiltDataset
+from medprep.manifests.schema import BUILD_FOLDER
 from medprep.manifests.verify import build_problems
 
 from .datasets import Converter, modality_id
@@ -76,6 +85,48 @@ def existing_build(out: Path) -> BuiltDataset | None:
     return BuiltDataset(out)
 
 
+def existing_remote(out: str) -> BuiltDataset | None:
+    """The build published at the object-store URL ``out`` (its ``manifest.json``), None when there is none;
+    raises :class:`BuildError` when that manifest is not a medprep manifest."""
+    fs, path = fs_and_path(out)
+    if not fs.exists(f"{path}/{MANIFEST}"):
+        return None
+    try:
+        return BuiltDataset(out)
+    except ValueError as e:
+        raise BuildError(f"{e}; nothing was deleted: choose another --out") from None
+
+
+def build_folder(plan_sha: str, stamps_sha: str) -> str:
+    """The build folder of a build published to an object store: named by its plan and where its inputs lay, so a
+    rerun resumes in it and a build of other parameters or inputs writes beside it, never into it."""
+    return f"b-{sha256_bytes(f'{plan_sha} {stamps_sha}'.encode())[:16]}"
+
+
+def prune(out: str, current: str, keep: int) -> None:
+    """After the manifest at ``out`` names the build folder ``current``: remove its parts, and every other build
+    folder but the ``keep - 1`` most recently published ones (by their card; folders of interrupted builds with
+    other parameters or inputs have none and go too)."""
+    fs, path = fs_and_path(out)
+    if fs.exists(f"{path}/{current}/parts"):
+        fs.rm(f"{path}/{current}/parts", recursive=True)
+    published: list[tuple[Any, str]] = []
+    doomed: list[str] = []
+    for entry in fs.ls(path, detail=True, refresh=True):
+        name = entry["name"].rstrip("/").rpartition("/")[2]
+        if entry["type"] != "directory" or name == current or not BUILD_FOLDER.fullmatch(name):
+            continue
+        try:
+            published.append((fs.modified(f"{path}/{name}/{CARD}"), name))
+        except FileNotFoundError:
+            doomed.append(name)
+    published.sort(reverse=True)
+    doomed += [name for _, name in published[max(keep - 1, 0):]]
+    for name in doomed:
+        fs.rm(f"{path}/{name}", recursive=True)
+    fs.invalidate_cache(path)
+
+
 def swap_in(staged: Path, out: Path, partial: Path) -> None:
     """Make the finished ``staged`` folder the build at ``out`` with directory renames: readers see the old build
     or the new one, never a mix (a replaced build is moved aside into ``partial``, deleted with it)."""
@@ -85,15 +136,19 @@ def swap_in(staged: Path, out: Path, partial: Path) -> None:
     os.replace(staged, out)
 
 
-def publish(out: Path, partial: Path, plan: Plan, results: list[dict[str, Any]], failures: list[dict[str, Any]],
-            p: BuildParams, conv: Converter, split_sha: str | None, plan_sha: str,
-            origin: dict[str, Any], inputs_sha: str) -> Manifest:
-    """Give the parts in ``partial`` their final shard names in ``out`` in plan order (hard links, so a rerun can
-    redo this), then write samples, failures, wids indexes, the dataset card (``card.json``, ``README.md``), the
-    recipe (``recipe.toml``, from ``origin["source"]``) and, last, the manifest. ``origin`` (the command line and
-    the source folder) is recorded in the card, not in the manifest: the manifest depends on the inputs and
-    parameters only (an archive and its extracted folder, or another spelling of the same command, give the same
-    bytes)."""
+def publish(out: str | Path, partial: str | Path, plan: Plan, results: list[dict[str, Any]],
+            failures: list[dict[str, Any]], p: BuildParams, conv: Converter, split_sha: str | None, plan_sha: str,
+            origin: dict[str, Any], inputs_sha: str, folder: str = "") -> Manifest:
+    """Give the parts in ``partial`` their final shard names in ``out`` (in its build ``folder``, when given) in
+    plan order (hard links, or copies inside an object store, so a rerun can redo this), then write samples,
+    failures, wids indexes, the dataset card (``card.json``, ``README.md``), the recipe (``recipe.toml``, from
+    ``origin["source"]``) beside them and, last, the manifest in ``out``. ``origin`` (the command line and the
+    source folder) is recorded in the card, not in the manifest: the manifest depends on the inputs and parameters
+    only (an archive and its extracted folder, or another spelling of the same command, give the same bytes)."""
+
+    def at(name: str) -> str:
+        return f"{folder}/{name}" if folder else name
+
     shards: list[ShardEntry] = []
     rows: list[dict[str, Any]] = []
     counter: dict[str, int] = {}
@@ -102,8 +157,8 @@ def publish(out: Path, partial: Path, plan: Plan, results: list[dict[str, Any]],
         for part in res["parts"]:
             n = counter.get(task.split, 0)
             counter[task.split] = n + 1
-            name = f"{task.split}-{n:06d}.tar"
-            os.link(partial / part["file"], out / name)
+            name = at(f"{task.split}-{n:06d}.tar")
+            _place(join(partial, part["file"]), join(out, name))
             shards.append(ShardEntry(name, task.split, part["nsamples"], part["bytes"], part["sha256"]))
             names.append(name)
         rows += [{**{k: v for k, v in r.items() if k != "part"}, "shard": names[r["part"]]} for r in res["rows"]]
@@ -114,11 +169,11 @@ def publish(out: Path, partial: Path, plan: Plan, results: list[dict[str, Any]],
                              f"rename one input or report this as a converter bug")
         seen[r["key"]] = r["source_id"]
     samples_b, failures_b = jsonl_bytes(rows), jsonl_bytes(failures)
-    atomic_write(out / SAMPLES, samples_b)
-    atomic_write(out / FAILURES, failures_b)
+    atomic_write(join(out, at(SAMPLES)), samples_b)
+    atomic_write(join(out, at(FAILURES)), failures_b)
     split_counts = {s: sum(x.nsamples for x in shards if x.split == s) for s in dict.fromkeys(x.split for x in shards)}
     for split in split_counts:
-        atomic_write(out / f"{split}.wids.json",
+        atomic_write(join(out, at(f"{split}.wids.json")),
                      dumps(wids_index([s for s in shards if s.split == split], f"{conv.name}-{split}")))
     params = p.recorded(split_sha)
     params["plan_sha256"], params["inputs_sha256"] = plan_sha, inputs_sha
@@ -128,14 +183,14 @@ def publish(out: Path, partial: Path, plan: Plan, results: list[dict[str, Any]],
         counts={"inputs": plan.inputs, "converted": sum(r["converted"] for r in results), "samples": len(rows),
                 "failures": len(failures), "splits": split_counts},
         split_report=plan.split_report,
-        files={"samples": SAMPLES, "samples_sha256": sha256_bytes(samples_b), "failures": FAILURES,
+        files={"samples": at(SAMPLES), "samples_sha256": sha256_bytes(samples_b), "failures": at(FAILURES),
                "failures_sha256": sha256_bytes(failures_b)},
     )
     card = dataset_card(manifest, rows, failures, origin)
-    atomic_write(out / CARD, dumps(card))
-    atomic_write(out / README, markdown(card).encode())
-    atomic_write(out / RECIPE, recipe_toml(p, origin["source"]))
-    atomic_write(out / MANIFEST, dumps(manifest.to_json()))
+    atomic_write(join(out, at(CARD)), dumps(card))
+    atomic_write(join(out, at(README)), markdown(card).encode())
+    atomic_write(join(out, at(RECIPE)), recipe_toml(p, origin["source"]))
+    atomic_write(join(out, MANIFEST), dumps(manifest.to_json()))  # last: one rename, or one PUT of an object
     return manifest
 
 
@@ -146,6 +201,16 @@ def _dataset_modality(conv: Converter, rows: list[dict[str, Any]]) -> str:
         return conv.modality
     names = Counter(r["modality"] for r in rows)
     return min(names, key=lambda m: (-names[m], m)) if names else "unknown"
+
+
+def _place(src: str, dst: str) -> None:
+    """Give the finished part ``src`` its shard name ``dst``: a hard link in a local folder, a copy inside an
+    object store (server-side)."""
+    fs, path = fs_and_path(src)
+    if isinstance(fs, LocalFileSystem):
+        os.link(path, fs_and_path(dst)[1])
+    else:
+        fs.copy(path, fs_and_path(dst)[1])
 
 
 def _dataset_modality_id(p: BuildParams, rows: list[dict[str, Any]]) -> int:
@@ -161,4 +226,5 @@ def _dataset_modality_id(p: BuildParams, rows: list[dict[str, Any]]) -> int:
     return min(ids, key=lambda i: (-ids[i], i))
 
 
-__all__ = ["PARTIAL", "discard", "existing_build", "plan_staging", "publish", "staging_dir", "swap_in"]
+__all__ = ["PARTIAL", "build_folder", "discard", "existing_build", "existing_remote", "plan_staging", "prune",
+           "publish", "staging_dir", "swap_in"]

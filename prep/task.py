@@ -1,16 +1,21 @@
 """Running one planned shard (a task) in any process: convert its records, write its tar part(s), record the result.
 
 A task writes ``<partial>/<task>.partNN.tar`` and, last, ``<partial>/<task>.json``; a build that finds that record,
-all its parts intact and its input files unchanged (:func:`load_done`) skips the task when it resumes.
+all its parts intact and its input files unchanged (:func:`load_done`) skips the task when it resumes. ``partial``
+may be an object-store URL (a build published there): a part is then written to a local temporary file and uploaded
+whole when it is complete, so the store holds finished parts only.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from medprep.manifests import atomic_write, dumps, jsonl_bytes, sha256_bytes
+from medprep.manifests import atomic_write, dumps, fs_and_path, join, jsonl_bytes, sha256_bytes
+from medprep.manifests.store import configure, is_remote
 from medprep.manifests.pixels import make_key
 from medprep.manifests.tar import TarShard
 
@@ -24,7 +29,8 @@ from .tree import InputRefused
 
 
 def run_task(task: Task, src: str, partial: str, p: BuildParams, root: str = "",
-             on_input: Callable[[int, bool], None] | None = None) -> dict[str, Any]:
+             on_input: Callable[[int, bool], None] | None = None,
+             storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Convert one planned shard; writes ``<partial>/<task>.partNN.tar`` and, last, ``<partial>/<task>.json``.
 
     Runs in any process (dask worker or the caller); everything it needs comes in its arguments. Returns the
@@ -32,7 +38,19 @@ def run_task(task: Task, src: str, partial: str, p: BuildParams, root: str = "",
     part), ``failures``, ``converted`` (inputs that gave at least one sample), and per file read (by recorded path)
     its ``stamps`` (size, mtime ns; taken before reading) and ``inputs`` (sha256, None if it could not be read).
     ``on_input(samples, failed)``, when given, is called as each input is done (the caller's progress).
+    ``storage_options`` configure the file system of a ``partial`` URL in this process (see ``store.configure``).
     """
+    configure(partial, storage_options)
+    if not is_remote(partial):
+        return _run(task, src, partial, p, root, on_input, None)
+    with tempfile.TemporaryDirectory(prefix="medprep-task-") as scratch:  # the worker's own temporary folder
+        return _run(task, src, partial, p, root, on_input, Path(scratch))
+
+
+def _run(task: Task, src: str, partial: str, p: BuildParams, root: str,
+         on_input: Callable[[int, bool], None] | None, scratch: Path | None) -> dict[str, Any]:
+    """:func:`run_task`, its parts written to ``scratch`` and uploaded to ``partial`` (when given) or written in
+    ``partial``."""
     conv = p.converter()
     tree = open_source(src, reuse=True)  # the tasks a process runs share the listed, mounted archives
     mid = p.modality_id
@@ -48,7 +66,12 @@ def run_task(task: Task, src: str, partial: str, p: BuildParams, root: str = "",
         if state["w"] is None:
             return
         nbytes, digest = state["w"].close()
-        parts.append({"file": Path(state["path"]).name, "nsamples": state["n"], "bytes": nbytes, "sha256": digest})
+        name = Path(state["path"]).name
+        if scratch is not None:
+            fs, path = fs_and_path(join(partial, name))
+            fs.put_file(state["path"], path)  # an object appears when its upload is complete
+            os.unlink(state["path"])
+        parts.append({"file": name, "nsamples": state["n"], "bytes": nbytes, "sha256": digest})
         state.update(w=None, n=0)
 
     with pixel_limit(p.max_pixels):  # every decode of this task refuses images over --max-pixels
@@ -82,7 +105,7 @@ def run_task(task: Task, src: str, partial: str, p: BuildParams, root: str = "",
                     if state["w"] is not None and TarShard.file_size(state["bytes"] + size) > p.shard_size:
                         close_part()
                     if state["w"] is None:
-                        state["path"] = str(Path(partial) / f"{task.name}.part{len(parts):02d}.tar")
+                        state["path"] = str(Path(scratch or partial) / f"{task.name}.part{len(parts):02d}.tar")
                         state["w"] = TarShard(Path(state["path"]))
                         state["bytes"] = 0
                     state["w"].write(sample)
@@ -104,7 +127,7 @@ def run_task(task: Task, src: str, partial: str, p: BuildParams, root: str = "",
     close_part()
     result = {"task": task.name, "parts": parts, "rows": rows, "failures": failures, "converted": converted,
               "stamps": stamps, "inputs": inputs}
-    atomic_write(Path(partial) / f"{task.name}.json", jsonl_bytes([result]))  # compact: C encoder, not indent=1
+    atomic_write(join(partial, f"{task.name}.json"), jsonl_bytes([result]))  # compact: C encoder, not indent=1
     return result
 
 
@@ -123,16 +146,22 @@ def _reason(e: Exception) -> str:
     return f"{kind}: {' '.join(str(e).split())}"
 
 
-def load_done(partial: Path, task: Task, stamps: dict[str, Any]) -> dict[str, Any] | None:
-    """A finished task's result, if its record and all its part files are intact and the files it read still have
-    the ``stamps`` (the plan's, by recorded path) they had when it ran."""
-    rec = partial / f"{task.name}.json"
-    if not rec.exists():
+def load_done(partial: str | Path, task: Task, stamps: dict[str, Any]) -> dict[str, Any] | None:
+    """A finished task's result, if its record and all its part files (of the recorded sizes) are there and the
+    files it read still have the ``stamps`` (the plan's, by recorded path) they had when it ran. ``partial`` is a
+    folder or URL."""
+    fs, base = fs_and_path(partial)
+    try:
+        res = json.loads(fs.cat_file(f"{base}/{task.name}.json"))
+    except FileNotFoundError:
         return None
-    res = json.loads(rec.read_text())
     if dumps(res.get("stamps")) != dumps({rel: stamps.get(rel) for rel in res.get("stamps") or {}}):
         return None
-    return res if all((partial / pt["file"]).exists() for pt in res["parts"]) else None
+    try:
+        intact = all(fs.size(f"{base}/{pt['file']}") == pt["bytes"] for pt in res["parts"])
+    except FileNotFoundError:
+        return None
+    return res if intact else None
 
 
 __all__ = ["load_done", "run_task"]
