@@ -34,7 +34,8 @@ from .teachers import BUILTIN, Teacher, load_teacher
 class SampleCheck:
     """One checked sample and view: the embedding error of its stored features against the teacher's own
     preprocessing, and, for a teacher with a prompt decoder and a sample with a mask, the Dice of the masks its
-    decoder draws from a whole-object box prompt: stored vs recomputed features, and each to the ground truth."""
+    decoder draws from a whole-object box prompt (``box``, in the teacher's input frame): stored vs recomputed
+    features, and each to the ground truth."""
 
     key: str
     view: str
@@ -43,6 +44,7 @@ class SampleCheck:
     dice: float | None = None
     dice_stored_gt: float | None = None
     dice_live_gt: float | None = None
+    box: list[float] | None = None
 
 #: the run attributes check-teacher recomputes from (every run medprep writes records them)
 RECOMPUTE_ATTRS = ("encoder", "encoder_kwargs", "checkpoint", "checkpoint_sha256", "preprocess", "autocast", "source")
@@ -213,6 +215,7 @@ def _check(fs: FeatureReader, model: Encoder, teacher: Teacher, key: str, i: int
                                   for f in (np.ascontiguousarray(got), live))
             sample.dice, sample.dice_stored_gt, sample.dice_live_gt = (dice(stored, recomputed), dice(stored, truth),
                                                                        dice(recomputed, truth))
+            sample.box = box.tolist()
     return _Checked(sample, float(err.mean()))
 
 

