@@ -310,14 +310,18 @@ def recorded_decoder(datasets: Sequence[BuiltDataset], fields: Iterable[str] | N
                      augment: Augment | None, prompts: Prompts | None) -> Decoder:
     """A ``Decoder`` whose arguments left ``None`` come from what the sources' builds recorded for their readers
     (``medprep build --preset``): ``normalize`` (else ``sam``), the ``prompts`` field added to ``DEFAULT_FIELDS``,
-    ``box_jitter`` and ``box_rule``. Sources that recorded different values of one are an error: pass it explicitly. Samples are
-    checked against the side the manifests record when they all record the same one."""
+    ``box_jitter`` and ``box_rule``. Sources that recorded different values of one are an error: pass it explicitly.
+    Samples are checked against the side the manifests record when they all record the same one."""
     recorded: dict[str, Any] = {}
+    given = {"normalize": normalize, "prompts": fields, "box_jitter": prompts, "box_rule": prompts}
     for name in ("normalize", "prompts", "box_jitter", "box_rule"):
+        if given[name] is not None:  # the caller's value: what the builds recorded does not matter
+            continue
         values = {ds.manifest.params.get(name) for ds in datasets}
         if len(values) > 1:
+            how = f"prompts=Prompts({name}=...)" if name in ("box_jitter", "box_rule") else f"{name}="
             raise ValueError(f"the sources' builds recorded different {name} values ({', '.join(map(str, values))}): "
-                             f"pass {name}= explicitly")
+                             f"pass {how} explicitly")
         if values != {None}:
             recorded[name] = values.pop()
     if fields is None:

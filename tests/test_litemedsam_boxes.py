@@ -114,6 +114,16 @@ def test_fake_affine_falls_back_to_the_mask_box(fake):
         assert s["boxes"][0].numpy().astype(int).tolist() == original_box(m)
 
 
+def test_sources_with_different_rules_need_an_explicit_rule(fake, tmp_path):
+    out, _ = fake
+    other = build("drive", synthetic.make("drive", tmp_path / "src", n_train=4, n_test=1), tmp_path / "o",
+                  size=64, normalize="minmax", prompts="boxes", box_jitter=5).out
+    with pytest.raises(ValueError, match=r"different box_rule values .*prompts=Prompts\(box_rule=\.\.\.\)"):
+        MedShardsIndexed([out, other], "train", ["boxes"])
+    data = MedShardsIndexed([out, other], "train", ["boxes", "meta"], prompts=Prompts(box_jitter=0, box_rule="mask"))
+    assert data.decoder.prompts.box_rule == "mask" and "meta.json" in data.entries
+
+
 def test_truncate_rule_needs_the_longest_side_frame():
     with pytest.raises(ValueError, match="--box-rule truncate"):
         BuildParams.of("drive", preset="litemedsam", resize="stretch")
@@ -129,7 +139,8 @@ def test_check_teacher_prompts_litemedsam_with_its_own_box(fake, tmp_path):
     out, masks = fake
     store = str(tmp_path / "t.zarr")
     res = CliRunner().invoke(app, ["cache-teacher", "--source", str(out), "--out", store, "--encoder", "litemedsam",
-                                   "--dtype", "float16", "--views", "identity,hflip", "--split", "test", "--device", "cpu"])
+                                   "--dtype", "float16", "--views", "identity,hflip", "--split", "test",
+                                   "--device", "cpu"])
     assert res.exit_code == 0, res.output
     report = check_teacher(store)
     assert len(report.samples) == 2 and report.dice_min is not None
