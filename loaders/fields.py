@@ -277,7 +277,10 @@ class Decoder:
             meta = decode_meta(self._entry(raw, "meta.json"), _where(raw, "meta.json"))
         if self.per_image:
             arrays["_valid"], lo, hi = _valid_region(arrays["image"], meta)
-        whole = recorded_box(meta, arrays["mask"].shape[1]) if self.recorded_box else None
+        try:
+            whole = recorded_box(meta, arrays["mask"].shape[1]) if self.recorded_box else None
+        except ValueError as e:
+            raise _damaged(_where(raw, "meta.json"), f"holds {e}", "the box its build wrote") from None
         if self.augment is not None:
             if whole is not None:
                 arrays[BOX_CORNERS] = _corners(whole, arrays["mask"].shape)

@@ -94,11 +94,19 @@ def truncate_box(box: list[int] | np.ndarray, hw: tuple[int, int], size: int) ->
 def recorded_box(meta: dict[str, Any], size: int) -> np.ndarray | None:
     """``truncate_box`` of the whole-object box a sample's ``meta.json`` records, at ``size``; None where the meta
     records none (an empty mask, a build made before ``original_box`` was recorded) or the build's frame is not the
-    original's scaled (``resize`` other than ``longest``)."""
+    original's scaled (``resize`` other than ``longest``). A box that is not inside ``original_hw`` raises
+    ``ValueError``."""
     box = meta.get(ORIGINAL_BOX)
     if box is None or meta.get("resize") != "longest":
         return None
-    return truncate_box(box, tuple(meta["original_hw"]), size)
+    hw = meta.get("original_hw")
+    ok = (isinstance(hw, list) and len(hw) == 2 and isinstance(box, list) and len(box) == 4
+          and all(isinstance(v, int) and not isinstance(v, bool) for v in (*hw, *box))
+          and 0 <= box[0] <= box[2] < hw[1] and 0 <= box[1] <= box[3] < hw[0])
+    if not ok:
+        raise ValueError(f"{ORIGINAL_BOX} {box!r} with original_hw {hw!r}: expected an inclusive [x_min, y_min, "
+                         f"x_max, y_max] of whole pixels inside the original (height, width)")
+    return truncate_box(box, tuple(hw), size)
 
 
 # ---- sample keys ----------------------------------------------------------------------------------------------

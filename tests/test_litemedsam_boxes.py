@@ -19,6 +19,7 @@ from medprep.cli import app
 from medprep.distill.check import check_teacher, mirrored_box
 from medprep.loaders import Affine, Augment, MedShardsIndexed, Prompts
 from medprep.manifests import open_dataset
+from medprep.manifests.pixels import recorded_box
 from medprep.prep import BuildParams, build, synthetic
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
@@ -122,6 +123,14 @@ def test_sources_with_different_rules_need_an_explicit_rule(fake, tmp_path):
         MedShardsIndexed([out, other], "train", ["boxes"])
     data = MedShardsIndexed([out, other], "train", ["boxes", "meta"], prompts=Prompts(box_jitter=0, box_rule="mask"))
     assert data.decoder.prompts.box_rule == "mask" and "meta.json" in data.entries
+
+
+def test_a_damaged_recorded_box_is_named():
+    meta = {"resize": "longest", "original_hw": [73, 70], "original_box": [3, 4, 70, 20]}
+    with pytest.raises(ValueError, match=r"original_box \[3, 4, 70, 20\] with original_hw \[73, 70\]"):
+        recorded_box(meta, SIZE)
+    assert recorded_box({**meta, "original_box": [3, 4, 69, 20]}, SIZE).tolist() == [10, 14, 241, 70]
+    assert recorded_box({**meta, "resize": "stretch"}, SIZE) is None
 
 
 def test_truncate_rule_needs_the_longest_side_frame():
