@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from medprep.manifests.features import FeatureReader
+from medprep.manifests.pixels import recorded_box
 from medprep.manifests.runattrs import require
 
 from .pipeline import Encoder, intra_op_threads, load_sample
@@ -33,7 +34,8 @@ from .teachers import BUILTIN, Teacher, load_teacher
 class SampleCheck:
     """One checked sample and view: the embedding error of its stored features against the teacher's own
     preprocessing, and, for a teacher with a prompt decoder and a sample with a mask, the Dice of the masks its
-    decoder draws from a whole-object box prompt: stored vs recomputed features, and each to the ground truth."""
+    decoder draws from a whole-object box prompt (``box``, in the teacher's input frame): stored vs recomputed
+    features, and each to the ground truth."""
 
     key: str
     view: str
@@ -42,6 +44,7 @@ class SampleCheck:
     dice: float | None = None
     dice_stored_gt: float | None = None
     dice_live_gt: float | None = None
+    box: list[float] | None = None
 
 #: the run attributes check-teacher recomputes from (every run medprep writes records them)
 RECOMPUTE_ATTRS = ("encoder", "encoder_kwargs", "checkpoint", "checkpoint_sha256", "preprocess", "autocast", "source")
@@ -163,9 +166,12 @@ def check_teacher(store: str, run: str | None = None, samples: int = 8, *, seed:
         for i in pick:
             image, valid = load_sample(src, int(i))
             gt = src.load_mask(int(i)) if teacher.decoder is not None and hasattr(src, "load_mask") else None
+            # LiteMedSAM's rule: the box of the original mask (recorded in meta.json) scaled to the teacher's input
+            whole = (recorded_box(src.load_meta(int(i)), teacher.preprocess.img_size)
+                     if gt is not None and teacher.decoder.box_rule == "truncate" else None)
             for view in fs.views:
                 checks.append(_check(fs, model, teacher, keys[i], int(i), view, image, valid, gt,
-                                     bool(a.get("keep_padding"))))
+                                     bool(a.get("keep_padding")), whole))
     errs = [c.sample.max_abs for c in checks]
     coss = [c.sample.cosine for c in checks]
     mean_abs = float(np.mean([c.mean_abs for c in checks])) if checks else np.nan
@@ -181,10 +187,13 @@ class _Checked:
 
 
 def _check(fs: FeatureReader, model: Encoder, teacher: Teacher, key: str, i: int, view: str, image: np.ndarray,
-           valid: tuple[int, int] | None, gt: np.ndarray | None, keep_padding: bool) -> _Checked:
+           valid: tuple[int, int] | None, gt: np.ndarray | None, keep_padding: bool,
+           whole: np.ndarray | None = None) -> _Checked:
     """Compare sample ``i``'s stored ``view`` with the teacher on its own preprocessing (:func:`teacher_input`):
     the features as the store should hold them (0 over the padding unless ``keep_padding``), and the masks decoded
-    from the stored features and from the teacher's whole output."""
+    from the stored features and from the teacher's whole output. ``whole``: the box prompt of the identity view
+    in the teacher's input as its own code computes it from the original mask (mirrored for hflip); None: from
+    ``gt`` (:func:`teacher_box`)."""
     flipped = view == "hflip"
     if flipped:
         image = image[:, ::-1]
@@ -199,12 +208,14 @@ def _check(fs: FeatureReader, model: Encoder, teacher: Teacher, key: str, i: int
         m = valid_pixels(gt[:, ::-1] if flipped else gt, valid, flipped)
         if m.any():
             rh, rw, x0, scale = pre.layout(image.shape[:2], valid, flipped)
-            box = teacher_box(m, scale, teacher.decoder.box_rule, x0)
+            box = (teacher_box(m, scale, teacher.decoder.box_rule, x0) if whole is None
+                   else mirrored_box(whole, x0 + rw) if flipped else whole.astype(np.float32))
             truth = cv2.resize(m.astype(np.uint8), (rw, rh), interpolation=cv2.INTER_NEAREST) > 0
             stored, recomputed = (decode_mask(teacher, torch.from_numpy(f)[None], box, (rh, x0, x0 + rw))
                                   for f in (np.ascontiguousarray(got), live))
             sample.dice, sample.dice_stored_gt, sample.dice_live_gt = (dice(stored, recomputed), dice(stored, truth),
                                                                        dice(recomputed, truth))
+            sample.box = box.tolist()
     return _Checked(sample, float(err.mean()))
 
 
@@ -218,6 +229,11 @@ def teacher_box(mask: np.ndarray, scale: tuple[float, float], rule: str, x0: int
     if rule == "truncate":
         box = np.trunc(box)
     return (box + [x0, 0, x0, 0]).astype(np.float32)
+
+
+def mirrored_box(box: np.ndarray, width: int) -> np.ndarray:
+    """``box`` ``(x_min, y_min, x_max, y_max)`` in the horizontal mirror of a frame ``width`` pixels wide."""
+    return np.array([width - 1 - box[2], box[1], width - 1 - box[0], box[3]], np.float32)
 
 
 def decode_mask(teacher: Teacher, features: torch.Tensor, box: np.ndarray, region: tuple[int, int, int]) -> np.ndarray:

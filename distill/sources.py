@@ -107,6 +107,10 @@ class MedicalSource:
         except (OSError, SyntaxError, ValueError) as e:
             raise ValueError(f"{self._where(i, 'mask.png')} is not a decodable image ({e})") from None
 
+    def load_meta(self, i: int) -> dict[str, Any]:
+        """Sample ``i``'s ``meta.json``."""
+        return json.loads(self._fetch(i, ("meta.json",))["meta.json"])
+
     def load(self, i: int) -> tuple[np.ndarray, tuple[int, int] | None]:
         raw = self._fetch(i, MEDICAL_ENTRIES)
         image = decode_rgb(raw["image.png"], self._where(i, "image.png"))

@@ -6,7 +6,8 @@ scale, shift) warps the image (linear) and the label maps (nearest) and then rec
 warped mask with the same max-pool the build uses (``medprep.manifests.pixels.patch_targets``).
 
 Arrays are keyed by field name: ``image`` uint8 (H, W, 3), ``mask``/``fov`` bool (H, W), ``inst`` uint16 (H, W),
-``patchN`` uint8 (H/N, W/N).
+``patchN`` uint8 (H/N, W/N). ``BOX_CORNERS`` (bool (H, W), two opposite corners of a box set) follows flips and
+quarter turns exactly (the box of the moved corners is the moved box) and is dropped by a warp.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import cv2
 import numpy as np
 
 from medprep.manifests.pixels import patch_size, patch_targets
+
+#: The array of a box's two opposite corners (see the module doc): a warp drops it, as a rotated box is no box.
+BOX_CORNERS = "_box_corners"
 
 
 def flip(arrays: dict[str, np.ndarray], axis: int) -> dict[str, np.ndarray]:
@@ -45,13 +49,14 @@ class Affine:
         return m
 
     def apply(self, arrays: dict[str, np.ndarray], m: np.ndarray) -> dict[str, np.ndarray]:
-        """Warp image and label maps with ``m``; patch grids are recomputed from the warped mask."""
+        """Warp image and label maps with ``m``; patch grids are recomputed from the warped mask; ``BOX_CORNERS`` is
+        dropped."""
         patches = [name for name in arrays if patch_size(name)]
         if patches and "mask" not in arrays:
             raise ValueError(f"recomputing {', '.join(patches)} after a warp needs the mask among the arrays")
         out = {}
         for name, v in arrays.items():
-            if name in patches:
+            if name in patches or name == BOX_CORNERS:
                 continue
             h, w = v.shape[:2]
             src = np.ascontiguousarray(v.view(np.uint8) if v.dtype == bool else v)

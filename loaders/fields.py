@@ -18,8 +18,10 @@ field           entry                tensor
 =============== ==================== ===============================================================
 
 ``points`` and ``boxes`` are computed from the final (augmented) mask, per instance of ``inst.png`` where the
-sample has one (``medprep.loaders.prompts``; ``prompts=Prompts(count, box_jitter)`` sets the slots and the box
-perturbation, drawn from the augmentation's generator).
+sample has one (``medprep.loaders.prompts``; ``prompts=Prompts(count, box_jitter, box_rule)`` sets the slots, the box
+perturbation, drawn from the augmentation's generator, and the rule of the whole-object box: with ``truncate`` it
+is LiteMedSAM's box of ``meta.json``'s ``original_box``, followed through flips and quarter turns, the final
+mask's after an affine warp).
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ import torch
 from torch.utils.data import default_collate, get_worker_info
 
 from medprep.manifests.modalities import N_MODALITIES, recorded_table
-from medprep.manifests.pixels import NORMALIZATIONS, PER_IMAGE_NORMALIZATIONS, PROMPT_FIELDS, patch_size
+from medprep.manifests.pixels import (NORMALIZATIONS, PER_IMAGE_NORMALIZATIONS, PROMPT_FIELDS, patch_size,
+                                      recorded_box)
 
+from .augment import BOX_CORNERS
 from .prompts import Prompts
 
 if TYPE_CHECKING:
@@ -176,6 +180,19 @@ def _valid_region(image: np.ndarray, meta: dict[str, Any]) -> tuple[np.ndarray, 
     return valid, float(image[:h, :w].min()), float(image[:h, :w].max())
 
 
+def _corners(box: np.ndarray, hw: tuple[int, ...]) -> np.ndarray:
+    """A bool map of ``hw`` with the corners ``(x_min, y_min)`` and ``(x_max, y_max)`` of ``box`` set."""
+    out = np.zeros(hw[:2], bool)
+    out[box[1], box[0]] = out[box[3], box[2]] = True
+    return out
+
+
+def _corners_box(corners: np.ndarray) -> np.ndarray:
+    """The box of a (flipped, turned) ``_corners`` map: the box moved as its corners were."""
+    ys, xs = np.nonzero(corners)
+    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.int64)
+
+
 def _binary(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)[None])
 
@@ -208,6 +225,8 @@ class Decoder:
         self.arrays = list(spatial)
         self.prompts = prompts
         self.prompt_fields = [f for f in self.fields if f in PROMPT_FIELDS]
+        # row 0 of boxes from the original mask's box recorded in meta.json
+        self.recorded_box = "boxes" in self.prompt_fields and prompts.box_rule == "truncate"
         needs_mask = self.prompt_fields or (augment is not None and augment.recomputes_patches and self.patches)
         if needs_mask and "mask" not in spatial:
             self.arrays.append("mask")  # needed for the prompts or to recompute the patch targets, not returned
@@ -220,7 +239,7 @@ class Decoder:
         names = {"modality.cls"}
         for f in set(self.fields) - set(PROMPT_FIELDS) | set(self.arrays) | set(self.optional):
             names.add(f"{f}.npy" if patch_size(f) else _ENTRIES[f])
-        if self.per_image:
+        if self.per_image or self.recorded_box:
             names.add("meta.json")
         names.discard(None)  # type: ignore[arg-type]
         return names
@@ -254,14 +273,22 @@ class Decoder:
     def __call__(self, raw: dict[str, Any], rng: np.random.Generator | None = None) -> dict[str, Any]:
         arrays = self.decode_arrays(raw)
         rng = rng if rng is not None else np.random.default_rng()
-        if self.per_image:
+        if self.per_image or self.recorded_box:
             meta = decode_meta(self._entry(raw, "meta.json"), _where(raw, "meta.json"))
+        if self.per_image:
             arrays["_valid"], lo, hi = _valid_region(arrays["image"], meta)
+        try:
+            whole = recorded_box(meta, arrays["mask"].shape[1]) if self.recorded_box else None
+        except ValueError as e:
+            raise _damaged(_where(raw, "meta.json"), f"holds {e}", "the box its build wrote") from None
         if self.augment is not None:
+            if whole is not None:
+                arrays[BOX_CORNERS] = _corners(whole, arrays["mask"].shape)
             arrays = self.augment(arrays, rng)
+            whole = _corners_box(arrays.pop(BOX_CORNERS)) if BOX_CORNERS in arrays else None
         out: dict[str, Any] = {}
         if self.prompt_fields:
-            prompts = self.prompts.compute(self.prompt_fields, arrays["mask"], arrays.get("inst"), rng)
+            prompts = self.prompts.compute(self.prompt_fields, arrays["mask"], arrays.get("inst"), rng, whole)
             out.update({k: torch.from_numpy(v) for k, v in prompts.items()})
         for f in self.fields:
             if f == "image":
@@ -286,20 +313,24 @@ def recorded_decoder(datasets: Sequence[BuiltDataset], fields: Iterable[str] | N
                      augment: Augment | None, prompts: Prompts | None) -> Decoder:
     """A ``Decoder`` whose arguments left ``None`` come from what the sources' builds recorded for their readers
     (``medprep build --preset``): ``normalize`` (else ``sam``), the ``prompts`` field added to ``DEFAULT_FIELDS``,
-    and ``box_jitter``. Sources that recorded different values of one are an error: pass it explicitly. Samples are
-    checked against the side the manifests record when they all record the same one."""
+    ``box_jitter`` and ``box_rule``. Sources that recorded different values of one are an error: pass it explicitly.
+    Samples are checked against the side the manifests record when they all record the same one."""
     recorded: dict[str, Any] = {}
-    for name in ("normalize", "prompts", "box_jitter"):
+    given = {"normalize": normalize, "prompts": fields, "box_jitter": prompts, "box_rule": prompts}
+    for name in ("normalize", "prompts", "box_jitter", "box_rule"):
+        if given[name] is not None:  # the caller's value: what the builds recorded does not matter
+            continue
         values = {ds.manifest.params.get(name) for ds in datasets}
         if len(values) > 1:
+            how = f"prompts=Prompts({name}=...)" if name in ("box_jitter", "box_rule") else f"{name}="
             raise ValueError(f"the sources' builds recorded different {name} values ({', '.join(map(str, values))}): "
-                             f"pass {name}= explicitly")
+                             f"pass {how} explicitly")
         if values != {None}:
             recorded[name] = values.pop()
     if fields is None:
         fields = (*DEFAULT_FIELDS, *([recorded["prompts"]] if "prompts" in recorded else []))
     if prompts is None:
-        prompts = Prompts(box_jitter=recorded["box_jitter"]) if "box_jitter" in recorded else Prompts()
+        prompts = Prompts(**{k: recorded[k] for k in ("box_jitter", "box_rule") if k in recorded})
     sizes = {ds.manifest.params.get("size") for ds in datasets}
     size = sizes.pop() if len(sizes) == 1 else None
     tables = [recorded_table(ds.manifest.params) for ds in datasets]

@@ -11,6 +11,9 @@ samples with different numbers of regions collate into one batch:
   baselines.
 * ``boxes``: row 0 is the box of the whole mask (of all regions), rows 1.. one box per region, ``(x_min, y_min, x_max, y_max)`` in
   inclusive pixel coordinates, each side pushed outwards by a seeded random number of pixels in ``[0, jitter]``.
+  With ``box_rule="truncate"`` (recorded by ``--preset litemedsam`` builds) row 0 is instead LiteMedSAM's own box:
+  ``resize_box_to_256`` of the original mask's box (``meta.json``'s ``original_box``), carried through flips and
+  quarter turns; after an affine warp it falls back to the final mask's box.
 
 Regions are ordered by area (largest first; ties: components in raster order of their first pixel, instances by
 id); when there are more than ``count``, the largest ``count`` are kept.
@@ -24,6 +27,8 @@ from typing import Iterable
 import cv2
 import numpy as np
 
+from medprep.manifests.pixels import BOX_RULES
+
 # The LiteMedSAM training script perturbs its box prompt by up to 5 pixels per side: bowang-lab/MedSAM, LiteMedSAM
 # branch, train_one_gpu.py (commit 1a94cb17), `-bbox_shift` default 5, applied in NpyDataset.__getitem__ as
 # x_min - randint(0, bbox_shift), x_max + randint(0, bbox_shift), ... clipped to [0, W] / [0, H].
@@ -33,25 +38,29 @@ PROMPT_COUNT = 16
 
 @dataclass(frozen=True)
 class Prompts:
-    """How loaders compute the ``points`` and ``boxes`` fields: slots per sample and the box perturbation bound."""
+    """How loaders compute the ``points`` and ``boxes`` fields: slots per sample, the box perturbation bound, and
+    the rule of the whole-object box (``medprep.manifests.pixels.BOX_RULES``: ``mask`` or ``truncate``)."""
 
     count: int = PROMPT_COUNT
     box_jitter: int = BOX_JITTER
+    box_rule: str = "mask"
 
     def __post_init__(self) -> None:
-        if self.count < 1 or self.box_jitter < 0:
-            raise ValueError(f"Prompts(count={self.count}, box_jitter={self.box_jitter}): expected count >= 1 and "
-                             f"box_jitter >= 0 pixels")
+        if self.count < 1 or self.box_jitter < 0 or self.box_rule not in BOX_RULES:
+            raise ValueError(f"Prompts(count={self.count}, box_jitter={self.box_jitter}, box_rule={self.box_rule!r}): "
+                             f"expected count >= 1, box_jitter >= 0 pixels and box_rule one of {', '.join(BOX_RULES)}")
 
     def compute(self, wanted: Iterable[str], mask: np.ndarray, inst: np.ndarray | None,
-                rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """The ``wanted`` prompt fields (``points``, ``boxes``) and their ``_valid`` masks for one final mask."""
+                rng: np.random.Generator, whole: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The ``wanted`` prompt fields (``points``, ``boxes``) and their ``_valid`` masks for one final mask;
+        ``whole``: row 0 of ``boxes`` by the model's own rule, where known (see :func:`boxes`)."""
         reg = regions(mask, inst)
         out: dict[str, np.ndarray] = {}
         if "points" in wanted:
             out["points"], out["points_valid"] = points(mask, inst, self.count, reg=reg)
         if "boxes" in wanted:
-            out["boxes"], out["boxes_valid"] = boxes(mask, inst, self.count, self.box_jitter, rng, reg=reg)
+            out["boxes"], out["boxes_valid"] = boxes(mask, inst, self.count, self.box_jitter, rng, reg=reg,
+                                                     whole=whole)
         return out
 
 
@@ -128,9 +137,13 @@ def points(mask: np.ndarray, inst: np.ndarray | None = None, count: int = PROMPT
 
 
 def boxes(mask: np.ndarray, inst: np.ndarray | None = None, count: int = PROMPT_COUNT, jitter: int = BOX_JITTER,
-          rng: np.random.Generator | int = 0, reg: Regions | None = None) -> tuple[np.ndarray, np.ndarray]:
+          rng: np.random.Generator | int = 0, reg: Regions | None = None,
+          whole: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Box of the whole mask (row 0) and one box per region (rows 1..count): float32 ``(count + 1, 4)``
     ``(x_min, y_min, x_max, y_max)`` and bool ``(count + 1,)`` valid.
+
+    ``whole``: the exact row 0 when given (the model family's own rule, e.g. LiteMedSAM's box of the original mask);
+    row 0 is then valid even where the final mask lost the object. The random draws are the same either way.
 
     Each side moves outwards by an integer drawn uniformly from ``[0, jitter]`` with ``rng`` (a generator or a
     seed), clipped to ``[0, W]`` x ``[0, H]`` as in the LiteMedSAM script; ``jitter=0`` gives the exact boxes.
@@ -146,10 +159,12 @@ def boxes(mask: np.ndarray, inst: np.ndarray | None = None, count: int = PROMPT_
     if len(chosen):
         exact[0] = [*reg.box[:, :2].min(0), *reg.box[:, 2:].max(0)]
         exact[1:] = reg.box[chosen]
+    if whole is not None:
+        exact[0] = whole
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     shift = gen.integers(0, jitter + 1, exact.shape) * np.array([-1, -1, 1, 1])
     moved = np.clip(exact + shift, 0, [w, h, w, h])
-    rows = len(exact) if len(chosen) else 0
+    rows = len(exact) if len(chosen) or whole is not None else 0
     out[:rows] = moved[:rows]
     valid[:rows] = True
     return out, valid

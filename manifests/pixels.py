@@ -7,6 +7,7 @@ normalisations, the longest-side resize size, and tar-safe sample keys. numpy on
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 
@@ -73,6 +74,39 @@ def longest_side(h: int, w: int, size: int) -> tuple[int, int]:
     ``get_preprocess_shape``; the build's ``--resize longest``)."""
     scale = size / max(h, w)
     return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+#: meta.json key of a sample's whole-object box in its original frame: inclusive ``[x_min, y_min, x_max, y_max]`` of
+#: the mask before resizing (``original_hw``), null for an empty mask.
+ORIGINAL_BOX = "original_box"
+#: How the whole-object box prompt (row 0 of the ``boxes`` field) is computed, recorded by a build (``--box-rule``):
+#: ``mask``: the box of the sample's final mask; ``truncate``: LiteMedSAM's ``resize_box_to_256``, the original
+#: mask's box scaled by ``size / max(H, W)`` and truncated (for ``--resize longest`` builds).
+BOX_RULES = ("mask", "truncate")
+
+
+def truncate_box(box: list[int] | np.ndarray, hw: tuple[int, int], size: int) -> np.ndarray:
+    """An original-frame box scaled to a longest-side ``size`` frame as LiteMedSAM's inference code does
+    (``resize_box_to_256``: ``int(b * size / max(H, W))`` per coordinate): int64 ``(4,)``."""
+    return np.floor(np.asarray(box, np.float64) * (size / max(hw))).astype(np.int64)
+
+
+def recorded_box(meta: dict[str, Any], size: int) -> np.ndarray | None:
+    """``truncate_box`` of the whole-object box a sample's ``meta.json`` records, at ``size``; None where the meta
+    records none (an empty mask, a build made before ``original_box`` was recorded) or the build's frame is not the
+    original's scaled (``resize`` other than ``longest``). A box that is not inside ``original_hw`` raises
+    ``ValueError``."""
+    box = meta.get(ORIGINAL_BOX)
+    if box is None or meta.get("resize") != "longest":
+        return None
+    hw = meta.get("original_hw")
+    ok = (isinstance(hw, list) and len(hw) == 2 and isinstance(box, list) and len(box) == 4
+          and all(isinstance(v, int) and not isinstance(v, bool) for v in (*hw, *box))
+          and 0 <= box[0] <= box[2] < hw[1] and 0 <= box[1] <= box[3] < hw[0])
+    if not ok:
+        raise ValueError(f"{ORIGINAL_BOX} {box!r} with original_hw {hw!r}: expected an inclusive [x_min, y_min, "
+                         f"x_max, y_max] of whole pixels inside the original (height, width)")
+    return truncate_box(box, tuple(hw), size)
 
 
 # ---- sample keys ----------------------------------------------------------------------------------------------

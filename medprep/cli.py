@@ -214,6 +214,10 @@ def build(
                                                                      "or boxes."),
     box_jitter: Optional[int] = typer.Option(None, metavar="PIXELS", help="Record the box prompt perturbation "
                                                                          "bound."),
+    box_rule: Optional[str] = typer.Option(None, metavar="RULE", help="Record how loaders compute the whole-object "
+                                                                     "box: mask (the final mask's, default) or "
+                                                                     "truncate (LiteMedSAM's resize_box_to_256 of "
+                                                                     "the original mask's box)."),
     seed: int = typer.Option(0, metavar="N", help="Seed of the 8:1:1 split and of the shard order."),
     split_rule: Optional[str] = typer.Option(None, metavar="RULE", help="official, 811 or test (default: the "
                                                                        "dataset's own)."),
@@ -306,7 +310,8 @@ def build(
     with Progress(f"build {dataset}", every=progress_every, quiet=quiet) as progress:
         params = BuildParams.of(dataset, preset=preset, size=size, resize=resize, interpolation=interpolation,
                                 patch_sizes=_ints("--patch-sizes", patch_sizes), modality_map=modality_map,
-                                normalize=normalize, prompts=prompts, box_jitter=box_jitter, seed=seed,
+                                normalize=normalize, prompts=prompts, box_jitter=box_jitter, box_rule=box_rule,
+                                seed=seed,
                                 split_rule=split_rule, split_file=str(split_file) if split_file else None,
                                 group_by=group_by, shard_size=parse_size(shard_size, "--shard-size"),
                                 shard_samples=shard_samples, max_pixels=max_pixels, options=opts)

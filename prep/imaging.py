@@ -490,6 +490,13 @@ def _nonzero_box(arr: np.ndarray) -> Box:
     return slice(y0, y1), slice(int(cols[0]), int(cols[-1]) + 1)
 
 
+def mask_box(mask: np.ndarray) -> list[int] | None:
+    """The inclusive ``[x_min, y_min, x_max, y_max]`` of a bool mask's foreground (None when it has none), from
+    ``_nonzero_box``: one summing pass over the rows, one over the foreground's rows."""
+    rows, cols = _nonzero_box(np.ascontiguousarray(mask).view(np.uint8))
+    return None if rows.stop == 0 else [cols.start, rows.start, cols.stop - 1, rows.stop - 1]
+
+
 def mask_plane(arr: np.ndarray, name: str) -> np.ndarray:
     """A decoded mask as one 2D plane: grey as it is, colour as its brightest channel per pixel, alpha ignored. A
     mask drawn only in its alpha channel (colour or grey 0 everywhere, alpha varying) raises ConversionError: read

@@ -10,7 +10,7 @@ from typing import Any
 
 from medprep.manifests import SPLITS
 from medprep.manifests.modalities import MAP_NAMES, NAME_MAPS, is_table_file, modality_ids
-from medprep.manifests.pixels import NORMALIZATIONS, PER_IMAGE_NORMALIZATIONS, PROMPT_FIELDS
+from medprep.manifests.pixels import BOX_RULES, NORMALIZATIONS, PER_IMAGE_NORMALIZATIONS, PROMPT_FIELDS
 
 from .datasets import Converter, converter_class, dataset_name, get_converter, modality_id
 from .imaging import INTERPOLATIONS, MAX_PIXELS, PNG_CODEC, RESIZE_MODES
@@ -21,7 +21,7 @@ SPLIT_RULES = ("official", "811", "test", "file")
 SIZE_RANGE = (8, 8192)  # output side length in pixels; 8192 already makes one worst-case sample ~540 MB
 SHARD_SIZE_MAX = 1 << 40  # 1 TiB: a larger --shard-size is a typo (and no file system likes such a tar)
 # recipe fields: None means not set; the manifest records them only when set
-RECIPE_FIELDS = ("preset", "interpolation", "normalize", "prompts", "box_jitter")
+RECIPE_FIELDS = ("preset", "interpolation", "normalize", "prompts", "box_jitter", "box_rule")
 
 
 class BuildError(RuntimeError):
@@ -142,7 +142,8 @@ class BuildParams:
     Recipe fields: ``preset`` (the name; :meth:`of` fills the parameters not given from it), ``interpolation``
     (the image's; default area when shrinking, linear when enlarging), and, recorded for the readers without
     changing any byte, ``normalize`` (the pixel normalisation the model trains with), ``prompts`` (the prompt field
-    loaders give) and ``box_jitter`` (its box perturbation bound).
+    loaders give), ``box_jitter`` (its box perturbation bound) and ``box_rule`` (how its whole-object box is computed,
+    ``medprep.manifests.pixels.BOX_RULES``).
 
     ``max_pixels``: the most pixels one image (voxels one volume) may declare in its header; larger inputs are
     failures, refused before decoding.
@@ -165,6 +166,7 @@ class BuildParams:
     normalize: str | None = None
     prompts: str | None = None
     box_jitter: int | None = None
+    box_rule: str | None = None
     max_pixels: int = MAX_PIXELS
 
     def __post_init__(self) -> None:
@@ -206,10 +208,15 @@ class BuildParams:
         else:
             self.converter()  # unknown dataset or option
         choices = {"preset": tuple(PRESETS), "interpolation": tuple(INTERPOLATIONS),
-                   "normalize": (*NORMALIZATIONS, *PER_IMAGE_NORMALIZATIONS), "prompts": PROMPT_FIELDS}
+                   "normalize": (*NORMALIZATIONS, *PER_IMAGE_NORMALIZATIONS), "prompts": PROMPT_FIELDS,
+                   "box_rule": BOX_RULES}
         for name, allowed in choices.items():
             if getattr(self, name) is not None and getattr(self, name) not in allowed:
                 raise ValueError(f"--{name} {getattr(self, name)!r}: expected one of {', '.join(allowed)}")
+        if self.box_rule == "truncate" and self.resize != "longest":
+            raise ValueError(f"--box-rule truncate scales the original box by --size / max(H, W), the frame of "
+                             f"--resize longest, not of --resize {self.resize}: use --resize longest or --box-rule "
+                             f"mask")
         if self.box_jitter is not None and (not isinstance(self.box_jitter, int) or self.box_jitter < 0):
             raise ValueError(f"--box-jitter {self.box_jitter!r}: expected a whole number of pixels >= 0")
         if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) or self.max_pixels < 1:

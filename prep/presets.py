@@ -8,7 +8,8 @@ Options given explicitly override a preset. The README's preset table is generat
 
 Parameters that do not change the shards' bytes are recorded for the readers: ``normalize`` (the pixel
 normalisation the model was trained with, the default of loaders and teacher caches), ``prompts`` and
-``box_jitter`` (the prompt field loaders give by default, and the bound of its random box perturbation).
+``box_jitter`` (the prompt field loaders give by default, and the bound of its random box perturbation), and
+``box_rule`` (how the whole-object box prompt is computed: ``medprep.manifests.pixels.BOX_RULES``).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         f"{OPTION}min_object_pixels": Setting(10, "pre_CT_MR.py @1893706: voxel_num_thre2d = 10, 8-connected"),
         "prompts": Setting("boxes", "train_one_gpu.py: one box prompt per sample"),
         "box_jitter": Setting(5, "train_one_gpu.py @1a94cb17: -bbox_shift 5"),
+        "box_rule": Setting("truncate", "CVPR24_LiteMedSAM_infer.py resize_box_to_256: int(box * 256 / max(H, W)) "
+                                        "of the original mask's box"),
     }),
     Preset("medsam", "MedSAM (Nat. Commun. 15, 654, 2024), code bowang-lab/MedSAM", {
         "size": Setting(1024, "pre_CT_MR.py @3e703df (image_size = 1024)"),

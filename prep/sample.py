@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from medprep.manifests.pixels import patch_pyramid
+from medprep.manifests.pixels import ORIGINAL_BOX, patch_pyramid
 
 from .datasets.base import Converter, Loaded, Record
-from .imaging import ConversionError, Geometry, encode_npy, encode_png, to_rgb
+from .imaging import ConversionError, Geometry, encode_npy, encode_png, mask_box, to_rgb
 from .params import BuildParams
 
 
@@ -35,6 +35,7 @@ def convert(conv: Converter, rec: Record, loaded: Loaded, hashes: dict[str, str]
         "source": {"image": rec.image, "masks": list(rec.masks), **({"extras": rec.extras} if rec.extras else {})},
         "sha256": hashes,
         "original_hw": list(image.shape[:2]),
+        ORIGINAL_BOX: mask_box(loaded.mask),
         "size": params.size,
         "resize": params.resize,
         "interpolation": {"image": geo.interpolation(), "mask": "nearest"},
