@@ -37,7 +37,8 @@ PATHS = ("src", "out", "split_file")  # keys holding paths relative to the recip
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
 # options of ``medprep build`` that decide how a build runs, not its bytes: given on the command line only
 RUN_OPTIONS = ("scheduler", "workers", "wait", "progress_every", "quiet", "verbose", "as_json", "json", "strict",
-               "overwrite", "max_failures", "allow_empty_split", "check_against", "leak_min_score", "config")
+               "overwrite", "max_failures", "allow_empty_split", "check_against", "leak_min_score", "config",
+               "storage_options", "keep_generations")
 
 
 def recipe_toml(p: BuildParams, src: str) -> bytes:
