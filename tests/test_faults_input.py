@@ -258,6 +258,7 @@ def test_multi_page_tiff_is_a_failure_naming_its_page_count(tmp_path):
 # ------------------------------------------------------------------------------------------- item 11: URLs
 
 
+@pytest.mark.usefixtures("collect_clients")  # object-store clients (conftest)
 @pytest.mark.parametrize("option, url", [("--out", "s3://bucket/x"), ("--src", "gs://bucket/src")])
 def test_schemed_paths_are_refused_and_create_no_local_folder(tmp_path, monkeypatch, option, url):
     """A --src URL is refused; an --out URL is an object store (issue 23), here one without credentials (refused

@@ -18,6 +18,8 @@ from medprep.loaders.teacher import TeacherFeatures, dequantise
 from medprep.manifests.chunks import ChunkFiles
 from medprep.manifests.features import CODECS, DamagedStore, FeatureReader
 
+pytestmark = pytest.mark.usefixtures("collect_clients")  # object-store clients (conftest)
+
 DTYPES = ("float16", "bfloat16", "int8", "float32")
 SHAPE = (8, 4, 4)
 N, SHARD = 6, 4

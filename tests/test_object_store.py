@@ -34,6 +34,8 @@ from medprep.manifests.features import FeatureReader  # noqa: E402
 from medprep.prep import build, synthetic  # noqa: E402
 from medprep.prep.events import TaskDone  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("collect_clients")  # object-store clients (conftest)
+
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 TINY = "medprep.distill.teachers:random_sam"
 BUILD = {"size": 64, "shard_samples": 2}
