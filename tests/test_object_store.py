@@ -336,3 +336,45 @@ def test_object_store_errors_are_one_line(cluster, tmp_path):
             assert proc.returncode != 0, (what, command)
             assert "Traceback" not in proc.stderr, (what, command, proc.stderr[-2000:])
             assert any(line.startswith(("error:", "FAIL")) and url in line for line in lines), (what, command, lines)
+
+
+def test_a_worker_killed_mid_cache_changes_nothing(cluster, local):
+    """SIGKILL of the worker running a cache part once the run's first zarr shard is done: the part runs again on a
+    worker that is alive (its finished shards skipped), and the arrays equal the local run's."""
+    _, ref, ref_store = local
+    store = "s3://bkt/killed.zarr"
+    killed: list[int] = []
+    stop = threading.Event()
+
+    def kill_when_a_shard_is_done() -> None:
+        while not stop.is_set() and not killed:
+            try:
+                started = FeatureReader.open(store, "r").done().any()
+            except Exception:  # the run is not created yet
+                started = False
+            busy = [addr for addr, keys in cluster.client.processing().items() if keys] if started else []
+            if busy:
+                pid = cluster.worker_pids()[busy[0]]
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            time.sleep(0.05)
+
+    def give_up(*_) -> None:
+        raise TimeoutError("cache-teacher did not finish within 240 s after a worker was killed")
+
+    killer = threading.Thread(target=kill_when_a_shard_is_done, daemon=True)
+    killer.start()
+    previous = signal.signal(signal.SIGALRM, give_up)
+    signal.alarm(240)
+    try:
+        cache_teacher(_params(str(ref), store, scheduler=cluster.address))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        stop.set()
+        killer.join(timeout=30)
+    assert killed
+    got, want = FeatureReader.open(store, "r"), FeatureReader.open(ref_store, "r")
+    assert got.keys() == want.keys() and got.done().all()
+    assert np.array_equal(got.read(slice(None)), want.read(slice(None)))
+    cluster.client.wait_for_workers(2, timeout=120)
