@@ -29,8 +29,8 @@ def write_distributed(store: FeatureStore, params: CacheParams, shards: Sequence
 
     The shards are dealt round-robin to the devices, and each device's part is sent to a worker of its own (a
     LocalCluster of one process per device, or the workers of ``params.scheduler``); a part whose worker dies runs
-    again on another one. ``on_event`` receives
-    :class:`~medprep.distill.events.Encoded` as each worker's part completes.
+    again on another one. ``on_event`` receives :class:`~medprep.distill.events.Encoded` as each worker's part
+    completes.
     """
     devices = params.worker_devices
     parts = [(dev, list(shards[i::len(devices)])) for i, dev in enumerate(devices)]
