@@ -27,9 +27,10 @@ def write_distributed(store: FeatureStore, params: CacheParams, shards: Sequence
                       on_event: OnEvent | None = None) -> list[int]:
     """Write ``shards`` of the open run ``store`` with one dask worker per device of ``params``; return them.
 
-    The shards are dealt round-robin to the devices, and each device's part is pinned to a worker of its own:
-    a LocalCluster of one process per device, or the workers of ``params.scheduler``. ``on_event`` receives
-    :class:`~medprep.distill.events.Encoded` as each worker's part completes.
+    The shards are dealt round-robin to the devices, and each device's part is sent to a worker of its own (a
+    LocalCluster of one process per device, or the workers of ``params.scheduler``); a part whose worker dies runs
+    again on another one. ``on_event`` receives :class:`~medprep.distill.events.Encoded` as each worker's part
+    completes.
     """
     devices = params.worker_devices
     parts = [(dev, list(shards[i::len(devices)])) for i, dev in enumerate(devices)]
@@ -41,8 +42,9 @@ def write_distributed(store: FeatureStore, params: CacheParams, shards: Sequence
         if len(addresses) < len(devices):
             raise ValueError(f"dask scheduler {params.scheduler} has {len(addresses)} workers, but {len(devices)} "
                              f"devices were given ({', '.join(devices)}): start one worker per device")
-        # a part whose worker dies runs again on another worker (its replacement has another address); its whole
-        # zarr shards are written again, the finished ones skipped
+        # pinned loosely: the nanny of a killed worker starts a replacement at another address, so a part pinned
+        # strictly to the dead address would wait for it forever (measured: the run never ends). It runs again on
+        # a worker that is alive instead; its finished zarr shards are skipped, the others written whole again
         futures = [runner.submit(_work, part, params, dev, workers=[addr], allow_other_workers=True)
                    for (dev, part), addr in zip(parts, addresses)]
         written = []

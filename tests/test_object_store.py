@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ pytestmark = pytest.mark.usefixtures("collect_clients")  # object-store clients 
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 TINY = "medprep.distill.teachers:random_sam"
+HERE = str(Path(__file__).parent)
 BUILD = {"size": 64, "shard_samples": 2}
 
 
@@ -72,7 +74,7 @@ class Cluster:
             here.mkdir()
             # the workers reach the store through the environment (endpoint and credentials), as on a cluster;
             # builds also send their --storage-options with every task
-            worker_env = {**env, "FSSPEC_S3_ENDPOINT_URL": self.endpoint}
+            worker_env = {**env, "FSSPEC_S3_ENDPOINT_URL": self.endpoint, "PYTHONPATH": HERE}  # HERE: slow_teacher
             self.procs.append(subprocess.Popen(
                 [sys.executable, "-m", "dask", "worker", "--scheduler-file", str(sched_file), "--nthreads", "1",
                  "--nworkers", "1", "--no-dashboard", "--local-directory", str(here / "tmp"), "--name", f"w{i}"],
@@ -338,3 +340,47 @@ def test_object_store_errors_are_one_line(cluster, tmp_path):
             assert proc.returncode != 0, (what, command)
             assert "Traceback" not in proc.stderr, (what, command, proc.stderr[-2000:])
             assert any(line.startswith(("error:", "FAIL")) and url in line for line in lines), (what, command, lines)
+
+
+def test_a_worker_killed_mid_cache_changes_nothing(cluster, local):
+    """SIGKILL of a worker while it runs a cache part, once the run's first zarr shard is done (the teacher pauses
+    before each batch, so the parts are still running): the part runs again on a worker that is alive, its finished
+    shards skipped, and the arrays equal the local run's (the pause changes no feature)."""
+    _, _, ref_store = local
+    store = "s3://bkt/killed.zarr"
+    killed: list[int] = []
+    stop = threading.Event()
+
+    def kill_when_a_shard_is_done() -> None:
+        while not stop.is_set() and not killed:
+            try:
+                started = FeatureReader.open(store, "r").done().any()
+            except (OSError, KeyError, ValueError):  # the run is not created (complete) yet
+                started = False
+            busy = [addr for addr, keys in cluster.client.processing().items() if keys] if started else []
+            if busy:
+                pid = cluster.worker_pids()[busy[0]]
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            time.sleep(0.05)
+
+    def give_up(*_) -> None:
+        raise TimeoutError("cache-teacher did not finish within 240 s after a worker was killed")
+
+    killer = threading.Thread(target=kill_when_a_shard_is_done, daemon=True)
+    killer.start()
+    previous = signal.signal(signal.SIGALRM, give_up)
+    signal.alarm(240)
+    try:
+        cache_teacher(replace(_params(str(local[1]), store, scheduler=cluster.address),
+                              encoder="slow_teacher:slow_random_sam"))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        stop.set()
+        killer.join(timeout=30)
+    assert killed
+    got, want = FeatureReader.open(store, "r"), FeatureReader.open(ref_store, "r")
+    assert got.keys() == want.keys() and got.done().all()
+    assert np.array_equal(got.read(slice(None)), want.read(slice(None)))
+    cluster.client.wait_for_workers(2, timeout=120)
