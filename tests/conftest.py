@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import io
 import json
+import logging
 import tarfile
 from pathlib import Path
 
@@ -88,4 +89,11 @@ def collect_clients():
     ``ast.parse`` (the layer tests) that trips CPython 3.11.7's "AST constructor recursion depth mismatch"
     (gh-106905)."""
     yield
+    gc.collect()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Collect the object-store clients that are garbage by now while pytest's streams are open, and keep asyncio's
+    "Unclosed client session" (logged from aiohttp's ``__del__``) out of the closing lines."""
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     gc.collect()
