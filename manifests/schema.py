@@ -20,6 +20,7 @@ v1 manifests are read with the generation derived from their content.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -160,6 +161,11 @@ def schema_problems(d: Any) -> list[str]:
                  for k in sorted(set(d) & set(_MANIFEST_FIELDS)) if not _typed(d[k], _MANIFEST_FIELDS[k])]
     if problems or not isinstance(d.get("shards"), list):
         return problems
+    recorded = d["params"].get("modality_table")
+    if recorded is not None and not (isinstance(recorded, dict) and recorded and all(
+            isinstance(k, str) and _typed(v, int) and v >= 0 for k, v in recorded.items())):
+        return problems + [f"params.modality_table is {json.dumps(recorded)[:80]}, expected an object of modality "
+                           f"names to whole-number ids >= 0 (the build's --modality-map table)"]
     table = recorded_table(d["params"])
     names = table if table is not None and "modality_table" in d["params"] else MODALITY_MAPS["default"]
     if d["modality"] not in names:

@@ -45,6 +45,18 @@ def test_a_lying_manifest_is_refused_naming_the_field(copy, case, change, messag
     assert res.exit_code == 2 and "manifest.json" in res.output and "Traceback" not in res.output, res.output
 
 
+@pytest.mark.parametrize("table", [["ct"], {"ct": "0"}, {"ct": -1}, {}, {"ct": 1.5}])
+def test_a_lying_modality_table_is_refused_naming_the_field(copy, table):
+    doc = json.loads((copy / "manifest.json").read_text())
+    doc["params"]["modality_table"] = table
+    (copy / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=r"params\.modality_table is .*, expected an object of modality names to "
+                                         r"whole-number ids >= 0"):
+        open_dataset(copy)
+    res = CliRunner().invoke(app, ["info", str(copy)])
+    assert res.exit_code == 2 and "modality_table" in res.output and "Traceback" not in res.output, res.output
+
+
 def _rows(root):
     return [json.loads(line) for line in (root / "samples.jsonl").read_text().splitlines()]
 
