@@ -25,12 +25,13 @@ from .teachers import Teacher, load_teacher, random_sam
 from .params import CacheParams, per_source
 from .events import CacheEvent, Encoded, RunOpened, Skipped
 from .pipeline import open_run, write_shards
+from .distributed import CacheError
 from .cache import CacheResult, cache_corpus, cache_teacher
 from .loss import masked_mse
 
 __all__ = [
     "NORMALIZATIONS", "Preprocess", "FolderSource", "MedicalSource", "SA1BSource", "SourceSpec", "open_source",
     "source_specs", "FeatureStore", "Teacher", "load_teacher", "random_sam", "CacheParams", "per_source",
-    "CacheEvent", "Encoded", "RunOpened", "Skipped", "open_run", "write_shards", "CacheResult", "cache_corpus", "cache_teacher",
+    "CacheEvent", "Encoded", "RunOpened", "Skipped", "open_run", "write_shards", "CacheError", "CacheResult", "cache_corpus", "cache_teacher",
     "masked_mse",
 ]

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from medprep.manifests.runner import DaskRunner
+from medprep.manifests.runner import DaskRunner, WorkerLost
 
 from .events import Encoded, OnEvent
 from .params import CacheParams
 from .pipeline import write_shards
 from .store import FeatureStore
+
+
+class CacheError(RuntimeError):
+    """A cache run that cannot complete (a part whose dask worker died every time it ran it)."""
 
 
 def _work(shards: list[int], params: CacheParams, device: str) -> list[int]:
@@ -27,9 +31,10 @@ def write_distributed(store: FeatureStore, params: CacheParams, shards: Sequence
                       on_event: OnEvent | None = None) -> list[int]:
     """Write ``shards`` of the open run ``store`` with one dask worker per device of ``params``; return them.
 
-    The shards are dealt round-robin to the devices, and each device's part is sent to a worker of its own (a
-    LocalCluster of one process per device, or the workers of ``params.scheduler``); a part whose worker dies runs
-    again on another one. ``on_event`` receives :class:`~medprep.distill.events.Encoded` as each worker's part
+    The shards are dealt round-robin to the devices, and each device's part runs as one dask task (on a LocalCluster
+    of one process per device, or the workers of ``params.scheduler``, idle workers taking one part each); a part
+    whose worker dies runs again on another one, and one whose worker dies every time raises :class:`CacheError`
+    naming its zarr shards and samples. ``on_event`` receives :class:`~medprep.distill.events.Encoded` as each worker's part
     completes.
     """
     devices = params.worker_devices
@@ -38,19 +43,33 @@ def write_distributed(store: FeatureStore, params: CacheParams, shards: Sequence
     if not parts:
         return []
     with DaskRunner(workers=len(devices), scheduler=params.scheduler) as runner:
-        addresses = runner.worker_addresses()
-        if len(addresses) < len(devices):
-            raise ValueError(f"dask scheduler {params.scheduler} has {len(addresses)} workers, but {len(devices)} "
+        workers = len(runner.worker_addresses())
+        if workers < len(devices):
+            raise ValueError(f"dask scheduler {params.scheduler} has {workers} workers, but {len(devices)} "
                              f"devices were given ({', '.join(devices)}): start one worker per device")
-        # pinned loosely: the nanny of a killed worker starts a replacement at another address, so a part pinned
-        # strictly to the dead address would wait for it forever (measured: the run never ends). It runs again on
-        # a worker that is alive instead; its finished zarr shards are skipped, the others written whole again
-        futures = [runner.submit(_work, part, params, dev, workers=[addr], allow_other_workers=True)
-                   for (dev, part), addr in zip(parts, addresses)]
+        # not pinned to worker addresses: the nanny of a killed worker starts a replacement at another address, and
+        # dask hands a waiting task to a new worker only if its restrictions allow it (a part pinned to the dead
+        # address, even loosely, waits forever on a one-worker cluster: measured). Idle workers take one part
+        # each; a part whose worker died runs again on a live one, its finished zarr shards skipped
+        futures = [runner.submit(_work, part, params, dev) for dev, part in parts]
         written = []
         for future in futures:
-            done = runner.gather([future])[0]
+            try:
+                done = runner.gather([future])[0]
+            except WorkerLost as e:
+                raise CacheError(_lost(store, e)) from None
             written += done
             if on_event is not None:
                 on_event(Encoded(sum(len(store.indices(s)) for s in done) * len(store.views)))
     return sorted(written)
+
+
+def _lost(store: FeatureStore, e: WorkerLost) -> str:
+    shards: list[int] = e.item
+    keys = store.keys()
+    names = [keys[i] for s in shards for i in store.indices(s)]
+    shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if names[10:] else "")
+    return (f"a dask worker died {e.deaths} times writing zarr shards {', '.join(map(str, shards))} of {store.url} "
+            f"(samples {shown}): the teacher or one of these samples kills the process that runs it (out of memory, "
+            f"or a crash in the device runtime); give the workers more memory or lower --batch-size; finished "
+            f"shards are kept and skipped by the next run")

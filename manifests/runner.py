@@ -68,6 +68,7 @@ class DaskRunner:
             self.env = {**QUIET_WORKER_ENV, **self.env}
         self._cluster: Any = None
         self._client: Any = None
+        self._item_of: dict[Any, Any] = {}  # future key -> the task's input, for WorkerLost
 
     def __enter__(self) -> DaskRunner:
         import dask
@@ -124,33 +125,40 @@ class DaskRunner:
                **kwargs: Any) -> Any:
         """Submit one call (never deduplicated: ``pure=False``), optionally pinned to ``workers`` (preferred only,
         with ``allow_other_workers``: a pinned task whose worker died runs on another one) or needing
-        ``resources``; returns its future."""
-        return self.client.submit(fn, *args, workers=list(workers) if workers else None,
-                                  resources=dict(resources) if resources else None, pure=False,
-                                  allow_other_workers=allow_other_workers, **kwargs)
+        ``resources``; returns its future. Its first argument is the task's input :class:`WorkerLost` names."""
+        future = self.client.submit(fn, *args, workers=list(workers) if workers else None,
+                                    resources=dict(resources) if resources else None, pure=False,
+                                    allow_other_workers=allow_other_workers, **kwargs)
+        self._item_of[future.key] = args[0] if args else None
+        return future
 
     def gather(self, futures: Sequence[Any]) -> list[Any]:
-        """Results of ``futures`` in their order (raises the first task error)."""
-        return list(self.client.gather(list(futures)))
+        """Results of ``futures`` in their order (raises the first task error; a task whose worker died every time
+        it ran it raises :class:`WorkerLost` naming its input)."""
+        return [self._result(f) for f in futures]
+
+    def _result(self, future: Any) -> Any:
+        from dask.distributed import KilledWorker
+
+        try:
+            return future.result()
+        except KilledWorker as e:
+            raise WorkerLost(self._item_of.get(future.key), e.allowed_failures + 1) from None
 
     def map(self, fn: Callable[..., Any], items: Iterable[Any], **kwargs: Any) -> Iterator[Any]:
         """``fn(item, **kwargs)`` for every item on the workers; yields results as they complete (a task error is
         raised here; the other tasks are cancelled when the runner closes). A worker that dies running a task is
         replaced and the task runs again (dask); one that dies every time (``distributed.scheduler.allowed-failures``
         + 1 times) raises :class:`WorkerLost` naming the item."""
-        from dask.distributed import KilledWorker, as_completed
+        from dask.distributed import as_completed
 
         items = list(items)
         if not items:
             return
         futures = self.client.map(fn, items, pure=False, **kwargs)
-        item_of = {fut.key: item for fut, item in zip(futures, items)}
+        self._item_of.update((fut.key, item) for fut, item in zip(futures, items))
         for fut in as_completed(futures):
-            try:
-                result = fut.result()
-            except KilledWorker as e:
-                raise WorkerLost(item_of[fut.key], e.allowed_failures + 1) from None
-            yield result
+            yield self._result(fut)
 
 
 __all__ = ["QUIET_WORKER_ENV", "WORKER_ENV", "DaskRunner", "WorkerLost"]

@@ -13,8 +13,10 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -304,25 +306,53 @@ def test_a_worker_killed_mid_build_changes_nothing(cluster, local):
     cluster.client.wait_for_workers(2, timeout=120)
 
 
-def test_a_worker_dying_on_every_try_of_one_input_names_it(tmp_path):
-    """An input whose decoding takes more memory than a worker has: the nanny kills the worker each time it runs
-    that shard; after dask's allowed failures the build stops with an error naming the shard's inputs."""
+@contextmanager
+def one_worker_dying_on(needle: str) -> Iterator[str]:
+    """A LocalCluster of one worker process whose worker SIGKILLs itself whenever it starts a task whose input shows
+    ``needle`` (:class:`worker_killer.DieRunning`), dask giving up after two deaths; yields the scheduler address.
+    An alarm ends a run that would hang instead of failing."""
     import dask
-    from dask.distributed import LocalCluster
-    from test_faults_input import bomb_png
+    from dask.distributed import Client, LocalCluster
+    from worker_killer import DieRunning
 
+    def give_up(*_) -> None:
+        raise TimeoutError("the run neither finished nor failed within 180 s of its worker dying")
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1, "logging.distributed": "critical"}):
+        with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None,
+                          scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as c, Client(c) as client:
+            client.register_plugin(DieRunning(needle))
+            previous = signal.signal(signal.SIGALRM, give_up)
+            signal.alarm(180)
+            try:
+                yield c.scheduler_address
+            finally:
+                signal.alarm(0)
+                signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_worker_dying_on_every_try_of_one_input_names_it(tmp_path):
+    """A shard whose conversion kills its worker process every time (out of memory, a crashing decoder): after
+    dask's allowed failures the build stops with an error naming the shard's inputs, and keeps the finished shards."""
     from medprep.prep import BuildError
 
     src = synthetic.make("dsb2018", tmp_path / "src", n=10)
-    case = sorted((tmp_path / "src" / "stage1_train").iterdir())[0]
-    next((case / "images").iterdir()).write_bytes(bomb_png(14000))  # 196 MB grey, more as RGB
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1, "distributed.scheduler.worker-saturation": 1.0,
-                          "logging.distributed": "critical"}):
-        with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="400MB", dashboard_address=None,
-                          scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as c:
-            with pytest.raises(BuildError, match="a dask worker died 2 times converting shard") as e:
-                build("dsb2018", src, tmp_path / "out", scheduler=c.scheduler_address, **BUILD)
-    assert case.name in str(e.value)
+    case = sorted((tmp_path / "src" / "stage1_train").iterdir())[3].name
+    with one_worker_dying_on(case) as address:
+        with pytest.raises(BuildError, match="a dask worker died 2 times converting shard") as e:
+            build("dsb2018", src, tmp_path / "out", scheduler=address, **BUILD)
+    assert case in str(e.value) and "finished shards are kept" in str(e.value)
+
+
+def test_a_worker_dying_on_every_try_of_a_cache_part_names_it(local, tmp_path):
+    """A cache part whose worker dies every time it runs: the run stops with an error naming its zarr shards and
+    their samples instead of waiting for a worker forever."""
+    from medprep.distill import CacheError
+
+    with one_worker_dying_on("[0, 1") as address:
+        with pytest.raises(CacheError, match=r"a dask worker died 2 times writing zarr shards 0, 1, ") as e:
+            cache_teacher(_params(str(local[1]), str(tmp_path / "t.zarr"), scheduler=address))
+    assert FeatureReader.open(str(local[2]), "r").keys()[0] in str(e.value)
 
 
 def test_object_store_errors_are_one_line(cluster, tmp_path):
