@@ -310,7 +310,8 @@ def test_a_worker_killed_mid_build_changes_nothing(cluster, local):
 def one_worker_dying_on(needle: str) -> Iterator[str]:
     """A LocalCluster of one worker process whose worker SIGKILLs itself whenever it starts a task whose input shows
     ``needle`` (:class:`worker_killer.DieRunning`), dask giving up after two deaths; yields the scheduler address.
-    An alarm ends a run that would hang instead of failing."""
+    The worker holds one task at a time (a death counts against every task the worker holds, so an innocent queued
+    task could be blamed). An alarm ends a run that would hang instead of failing."""
     import dask
     from dask.distributed import Client, LocalCluster
     from worker_killer import DieRunning
@@ -318,7 +319,8 @@ def one_worker_dying_on(needle: str) -> Iterator[str]:
     def give_up(*_) -> None:
         raise TimeoutError("the run neither finished nor failed within 180 s of its worker dying")
 
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1, "logging.distributed": "critical"}):
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1, "distributed.scheduler.worker-saturation": 1.0,
+                          "logging.distributed": "critical"}):
         with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None,
                           scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as c, Client(c) as client:
             client.register_plugin(DieRunning(needle))
