@@ -141,7 +141,7 @@ class BuiltDataset:
             raise ShardError(f"{self.where(e.name)}: missing; run 'medprep verify {self.root}'") from None
         with f:
             self.check_generation(e.name)  # after opening: the open file belongs to the confirmed generation
-            size = tar.file_size(f)
+            size = tar.seekable_size(f)
             if size != e.bytes:
                 raise ShardError(f"{self.where(e.name)}: {size} bytes, the manifest says {e.bytes}: the shard was cut "
                                  f"short or changed after the build; run 'medprep verify {self.root}' and rebuild")

@@ -98,8 +98,9 @@ class TarShard:
         return total
 
     @staticmethod
-    def file_size(members: int) -> int:
-        """File size of a shard holding ``members`` bytes: end blocks, padded to the 10240-byte record."""
+    def shard_bytes(members: int) -> int:
+        """Bytes of the shard file whose members take ``members`` bytes: end blocks added, padded to the 10240-byte
+        record."""
         return -(-(members + 2 * tarfile.BLOCKSIZE) // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
 
     def close(self) -> tuple[int, str]:
@@ -122,7 +123,7 @@ def tar_bytes(members: Mapping[str, bytes], gz: bool = False) -> bytes:
 # ------------------------------------------------------------------------------------------------------- reading
 
 
-def file_size(f: IO[bytes]) -> int:
+def seekable_size(f: IO[bytes]) -> int:
     """Size of an open, seekable file (the file that was opened, even if its path has been replaced since)."""
     f.seek(0, os.SEEK_END)
     size = f.tell()
@@ -268,7 +269,7 @@ class ShardIndex:
                 self.samples.append(IndexedSample(key, {}))
             self.samples[-1].entries[entry] = (m.offset_data, m.size)
         group.check_count(expected)
-        self.size = file_size(f)
+        self.size = seekable_size(f)
         self._position = {s.key: i for i, s in enumerate(self.samples)}
 
     def __len__(self) -> int:
@@ -331,4 +332,4 @@ class MemberIndex:
 
 
 __all__ = ["KEY", "TAR_MTIME", "IndexedSample", "MemberIndex", "ShardError", "ShardIndex", "TarShard",
-           "file_size", "read_samples", "split_name", "tar_bytes"]
+           "read_samples", "seekable_size", "split_name", "tar_bytes"]

@@ -99,10 +99,10 @@ def _run(task: Task, src: str, partial: str, p: BuildParams, root: str,
                         if rec.modality is not None:
                             row["modality"] = rec.modality
                     size = TarShard.member_bytes(sample)
-                    if TarShard.file_size(size) > p.shard_size:
-                        raise SampleTooLarge(f"sample {skey} takes {TarShard.file_size(size)} bytes in a tar, more "
+                    if TarShard.shard_bytes(size) > p.shard_size:
+                        raise SampleTooLarge(f"sample {skey} takes {TarShard.shard_bytes(size)} bytes in a tar, more "
                                              f"than --shard-size {p.shard_size}; raise --shard-size")
-                    if state["w"] is not None and TarShard.file_size(state["bytes"] + size) > p.shard_size:
+                    if state["w"] is not None and TarShard.shard_bytes(state["bytes"] + size) > p.shard_size:
                         close_part()
                     if state["w"] is None:
                         state["path"] = str(Path(scratch or partial) / f"{task.name}.part{len(parts):02d}.tar")
