@@ -215,9 +215,9 @@ class _Grouper:
                              f"the shard was cut short or changed after the build")
 
 
-def read_samples(f: IO[bytes], where: str, *, expected: int | None = None, entries: Collection[str] | None = None,
-                 stride: int = 1, offset: int = 0, url: str | None = None, start: int = 0,
-                 stop: int | None = None) -> Iterator[dict[str, Any]]:
+def stream_samples(f: IO[bytes], where: str, *, expected: int | None = None,
+                   entries: Collection[str] | None = None, stride: int = 1, offset: int = 0, url: str | None = None,
+                   start: int = 0, stop: int | None = None) -> Iterator[dict[str, Any]]:
     """Samples of the shard open in ``f``, in tar order: dicts with ``__key__``, ``__url__`` (``url``) and the
     bytes of ``entries`` (all when None).
 
@@ -255,7 +255,7 @@ class IndexedSample:
 class ShardIndex:
     """The samples of one shard with the offsets of their members, read from the tar headers only (no data).
 
-    Built with the same checks as :func:`read_samples`; :meth:`read` then fetches entries of one sample with one
+    Built with the same checks as :func:`stream_samples`; :meth:`read` then fetches entries of one sample with one
     ranged read.
     """
 
@@ -332,4 +332,4 @@ class MemberIndex:
 
 
 __all__ = ["KEY", "TAR_MTIME", "IndexedSample", "MemberIndex", "ShardError", "ShardIndex", "TarShard",
-           "read_samples", "seekable_size", "split_name", "tar_bytes"]
+           "seekable_size", "split_name", "stream_samples", "tar_bytes"]
