@@ -33,7 +33,7 @@ from .lock import DatasetLock
 from .params import BuildError, BuildParams, FailureLimit, InputsFailed
 from .plan import Plan, Task, plan
 from .publish import build_folder, discard, existing_build, existing_remote, plan_staging, prune, publish, swap_in
-from .task import load_done, run_task
+from .task import TaskResult, load_done, run_task
 from .tree import LayoutError, SourceTree, escaped, natural_key
 
 log = logging.getLogger("medprep.build")
@@ -130,12 +130,12 @@ def build(
         todo = [t for t in planned.tasks if t.name not in done]
         emit(Planned(conv.name, sum(len(t.records) for t in planned.tasks), len(planned.tasks),
                      sum(len(t.records) for t in planned.tasks if t.name in done)))
-        resumed = sum(len(r["rows"]) for r in done.values())
+        resumed = sum(len(r.rows) for r in done.values())
         done.update(_run(todo, str(tree.root), planned.root, partial, p, workers, scheduler, emit, storage_options))
         results = [done[t.name] for t in planned.tasks]
 
         failures = [{**f.row(), "files": [x[len(planned.root):] for x in f.files]} for f in planned.failures]
-        failures += [f for r in results for f in r["failures"]]
+        failures += [f for r in results for f in r.failures]
         failures.sort(key=lambda f: natural_key(f["source_id"]))
         _accepted(planned, results, failures, strict, limit, allow_empty_split, partial)
         # paths and arguments that are not UTF-8 are recorded with those bytes escaped, as JSON needs
@@ -173,7 +173,7 @@ def _planned_splits_filled(planned: Plan) -> None:
                          f"--split-file")
 
 
-def _accepted(planned: Plan, results: list[dict[str, Any]], failures: list[dict[str, Any]], strict: bool,
+def _accepted(planned: Plan, results: list[TaskResult], failures: list[dict[str, Any]], strict: bool,
               limit: FailureLimit, allow_empty_split: bool, partial: Path | str) -> None:
     """Raise :class:`InputsFailed` (nothing is published) when the inputs failed more than the build accepts: any
     with ``strict``, all of them, more than ``limit``, or all inputs of a split (unless ``allow_empty_split``)."""
@@ -181,7 +181,7 @@ def _accepted(planned: Plan, results: list[dict[str, Any]], failures: list[dict[
     if strict and failures:
         shown = "\n  ".join(f"{f['source_id']}: {f['reason']}" for f in failures[:10])
         raise InputsFailed(f"--strict: {len(failures)} input(s) could not be converted:\n  {shown}\n({kept})")
-    if not any(r["rows"] for r in results):
+    if not any(r.rows for r in results):
         raise InputsFailed(f"nothing was converted: all {planned.inputs} inputs failed:{_listed(failures)}\n({kept})")
     if limit.exceeded(failures, planned.inputs):
         if limit.count is None and limit.percent is None:
@@ -191,7 +191,7 @@ def _accepted(planned: Plan, results: list[dict[str, Any]], failures: list[dict[
                                f"such failures; {kept})")
         raise InputsFailed(f"{len(failures)} of {planned.inputs} inputs failed, more than {limit} accepts:"
                            f"{_listed(failures)}\n({kept})")
-    written = {row["split"] for r in results for row in r["rows"]}
+    written = {row["split"] for r in results for row in r.rows}
     empty = [s for s in planned.splits if s not in written and any(t.split == s for t in planned.tasks)]
     if empty and not allow_empty_split:
         ids = {r.source_id for t in planned.tasks if t.split in empty for r, _ in t.records}
@@ -225,16 +225,16 @@ def _source(src: str | os.PathLike, tree: SourceTree, root: str, conv: Converter
 
 
 def _run(todo: list[Task], src: str, root: str, partial: Path | str, p: BuildParams, workers: int,
-         scheduler: str | None, emit: OnEvent, storage_options: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+         scheduler: str | None, emit: OnEvent, storage_options: dict[str, Any] | None) -> dict[str, TaskResult]:
     """Run ``todo`` in this process (workers <= 1, no scheduler) or on a dask cluster; results by task name, each
     announced with a :class:`TaskDone` as it completes (and, in this process, each input with an
     :class:`InputDone`)."""
     sizes = {t.name: len(t.records) for t in todo}
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, TaskResult] = {}
 
-    def finished(res: dict[str, Any]) -> None:
-        results[res["task"]] = res
-        emit(TaskDone(res["task"], sizes[res["task"]], len(res["rows"]), len(res["failures"])))
+    def finished(res: TaskResult) -> None:
+        results[res.task] = res
+        emit(TaskDone(res.task, sizes[res.task], len(res.rows), len(res.failures)))
 
     kwargs = {"src": src, "partial": str(partial), "p": p, "root": root, "storage_options": storage_options}
     if workers <= 1 and scheduler is None:

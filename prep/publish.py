@@ -35,6 +35,7 @@ from .datasets import Converter, modality_id
 from .params import BuildError, BuildParams
 from .plan import Plan
 from .recipe import RECIPE, recipe_toml
+from .task import TaskResult
 
 PARTIAL = ".partial"
 
@@ -136,7 +137,7 @@ def swap_in(staged: Path, out: Path, partial: Path) -> None:
     os.replace(staged, out)
 
 
-def publish(out: str | Path, partial: str | Path, plan: Plan, results: list[dict[str, Any]],
+def publish(out: str | Path, partial: str | Path, plan: Plan, results: list[TaskResult],
             failures: list[dict[str, Any]], p: BuildParams, conv: Converter, split_sha: str | None, plan_sha: str,
             origin: dict[str, Any], inputs_sha: str, folder: str = "") -> Manifest:
     """Give the parts in ``partial`` their final shard names in ``out`` (in its build ``folder``, when given) in
@@ -154,14 +155,14 @@ def publish(out: str | Path, partial: str | Path, plan: Plan, results: list[dict
     counter: dict[str, int] = {}
     for task, res in zip(plan.tasks, results):
         names = []
-        for part in res["parts"]:
+        for part in res.parts:
             n = counter.get(task.split, 0)
             counter[task.split] = n + 1
             name = at(f"{task.split}-{n:06d}.tar")
-            _place(join(partial, part["file"]), join(out, name))
-            shards.append(ShardEntry(name, task.split, part["nsamples"], part["bytes"], part["sha256"]))
+            _place(join(partial, part.file), join(out, name))
+            shards.append(ShardEntry(name, task.split, part.nsamples, part.bytes, part.sha256))
             names.append(name)
-        rows += [{**{k: v for k, v in r.items() if k != "part"}, "shard": names[r["part"]]} for r in res["rows"]]
+        rows += [{**{k: v for k, v in r.items() if k != "part"}, "shard": names[r["part"]]} for r in res.rows]
     seen: dict[str, str] = {}
     for r in rows:
         if r["key"] in seen:
@@ -180,7 +181,7 @@ def publish(out: str | Path, partial: str | Path, plan: Plan, results: list[dict
     manifest = Manifest(
         dataset=conv.name, modality=_dataset_modality(conv, rows), modality_id=_dataset_modality_id(p, rows),
         medprep_version=__version__, params=params, shards=shards,
-        counts={"inputs": plan.inputs, "converted": sum(r["converted"] for r in results), "samples": len(rows),
+        counts={"inputs": plan.inputs, "converted": sum(r.converted for r in results), "samples": len(rows),
                 "failures": len(failures), "splits": split_counts},
         split_report=plan.split_report,
         files={"samples": at(SAMPLES), "samples_sha256": sha256_bytes(samples_b), "failures": at(FAILURES),
