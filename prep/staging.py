@@ -21,13 +21,15 @@ PUBLISHED   ``out`` is the staged folder; the build it replaced and the      ``<
                                                                              are gone
 =========== ============================================================ ===========================================
 
-Transitions (:class:`Staging`; the driver holds the dataset's lock, locally, through all of them):
+Transitions (:class:`Staging`, whose ``state`` is this run's; the driver holds the dataset's lock, locally, through
+all of them):
 
 - :meth:`~Staging.published`, in any state: the build at ``out``, for the up-to-date check; a build with the same
   plan and inputs is kept as it is (:meth:`~Staging.keep`).
-- :meth:`~Staging.open`, NONE or WORKING -> WORKING: the working folder of the plan, named by the plan (and, in an
-  object store, where its inputs lay), so a rerun resumes in it and a build of other parameters never shares it;
-  locally the working folders of other plans (interrupted builds with other parameters or inputs) are removed.
+- :meth:`~Staging.open`, NONE -> WORKING: the working folder of the plan, named by the plan (and, in an object
+  store, where its inputs lay), so a rerun resumes in it (it may hold the files of an earlier run stopped in
+  WORKING or STAGED) and a build of other parameters never shares it; locally the working folders of other plans
+  (interrupted builds with other parameters or inputs) are removed.
 - :meth:`~Staging.resume`, in WORKING: the tasks that need not run again, those with a record, all their parts of
   the recorded sizes and unchanged input files (``task.load_done``); the other tasks run and write theirs. A build
   that is not accepted stays WORKING: its finished parts wait for the next run.
@@ -125,7 +127,8 @@ class LocalStaging(Staging):
             return None
         problems = build_problems(out) if out.is_dir() else [f"{out.name}: a file, not a folder"]
         if problems:
-            shown = "; ".join(str(x) for x in problems[:3]) + (f"; and {len(problems) - 3} more" if problems[3:] else "")
+            more = f"; and {len(problems) - 3} more" if problems[3:] else ""
+            shown = "; ".join(str(x) for x in problems[:3]) + more
             raise BuildError(f"{out} is not a medprep build ({shown}); nothing was deleted: choose another --out, "
                              f"or move that folder away yourself")
         return BuiltDataset(out)
