@@ -141,7 +141,7 @@ class BuiltDataset:
             raise ShardError(f"{self.where(e.name)}: missing; run 'medprep verify {self.root}'") from None
         with f:
             self.check_generation(e.name)  # after opening: the open file belongs to the confirmed generation
-            size = tar.file_size(f)
+            size = tar.seekable_size(f)
             if size != e.bytes:
                 raise ShardError(f"{self.where(e.name)}: {size} bytes, the manifest says {e.bytes}: the shard was cut "
                                  f"short or changed after the build; run 'medprep verify {self.root}' and rebuild")
@@ -151,10 +151,10 @@ class BuiltDataset:
                    offset: int = 0, start: int = 0, stop: int | None = None) -> Iterator[dict[str, Any]]:
         """Samples of one shard in tar order, as dicts with ``__key__``, ``__url__`` and the bytes of ``entries``
         (all when None); only samples whose number is ``offset`` modulo ``stride`` and in ``[start, stop)`` (see
-        ``tar.read_samples``)."""
+        ``tar.stream_samples``)."""
         with self.open_shard(shard) as (e, f):
-            yield from tar.read_samples(f, self.where(e.name), expected=e.nsamples, entries=entries, stride=stride,
-                                        offset=offset, url=self.url(e.name), start=start, stop=stop)
+            yield from tar.stream_samples(f, self.where(e.name), expected=e.nsamples, entries=entries, stride=stride,
+                                          offset=offset, url=self.url(e.name), start=start, stop=stop)
 
     def index_shard(self, shard: str | ShardEntry) -> ShardIndex:
         """The offset index of one shard (its tar headers only), checked against the manifest."""

@@ -1,4 +1,5 @@
-"""The tar format of built shards: the one writer, the one streaming reader and the one offset index.
+"""The tar format of built shards: the one writer (:class:`TarShard`; :class:`ShardWriter` rolls it over into
+parts of bounded size), the one streaming reader and the one offset index.
 
 A shard holds webdataset samples: members ``<key>.<entry>`` (a tar-safe key, then the entry name), the members of
 one sample next to each other. Writing is deterministic (fixed mtime, owner and mode, sorted entries, the byte
@@ -17,7 +18,8 @@ import os
 import re
 import tarfile
 from dataclasses import dataclass
-from typing import IO, Any, Collection, Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any, Callable, Collection, Iterator, Mapping
 
 from . import store
 
@@ -98,8 +100,9 @@ class TarShard:
         return total
 
     @staticmethod
-    def file_size(members: int) -> int:
-        """File size of a shard holding ``members`` bytes: end blocks, padded to the 10240-byte record."""
+    def shard_bytes(members: int) -> int:
+        """Bytes of the shard file whose members take ``members`` bytes: end blocks added, padded to the 10240-byte
+        record."""
         return -(-(members + 2 * tarfile.BLOCKSIZE) // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
 
     def close(self) -> tuple[int, str]:
@@ -108,6 +111,102 @@ class TarShard:
         os.fsync(self.fd)
         os.close(self.fd)
         return self.nbytes, self.hash.hexdigest()
+
+
+class OversizedSample(ValueError):
+    """A sample that alone takes more bytes in a tar than a part of a :class:`ShardWriter` may hold."""
+
+    def __init__(self, key: str, nbytes: int, limit: int):
+        super().__init__(f"sample {key} takes {nbytes} bytes in a tar, more than a part's limit of {limit} bytes")
+        self.key, self.nbytes, self.limit = key, nbytes, limit
+
+
+@dataclass(frozen=True)
+class TarPart:
+    """A finished part of a :class:`ShardWriter`: its file name, samples, bytes and sha256."""
+
+    file: str
+    nsamples: int
+    bytes: int
+    sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "nsamples": self.nsamples, "bytes": self.bytes, "sha256": self.sha256}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> TarPart:
+        return cls(doc["file"], doc["nsamples"], doc["bytes"], doc["sha256"])
+
+
+class ShardWriter:
+    """Samples into numbered tar parts ``<folder>/<prefix>.partNN.tar`` (webdataset's ``ShardWriter``, with
+    :class:`TarShard`'s bytes): a part is closed and the next one opened when the next sample would take its file
+    over ``max_bytes`` (end blocks included) or its count over ``max_samples``; a sample larger than ``max_bytes``
+    on its own is refused (:class:`OversizedSample`) before anything is written.
+
+    A part is finished when it is closed: fsynced, then handed to ``post`` (e.g. an upload that moves it away) and
+    listed in :attr:`parts`. ``with ShardWriter(...) as w:`` closes the last part on success; on an error it removes
+    the unfinished part, so every part file left behind is finished.
+    """
+
+    def __init__(self, folder: str | os.PathLike, prefix: str, max_bytes: int, max_samples: int | None = None,
+                 post: Callable[[Path], None] | None = None):
+        if max_bytes < 1 or (max_samples is not None and max_samples < 1):
+            raise ValueError(f"a part holds at least one sample: got max_bytes {max_bytes}, max_samples {max_samples}")
+        self.folder, self.prefix, self.max_bytes, self.max_samples, self.post = (
+            Path(folder), prefix, max_bytes, max_samples, post)
+        self.parts: list[TarPart] = []
+        self._shard: TarShard | None = None
+        self._path = Path()
+        self._samples = 0
+        self._members = 0  # member bytes of the open part, as :meth:`TarShard.member_bytes` counts them
+
+    def write(self, sample: Mapping[str, Any]) -> int:
+        """Append one sample (``__key__`` plus entry name -> bytes); returns the number of the part it went into."""
+        size = TarShard.member_bytes(sample)
+        if TarShard.shard_bytes(size) > self.max_bytes:
+            raise OversizedSample(sample["__key__"], TarShard.shard_bytes(size), self.max_bytes)
+        full = self.max_samples is not None and self._samples >= self.max_samples
+        if self._shard is not None and (full or TarShard.shard_bytes(self._members + size) > self.max_bytes):
+            self._finish()
+        if self._shard is None:
+            self._path = self.folder / f"{self.prefix}.part{len(self.parts):02d}.tar"
+            self._shard = TarShard(self._path)
+        self._shard.write(sample)
+        self._samples += 1
+        self._members += size
+        return len(self.parts)
+
+    def _finish(self) -> None:
+        assert self._shard is not None
+        nbytes, digest = self._shard.close()
+        self._shard = None
+        if self.post is not None:
+            self.post(self._path)
+        self.parts.append(TarPart(self._path.name, self._samples, nbytes, digest))
+        self._samples = self._members = 0
+
+    def close(self) -> tuple[TarPart, ...]:
+        """Finish the open part (if any); returns every finished part, in order."""
+        if self._shard is not None:
+            self._finish()
+        return tuple(self.parts)
+
+    def abort(self) -> None:
+        """Remove the unfinished part (if any); finished parts stay."""
+        if self._shard is not None:
+            os.close(self._shard.fd)
+            self._shard = None
+            self._path.unlink(missing_ok=True)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: Any) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def tar_bytes(members: Mapping[str, bytes], gz: bool = False) -> bytes:
@@ -122,7 +221,7 @@ def tar_bytes(members: Mapping[str, bytes], gz: bool = False) -> bytes:
 # ------------------------------------------------------------------------------------------------------- reading
 
 
-def file_size(f: IO[bytes]) -> int:
+def seekable_size(f: IO[bytes]) -> int:
     """Size of an open, seekable file (the file that was opened, even if its path has been replaced since)."""
     f.seek(0, os.SEEK_END)
     size = f.tell()
@@ -214,9 +313,9 @@ class _Grouper:
                              f"the shard was cut short or changed after the build")
 
 
-def read_samples(f: IO[bytes], where: str, *, expected: int | None = None, entries: Collection[str] | None = None,
-                 stride: int = 1, offset: int = 0, url: str | None = None, start: int = 0,
-                 stop: int | None = None) -> Iterator[dict[str, Any]]:
+def stream_samples(f: IO[bytes], where: str, *, expected: int | None = None,
+                   entries: Collection[str] | None = None, stride: int = 1, offset: int = 0, url: str | None = None,
+                   start: int = 0, stop: int | None = None) -> Iterator[dict[str, Any]]:
     """Samples of the shard open in ``f``, in tar order: dicts with ``__key__``, ``__url__`` (``url``) and the
     bytes of ``entries`` (all when None).
 
@@ -254,7 +353,7 @@ class IndexedSample:
 class ShardIndex:
     """The samples of one shard with the offsets of their members, read from the tar headers only (no data).
 
-    Built with the same checks as :func:`read_samples`; :meth:`read` then fetches entries of one sample with one
+    Built with the same checks as :func:`stream_samples`; :meth:`read` then fetches entries of one sample with one
     ranged read.
     """
 
@@ -268,7 +367,7 @@ class ShardIndex:
                 self.samples.append(IndexedSample(key, {}))
             self.samples[-1].entries[entry] = (m.offset_data, m.size)
         group.check_count(expected)
-        self.size = file_size(f)
+        self.size = seekable_size(f)
         self._position = {s.key: i for i, s in enumerate(self.samples)}
 
     def __len__(self) -> int:
@@ -330,5 +429,5 @@ class MemberIndex:
         return data
 
 
-__all__ = ["KEY", "TAR_MTIME", "IndexedSample", "MemberIndex", "ShardError", "ShardIndex", "TarShard",
-           "file_size", "read_samples", "split_name", "tar_bytes"]
+__all__ = ["KEY", "TAR_MTIME", "IndexedSample", "MemberIndex", "OversizedSample", "ShardError", "ShardIndex",
+           "ShardWriter", "TarPart", "TarShard", "seekable_size", "split_name", "stream_samples", "tar_bytes"]

@@ -18,6 +18,7 @@ from medprep.manifests.card import CARD
 from medprep.manifests.store import read_bytes
 
 from .plan import Plan
+from .task import TaskResult
 from .tree import SourceTree
 
 STAMPS = "input_stamps"  # the card.json field
@@ -28,11 +29,11 @@ def digest(table: Mapping[str, Any]) -> str:
     return sha256_bytes(dumps(dict(table)))
 
 
-def contents_sha256(results: list[dict[str, Any]]) -> str:
+def contents_sha256(results: list[TaskResult]) -> str:
     """The digest of what the tasks read: sha256 per file (None for a file that could not be read)."""
     hashes: dict[str, str | None] = {}
     for res in results:
-        hashes.update(res["inputs"])
+        hashes.update(res.inputs)
     return digest(hashes)
 
 

@@ -1,39 +1,39 @@
-"""The build driver: plan (``plan.py``) -> run the tasks (``task.py``, in process or on dask) -> publish.
+"""The build driver: a short sequence of named steps, each in the module that holds its rules.
 
-One build at a time writes a dataset (``lock.py``: an OS lock beside it, naming its holder). Every task writes its
-shard(s) under temporary names in its plan's folder ``.<name>.partial/<plan>/`` beside the dataset folder and records
-its result there last, so a killed build resumes by skipping finished tasks whose inputs are unchanged and produces
-the same bytes. When all tasks are done and the failures are acceptable (``--strict``, ``--max-failures``, no empty
-split, something converted), ``publish.py`` assembles the final folder and swaps it in: a reader sees no build, the
-previous one or the new one, never a partial one. A build published to an object store (``--out s3://...``) works
-in a build folder there instead and publishes by writing its manifest last (``publish.py``). A rerun with the same
-plan and unchanged inputs (``inputs.py``) returns the finished build.
+``build``: lock the dataset (``lock.py``: one build at a time, an OS lock beside it naming its holder; an object
+store has none) -> plan (``plan.py``) -> up-to-date check (a rerun with the same plan and unchanged inputs,
+``inputs.py``, returns the finished build) -> resume (the tasks an interrupted run finished) -> run the other tasks
+(``task.py``, in this process or on dask) -> acceptance (``acceptance.py``: ``--strict``, ``--max-failures``, empty
+splits) -> staging and publish (``staging.py``: the working folder, the states a build goes through and how it is
+swapped in; ``publish.py``: the published files). A killed build resumes and produces the same bytes; a reader sees
+no build, the previous one or the new one, never a partial one.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Sequence
 
 from medprep import __version__
-from medprep.manifests import dumps, sha256_bytes
+from medprep.manifests import BuiltDataset, dumps, sha256_bytes
 from medprep.manifests.store import configure, is_remote, join, local_path
 from medprep.manifests.runner import WORKER_ENV, DaskRunner, WorkerLost
 
+from .acceptance import Acceptance
 from .archive import ArchiveTree, open_source
 from .datasets import Converter, looks_like
-from .events import BuildResult, InputDone, OnEvent, Planned, Published, TaskDone, top_failures
+from .events import BuildResult, InputDone, OnEvent, Planned, Published, TaskDone
 from .inputs import STAMPS, contents_sha256, digest, stamps_record, unchanged
 from .lock import DatasetLock
-from .params import BuildError, BuildParams, FailureLimit, InputsFailed
+from .params import BuildError, BuildParams, FailureLimit
 from .plan import Plan, Task, plan
-from .publish import build_folder, discard, existing_build, existing_remote, plan_staging, prune, publish, swap_in
-from .task import load_done, run_task
+from .publish import publish
+from .staging import LocalStaging, Staging, StoreStaging
+from .task import TaskResult, run_task
 from .tree import LayoutError, SourceTree, escaped, natural_key
 
 log = logging.getLogger("medprep.build")
@@ -83,126 +83,102 @@ def build(
     build with other parameters or inputs is replaced only with ``overwrite=True``, and only if ``out/<dataset>`` is
     provably a medprep build (nothing else is ever deleted).
     """
-    if isinstance(params, BuildParams):
-        if fields:
-            raise TypeError(f"build() got a BuildParams and the keywords {sorted(fields)}: pass one or the other")
-        p = params
-    else:
-        p = BuildParams.of(params, **fields)
-    limit = FailureLimit.parse(max_failures)
+    p = _params(params, fields)
+    accept = Acceptance(strict, FailureLimit.parse(max_failures), allow_empty_split)
+    if keep_generations < 1:
+        raise ValueError(f"--keep-generations {keep_generations}: expected 1 or more (the new build is one of them)")
     emit: OnEvent = on_event or (lambda event: None)
     t0 = time.perf_counter()
     conv = p.converter()
-    if keep_generations < 1:
-        raise ValueError(f"--keep-generations {keep_generations}: expected 1 or more (the new build is one of them)")
-    remote = is_remote(out)
-    if remote:
-        configure(out, storage_options)
-        out = join(out, conv.name)
-    else:
-        out = local_path(out, "--out", "") / conv.name  # no URL comes here: is_remote took them all
+    stage = _staging(out, conv.name, storage_options, keep_generations)
     src = local_path(src, "--src", SRC_URL)
     tree = open_source(src)
     split_sha = sha256_bytes(Path(p.split_file).read_bytes()) if p.split_file else None
-    with nullcontext() if remote else DatasetLock(out, command, wait):
-        try:
-            planned = plan(conv, tree, p)
-        except LayoutError as e:
-            raise LayoutError(f"{e}{_looks_like_hint(tree, conv)}") from None
-        plan_sha = sha256_bytes(dumps(planned.doc(p.recorded(split_sha), __version__)))
-        if not allow_empty_split:
-            _planned_splits_filled(planned)
-        old = existing_remote(out) if remote else existing_build(out)
+    with DatasetLock(stage.out, command, wait) if isinstance(stage, LocalStaging) else nullcontext():
+        planned, plan_sha = _plan(conv, tree, p, split_sha)
+        accept.check_plan(planned)
+        old = _up_to_date(stage, planned, plan_sha, tree, overwrite)
         if old is not None:
-            same_plan = old.manifest.params.get("plan_sha256") == plan_sha
-            if same_plan and unchanged(old, planned, tree):
-                log.info("%s is up to date", out)
-                if remote:  # an earlier run may have stopped after its manifest, before cleaning up
-                    prune(out, old.manifest.folder, keep_generations)
-                return BuildResult(out, old.manifest, old.failures(), reused=True)
-            if not same_plan and not overwrite:
-                raise BuildError(f"{out} already holds a build of {old.name} with other parameters or inputs; "
-                                 f"pass --overwrite to replace it or choose another --out")
-
-        folder = build_folder(plan_sha, digest(planned.stamps)) if remote else ""
-        partial = join(out, folder, "parts") if remote else plan_staging(out, plan_sha)
-        done = {t.name: r for t in planned.tasks if (r := load_done(partial, t, planned.stamps)) is not None}
-        todo = [t for t in planned.tasks if t.name not in done]
+            return BuildResult(stage.out, old.manifest, old.failures(), reused=True)
+        stage.open(plan_sha, digest(planned.stamps))
+        done = stage.resume(planned)
         emit(Planned(conv.name, sum(len(t.records) for t in planned.tasks), len(planned.tasks),
                      sum(len(t.records) for t in planned.tasks if t.name in done)))
-        resumed = sum(len(r["rows"]) for r in done.values())
-        done.update(_run(todo, str(tree.root), planned.root, partial, p, workers, scheduler, emit, storage_options))
-        results = [done[t.name] for t in planned.tasks]
-
-        failures = [{**f.row(), "files": [x[len(planned.root):] for x in f.files]} for f in planned.failures]
-        failures += [f for r in results for f in r["failures"]]
-        failures.sort(key=lambda f: natural_key(f["source_id"]))
-        _accepted(planned, results, failures, strict, limit, allow_empty_split, partial)
-        # paths and arguments that are not UTF-8 are recorded with those bytes escaped, as JSON needs
-        origin = {"command": [escaped(a) for a in command] if command else None,
-                  "source": escaped(_source(src, tree, planned.root, conv)), STAMPS: stamps_record(planned)}
-        if remote:
-            manifest = publish(out, partial, planned, results, failures, p, conv, split_sha, plan_sha, origin,
-                               contents_sha256(results), folder)
-            prune(out, folder, keep_generations)
-        else:
-            staged = partial / "publish"
-            if staged.exists():
-                shutil.rmtree(staged)  # an earlier publish was interrupted: redo it from the kept parts
-            staged.mkdir()
-            manifest = publish(staged, partial, planned, results, failures, p, conv, split_sha, plan_sha, origin,
-                               contents_sha256(results))
-            swap_in(staged, out, partial)
-            discard(partial)
-        emit(Published(out))
-    return BuildResult(out, manifest, failures, time.perf_counter() - t0, skipped_tasks=len(planned.tasks) - len(todo),
-                       resumed_samples=resumed)
+        todo = [t for t in planned.tasks if t.name not in done]
+        finished = {**done, **_run(todo, str(tree.root), planned.root, stage.partial, p, workers, scheduler, emit,
+                                   storage_options)}
+        results = [finished[t.name] for t in planned.tasks]
+        failures = _failures(planned, results)
+        accept.check_results(planned, results, failures, stage.partial)
+        origin = _origin(command, src, tree, planned, conv)
+        manifest = stage.publish(lambda target, folder: publish(
+            target, stage.partial, planned, results, failures, p, conv, split_sha, plan_sha, origin,
+            contents_sha256(results), folder))
+        emit(Published(stage.out))
+    return BuildResult(stage.out, manifest, failures, time.perf_counter() - t0, skipped_tasks=len(done),
+                       resumed_samples=sum(len(r.rows) for r in done.values()))
 
 
-def _planned_splits_filled(planned: Plan) -> None:
-    """Raise :class:`BuildError` when the split rule or file leaves one of the splits it defines without inputs
-    (before any work: the parameters are wrong for these inputs)."""
-    planned_splits = {t.split for t in planned.tasks}
-    empty = [s for s in planned.splits if s not in planned_splits]
-    if empty and planned_splits:
-        rule = planned.split_report.get("rule")
-        by = f" --group-by {planned.split_report['group_by']}" if planned.split_report.get("group_by") else ""
-        counts = ", ".join(f"{s} {sum(len(t.records) for t in planned.tasks if t.split == s)}" for s in planned.splits)
-        raise BuildError(f"split rule {rule}{by} leaves {', '.join(empty)} empty ({counts}); pass "
-                         f"--allow-empty-split to build it anyway, or choose another --split-rule, --group-by or "
-                         f"--split-file")
+def _params(params: BuildParams | str, fields: dict[str, Any]) -> BuildParams:
+    """The build's parameters: ``params``, or the dataset named so with ``fields`` as its fields and options."""
+    if not isinstance(params, BuildParams):
+        return BuildParams.of(params, **fields)
+    if fields:
+        raise TypeError(f"build() got a BuildParams and the keywords {sorted(fields)}: pass one or the other")
+    return params
 
 
-def _accepted(planned: Plan, results: list[dict[str, Any]], failures: list[dict[str, Any]], strict: bool,
-              limit: FailureLimit, allow_empty_split: bool, partial: Path | str) -> None:
-    """Raise :class:`InputsFailed` (nothing is published) when the inputs failed more than the build accepts: any
-    with ``strict``, all of them, more than ``limit``, or all inputs of a split (unless ``allow_empty_split``)."""
-    kept = f"nothing was published; finished parts are kept in {partial} for the next run"
-    if strict and failures:
-        shown = "\n  ".join(f"{f['source_id']}: {f['reason']}" for f in failures[:10])
-        raise InputsFailed(f"--strict: {len(failures)} input(s) could not be converted:\n  {shown}\n({kept})")
-    if not any(r["rows"] for r in results):
-        raise InputsFailed(f"nothing was converted: all {planned.inputs} inputs failed:{_listed(failures)}\n({kept})")
-    if limit.exceeded(failures, planned.inputs):
-        if limit.count is None and limit.percent is None:
-            params = [f for f in failures if f.get("stage") == "params"]
-            raise InputsFailed(f"{len(params)} of {planned.inputs} inputs failed because of the parameters:"
-                               f"{_listed(params)}\n(fix the parameters, or pass --max-failures N or P% to accept "
-                               f"such failures; {kept})")
-        raise InputsFailed(f"{len(failures)} of {planned.inputs} inputs failed, more than {limit} accepts:"
-                           f"{_listed(failures)}\n({kept})")
-    written = {row["split"] for r in results for row in r["rows"]}
-    empty = [s for s in planned.splits if s not in written and any(t.split == s for t in planned.tasks)]
-    if empty and not allow_empty_split:
-        ids = {r.source_id for t in planned.tasks if t.split in empty for r, _ in t.records}
-        raise InputsFailed(f"split {', '.join(empty)} came out empty: all its inputs failed:"
-                           f"{_listed([f for f in failures if f['source_id'] in ids])}\n(pass --allow-empty-split "
-                           f"to publish it anyway; {kept})")
+def _staging(out: str | os.PathLike, name: str, storage_options: dict[str, Any] | None,
+             keep_generations: int) -> Staging:
+    """The staging of the dataset ``name`` under the parent ``out`` (a folder, or an object-store URL whose file
+    system ``storage_options`` configure)."""
+    if is_remote(out):
+        configure(out, storage_options)
+        return StoreStaging(join(out, name), keep_generations)
+    return LocalStaging(local_path(out, "--out", "") / name)  # no URL comes here: is_remote took them all
 
 
-def _listed(failures: list[dict[str, Any]]) -> str:
-    """The top failure reasons, one per indented line."""
-    return "".join(f"\n  {line}" for line in top_failures(failures))
+def _plan(conv: Converter, tree: SourceTree, p: BuildParams, split_sha: str | None) -> tuple[Plan, str]:
+    """The plan and its digest (what it converts and how, with the split file's digest and medprep's version)."""
+    try:
+        planned = plan(conv, tree, p)
+    except LayoutError as e:
+        raise LayoutError(f"{e}{_looks_like_hint(tree, conv)}") from None
+    return planned, sha256_bytes(dumps(planned.doc(p.recorded(split_sha), __version__)))
+
+
+def _up_to_date(stage: Staging, planned: Plan, plan_sha: str, tree: SourceTree, overwrite: bool
+                ) -> BuiltDataset | None:
+    """The build at ``stage.out`` when it is of this plan with unchanged inputs (kept as it is), else None; a build
+    with other parameters or inputs there is a :class:`BuildError` unless ``overwrite``."""
+    old = stage.published()
+    if old is None:
+        return None
+    same_plan = old.manifest.params.get("plan_sha256") == plan_sha
+    if same_plan and unchanged(old, planned, tree):
+        log.info("%s is up to date", stage.out)
+        stage.keep(old)
+        return old
+    if not same_plan and not overwrite:
+        raise BuildError(f"{stage.out} already holds a build of {old.name} with other parameters or inputs; "
+                         f"pass --overwrite to replace it or choose another --out")
+    return None
+
+
+def _failures(planned: Plan, results: list[TaskResult]) -> list[dict[str, Any]]:
+    """The failures.jsonl rows: the inputs planning refused and those the tasks could not convert, by source id."""
+    failures = [{**f.row(), "files": [x[len(planned.root):] for x in f.files]} for f in planned.failures]
+    failures += [f for r in results for f in r.failures]
+    failures.sort(key=lambda f: natural_key(f["source_id"]))
+    return failures
+
+
+def _origin(command: Sequence[str] | None, src: str | os.PathLike, tree: SourceTree, planned: Plan,
+            conv: Converter) -> dict[str, Any]:
+    """What the card records of where the build came from: the command line, the source and its inputs' stamps
+    (paths and arguments that are not UTF-8 with those bytes escaped, as JSON needs)."""
+    return {"command": [escaped(a) for a in command] if command else None,
+            "source": escaped(_source(src, tree, planned.root, conv)), STAMPS: stamps_record(planned)}
 
 
 def _looks_like_hint(tree: SourceTree, conv: Converter) -> str:
@@ -225,16 +201,16 @@ def _source(src: str | os.PathLike, tree: SourceTree, root: str, conv: Converter
 
 
 def _run(todo: list[Task], src: str, root: str, partial: Path | str, p: BuildParams, workers: int,
-         scheduler: str | None, emit: OnEvent, storage_options: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+         scheduler: str | None, emit: OnEvent, storage_options: dict[str, Any] | None) -> dict[str, TaskResult]:
     """Run ``todo`` in this process (workers <= 1, no scheduler) or on a dask cluster; results by task name, each
     announced with a :class:`TaskDone` as it completes (and, in this process, each input with an
     :class:`InputDone`)."""
     sizes = {t.name: len(t.records) for t in todo}
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, TaskResult] = {}
 
-    def finished(res: dict[str, Any]) -> None:
-        results[res["task"]] = res
-        emit(TaskDone(res["task"], sizes[res["task"]], len(res["rows"]), len(res["failures"])))
+    def finished(res: TaskResult) -> None:
+        results[res.task] = res
+        emit(TaskDone(res.task, sizes[res.task], len(res.rows), len(res.failures)))
 
     kwargs = {"src": src, "partial": str(partial), "p": p, "root": root, "storage_options": storage_options}
     if workers <= 1 and scheduler is None:

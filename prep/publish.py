@@ -1,20 +1,14 @@
-"""Publishing a build: name the finished parts in plan order, write the indexes and the manifest, swap the folder in.
+"""Publishing a build: name the finished parts in plan order, write the lists, indexes and card and, last, the
+manifest.
 
-A build published to an object store (``--out s3://...``) has no rename: its tasks upload their parts into a build
-folder of its own, ``<out>/b-<hex>/parts/`` (:func:`build_folder`), publishing copies them to their shard names in
-that folder, writes the lists and the card there and, last, ``<out>/manifest.json`` naming them (one PUT); earlier
-build folders are removed after that (:func:`prune`, ``--keep-generations``).
-
-A local build works in a folder of its own plan, ``.<name>.partial/<plan>/`` beside its output folder
-(:func:`plan_staging`; builds of other parameters never share parts); publishing assembles the final folder inside
-it (``publish/``) and renames it to the output folder, so a reader sees no build, the previous one or the new one,
-never a partial one. Only a folder that is provably a medprep build is ever replaced (:func:`existing_build`).
+:func:`publish` writes into the folder ``staging.py`` gives it: locally the staged folder that is then swapped in
+for the output folder; in an object store the build's own folder ``<out>/b-<hex>/`` (shards copied from its
+``parts/``, server-side) with ``<out>/manifest.json`` written last, in one PUT, naming them.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -27,116 +21,15 @@ from medprep.manifests import (
     sha256_bytes, wids_index,
 )
 from medprep.manifests.card import CARD, README, dataset_card, markdown
-from medprep.manifests.dataset import BuiltDataset
-from medprep.manifests.schema import BUILD_FOLDER
-from medprep.manifests.verify import build_problems
 
 from .datasets import Converter, modality_id
 from .params import BuildError, BuildParams
 from .plan import Plan
 from .recipe import RECIPE, recipe_toml
-
-PARTIAL = ".partial"
-
-
-def staging_dir(out: Path) -> Path:
-    """Where builds of ``out`` work until they are published: a hidden sibling ``.<name>.partial``, one folder per
-    plan in it."""
-    return out.parent / f".{out.name}{PARTIAL}"
+from .task import TaskResult
 
 
-def plan_staging(out: Path, plan_sha: str) -> Path:
-    """The working folder of the plan ``plan_sha`` (created; a resumed build finds its finished parts there). The
-    folders of other plans are interrupted builds with other parameters or inputs: removed (the caller holds the
-    dataset's lock, so no build is using them)."""
-    root = staging_dir(out)
-    mine = root / plan_sha[:16]
-    if root.is_dir():
-        for other in root.iterdir():
-            if other == mine:
-                continue
-            if other.is_dir():
-                shutil.rmtree(other)
-            else:
-                other.unlink()
-    mine.mkdir(parents=True, exist_ok=True)
-    return mine
-
-
-def discard(partial: Path) -> None:
-    """Remove a plan's working folder after publishing, and the staging folder once no plan is left in it."""
-    shutil.rmtree(partial)
-    try:
-        partial.parent.rmdir()
-    except OSError:
-        pass
-
-
-def existing_build(out: Path) -> BuiltDataset | None:
-    """The build at ``out``, None when there is nothing there (or an empty folder); raises :class:`BuildError` when
-    ``out`` holds anything but a medprep build (see ``manifests.verify.build_problems``): nothing is replaced then."""
-    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
-        return None
-    problems = build_problems(out) if out.is_dir() else [f"{out.name}: a file, not a folder"]
-    if problems:
-        shown = "; ".join(str(x) for x in problems[:3]) + (f"; and {len(problems) - 3} more" if problems[3:] else "")
-        raise BuildError(f"{out} is not a medprep build ({shown}); nothing was deleted: choose another --out, or "
-                         f"move that folder away yourself")
-    return BuiltDataset(out)
-
-
-def existing_remote(out: str) -> BuiltDataset | None:
-    """The build published at the object-store URL ``out`` (its ``manifest.json``), None when there is none;
-    raises :class:`BuildError` when that manifest is not a medprep manifest."""
-    fs, path = fs_and_path(out)
-    if not fs.exists(f"{path}/{MANIFEST}"):
-        return None
-    try:
-        return BuiltDataset(out)
-    except ValueError as e:
-        raise BuildError(f"{e}; nothing was deleted: choose another --out") from None
-
-
-def build_folder(plan_sha: str, stamps_sha: str) -> str:
-    """The build folder of a build published to an object store: named by its plan and where its inputs lay, so a
-    rerun resumes in it and a build of other parameters or inputs writes beside it, never into it."""
-    return f"b-{sha256_bytes(f'{plan_sha} {stamps_sha}'.encode())[:16]}"
-
-
-def prune(out: str, current: str, keep: int) -> None:
-    """After the manifest at ``out`` names the build folder ``current``: remove its parts, and every other build
-    folder but the ``keep - 1`` most recently published ones (by their card; folders of interrupted builds with
-    other parameters or inputs have none and go too)."""
-    fs, path = fs_and_path(out)
-    if fs.exists(f"{path}/{current}/parts"):
-        fs.rm(f"{path}/{current}/parts", recursive=True)
-    published: list[tuple[Any, str]] = []
-    doomed: list[str] = []
-    for entry in fs.ls(path, detail=True, refresh=True):
-        name = entry["name"].rstrip("/").rpartition("/")[2]
-        if entry["type"] != "directory" or name == current or not BUILD_FOLDER.fullmatch(name):
-            continue
-        try:
-            published.append((fs.modified(f"{path}/{name}/{CARD}"), name))
-        except FileNotFoundError:
-            doomed.append(name)
-    published.sort(reverse=True)
-    doomed += [name for _, name in published[max(keep - 1, 0):]]
-    for name in doomed:
-        fs.rm(f"{path}/{name}", recursive=True)
-    fs.invalidate_cache(path)
-
-
-def swap_in(staged: Path, out: Path, partial: Path) -> None:
-    """Make the finished ``staged`` folder the build at ``out`` with directory renames: readers see the old build
-    or the new one, never a mix (a replaced build is moved aside into ``partial``, deleted with it)."""
-    if out.exists():
-        os.replace(out, partial / "replaced")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(staged, out)
-
-
-def publish(out: str | Path, partial: str | Path, plan: Plan, results: list[dict[str, Any]],
+def publish(out: str | Path, partial: str | Path, plan: Plan, results: list[TaskResult],
             failures: list[dict[str, Any]], p: BuildParams, conv: Converter, split_sha: str | None, plan_sha: str,
             origin: dict[str, Any], inputs_sha: str, folder: str = "") -> Manifest:
     """Give the parts in ``partial`` their final shard names in ``out`` (in its build ``folder``, when given) in
@@ -154,14 +47,14 @@ def publish(out: str | Path, partial: str | Path, plan: Plan, results: list[dict
     counter: dict[str, int] = {}
     for task, res in zip(plan.tasks, results):
         names = []
-        for part in res["parts"]:
+        for part in res.parts:
             n = counter.get(task.split, 0)
             counter[task.split] = n + 1
             name = at(f"{task.split}-{n:06d}.tar")
-            _place(join(partial, part["file"]), join(out, name))
-            shards.append(ShardEntry(name, task.split, part["nsamples"], part["bytes"], part["sha256"]))
+            _place(join(partial, part.file), join(out, name))
+            shards.append(ShardEntry(name, task.split, part.nsamples, part.bytes, part.sha256))
             names.append(name)
-        rows += [{**{k: v for k, v in r.items() if k != "part"}, "shard": names[r["part"]]} for r in res["rows"]]
+        rows += [{**{k: v for k, v in r.items() if k != "part"}, "shard": names[r["part"]]} for r in res.rows]
     seen: dict[str, str] = {}
     for r in rows:
         if r["key"] in seen:
@@ -180,7 +73,7 @@ def publish(out: str | Path, partial: str | Path, plan: Plan, results: list[dict
     manifest = Manifest(
         dataset=conv.name, modality=_dataset_modality(conv, rows), modality_id=_dataset_modality_id(p, rows),
         medprep_version=__version__, params=params, shards=shards,
-        counts={"inputs": plan.inputs, "converted": sum(r["converted"] for r in results), "samples": len(rows),
+        counts={"inputs": plan.inputs, "converted": sum(r.converted for r in results), "samples": len(rows),
                 "failures": len(failures), "splits": split_counts},
         split_report=plan.split_report,
         files={"samples": at(SAMPLES), "samples_sha256": sha256_bytes(samples_b), "failures": at(FAILURES),
@@ -226,5 +119,4 @@ def _dataset_modality_id(p: BuildParams, rows: list[dict[str, Any]]) -> int:
     return min(ids, key=lambda i: (-ids[i], i))
 
 
-__all__ = ["PARTIAL", "build_folder", "discard", "existing_build", "existing_remote", "plan_staging", "prune",
-           "publish", "staging_dir", "swap_in"]
+__all__ = ["publish"]

@@ -15,7 +15,7 @@ from conftest import read_built
 
 from medprep.prep import BuildError, build, synthetic
 from medprep.prep.events import TaskDone
-from medprep.prep.publish import staging_dir
+from medprep.prep.staging import staging_dir
 
 
 def digest(out: Path) -> dict[str, str]:

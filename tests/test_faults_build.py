@@ -30,7 +30,7 @@ from medprep.prep import BuildError, InputsFailed, build, synthetic
 from medprep.prep.events import Planned, TaskDone
 from medprep.prep.export import export
 from medprep.prep.lock import DatasetLock, lock_path
-from medprep.prep.publish import staging_dir
+from medprep.prep.staging import staging_dir
 from medprep.prep.splits import split_811
 
 runner = CliRunner()

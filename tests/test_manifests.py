@@ -17,7 +17,7 @@ from medprep.loaders import MedShards, MedShardsIndexed
 from medprep.manifests import (
     GenerationError, Manifest, ShardError, TarShard, open_dataset, tar_bytes, verify,
 )
-from medprep.manifests.tar import read_samples
+from medprep.manifests.tar import stream_samples
 from medprep.prep import build, synthetic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,7 +76,7 @@ def test_tar_shard_size_arithmetic_is_exact(tmp_path):
     w = TarShard(tmp_path / "s.tar")
     w.write(sample)
     nbytes, digest = w.close()
-    assert nbytes == TarShard.file_size(TarShard.member_bytes(sample)) == (tmp_path / "s.tar").stat().st_size
+    assert nbytes == TarShard.shard_bytes(TarShard.member_bytes(sample)) == (tmp_path / "s.tar").stat().st_size
     assert digest == hashlib.sha256((tmp_path / "s.tar").read_bytes()).hexdigest()
 
 
@@ -101,7 +101,7 @@ def test_shard_cut_at_a_sample_boundary_raises(ds_path):
     with pytest.raises(ShardError, match=rf"shard {name} of {ds_path}: \d+ bytes, the manifest says"):
         list(MedShards(ds_path, fields=["key"], shuffle=False))
     with open(ds_path / name, "rb") as f, pytest.raises(ShardError, match=f"{name}: no tar end marker"):
-        list(read_samples(f, name))
+        list(stream_samples(f, name))
 
 
 def test_shard_with_fewer_samples_than_the_manifest_says_raises(ds_path):
@@ -140,7 +140,7 @@ def test_shard_cut_in_the_middle_of_a_member_raises(ds_path):
     with pytest.raises(ShardError, match=rf"shard {name} of {ds_path}"):
         MedShardsIndexed(ds_path, "train", ["key"])[0]
     with open(ds_path / name, "rb") as f, pytest.raises(ShardError, match=r"sample dsb2018-\w+: member .* cut short"):
-        list(read_samples(f, name))
+        list(stream_samples(f, name))
 
 
 @pytest.mark.parametrize("rename", ["slash", "other key"])
