@@ -9,6 +9,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from medprep.manifests import SPLITS
+from medprep.manifests.errors import MedprepError
 from medprep.manifests.modalities import MAP_NAMES, NAME_MAPS, is_table_file, modality_ids
 from medprep.manifests.pixels import BOX_RULES, NORMALIZATIONS, PER_IMAGE_NORMALIZATIONS, PROMPT_FIELDS
 
@@ -24,13 +25,15 @@ SHARD_SIZE_MAX = 1 << 40  # 1 TiB: a larger --shard-size is a typo (and no file 
 RECIPE_FIELDS = ("preset", "interpolation", "normalize", "prompts", "box_jitter", "box_rule")
 
 
-class BuildError(RuntimeError):
+class BuildError(MedprepError, RuntimeError):
     """A build that cannot proceed (an existing build in the way, another build running, colliding keys)."""
 
 
 class InputsFailed(BuildError):
     """The build ran but publishes nothing: too many inputs failed (``--strict``, ``--max-failures``), none was
     converted, or a split came out empty."""
+
+    exit_status = 1
 
 
 def parse_size(value: int | str, option: str = "--shard-size") -> int:

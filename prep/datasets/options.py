@@ -1,14 +1,17 @@
 """Typed converter options: each converter declares a frozen dataclass whose field types validate and coerce the
 ``-o KEY=VALUE`` values (and the CLI flags mapped onto options), so no converter checks its options by hand.
 
-A field's type is the rule: ``int``, ``float`` (finite: NaN, Infinity and 1e400 are refused), ``bool``, ``str``,
-``DatasetName`` (a name that becomes a folder and starts every sample key), ``dict``, ``Literal[...]`` (one of the
+Values arrive typed (the Python API, a recipe's TOML) or as the text given on the command line (``-o KEY=VALUE``,
+a converter's flag): they are read here only, by :func:`coerced`. A field's type is the rule: ``int``, ``float`` (finite: NaN, Infinity and 1e400 are refused), ``bool``, ``str``,
+``DatasetName`` (a name that becomes a folder and starts every sample key), ``dict`` (JSON text on the command
+line), ``Literal[...]`` (one of the
 given values) and ``X | None``; ``option()`` adds the help line ``medprep datasets`` shows, the spelling an error uses
 for a missing required option, and a lower bound. Rules between fields go in the dataclass's ``__post_init__``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import types
@@ -120,6 +123,11 @@ def _coerce(value: Any, tp: Any) -> Any:
             return str(value)
         raise TypeError
     if origin is dict or tp is dict:
+        if isinstance(value, str):  # from the command line: -o label_windows='{"1": "bone"}'
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise TypeError from None
         if isinstance(value, Mapping):
             return dict(value)
         raise TypeError
@@ -140,6 +148,13 @@ def _flag(f: Field) -> str:
 def parse(kind: type[T], given: Mapping[str, Any], dataset: str) -> T:
     """The options ``kind`` of ``--dataset dataset`` from ``given`` (option name -> value as passed), validated and
     coerced by the declared field types."""
+    return kind(**coerced(kind, given, dataset))
+
+
+def coerced(kind: type, given: Mapping[str, Any], dataset: str) -> dict[str, Any]:
+    """The options given (option name -> value: a typed value, or the text of ``-o KEY=VALUE`` and of a converter's
+    flag), each validated and coerced by its declared type: the one place option values are read. Raises
+    ValueError naming an unknown, missing or malformed option."""
     declared = {f.name: f for f in fields(kind)}  # type: ignore[arg-type]
     unknown = sorted(set(given) - set(declared))
     if unknown:
@@ -160,7 +175,7 @@ def parse(kind: type[T], given: Mapping[str, Any], dataset: str) -> T:
         low = declared[key].metadata.get("ge")
         if low is not None and values[key] is not None and values[key] < low:
             raise ValueError(f"{_name(declared[key])}: expected {_describe(hints[key])} >= {low}, got {value!r}")
-    return kind(**values)
+    return values
 
 
 def required(kind: type) -> list[str]:
@@ -179,4 +194,4 @@ def describe(kind: type) -> list[str]:
     return lines
 
 
-__all__ = ["DatasetName", "NoOptions", "describe", "option", "parse", "required"]
+__all__ = ["DatasetName", "NoOptions", "coerced", "describe", "option", "parse", "required"]
