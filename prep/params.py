@@ -14,6 +14,7 @@ from medprep.manifests.modalities import MAP_NAMES, NAME_MAPS, is_table_file, mo
 from medprep.manifests.pixels import BOX_RULES, NORMALIZATIONS, PER_IMAGE_NORMALIZATIONS, PROMPT_FIELDS
 
 from .datasets import Converter, converter_class, dataset_name, get_converter, modality_id
+from .datasets.options import coerced
 from .imaging import INTERPOLATIONS, MAX_PIXELS, PNG_CODEC, RESIZE_MODES
 from .presets import PRESETS, apply_preset
 from .tree import read_regular
@@ -139,7 +140,7 @@ class BuildParams:
     """Every parameter a build's bytes depend on (recorded in the manifest).
 
     Construction normalises (the dataset's registered name, tuples, ``str`` paths, converter options without
-    ``None`` values) and validates every field, the converter options and the modality table included, raising
+    ``None`` values, read by their declared types) and validates every field, the converter options and the modality table included, raising
     ``ValueError`` with the option to fix.
 
     Recipe fields: ``preset`` (the name; :meth:`of` fills the parameters not given from it), ``interpolation``
@@ -203,6 +204,8 @@ class BuildParams:
         if self.modality_map not in MAP_NAMES and not is_table_file(self.modality_map):
             raise ValueError(f"--modality-map {self.modality_map!r}: expected one of {', '.join(MAP_NAMES)} or a "
                              f"FILE.json of your own ({{\"ct\": 0, \"mr\": 1, ...}})")
+        # the converter options as their declared types read them (-o texts included): recorded as such
+        object.__setattr__(self, "options", coerced(converter_class(self.dataset).Options, self.options, self.dataset))
         if self.modality_map not in NAME_MAPS:
             # the table read once (a user's file: validated here, its content travels with the parameters)
             object.__setattr__(self, "_modality_ids", modality_ids(self.modality_map))

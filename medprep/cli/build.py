@@ -1,157 +1,23 @@
-"""The medprep command line: typer commands over the Python API; parses options into the library's parameter
-objects, draws progress from its events, renders its errors."""
+"""Commands that make and compare built datasets: ``build`` (a dataset's official download into webdataset shards),
+``datasets`` (what medprep converts), ``leakage`` (near-duplicates across splits and datasets), ``export`` (to other
+layouts)."""
 
 from __future__ import annotations
 
+import inspect
 import json
-import logging
-import os
-import re
 import shutil
 import sys
 import textwrap
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
-import click
 import typer
-from typer.core import TyperArgument, TyperGroup
+from typer.core import TyperCommand
 
-from medprep import __version__
-
-DEBUG = "--debug"
-
-
-class _Commands(TyperGroup):
-    """The command group, with the one handler of user-facing errors: a known error (a parameter, an input, a file,
-    a build that cannot proceed) ends in one ``error: ...`` line and exit status 2, a build whose inputs failed in
-    status 1; ``--debug`` anywhere on the command line shows the traceback instead."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if DEBUG in args:
-            ctx.meta["debug"] = True
-            args = [a for a in args if a != DEBUG]
-        ctx.meta["urls"] = [m.group(0) for a in args if (m := _URL.search(a))]  # named by object-store errors
-        return super().parse_args(ctx, args)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        """The command, its arguments shown in help by their metavar alone (typer would add ``<str>``)."""
-        command = super().get_command(ctx, cmd_name)
-        for param in getattr(command, "params", ()):
-            if isinstance(param, TyperArgument):
-                param.display_type_rich = lambda ctx: None  # type: ignore[method-assign]
-        return command
-
-    def invoke(self, ctx: click.Context) -> object:
-        try:
-            return super().invoke(ctx)
-        except Exception as e:
-            code = _error_status(e)
-            if code is None or ctx.meta.get("debug"):
-                raise
-            message = str(e) or type(e).__name__
-            if _object_store_error(e):
-                urls = ", ".join(ctx.meta.get("urls") or ["the URL given"])
-                message = (f"{urls}: the object store could not be reached or refused the request ({type(e).__name__}: "
-                           f"{' '.join(message.split())}); check the endpoint (--storage-options, "
-                           f"FSSPEC_S3_ENDPOINT_URL or AWS_ENDPOINT_URL), the bucket and the credentials "
-                           f"(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)")
-            typer.secho(f"error: {message}", fg="red", err=True)
-            raise typer.Exit(code) from None
-
-
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+://\S+")
-# their errors are not OSErrors, or do not name the URL
-_STORE_CLIENTS = ("botocore", "aiobotocore", "s3fs", "gcsfs", "adlfs", "aiohttp", "huggingface_hub", "requests")
-
-
-def _object_store_error(e: Exception) -> bool:
-    """Whether ``e`` comes from an object-store client (no such endpoint, no credentials, access refused)."""
-    return type(e).__module__.split(".")[0] in _STORE_CLIENTS
-
-
-def _error_status(e: Exception) -> int | None:
-    """The exit status of a known error (None: a bug, shown with its traceback)."""
-    from medprep.prep.params import BuildError, InputsFailed
-
-    if isinstance(e, InputsFailed):
-        return 1
-    return 2 if isinstance(e, (BuildError, ValueError, OSError)) or _object_store_error(e) else None
-
-
-app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]})
-
-
-def _print_version(value: bool) -> None:
-    if value:
-        typer.echo(f"medprep {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def main(version: bool = typer.Option(False, "--version", "-V", callback=_print_version, is_eager=True,
-                                      help="Print the medprep version and exit.")) -> None:
-    """medprep: prepare medical segmentation data (webdataset shards) and frozen-teacher features for SAM students.
-
-    Start with 'medprep datasets' (what it converts, where to download it), then 'medprep build'. Errors are one
-    line (exit status 2; 1 for a build whose inputs failed); add --debug anywhere to see their traceback.
-    """
-
-
-_LOG_HANDLER: logging.Handler | None = None
-
-
-def setup_logging(verbose: bool) -> None:
-    """Route the library's logging to stderr: with ``--verbose`` medprep's INFO messages and other libraries'
-    warnings (dask's among them: the root handler is in place before dask starts, so its loggers propagate here);
-    without it, errors only. Python warnings of third-party code go the same way."""
-    global _LOG_HANDLER
-    root = logging.getLogger()
-    if _LOG_HANDLER is not None:
-        root.removeHandler(_LOG_HANDLER)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(lambda r: r.levelno >= (logging.INFO if verbose and r.name.startswith("medprep")
-                                              else logging.WARNING if verbose else logging.ERROR))
-    root.addHandler(handler)
-    root.setLevel(logging.INFO if verbose else logging.WARNING)
-    _LOG_HANDLER = handler
-    logging.captureWarnings(True)
-    os.environ["DASK_LOGGING__DISTRIBUTED"] = "warning" if verbose else "error"  # dask worker processes
-
-
-def parse_size(text: str, flag: str = "--shard-size") -> int:
-    """'1GB', '500MB', '2GiB', '1G', '123' -> bytes (``dask.utils.parse_bytes``); a ValueError naming ``flag``
-    otherwise."""
-    from medprep.prep.params import parse_size as parse_bytes
-
-    return parse_bytes(text, flag)
-
-
-def parse_options(pairs: list[str], flag: str = "--option") -> dict[str, object]:
-    """``KEY=VALUE`` pairs (converter options) -> dict; values parsed as JSON when they look like it."""
-    out: dict[str, object] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"{flag} {pair!r}: expected KEY=VALUE")
-        try:
-            out[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.replace("-", "_")] = value
-    return out
-
-
-def fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg="red", err=True)
-    raise typer.Exit(2)
-
-
-@app.command()
-def version() -> None:
-    """Print the medprep version."""
-    typer.echo(__version__)
+from .group import app
+from .logs import setup_logging
+from .parse import ints, json_object, key_values, parse_size
 
 
 def _recipe_defaults(ctx: typer.Context, param: object, value: Optional[Path]) -> Optional[Path]:
@@ -166,7 +32,7 @@ def _recipe_defaults(ctx: typer.Context, param: object, value: Optional[Path]) -
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     ctx.meta["recipe_options"] = doc.pop("options")
-    known = {p.name for p in ctx.command.params} - {"config"}
+    known = {p.name for p in ctx.command.get_params(ctx)} - {"config", "help"}
     unknown = sorted(set(doc) - known)
     if unknown:
         names = ", ".join(sorted(k.replace("_", "-") for k in known))
@@ -178,7 +44,50 @@ def _recipe_defaults(ctx: typer.Context, param: object, value: Optional[Path]) -
     return value
 
 
-@app.command()
+class _BuildCommand(TyperCommand):
+    """``build`` with the options converters declare with their own flag (``option(flag="--images")`` in their
+    ``Options``), after ``--option``; added when the command is first used (its help included), so that only then
+    are the converters imported."""
+
+    _converter_flags = False
+
+    def get_params(self, ctx: typer.Context) -> list[Any]:
+        if not self._converter_flags:
+            at = next(i for i, p in enumerate(self.params) if p.name == "option") + 1
+            self.params[at:at] = _converter_flags()
+            self._converter_flags = True
+        return super().get_params(ctx)
+
+
+def _converter_flags() -> list[Any]:
+    """One option per flag converters declare, its help naming each dataset that takes it; its value (text, read by
+    the converter's declaration) goes to ``ctx.meta["converter_flags"]``. Made by typer from a signature, as the
+    other options are."""
+    from medprep.prep.datasets import registered
+    from medprep.prep.datasets.options import own_flags
+
+    declared = own_flags({name: cls.Options for name, cls in registered().items()})
+
+    def flags() -> None:
+        """The converters' own flags."""
+
+    flags.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+        inspect.Parameter(flag[2:].replace("-", "_"), inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
+                          default=typer.Option(None, flag, metavar=flag[2:].upper(), expose_value=False,
+                                               callback=_converter_flag,
+                                               help="; ".join(f"{dataset}: {text}" for dataset, text in takers) + "."))
+        for flag, takers in declared.items()])
+    one = typer.Typer(add_completion=False)
+    one.command()(flags)
+    return typer.main.get_command(one).params
+
+
+def _converter_flag(ctx: typer.Context, param: typer.CallbackParam, value: Optional[str]) -> None:
+    if value is not None:
+        ctx.meta.setdefault("converter_flags", {})[param.name] = value
+
+
+@app.command(cls=_BuildCommand)
 def build(
     ctx: typer.Context,
     dataset: str = typer.Option(..., "--dataset", "-d", metavar="NAME",
@@ -226,8 +135,6 @@ def build(
                                                                              "'medprep datasets NAME'."),
     group_by: Optional[str] = typer.Option(None, metavar="KEY", help="Keep groups in one split (cvc-clinicdb: "
                                                                     "sequence)."),
-    groups_file: Optional[Path] = typer.Option(None, metavar="FILE.csv", help="CSV with a frame column and a "
-                                                                             "sequence column, for --group-by."),
     shard_size: str = typer.Option("1GB", metavar="BYTES", help="Hard upper bound of a shard's size, e.g. 500MB."),
     shard_samples: Optional[int] = typer.Option(None, metavar="N", help="Samples per shard (planned)."),
     max_pixels: Optional[int] = typer.Option(None, metavar="N", help="Most pixels one image (voxels one volume) may "
@@ -254,14 +161,6 @@ def build(
                                                             "this long for it before giving up."),
     option: list[str] = typer.Option([], "--option", "-o", metavar="KEY=VALUE", help="Converter option "
                                                                                      "(repeatable)."),
-    images: Optional[str] = typer.Option(None, metavar="GLOB", help="folder: image glob below --src; nih-lung: "
-                                                                   "image folder."),
-    masks: Optional[str] = typer.Option(None, metavar="PATTERN", help="folder: mask pattern ({stem}, {name}, {dir},"
-                                                                     " {parent}); nih-lung: mask folder."),
-    modality: Optional[str] = typer.Option(None, metavar="NAME", help="folder: modality of the table (e.g. "
-                                                                     "dermoscopy)."),
-    name: Optional[str] = typer.Option(None, metavar="NAME", help="folder: dataset name, used in sample keys and as "
-                                                                 "DIR/<name>."),
     check_against: list[str] = typer.Option([], metavar="BUILT", help="Built dataset to run the leakage check "
                                                                       "against (repeatable); the report goes to "
                                                                       "DIR/<dataset>/leakage.json."),
@@ -284,11 +183,8 @@ def build(
     from medprep.progress import Progress
 
     setup_logging(verbose)
-    opts = {**ctx.meta.get("recipe_options", {}), **parse_options(option)}
-    if groups_file is not None:
-        opts["groups_file"] = str(groups_file)
-    opts.update({k: v for k, v in (("images", images), ("masks", masks), ("modality", modality), ("name", name))
-                 if v is not None})
+    opts = {**ctx.meta.get("recipe_options", {}), **key_values(option, "--option"),
+            **ctx.meta.get("converter_flags", {})}
     seen: dict[str, tuple[int, int]] = {}  # task -> (inputs, failures) already drawn from its InputDone events
 
     def draw(event: BuildEvent) -> None:
@@ -309,7 +205,7 @@ def build(
         open_sources(check_against)
     with Progress(f"build {dataset}", every=progress_every, quiet=quiet) as progress:
         params = BuildParams.of(dataset, preset=preset, size=size, resize=resize, interpolation=interpolation,
-                                patch_sizes=_ints("--patch-sizes", patch_sizes), modality_map=modality_map,
+                                patch_sizes=ints("--patch-sizes", patch_sizes), modality_map=modality_map,
                                 normalize=normalize, prompts=prompts, box_jitter=box_jitter, box_rule=box_rule,
                                 seed=seed,
                                 split_rule=split_rule, split_file=str(split_file) if split_file else None,
@@ -318,7 +214,7 @@ def build(
         result = run_build(params, src, out, workers=workers, scheduler=scheduler, strict=strict,
                            overwrite=overwrite, max_failures=max_failures, allow_empty_split=allow_empty_split,
                            wait=wait, on_event=draw, command=["medprep", *sys.argv[1:]],
-                           storage_options=_json_object("--storage-options", storage_options),
+                           storage_options=json_object("--storage-options", storage_options),
                            keep_generations=keep_generations)
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=1))
@@ -327,37 +223,10 @@ def build(
     if check_against:
         from medprep.prep.leakage import DEFAULT_MIN_SCORE, check_build
 
-        try:
-            report = check_build(result.out, check_against, DEFAULT_MIN_SCORE if leak_min_score is None
-                                 else leak_min_score, workers=workers)
-        except (FileNotFoundError, ValueError) as e:
-            fail(str(e))
+        report = check_build(result.out, check_against, DEFAULT_MIN_SCORE if leak_min_score is None
+                             else leak_min_score, workers=workers)
         if not quiet:
             typer.echo(report.table())
-
-
-def _json_object(flag: str, text: Optional[str]) -> dict[str, object] | None:
-    """``'{"k": 1}'`` -> ``{"k": 1}``; None stays None."""
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{flag} {text!r}: not JSON ({e}); expected an object, e.g. "
-                         f"'{{\"endpoint_url\": \"http://127.0.0.1:9000\"}}'") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{flag} {text!r}: expected a JSON object, found {type(value).__name__}")
-    return value
-
-
-def _ints(flag: str, text: Optional[str]) -> tuple[int, ...] | None:
-    """``'16,32,64'`` -> ``(16, 32, 64)``; None stays None."""
-    if text is None:
-        return None
-    try:
-        return tuple(int(p) for p in text.split(",") if p.strip())
-    except ValueError:
-        raise ValueError(f"{flag} {text!r}: expected comma-separated whole numbers, e.g. 16,32,64") from None
 
 
 @app.command()
@@ -382,17 +251,12 @@ def leakage(
     """
     from medprep.prep.leakage import DEFAULT_MIN_SCORE, check, default_report_path
 
-    try:
-        report = check(built, DEFAULT_MIN_SCORE if min_score is None else min_score, workers=workers)
-        path = str(report_path) if report_path is not None else default_report_path(built)
-    except (FileNotFoundError, ValueError) as e:
-        fail(str(e))
+    report = check(built, DEFAULT_MIN_SCORE if min_score is None else min_score, workers=workers)
+    path = str(report_path) if report_path is not None else default_report_path(built)
     try:
         report.write(path)
-    except OSError as e:
+    finally:  # the table also when the report cannot be written (it names the report once written)
         typer.echo(report.table())
-        fail(f"cannot write the leakage report to {path}: {e}; pass --report FILE.json somewhere writable")
-    typer.echo(report.table())
     if strict and not report.clean:
         raise typer.Exit(1)
 
@@ -462,224 +326,6 @@ def datasets(
 
 
 @app.command()
-def verify(path: str = typer.Argument(..., metavar="BUILT", help="A built dataset folder or fsspec URL (holding "
-                                                                  "manifest.json)."),
-           as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")) -> None:
-    """Check a built dataset against everything its readers rely on; list every problem (exit 1 if any)."""
-    from medprep.manifests import verify as check
-
-    report = check(path)
-    typer.echo(json.dumps(report.to_json(), indent=1) if as_json else report.summary())
-    if not report.ok:
-        raise typer.Exit(1)
-
-
-@app.command()
-def info(path: str = typer.Argument(..., metavar="PATH", help="A built dataset folder or a teacher store (zarr), "
-                                                               "path or fsspec URL."),
-         as_json: bool = typer.Option(False, "--json", help="Print the card as JSON.")) -> None:
-    """Show the card of a built dataset (splits, sizes, foreground, failures, how it was built) or a teacher store
-    (runs, encoder, checkpoint, dtype, progress, source dataset)."""
-    from medprep.manifests.card import card, markdown
-
-    try:
-        c = card(path)
-    except (FileNotFoundError, ValueError) as e:
-        fail(str(e))
-    typer.echo(json.dumps(c, indent=1) if as_json else markdown(c))
-
-
-@app.command()
-def preview(
-    path: str = typer.Argument(..., metavar="PATH", help="A built dataset folder or a teacher store (zarr)."),
-    out: Path = typer.Option(..., "--out", metavar="FILE.png", help="The PNG file to write."),
-    n: int = typer.Option(16, "--n", metavar="N", help="Samples to show."),
-    split: Optional[str] = typer.Option(None, metavar="SPLIT", help="Dataset split to draw from (default: all)."),
-    run: Optional[str] = typer.Option(None, metavar="NAME", help="Teacher store run to draw from (default: all "
-                                                                "finished runs)."),
-    seed: int = typer.Option(0, metavar="N", help="Seed of the sample choice."),
-    tile: int = typer.Option(256, metavar="PIXELS", help="Side of one image panel."),
-) -> None:
-    """Draw a contact sheet: images with their mask, patch32 grid, instance outlines and field of view; for a
-    teacher store, each image beside its embedding (PCA to RGB)."""
-    from medprep.preview import preview as draw_sheet
-
-    try:
-        sheet = draw_sheet(path, out, n=n, split=split, seed=seed, run=run, tile=tile)
-    except (FileNotFoundError, KeyError, ValueError) as e:
-        fail(e.args[0] if isinstance(e, KeyError) else str(e))
-    typer.echo(sheet.summary())
-
-
-@app.command()
-def demo(out: Path = typer.Option(..., "--out", metavar="DIR", help="Folder for the fake downloads and the built "
-                                                                    "shards."),
-         size: int = typer.Option(256, metavar="PIXELS", help="Output side length (small, so the demo runs in "
-                                                              "seconds)."),
-         workers: int = typer.Option(1, metavar="N", help="Worker processes."),
-         teacher: bool = typer.Option(True, help="Also cache features of a tiny random-weight teacher.")) -> None:
-    """Generate small fake copies of the source-domain datasets in their official layouts and build them."""
-    from medprep.prep.demo import run_demo
-
-    typer.echo(run_demo(out, size=size, workers=workers))
-    if teacher:
-        from medprep.distill.demo import cache_demo
-
-        typer.echo(cache_demo(out / "shards", out / "teacher.zarr", size=size))
-
-
-@app.command("cache-teacher")
-def cache_teacher(
-    source: list[str] = typer.Option(..., "--source", metavar="PATH", help="Built dataset folder, SA-1B folder/tar, "
-                                                                           "or image folder; repeat it (or give a "
-                                                                           "comma list) to cache several sources "
-                                                                           "into one store, a run each."),
-    out: str = typer.Option(..., "--out", metavar="STORE", help="zarr store (path or fsspec URL), e.g. "
-                                                               "teacher.zarr."),
-    encoder: str = typer.Option(..., "--encoder", metavar="NAME", help="vit_h, vit_l, vit_b, medsam, litemedsam "
-                                                                      "(bundled checkpoint by default), "
-                                                                      "random-sam (tiny, random weights: demos) or "
-                                                                      "package.module:callable."),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", metavar="FILE", help="Local teacher checkpoint "
-                                                                                       "(.pth)."),
-    encoder_arg: list[str] = typer.Option([], "--encoder-arg", metavar="KEY=VALUE", help="Argument of a "
-                                                                                         "random-sam or "
-                                                                                         "module:callable teacher."),
-    normalize: Optional[str] = typer.Option(None, metavar="NAME", help="Override pixel normalisation: sam, unit, "
-                                                                      "esp-medsam, minmax (per image)."),
-    resize: Optional[str] = typer.Option(None, metavar="PATH", help="Override resize path: pil (SamPredictor), "
-                                                                   "torch, medsam (MedSAM's skimage cubic), area "
-                                                                   "(LiteMedSAM's cv2.INTER_AREA)."),
-    run: Optional[str] = typer.Option(None, metavar="NAME", help="Run (group) name, with one --source; default "
-                                                                "<encoder>-<source name>."),
-    source_kind: str = typer.Option("auto", metavar="KIND", help="auto, medical, sa1b or folder."),
-    split: Optional[str] = typer.Option(None, metavar="SPLIT", help="Built datasets: split to cache (default: all)."),
-    fraction: Optional[float] = typer.Option(None, metavar="F", help="SA-1B sources: deterministic subset fraction, "
-                                                                    "e.g. 0.01."),
-    seed: int = typer.Option(0, metavar="N", help="SA-1B: seed of the --fraction subset."),
-    subset_file: Optional[str] = typer.Option(None, metavar="FILE", help="SA-1B: text file of images to cache "
-                                                                        "(sa_N per line)."),
-    dtype: str = typer.Option("float16", metavar="TYPE", help="float16, int8 (per-channel scale), bfloat16 or "
-                                                             "float32."),
-    codec: Optional[str] = typer.Option(None, metavar="CODEC", help="Chunk compression: blosc-lz4 (default: "
-                                                                   "fast reads), zstd-1, zstd-3 (fewer bytes) or "
-                                                                   "none; a resumed run keeps its own."),
-    views: str = typer.Option("identity", metavar="VIEWS", help="identity or identity,hflip."),
-    shard_samples: int = typer.Option(16, metavar="N", help="Samples per zarr shard object (the unit of work and "
-                                                           "resume)."),
-    keep_padding: bool = typer.Option(False, "--keep-padding", help="Store the encoder's output over the padding "
-                                                                    "too (as SamPredictor.features); default: 0 "
-                                                                    "there, so bytes follow the image's aspect."),
-    batch_size: Optional[int] = typer.Option(None, metavar="N", help="Encoder batch size (keep it a divisor of "
-                                                                    "--shard-samples); default: the run's, else 8."),
-    device: str = typer.Option("cuda", metavar="DEVICE", help="cuda or cpu."),
-    autocast: str = typer.Option("auto", metavar="TYPE", help="auto (bfloat16 on CUDA), bfloat16, float16 or "
-                                                             "none."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the encoder."),
-    attention: str = typer.Option("auto", metavar="KIND", help="SAM encoders' attention: auto (sdpa on CUDA), sdpa "
-                                                              "(fused scaled_dot_product_attention) or reference."),
-    threads: Optional[int] = typer.Option(None, metavar="N", help="Torch intra-op threads of a CPU encoder; "
-                                                                 "default: the run's recorded count, else this "
-                                                                 "machine's (same count: bit-identical features)."),
-    decode_threads: int = typer.Option(4, metavar="N", help="Threads decoding and preprocessing images."),
-    wait: float = typer.Option(0.0, metavar="SECONDS", help="When another cache-teacher is writing the same run, "
-                                                            "wait this long for it before giving up."),
-    max_failures: int = typer.Option(0, metavar="N", help="Images per run that may fail to be read: each is "
-                                                          "skipped and listed (left not done: a rerun tries it "
-                                                          "again); one more stops the run."),
-    devices: Optional[str] = typer.Option(None, metavar="LIST", help="One dask worker per device, e.g. "
-                                                                    "cuda:0,cuda:1."),
-    scheduler: Optional[str] = typer.Option(None, metavar="ADDRESS", help="A running dask scheduler (default: a "
-                                                                         "LocalCluster)."),
-    progress_every: float = typer.Option(10.0, metavar="SECONDS", help="Without a terminal: a progress line this "
-                                                                       "often."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the library's log messages."),
-) -> None:
-    """Cache frozen teacher features of one or more sources in a zarr store, a run per source.
-
-    Resumable: a rerun continues where an interrupted one stopped.
-    """
-    from medprep.distill import CacheEvent, RunOpened, Skipped, cache_corpus, per_source, source_specs
-    from medprep.progress import Progress
-
-    setup_logging(verbose)
-
-    def draw(event: CacheEvent) -> None:
-        if isinstance(event, RunOpened):
-            if not quiet:
-                typer.echo(f"{event.url}/{event.run}: {len(event.todo)} of {event.nshards} zarr shards to write",
-                           err=True)
-            progress.label = f"cache {event.run}"
-            progress.start(event.images + event.resumed, event.resumed)
-        elif not isinstance(event, Skipped):  # skipped images are listed at the end
-            progress.advance(event.images)
-
-    with Progress(f"cache {run or encoder}", unit="images", every=progress_every, quiet=quiet) as progress:
-        try:
-            urls = [u for value in source for u in value.split(",") if u]
-            params = per_source(
-                encoder, source_specs(urls, source_kind, split, fraction, seed, subset_file), out, run=run,
-                checkpoint=checkpoint, encoder_kwargs=parse_options(encoder_arg, "--encoder-arg"),
-                normalize=normalize, resize=resize, dtype=dtype, codec=codec, views=tuple(views.split(",")),
-                shard_size=shard_samples, keep_padding=keep_padding, batch_size=batch_size, device=device,
-                autocast=autocast, compile=compile, workers=decode_threads,
-                devices=tuple(devices.split(",")) if devices else (), scheduler=scheduler, attention=attention,
-                threads=threads, wait=wait, max_failures=max_failures)
-            results = cache_corpus(params, on_event=draw)
-        except (ValueError, FileNotFoundError, KeyError, RuntimeError, TypeError, ImportError) as e:
-            progress.close()
-            fail(str(e))
-    if not quiet:
-        for result in results:
-            typer.echo(f"{out}/{result.store.run}: {len(result.shards_written)} zarr shards written "
-                       f"({result.images} images), {len(result.shards_skipped)} already done")
-    for result in results:  # even with --quiet: these samples have no features
-        if result.skipped:
-            typer.echo(f"{out}/{result.store.run}: {len(result.skipped)} images could not be read and were skipped "
-                       f"(not done; a rerun tries them again):", err=True)
-            for event in result.skipped:
-                typer.echo(f"  {event.key}: {event.reason}", err=True)
-
-
-@app.command("check-teacher")
-def check_teacher(
-    store: str = typer.Argument(..., metavar="STORE", help="zarr teacher store written by cache-teacher."),
-    run: Optional[str] = typer.Option(None, metavar="NAME", help="Run to check (default: the store's only run)."),
-    samples: int = typer.Option(8, "--samples", "-k", metavar="K", help="Random samples to recompute."),
-    seed: int = typer.Option(0, metavar="N", help="Seed of the sample choice."),
-    device: str = typer.Option("cpu", metavar="DEVICE", help="cuda or cpu."),
-    checkpoint: Optional[str] = typer.Option(None, metavar="FILE", help="Checkpoint path, if it moved since "
-                                                                       "caching."),
-    source: Optional[str] = typer.Option(None, metavar="PATH", help="Source path, if it moved since caching."),
-    encoder: Optional[str] = typer.Option(None, metavar="NAME", help="The teacher to recompute with: needed when "
-                                                                    "the store names a package.module:callable "
-                                                                    "(pass that same string if you trust the code; "
-                                                                    "a store never chooses code)."),
-    min_cosine: float = typer.Option(0.99, metavar="C", help="Exit with status 1 below this cosine similarity."),
-    min_dice: Optional[float] = typer.Option(None, metavar="D", help="Exit with status 1 where masks decoded from "
-                                                                    "stored and recomputed features have a lower "
-                                                                    "Dice."),
-    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON (per run and per sample)."),
-) -> None:
-    """Read every finished sample of a teacher store (checksums, missing chunks, NaN/Inf), recompute K random ones
-    with the teacher's own preprocessing; report the damaged samples, max/mean abs error and cosine similarity and,
-    for teachers with a prompt decoder (vit_*, medsam, litemedsam), the Dice of the masks decoded from a
-    whole-object box prompt: stored vs recomputed features, and to the ground truth (exit 1 on damage, a low cosine
-    or, with --min-dice, a low Dice)."""
-    from medprep.distill.check import check_teacher as run_check
-
-    try:
-        report = run_check(store, run, samples, seed=seed, device=device, checkpoint=checkpoint, source=source,
-                           encoder=encoder)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
-        fail(str(e))
-    typer.echo(json.dumps(report.to_json(), indent=1) if json_out else report.summary())
-    if not report.ok(min_cosine, min_dice):
-        raise typer.Exit(1)
-
-
-@app.command()
 def export(
     sources: list[str] = typer.Argument(..., metavar="BUILT...", help="Built dataset folders or URLs (holding "
                                                                       "manifest.json)."),
@@ -705,6 +351,3 @@ def export(
                         overwrite=overwrite, npz_keys=npz_keys)
     typer.echo(result.summary())
 
-
-if __name__ == "__main__":
-    app()

@@ -2,11 +2,12 @@
 ``-o KEY=VALUE`` values (and the CLI flags mapped onto options), so no converter checks its options by hand.
 
 Values arrive typed (the Python API, a recipe's TOML) or as the text given on the command line (``-o KEY=VALUE``,
-a converter's flag): they are read here only, by :func:`coerced`. A field's type is the rule: ``int``, ``float`` (finite: NaN, Infinity and 1e400 are refused), ``bool``, ``str``,
-``DatasetName`` (a name that becomes a folder and starts every sample key), ``dict`` (JSON text on the command
-line), ``Literal[...]`` (one of the
-given values) and ``X | None``; ``option()`` adds the help line ``medprep datasets`` shows, the spelling an error uses
-for a missing required option, and a lower bound. Rules between fields go in the dataclass's ``__post_init__``.
+a converter's own flag): they are read here only, by :func:`coerced`. A field's type is the rule: ``int``,
+``float`` (finite: NaN, Infinity and 1e400 are refused), ``bool``, ``str``, ``DatasetName`` (a name that becomes a
+folder and starts every sample key), ``dict`` (JSON text on the command line), ``Literal[...]`` (one of the given
+values) and ``X | None``; ``option()`` adds the help line ``medprep datasets`` shows, the option's own flag of
+``medprep build`` or the spelling an error uses for a missing required option, and a lower bound. Rules between
+fields go in the dataclass's ``__post_init__``.
 """
 
 from __future__ import annotations
@@ -45,8 +46,10 @@ class NoOptions:
 
 
 def option(default: Any = MISSING, *, help: str, flag: str | None = None, ge: float | None = None) -> Any:
-    """A declared option: ``default`` (none given: the option is required), a ``help`` line, the ``flag`` spelling
-    of a required option in errors (default ``-o KEY=...``), and a lower bound ``ge`` for numbers."""
+    """A declared option: ``default`` (none given: the option is required), a ``help`` line, its ``flag`` and a
+    lower bound ``ge`` for numbers. ``flag``: the option's own flag of ``medprep build`` (``--images`` for the
+    option ``images``: :func:`own_flags`), or how errors spell a required ``-o`` option (``-o modality=ct|mr``;
+    default ``-o KEY=...``)."""
     return field(default=default, metadata={"help": help, "flag": flag, "ge": ge})
 
 
@@ -178,6 +181,23 @@ def coerced(kind: type, given: Mapping[str, Any], dataset: str) -> dict[str, Any
     return values
 
 
+def own_flags(kinds: Mapping[str, type]) -> dict[str, list[tuple[str, str]]]:
+    """The options of ``kinds`` (dataset -> its ``Options``) declared with their own flag, for the command line:
+    flag -> ``[(dataset, help), ...]`` of every dataset declaring it. A flag spells its option's name
+    (``--groups-file``: ``groups_file``), so one flag means one option whichever dataset takes it."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for dataset, kind in kinds.items():
+        for f in fields(kind):
+            flag = f.metadata.get("flag") or ""
+            if not flag.startswith("--"):
+                continue
+            if flag != "--" + f.name.replace("_", "-"):
+                raise ValueError(f"{kind.__qualname__}.{f.name} declares flag={flag!r}: an option's own flag spells "
+                                 f"its name, --{f.name.replace('_', '-')}")
+            out.setdefault(flag, []).append((dataset, f.metadata["help"]))
+    return out
+
+
 def required(kind: type) -> list[str]:
     """How to give the options of ``kind`` that have no default on the command line (``--images IMAGES``,
     ``-o modality=ct|mr``)."""
@@ -194,4 +214,5 @@ def describe(kind: type) -> list[str]:
     return lines
 
 
-__all__ = ["DatasetName", "NoOptions", "coerced", "describe", "option", "parse", "required"]
+__all__ = ["DatasetName", "NoOptions", "coerced", "describe", "option", "own_flags", "parse",
+           "required"]
