@@ -49,13 +49,13 @@ class _BuildCommand(TyperCommand):
     ``Options``), after ``--option``; added when the command is first used (its help included), so that only then
     are the converters imported."""
 
-    _converter_flags = False
+    _flags_added = False
 
     def get_params(self, ctx: typer.Context) -> list[Any]:
-        if not self._converter_flags:
+        if not self._flags_added:
             at = next(i for i, p in enumerate(self.params) if p.name == "option") + 1
             self.params[at:at] = _converter_flags()
-            self._converter_flags = True
+            self._flags_added = True
         return super().get_params(ctx)
 
 
