@@ -11,6 +11,7 @@ name is code: it is imported only when the caller names it (``--encoder``), neve
 from __future__ import annotations
 
 import importlib
+import pickle
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -86,6 +87,10 @@ def load_state(model: nn.Module, checkpoint: str, prefix: str = "") -> None:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist: pass the path of a local .pth file") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:  # not a torch checkpoint, or one of pickled code
+        raise ValueError(f"checkpoint {checkpoint} cannot be read as a torch checkpoint of tensors "
+                         f"({type(e).__name__}: {' '.join(str(e).split())[:300]}); pass a .pth file of the teacher's "
+                         f"weights") from e
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if prefix:

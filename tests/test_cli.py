@@ -197,3 +197,16 @@ def test_version_is_an_option_not_a_command():
     assert res.exit_code == 0 and res.output.strip() == f"medprep {__version__}"
     res = runner.invoke(app, ["version"])
     assert res.exit_code == 2 and "No such command 'version'" in res.output
+
+
+def test_a_checkpoint_that_is_not_one_is_an_error_line(tmp_path):
+    src = synthetic.make("drive", tmp_path / "src", n_train=2, n_test=1)
+    res = runner.invoke(app, ["build", "-d", "drive", "--src", str(src), "--out", str(tmp_path / "b"), "--size", "64"])
+    assert res.exit_code == 0, res.output
+    (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
+    res = runner.invoke(app, ["cache-teacher", "--source", str(tmp_path / "b" / "drive"), "--out",
+                              str(tmp_path / "t.zarr"), "--encoder", "litemedsam", "--checkpoint",
+                              str(tmp_path / "garbage.pth"), "--device", "cpu", "-q"])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().splitlines()[-1].startswith(f"error: checkpoint {tmp_path / 'garbage.pth'} cannot be "
+                                                          f"read as a torch checkpoint"), res.output
