@@ -91,7 +91,7 @@ def _missing_path_commands(tmp_path) -> dict[str, list[str]]:
             "leakage": ["leakage", missing], "check-teacher": ["check-teacher", missing],
             "cache-teacher": ["cache-teacher", "--source", missing, "--out", str(tmp_path / "t.zarr"), "--encoder",
                               "random-sam", "--device", "cpu"],
-            "verify-like build": ["build", "-d", "drive", "--src", missing, "--out", str(tmp_path / "o")]}
+            "build": ["build", "-d", "drive", "--src", missing, "--out", str(tmp_path / "o")]}
 
 
 def test_every_command_errors_in_one_line_and_debug_shows_the_traceback(tmp_path):
