@@ -24,8 +24,7 @@ from .store import FeatureStore
 from .teachers import Teacher, load_teacher, random_sam
 from .params import CacheParams, per_source
 from .events import CacheEvent, Encoded, RunOpened, Skipped
-from .pipeline import open_run, write_shards
-from .distributed import CacheError
+from .pipeline import CacheError, open_run, write_shards
 from .cache import CacheResult, cache_corpus, cache_teacher
 from .loss import masked_mse
 

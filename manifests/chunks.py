@@ -28,13 +28,15 @@ from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec, Zstd
 from zarr.codecs.bytes import Endian
 from zarr.storage import LocalStore
 
+from .errors import MedprepError
+
 #: an index entry of a chunk never written
 MISSING = 2**64 - 1
 #: shard objects kept mapped per array (a mapping costs address space only)
 MAPPED = 64
 
 
-class ChunkError(ValueError):
+class ChunkError(MedprepError, ValueError):
     """A chunk (or shard index) that fails its checksum or cannot be decoded."""
 
 

@@ -43,6 +43,7 @@ from fsspec.implementations.local import LocalFileSystem
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from .chunks import ChunkError, ChunkFiles
+from .errors import MedprepError, NotFound
 from .runattrs import DTYPES, STORED, VIEWS, RunAttrs, check_arrays, check_attrs
 from .store import fs_and_path
 
@@ -68,7 +69,7 @@ CODEC = "blosc-lz4"
 _Reader = TypeVar("_Reader", bound="FeatureReader")
 
 
-class DamagedStore(ValueError):
+class DamagedStore(MedprepError, ValueError):
     """Stored data that cannot be trusted: a checksum mismatch, a missing chunk of a finished sample, NaN/Inf."""
 
 
@@ -232,7 +233,7 @@ class FeatureReader:
                 raise ValueError(f"{url} holds runs {present}: say which one with run=/--run")
             run = present[0]
         if run not in present:
-            raise KeyError(f"{url} has no run {run!r}; runs present: {present}")
+            raise NotFound(f"{url} has no run {run!r}; runs present: {present}")
         return cls(root[run], url, run)
 
     def array(self, name: str) -> zarr.Array:
@@ -243,7 +244,7 @@ class FeatureReader:
             self.group, self._pid = _open_root(self.url, mode)[self.run], os.getpid()
             self._arrays = check_arrays(self.group, self.schema, f"{self.url}/{self.run}")
         if name not in self._arrays:
-            raise KeyError(f"{self.url}/{self.run} has no array {name!r} (arrays: {sorted(self._arrays)})")
+            raise NotFound(f"{self.url}/{self.run} has no array {name!r} (arrays: {sorted(self._arrays)})")
         return self._arrays[name]
 
     def shard_slice(self, s: int) -> slice:
@@ -318,7 +319,7 @@ class FeatureReader:
     def _chunk_files(self, view: str) -> tuple[ChunkFiles, ChunkFiles | None] | None:
         """The chunk files of the view's features (and int8 scale), or None when only zarr reads them."""
         if view not in self.views:
-            raise KeyError(f"view {view!r} is not in {self.url}/{self.run} (views cached: {self.views})")
+            raise NotFound(f"view {view!r} is not in {self.url}/{self.run} (views cached: {self.views})")
         features = self._files_of(f"features{suffix(view)}")
         scale = self._files_of(f"scale{suffix(view)}") if self.dtype == "int8" else None
         return None if features is None or (self.dtype == "int8" and scale is None) else (features, scale)
@@ -402,7 +403,7 @@ class FeatureReader:
     def _read(self, index: int | slice | np.ndarray, view: str) -> tuple[np.ndarray | None, list[tuple[int, str]]]:
         sfx = suffix(view)
         if view not in self.views:
-            raise KeyError(f"view {view!r} is not in {self.url}/{self.run} (views cached: {self.views})")
+            raise NotFound(f"view {view!r} is not in {self.url}/{self.run} (views cached: {self.views})")
         features = self.array(f"features{sfx}")
         scale = self.array(f"scale{sfx}") if self.dtype == "int8" else None
         try:

@@ -20,11 +20,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from .errors import MedprepError
+
 POLL_S = 0.1
 NAME_POLLS = 10  # polls for the name of a holder that has the lock but has not written its name yet
 
 
-class LockBusy(RuntimeError):
+class LockBusy(MedprepError, RuntimeError):
     """Another process holds the lock (or the lock file cannot be made)."""
 
 

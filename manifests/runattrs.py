@@ -16,6 +16,8 @@ import zarr
 from annotated_types import Len
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
+from .errors import MedprepError
+
 DTYPES = ("float16", "int8", "bfloat16", "float32")
 VIEWS = ("identity", "hflip")
 #: zarr (numpy) dtype each feature dtype is stored as (bfloat16 as its raw 16 bits)
@@ -69,7 +71,7 @@ class RunAttrs(BaseModel):
         return views
 
 
-class RunSchemaError(ValueError):
+class RunSchemaError(MedprepError, ValueError):
     """A run's attributes or arrays do not match the store format."""
 
 

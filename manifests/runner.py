@@ -25,6 +25,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+from .errors import MedprepError
+
 # dask starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also switches off glibc's adaptive mmap threshold:
 # every multi-megabyte image buffer is then a fresh mmap plus page faults (+25% CPU per image, measured). Keep
 # buffers up to 32 MiB on the heap and trim it lazily, as in a normal process.
@@ -45,7 +47,7 @@ CONNECT_TIMEOUT_S = 5.0  # a scheduler that does not answer within this is repor
 _QUIET_HTTP = {"dashboard_address": "127.0.0.1:0"}
 
 
-class WorkerLost(RuntimeError):
+class WorkerLost(MedprepError, RuntimeError):
     """A task whose worker process died every time it ran it (dask gave up after ``deaths`` deaths): ``item`` is
     the task's input, for the caller to name."""
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, Collection, Iterator, Mapping
 
 from . import store
+from .errors import MedprepError
 
 TAR_MTIME = 0  # fixed member mtime (1970-01-01) for byte-identical rebuilds
 MEMBER_MODE = 0o444
@@ -29,7 +30,7 @@ OWNER = "medprep"
 KEY = re.compile(r"[A-Za-z0-9_-]+")  # a tar-safe sample key: no dots, no slashes, no spaces
 
 
-class ShardError(ValueError):
+class ShardError(MedprepError, ValueError):
     """A shard that does not hold what its dataset says: unreadable, cut short, renamed or damaged members, a
     sample count other than the manifest's."""
 

@@ -23,6 +23,8 @@ from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import IO, Iterator
 
+from medprep.manifests.errors import MedprepError
+
 from .tree import ARCHIVE_SUFFIXES, SourceTree
 
 READABLE = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
@@ -31,7 +33,7 @@ SLOW_COMPRESSED_TAR = 256 << 20  # compressed tars have no random access: each b
 log = logging.getLogger("medprep.build")
 
 
-class ArchiveError(ValueError):
+class ArchiveError(MedprepError, ValueError):
     """An archive that is unsafe (path traversal, links, decompression bomb) or unreadable; the message says which
     member and what to do."""
 

@@ -21,6 +21,7 @@ import numpy as np
 from isal import isal_zlib
 from PIL import Image
 
+from medprep.manifests.errors import MedprepError
 from medprep.manifests.pixels import longest_side
 
 cv2.setNumThreads(1)
@@ -32,7 +33,7 @@ PNG_LEVEL = 1
 _CV2_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-class ConversionError(ValueError):
+class ConversionError(MedprepError, ValueError):
     """An input that cannot be converted; the message is the reason written to failures.jsonl."""
 
 

@@ -58,7 +58,7 @@ from typing import Any, Callable, Iterable, Sequence
 import cv2
 import numpy as np
 
-from medprep.manifests import BuiltDataset, atomic_write, dumps, join, open_sources
+from medprep.manifests import BuiltDataset, MedprepError, atomic_write, dumps, join, open_sources
 
 ANALYSIS_SIZE = 128  # images are compared as ANALYSIS_SIZE x ANALYSIS_SIZE grey
 DETAIL_KERNEL = 5  # px at ANALYSIS_SIZE: top-hat/black-hat element (vessels, nuclei, texture; not edges)
@@ -73,6 +73,10 @@ _SE = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (DETAIL_KERNEL, DETAIL_KERNEL
 _VIEWS = [(t, b, l, r) for t in (0, GATE_CROP) for b in (0, GATE_CROP) for l in (0, GATE_CROP) for r in (0, GATE_CROP)]
 _ECC_LEVELS = (32, 64, 128)
 _MIN_OVERLAP = 0.5  # of the first image, after alignment
+
+
+class ReportError(MedprepError, OSError):
+    """A leakage report that cannot be written where it was asked for."""
 
 
 def grey(image: np.ndarray) -> np.ndarray:
@@ -364,8 +368,13 @@ class LeakageReport:
         return doc
 
     def write(self, path: str | os.PathLike) -> str:
-        """Write the full report (every pair) as JSON to ``path``; later tables name it."""
-        atomic_write(path, dumps(self.to_json()))
+        """Write the full report (every pair) as JSON to ``path``; later tables name it. Raises ReportError when
+        it cannot be written there."""
+        try:
+            atomic_write(path, dumps(self.to_json()))
+        except OSError as e:
+            raise ReportError(f"cannot write the leakage report to {path}: {e}; pass --report FILE.json somewhere "
+                              f"writable") from e
         self.path = str(path)
         return self.path
 
@@ -437,6 +446,7 @@ def default_report_path(roots: Iterable[str | os.PathLike | BuiltDataset]) -> st
     return join(open_sources(next(iter(roots)))[0].root, REPORT)
 
 
-__all__ = ["ANALYSIS_SIZE", "DEFAULT_MIN_GATE", "DEFAULT_MIN_SCORE", "DETAIL_KERNEL", "GATE_SIZE", "REPORT", "Item",
+__all__ = ["ANALYSIS_SIZE", "DEFAULT_MIN_GATE", "DEFAULT_MIN_SCORE", "DETAIL_KERNEL", "GATE_SIZE", "REPORT", "ReportError",
+           "Item",
            "LeakageReport", "candidates", "check", "check_build", "default_report_path", "describe",
            "describe_dataset", "detail", "find_pairs", "gate_views", "grey", "structure_score", "verify_pairs"]

@@ -9,10 +9,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from medprep.manifests import SPLITS
+from medprep.manifests.errors import MedprepError
 from medprep.manifests.modalities import MAP_NAMES, NAME_MAPS, is_table_file, modality_ids
 from medprep.manifests.pixels import BOX_RULES, NORMALIZATIONS, PER_IMAGE_NORMALIZATIONS, PROMPT_FIELDS
 
 from .datasets import Converter, converter_class, dataset_name, get_converter, modality_id
+from .datasets.options import coerced
 from .imaging import INTERPOLATIONS, MAX_PIXELS, PNG_CODEC, RESIZE_MODES
 from .presets import PRESETS, apply_preset
 from .tree import read_regular
@@ -24,13 +26,15 @@ SHARD_SIZE_MAX = 1 << 40  # 1 TiB: a larger --shard-size is a typo (and no file 
 RECIPE_FIELDS = ("preset", "interpolation", "normalize", "prompts", "box_jitter", "box_rule")
 
 
-class BuildError(RuntimeError):
+class BuildError(MedprepError, RuntimeError):
     """A build that cannot proceed (an existing build in the way, another build running, colliding keys)."""
 
 
 class InputsFailed(BuildError):
     """The build ran but publishes nothing: too many inputs failed (``--strict``, ``--max-failures``), none was
     converted, or a split came out empty."""
+
+    exit_status = 1
 
 
 def parse_size(value: int | str, option: str = "--shard-size") -> int:
@@ -136,7 +140,7 @@ class BuildParams:
     """Every parameter a build's bytes depend on (recorded in the manifest).
 
     Construction normalises (the dataset's registered name, tuples, ``str`` paths, converter options without
-    ``None`` values) and validates every field, the converter options and the modality table included, raising
+    ``None`` values, read by their declared types) and validates every field, the converter options and the modality table included, raising
     ``ValueError`` with the option to fix.
 
     Recipe fields: ``preset`` (the name; :meth:`of` fills the parameters not given from it), ``interpolation``
@@ -200,6 +204,8 @@ class BuildParams:
         if self.modality_map not in MAP_NAMES and not is_table_file(self.modality_map):
             raise ValueError(f"--modality-map {self.modality_map!r}: expected one of {', '.join(MAP_NAMES)} or a "
                              f"FILE.json of your own ({{\"ct\": 0, \"mr\": 1, ...}})")
+        # the converter options as their declared types read them (-o texts included): recorded as such
+        object.__setattr__(self, "options", coerced(converter_class(self.dataset).Options, self.options, self.dataset))
         if self.modality_map not in NAME_MAPS:
             # the table read once (a user's file: validated here, its content travels with the parameters)
             object.__setattr__(self, "_modality_ids", modality_ids(self.modality_map))

@@ -13,14 +13,16 @@ from functools import cached_property, lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Iterator, TypeVar
 
+from medprep.manifests.errors import MedprepError
+
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".7z", ".rar")
 
 
-class LayoutError(FileNotFoundError):
+class LayoutError(MedprepError, FileNotFoundError):
     """The source does not have the layout a converter expects; the message says what and where."""
 
 
-class InputRefused(OSError):
+class InputRefused(MedprepError, OSError):
     """A path of the source that is not read: not a regular file (a FIFO, a device, a socket), a link leading out of
     ``--src``, or a file growing as it is read. The message names it and what to do."""
 

@@ -35,7 +35,7 @@ class CVCClinicDB(Converter):
         variant: Literal["auto", "tif", "png"] = option("auto", help="tif (the original), png (the Kaggle mirror) "
                                                                      "or auto")
         groups_file: str | None = option(None, help="CSV mapping frame -> sequence for --group-by (default: the "
-                                                    "mirror's metadata.csv)")
+                                                    "mirror's metadata.csv)", flag="--groups-file")
 
     def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:
         ext = self.opts.variant

@@ -129,7 +129,8 @@ class Folder(Converter):
     @dataclass(frozen=True, kw_only=True)
     class Options:
         images: str = option(help="image glob below --src, e.g. 'imgs/*.png'", flag="--images")
-        masks: str = option(help="mask pattern, e.g. 'labels/{stem}_mask.png'", flag="--masks")
+        masks: str = option(help="mask pattern ({stem}, {name}, {dir}, {parent}), e.g. 'labels/{stem}_mask.png'",
+                            flag="--masks")
         modality: str = option(help="a modality of the table, e.g. dermoscopy", flag="--modality")
         name: DatasetName = option(help="dataset name: sample keys and OUT/<name>, e.g. mylesions", flag="--name")
 

@@ -32,8 +32,8 @@ class NIHLung(Converter):
 
     @dataclass(frozen=True)
     class Options:
-        images: str = option("images", help="image folder below the dataset root")
-        masks: str = option("masks", help="mask folder below the dataset root")
+        images: str = option("images", help="image folder below the dataset root", flag="--images")
+        masks: str = option("masks", help="mask folder below the dataset root", flag="--masks")
 
     def discover(self, tree: SourceTree) -> tuple[list[Record], list[Failure]]:
         images, masks = self.opts.images.strip("/"), self.opts.masks.strip("/")

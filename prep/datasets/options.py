@@ -1,14 +1,18 @@
 """Typed converter options: each converter declares a frozen dataclass whose field types validate and coerce the
 ``-o KEY=VALUE`` values (and the CLI flags mapped onto options), so no converter checks its options by hand.
 
-A field's type is the rule: ``int``, ``float`` (finite: NaN, Infinity and 1e400 are refused), ``bool``, ``str``,
-``DatasetName`` (a name that becomes a folder and starts every sample key), ``dict``, ``Literal[...]`` (one of the
-given values) and ``X | None``; ``option()`` adds the help line ``medprep datasets`` shows, the spelling an error uses
-for a missing required option, and a lower bound. Rules between fields go in the dataclass's ``__post_init__``.
+Values arrive typed (the Python API, a recipe's TOML) or as the text given on the command line (``-o KEY=VALUE``,
+a converter's own flag): they are read here only, by :func:`coerced`. A field's type is the rule: ``int``,
+``float`` (finite: NaN, Infinity and 1e400 are refused), ``bool``, ``str``, ``DatasetName`` (a name that becomes a
+folder and starts every sample key), ``dict`` (JSON text on the command line), ``Literal[...]`` (one of the given
+values) and ``X | None``; ``option()`` adds the help line ``medprep datasets`` shows, the option's own flag of
+``medprep build`` or the spelling an error uses for a missing required option, and a lower bound. Rules between
+fields go in the dataclass's ``__post_init__``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import types
@@ -42,8 +46,10 @@ class NoOptions:
 
 
 def option(default: Any = MISSING, *, help: str, flag: str | None = None, ge: float | None = None) -> Any:
-    """A declared option: ``default`` (none given: the option is required), a ``help`` line, the ``flag`` spelling
-    of a required option in errors (default ``-o KEY=...``), and a lower bound ``ge`` for numbers."""
+    """A declared option: ``default`` (none given: the option is required), a ``help`` line, its ``flag`` and a
+    lower bound ``ge`` for numbers. ``flag``: the option's own flag of ``medprep build`` (``--images`` for the
+    option ``images``: :func:`own_flags`), or how errors spell a required ``-o`` option (``-o modality=ct|mr``;
+    default ``-o KEY=...``)."""
     return field(default=default, metadata={"help": help, "flag": flag, "ge": ge})
 
 
@@ -120,6 +126,11 @@ def _coerce(value: Any, tp: Any) -> Any:
             return str(value)
         raise TypeError
     if origin is dict or tp is dict:
+        if isinstance(value, str):  # from the command line: -o label_windows='{"1": "bone"}'
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise TypeError from None
         if isinstance(value, Mapping):
             return dict(value)
         raise TypeError
@@ -140,6 +151,13 @@ def _flag(f: Field) -> str:
 def parse(kind: type[T], given: Mapping[str, Any], dataset: str) -> T:
     """The options ``kind`` of ``--dataset dataset`` from ``given`` (option name -> value as passed), validated and
     coerced by the declared field types."""
+    return kind(**coerced(kind, given, dataset))
+
+
+def coerced(kind: type, given: Mapping[str, Any], dataset: str) -> dict[str, Any]:
+    """The options given (option name -> value: a typed value, or the text of ``-o KEY=VALUE`` and of a converter's
+    flag), each validated and coerced by its declared type: the one place option values are read. Raises
+    ValueError naming an unknown, missing or malformed option."""
     declared = {f.name: f for f in fields(kind)}  # type: ignore[arg-type]
     unknown = sorted(set(given) - set(declared))
     if unknown:
@@ -160,7 +178,24 @@ def parse(kind: type[T], given: Mapping[str, Any], dataset: str) -> T:
         low = declared[key].metadata.get("ge")
         if low is not None and values[key] is not None and values[key] < low:
             raise ValueError(f"{_name(declared[key])}: expected {_describe(hints[key])} >= {low}, got {value!r}")
-    return kind(**values)
+    return values
+
+
+def own_flags(kinds: Mapping[str, type]) -> dict[str, list[tuple[str, str]]]:
+    """The options of ``kinds`` (dataset -> its ``Options``) declared with their own flag, for the command line:
+    flag -> ``[(dataset, help), ...]`` of every dataset declaring it. A flag spells its option's name
+    (``--groups-file``: ``groups_file``), so one flag means one option whichever dataset takes it."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for dataset, kind in kinds.items():
+        for f in fields(kind):
+            flag = f.metadata.get("flag") or ""
+            if not flag.startswith("--"):
+                continue
+            if flag != "--" + f.name.replace("_", "-"):
+                raise ValueError(f"{kind.__qualname__}.{f.name} declares flag={flag!r}: an option's own flag spells "
+                                 f"its name, --{f.name.replace('_', '-')}")
+            out.setdefault(flag, []).append((dataset, f.metadata["help"]))
+    return out
 
 
 def required(kind: type) -> list[str]:
@@ -179,4 +214,5 @@ def describe(kind: type) -> list[str]:
     return lines
 
 
-__all__ = ["DatasetName", "NoOptions", "describe", "option", "parse", "required"]
+__all__ = ["DatasetName", "NoOptions", "coerced", "describe", "option", "own_flags", "parse",
+           "required"]

@@ -1,0 +1,5 @@
+"""``python -m medprep.cli``: the ``medprep`` command."""
+
+from medprep.cli import app
+
+app()
