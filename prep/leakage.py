@@ -306,15 +306,6 @@ def verify_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[tuple[f
     return out
 
 
-def find_pairs(items: Sequence[Item], min_score: float = DEFAULT_MIN_SCORE, min_gate: float = DEFAULT_MIN_GATE,
-               focus: str | None = None, workers: int = 1) -> tuple[list[dict[str, Any]], int]:
-    """Near-duplicate pairs of ``items`` in two splits of one dataset or in two datasets (only pairs involving
-    dataset ``focus`` when given), highest score first; and the number of candidates verified (``workers``
-    processes)."""
-    with _Pool(workers) as pool:
-        return _find_pairs(items, min_score, min_gate, focus, pool)
-
-
 def _find_pairs(items: Sequence[Item], min_score: float, min_gate: float, focus: str | None,
                 pool: _Pool) -> tuple[list[dict[str, Any]], int]:
     cands = candidates(items, min_gate, focus)
@@ -439,4 +430,4 @@ def default_report_path(roots: Iterable[str | os.PathLike | BuiltDataset]) -> st
 
 __all__ = ["ANALYSIS_SIZE", "DEFAULT_MIN_GATE", "DEFAULT_MIN_SCORE", "DETAIL_KERNEL", "GATE_SIZE", "REPORT", "Item",
            "LeakageReport", "candidates", "check", "check_build", "default_report_path", "describe",
-           "describe_dataset", "detail", "find_pairs", "gate_views", "grey", "structure_score", "verify_pairs"]
+           "describe_dataset", "detail", "gate_views", "grey", "structure_score", "verify_pairs"]
