@@ -18,7 +18,7 @@ from .schema import (
     ShardEntry,
     wids_index,
 )
-from .store import (
+from .fsio import (
     atomic_write, dumps, fs_and_path, human_bytes, iter_jsonl, join, jsonl_bytes, read_json, sha256_bytes,
     sha256_file,
 )

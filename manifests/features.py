@@ -44,7 +44,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from .chunks import ChunkError, ChunkFiles
 from .runattrs import DTYPES, STORED, VIEWS, RunAttrs, check_arrays, check_attrs
-from .store import fs_and_path
+from .fsio import fs_and_path
 
 FORMAT = "medprep-teacher-v2"
 #: older formats this reader still reads (never written)

@@ -19,7 +19,7 @@ import tarfile
 from dataclasses import dataclass
 from typing import IO, Any, Collection, Iterator, Mapping
 
-from . import store
+from . import fsio
 
 TAR_MTIME = 0  # fixed member mtime (1970-01-01) for byte-identical rebuilds
 MEMBER_MODE = 0o444
@@ -313,7 +313,7 @@ class MemberIndex:
 
     def __init__(self, url: str):
         self.url = url
-        self.fs, self.path = store.fs_and_path(url)
+        self.fs, self.path = fsio.fs_and_path(url)
         with self.fs.open(self.path, "rb") as f:
             self.members = {m.name.removeprefix("./"): (m.offset_data, m.size)
                             for _, m in _members(f, url, regular_only=False)}

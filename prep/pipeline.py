@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from medprep import __version__
 from medprep.manifests import dumps, sha256_bytes
-from medprep.manifests.store import configure, is_remote, join, local_path
+from medprep.manifests.fsio import configure, is_remote, join, local_path
 from medprep.manifests.runner import WORKER_ENV, DaskRunner, WorkerLost
 
 from .archive import ArchiveTree, open_source

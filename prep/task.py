@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from medprep.manifests import atomic_write, dumps, fs_and_path, join, jsonl_bytes, sha256_bytes
-from medprep.manifests.store import configure, is_remote
+from medprep.manifests.fsio import configure, is_remote
 from medprep.manifests.pixels import make_key
 from medprep.manifests.tar import TarShard
 
