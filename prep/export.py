@@ -42,7 +42,7 @@ from medprep.manifests import BuiltDataset, atomic_write, fs_and_path, join
 from medprep.manifests.dataset import Source, open_sources
 from medprep.manifests.modalities import esp_medsam_released_id
 
-from .archive import open_source
+from .archive import open_tree
 from .datasets import Converter, converter_class, esp_split_name, get_converter, make_fake
 from .datasets.medsam_npz import PREFIX_MODALITY, prefix_modality
 from .datasets.options import DatasetName
@@ -133,7 +133,7 @@ def _fake_ids(dataset: str) -> tuple[Converter, list[str]]:
 
     conv = get_converter(dataset, **converter_class(dataset).fake_options)
     with tempfile.TemporaryDirectory() as tmp:
-        records, _ = conv.discover(open_source(make_fake(dataset, tmp)))
+        records, _ = conv.discover(open_tree(make_fake(dataset, tmp)))
     return conv, sorted((r.source_id for r in records), key=natural_key)
 
 

@@ -25,7 +25,7 @@ from medprep.manifests import dumps, sha256_bytes
 from medprep.manifests.fsio import configure, is_remote, join, local_path
 from medprep.manifests.runner import WORKER_ENV, DaskRunner, WorkerLost
 
-from .archive import ArchiveTree, open_source
+from .archive import ArchiveTree, open_tree
 from .datasets import Converter, looks_like
 from .events import BuildResult, InputDone, OnEvent, Planned, Published, TaskDone, top_failures
 from .inputs import STAMPS, contents_sha256, digest, stamps_record, unchanged
@@ -102,7 +102,7 @@ def build(
     else:
         out = local_path(out, "--out", "") / conv.name  # no URL comes here: is_remote took them all
     src = local_path(src, "--src", SRC_URL)
-    tree = open_source(src)
+    tree = open_tree(src)
     split_sha = sha256_bytes(Path(p.split_file).read_bytes()) if p.split_file else None
     with nullcontext() if remote else DatasetLock(out, command, wait):
         try:

@@ -19,7 +19,7 @@ from medprep.manifests.fsio import configure, is_remote
 from medprep.manifests.pixels import make_key
 from medprep.manifests.tar import TarShard
 
-from .archive import open_source
+from .archive import open_tree
 from .datasets import Failure
 from .imaging import ConversionError, pixel_limit
 from .params import BuildParams
@@ -52,7 +52,7 @@ def _run(task: Task, src: str, partial: str, p: BuildParams, root: str,
     """:func:`run_task`, its parts written to ``scratch`` and uploaded to ``partial`` (when given) or written in
     ``partial``."""
     conv = p.converter()
-    tree = open_source(src, reuse=True)  # the tasks a process runs share the listed, mounted archives
+    tree = open_tree(src, reuse=True)  # the tasks a process runs share the listed, mounted archives
     mid = p.modality_id
     parts: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
