@@ -5,7 +5,7 @@ read of it with its integrity checks (``dataset``), ``verify``, the cards of a b
 and file-system helpers (``store``).
 """
 
-from .dataset import BuiltDataset, GenerationError, open_dataset, open_sources
+from .dataset import BuiltDataset, GenerationError, open_dataset, open_datasets
 from .schema import (
     CORE_ENTRIES,
     FAILURES,
@@ -28,6 +28,6 @@ from .verify import Problem, VerifyReport, verify
 __all__ = [
     "CORE_ENTRIES", "FAILURES", "FORMAT", "MANIFEST", "SAMPLES", "SPLITS", "WIDS_KIND", "BuiltDataset",
     "GenerationError", "Manifest", "MemberIndex", "Problem", "ShardEntry", "ShardError", "ShardIndex", "TarShard",
-    "VerifyReport", "open_dataset", "open_sources", "tar_bytes", "verify", "wids_index", "atomic_write", "dumps",
+    "VerifyReport", "open_dataset", "open_datasets", "tar_bytes", "verify", "wids_index", "atomic_write", "dumps",
     "fs_and_path", "human_bytes", "iter_jsonl", "join", "jsonl_bytes", "read_json", "sha256_bytes", "sha256_file",
 ]

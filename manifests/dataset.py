@@ -194,15 +194,16 @@ class BuiltDataset:
         return shards
 
 
-Source = str | os.PathLike | BuiltDataset
+#: a built dataset: its folder or fsspec URL, its manifest.json, or an opened one
+DatasetRef = str | os.PathLike | BuiltDataset
 
 
-def open_dataset(root: Source) -> BuiltDataset:
+def open_dataset(root: DatasetRef) -> BuiltDataset:
     """Open a built dataset by path/URL (idempotent on an already opened one)."""
     return root if isinstance(root, BuiltDataset) else BuiltDataset(root)
 
 
-def open_sources(sources: Source | Sequence[Source]) -> list[BuiltDataset]:
+def open_datasets(sources: DatasetRef | Sequence[DatasetRef]) -> list[BuiltDataset]:
     """Open one or several built datasets (folders, fsspec URLs, their manifest.json, or opened ones)."""
     if isinstance(sources, (str, os.PathLike, BuiltDataset)):
         sources = [sources]

@@ -304,9 +304,9 @@ def build(
             progress.advance(event.planned - n, event.failures - f)
 
     if check_against:  # before any work: a missing dataset to check against is a mistake in the command
-        from medprep.manifests import open_sources
+        from medprep.manifests import open_datasets
 
-        open_sources(check_against)
+        open_datasets(check_against)
     with Progress(f"build {dataset}", every=progress_every, quiet=quiet) as progress:
         params = BuildParams.of(dataset, preset=preset, size=size, resize=resize, interpolation=interpolation,
                                 patch_sizes=_ints("--patch-sizes", patch_sizes), modality_map=modality_map,

@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from medprep.manifests import BuiltDataset, atomic_write, fs_and_path, join
-from medprep.manifests.dataset import Source, open_sources
+from medprep.manifests.dataset import DatasetRef, open_datasets
 from medprep.manifests.modalities import esp_medsam_released_id
 
 from .archive import open_tree
@@ -199,7 +199,7 @@ def _mask01(png: bytes, where: str) -> bytes:
     return encode_png((decode(png, where) > 0).astype(np.uint8))
 
 
-def export(sources: Source | Sequence[Source], out: str | os.PathLike, layout: str, *,
+def export(sources: DatasetRef | Sequence[DatasetRef], out: str | os.PathLike, layout: str, *,
            splits: Sequence[str] | None = None, name: str | None = None, dataset_id: int = 501,
            overwrite: bool = False, npz_keys: str = "challenge") -> ExportResult:
     """Write the samples of ``splits`` (default: all) of one or more built datasets to ``out`` in ``layout``.
@@ -213,7 +213,7 @@ def export(sources: Source | Sequence[Source], out: str | os.PathLike, layout: s
         raise ValueError(f"--layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
     if npz_keys not in NPZ_KEYS:
         raise ValueError(f"--npz-keys {npz_keys!r}: expected one of {', '.join(NPZ_KEYS)}")
-    datasets = open_sources(sources)
+    datasets = open_datasets(sources)
     chosen = _splits(datasets, splits)
     out = str(out).rstrip("/")
     if layout == "esp-medsam":
