@@ -73,7 +73,7 @@ def test_builtin_teachers_need_a_checkpoint():
         load_teacher("no.such.module:fn")
 
 
-def test_normalisations_and_resize_paths():
+def test_normalizations_and_resize_paths():
     img = natural_image(40, 80, np.random.default_rng(1))
     sizes = torch.tensor([[32, 64]])
     unit = Preprocess.named("unit", img_size=64)
