@@ -155,7 +155,7 @@ def run(root: Path, encoder: str = "vit_h", device: str = "cuda", images: int = 
     shard = best["batch_size"] * max(1, 32 // best["batch_size"])
     params = CacheParams(encoder, str(tars), str(root / f"pipeline-{encoder}.zarr"), "bench", checkpoint=str(ckpt),
                          encoder_kwargs=kwargs, dtype="float16", shard_size=shard, batch_size=best["batch_size"],
-                         device=device, autocast="bfloat16", attention="sdpa", compile=compile, workers=threads,
+                         device=device, autocast="bfloat16", attention="sdpa", compile=compile, decode_threads=threads,
                          prefetch=8)
     seconds = []
     for attempt in range(2):  # the first run warms up (allocator, cuDNN, compilation); the second is measured

@@ -18,15 +18,14 @@ from .teachers import Teacher, load_teacher
 AUTOCASTS = ("auto", "bfloat16", "float16", "none")
 #: encoder batch size of a new run when none is given (a resumed run keeps its recorded one)
 DEFAULT_BATCH_SIZE = 8
-# the cache-teacher options named otherwise than their field (--shard-size and --workers mean bytes and processes in
-# medprep build)
-FLAGS = {"shard_size": "--shard-samples", "workers": "--decode-threads"}
+# the cache-teacher options named otherwise than their field (--shard-size means bytes in medprep build)
+FLAGS = {"shard_size": "--shard-samples"}
 
 
 @dataclass(frozen=True)
 class CacheParams:
     """Every option of one cache run; ``medprep cache-teacher`` has an option of the same name for each (but
-    ``shard_size`` and ``workers``: see :data:`FLAGS`).
+    ``shard_size``: see :data:`FLAGS`).
 
     - teacher: ``encoder`` (vit_h, vit_l, vit_b, medsam, random-sam or ``package.module:callable``),
       ``checkpoint``, ``encoder_kwargs`` (for random-sam or a callable), ``normalize`` and ``resize`` (override its
@@ -39,7 +38,7 @@ class CacheParams:
       (samples per zarr shard object: the unit of work and of resume), ``keep_padding`` (store the encoder's output
       over the padding too, as ``SamPredictor.features``; default: 0 there, so bytes follow the image's aspect);
     - execution: ``batch_size`` (default: the run's recorded one, else :data:`DEFAULT_BATCH_SIZE`), ``device``,
-      ``autocast`` (auto: bfloat16 on CUDA, none elsewhere), ``compile``, ``workers`` (decode threads),
+      ``autocast`` (auto: bfloat16 on CUDA, none elsewhere), ``compile``, ``decode_threads``,
       ``prefetch`` (batches decoded ahead), ``devices`` (one dask worker per entry, e.g.
       ``("cuda:0", "cuda:1")``; replaces ``device``), ``scheduler`` (a running dask scheduler's address) and
       ``threads`` (torch intra-op threads of CPU encoders; default: this process's count when the run is created,
@@ -70,7 +69,7 @@ class CacheParams:
     device: str = "cuda"
     autocast: str = "auto"
     compile: bool = False
-    workers: int = 4
+    decode_threads: int = 4
     prefetch: int = 4
     devices: tuple[str, ...] = ()
     scheduler: str | None = None
@@ -111,7 +110,7 @@ class CacheParams:
             raise ValueError(f"unknown --autocast {self.autocast!r}: expected one of {AUTOCASTS}")
         if self.max_failures < 0:
             raise ValueError(f"--max-failures {self.max_failures}: expected a count, at least 0")
-        for name in ("shard_size", "batch_size", "workers", "prefetch"):
+        for name in ("shard_size", "batch_size", "decode_threads", "prefetch"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{FLAGS.get(name, '--' + name.replace('_', '-'))} {getattr(self, name)}: expected "
                                  f"at least 1")

@@ -245,7 +245,7 @@ def write_shards(store: FeatureStore, teacher: Teacher, source: Source, params: 
                  device: str, on_event: OnEvent | None = None) -> list[int]:
     """Encode and write the zarr shards ``shards`` of an open run on ``device``; return those written.
 
-    ``params.workers`` threads decode and preprocess, the calling thread runs the encoder (with the run's batch
+    ``params.decode_threads`` threads decode and preprocess, the calling thread runs the encoder (with the run's batch
     size, autocast, attention and, on a CPU, intra-op thread count), a writer thread writes whole zarr shards;
     ``params.prefetch`` bounds the batches decoded ahead. Shards already done are skipped. ``on_event`` receives
     :class:`~medprep.distill.events.Encoded` after every batch.
@@ -272,7 +272,7 @@ def write_shards(store: FeatureStore, teacher: Teacher, source: Source, params: 
         if on_event is not None:
             on_event(Skipped(source.keys[i], failed[i]))
 
-    with intra_op_threads(threads), ThreadPoolExecutor(params.workers, thread_name_prefix="medprep-decode") as pool:
+    with intra_op_threads(threads), ThreadPoolExecutor(params.decode_threads, thread_name_prefix="medprep-decode") as pool:
         batches = _Prefetch(_batches(todo, store, source, teacher.preprocess, stride, a["batch_size"], pool),
                             params.prefetch)
         writer = _Writer(store)

@@ -623,7 +623,7 @@ def cache_teacher(
                 checkpoint=checkpoint, encoder_kwargs=parse_options(encoder_arg, "--encoder-arg"),
                 normalize=normalize, resize=resize, dtype=dtype, codec=codec, views=tuple(views.split(",")),
                 shard_size=shard_samples, keep_padding=keep_padding, batch_size=batch_size, device=device,
-                autocast=autocast, compile=compile, workers=decode_threads,
+                autocast=autocast, compile=compile, decode_threads=decode_threads,
                 devices=tuple(devices.split(",")) if devices else (), scheduler=scheduler, attention=attention,
                 threads=threads, wait=wait, max_failures=max_failures)
             results = cache_corpus(params, on_event=draw)

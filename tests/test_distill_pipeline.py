@@ -78,7 +78,7 @@ def test_same_arrays_whatever_the_partition(tmp_path, sa1b):
     kw = dict(dtype="int8", views=("identity", "hflip"), shard_size=2, batch_size=2)
     whole = cache_teacher(_params(sa1b, tmp_path / "a.zarr", **kw))
     assert whole.shards_written == [0, 1, 2, 3] and whole.images == 14
-    first = cache_teacher(_params(sa1b, tmp_path / "b.zarr", workers=1, **kw), shards=[3, 1])
+    first = cache_teacher(_params(sa1b, tmp_path / "b.zarr", decode_threads=1, **kw), shards=[3, 1])
     assert first.shards_written == [3, 1]
     assert FeatureStore.open(str(tmp_path / "b.zarr")).done_shards() == [False, True, False, True]
     rest = cache_teacher(_params(sa1b, tmp_path / "b.zarr", **kw))
@@ -119,7 +119,7 @@ def test_check_teacher_and_cli(tmp_path, sa1b):
 
 def test_dask_workers_one_per_device(tmp_path, sa1b):
     one = _params(sa1b, tmp_path / "one.zarr", views=("identity", "hflip"), shard_size=2,
-                  batch_size=2, workers=1)
+                  batch_size=2, decode_threads=1)
     cache_teacher(one)
     two = replace(one, out=str(tmp_path / "two.zarr"), devices=("cpu", "cpu"))
     assert cache_teacher(two).shards_written == [0, 1, 2, 3]
@@ -136,7 +136,7 @@ def test_unreadable_input_names_its_key_and_the_run_resumes(tmp_path):
     (root / "img_003.png").write_bytes(b"not a png")
     kw = dict(shard_size=2, batch_size=2)
     with pytest.raises(RuntimeError, match="cannot read sample 'imgs-img_003'"):
-        cache_teacher(_params(root, tmp_path / "t.zarr", workers=1, **kw))
+        cache_teacher(_params(root, tmp_path / "t.zarr", decode_threads=1, **kw))
     assert FeatureStore.open(str(tmp_path / "t.zarr")).done_shards() == [True, False]
     (root / "img_003.png").write_bytes(good)
     res = cache_teacher(_params(root, tmp_path / "t.zarr", **kw))
