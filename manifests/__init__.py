@@ -2,10 +2,14 @@
 
 Manifest schema (``schema``), the tar shard writer, reader and offset index (``tar``), a built dataset and every
 read of it with its integrity checks (``dataset``), ``verify``, the cards of a build and a teacher store (``card``),
-and file-system helpers (``store``).
+and file-system helpers (``fsio``).
 """
 
 from .dataset import BuiltDataset, GenerationError, open_dataset, open_datasets
+from .fsio import (
+    atomic_write, dumps, fs_and_path, human_bytes, iter_jsonl, join, jsonl_bytes, read_json, sha256_bytes,
+    sha256_file,
+)
 from .schema import (
     CORE_ENTRIES,
     FAILURES,
@@ -17,10 +21,6 @@ from .schema import (
     Manifest,
     ShardEntry,
     wids_index,
-)
-from .fsio import (
-    atomic_write, dumps, fs_and_path, human_bytes, iter_jsonl, join, jsonl_bytes, read_json, sha256_bytes,
-    sha256_file,
 )
 from .tar import MemberIndex, ShardError, ShardIndex, TarShard, tar_bytes
 from .verify import Problem, VerifyReport, verify
