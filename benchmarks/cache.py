@@ -84,7 +84,7 @@ def cpu_rows(root: Path, n: int, batch_size: int, repeats: int) -> list[tuple[st
         for _ in range(repeats):  # alternate, so load from other processes hits both alike
             bare.append(bare_seconds(encoder, prepared, batch_size))
             shutil.rmtree(out, ignore_errors=True)
-            piped.append(pipeline_seconds(teacher, source, str(out), dtype=dtype, shard_size=8,
+            piped.append(pipeline_seconds(teacher, source, str(out), dtype=dtype, shard_samples=8,
                                           batch_size=batch_size, device="cpu", decode_threads=decode_threads))
         rows.append((f"(1) pipeline efficiency, {dtype}",
                      f"{min(bare) / min(piped):.3f}  (bare {n / min(bare):.2f} img/s, "
@@ -112,11 +112,11 @@ def bytes_rows(root: Path, teacher: Teacher, batch_size: int, decode_threads: in
             if not tars.exists():
                 write_sa1b_tar(tars / "sa_000000.tar", list(range(1, n + 1)), rng, sizes=[(h, w)] * n)
             out = root / f"bytes-{dtype}-{name.replace(':', 'x')}.zarr"
-            pipeline_seconds(teacher, SA1BSource(str(tars)), str(out), dtype=dtype, shard_size=n,
+            pipeline_seconds(teacher, SA1BSource(str(tars)), str(out), dtype=dtype, shard_samples=n,
                              batch_size=batch_size, device="cpu", decode_threads=decode_threads)
             piped = disk_bytes(out / "r") / n
             syn = root / f"synthetic-{dtype}-{name.replace(':', 'x')}.zarr"
-            attrs = {"dtype": dtype, "views": ["identity"], "shard_size": n, "encoder": "N(0, 1)"}
+            attrs = {"dtype": dtype, "views": ["identity"], "shard_samples": n, "encoder": "N(0, 1)"}
             store = FeatureStore.create_or_open(str(syn), "r", [f"k{i}" for i in range(4 * n)], attrs,
                                                 lambda: (256, 64, 64))
             for s in range(store.nshards):

@@ -154,7 +154,7 @@ def run(root: Path, encoder: str = "vit_h", device: str = "cuda", images: int = 
     threads = decode_threads or max(1, (os.cpu_count() or 2) - 2)
     shard = best["batch_size"] * max(1, 32 // best["batch_size"])
     params = CacheParams(encoder, str(tars), str(root / f"pipeline-{encoder}.zarr"), "bench", checkpoint=str(ckpt),
-                         encoder_kwargs=kwargs, dtype="float16", shard_size=shard, batch_size=best["batch_size"],
+                         encoder_kwargs=kwargs, dtype="float16", shard_samples=shard, batch_size=best["batch_size"],
                          device=device, autocast="bfloat16", attention="sdpa", compile=compile, decode_threads=threads,
                          prefetch=8)
     seconds = []
@@ -166,7 +166,7 @@ def run(root: Path, encoder: str = "vit_h", device: str = "cuda", images: int = 
             seconds.append(time.perf_counter() - t)
     rate = images / seconds[-1]
     result["pipeline"] = {"images_s": rate, "efficiency": rate / best["images_s"],
-                          "peak_bytes": mem[0] if mem else None, "decode_threads": threads, "shard_size": shard}
+                          "peak_bytes": mem[0] if mem else None, "decode_threads": threads, "shard_samples": shard}
     return result
 
 
@@ -203,7 +203,7 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     out.append(("bare encoder, best", f"{best['images_s']:.1f} img/s at batch {best['batch_size']}"))
     out.append(("full pipeline", f"{pipe['images_s']:.1f} img/s over {result['images']} SA-1B-format JPEGs {h}x{w} "
                                  f"({pipe['decode_threads']} decode threads, float16 store, shards of "
-                                 f"{pipe['shard_size']}), peak GPU memory {mem(pipe['peak_bytes'])}"))
+                                 f"{pipe['shard_samples']}), peak GPU memory {mem(pipe['peak_bytes'])}"))
     out.append(("pipeline efficiency", f"{pipe['efficiency']:.3f} of the bare encoder"))
     return out
 

@@ -68,7 +68,7 @@ def prepare(work: Path, n: int, size: int) -> dict[str, Any]:
     keys = [k for k, _, _ in raw]
     feats = torch.randn(len(keys), *SHAPE, generator=torch.Generator().manual_seed(size)).half()
     store = str(work / f"teacher{size}.zarr")
-    attrs = {"dtype": "float16", "views": ["identity"], "shard_size": 16, "encoder": "bench",
+    attrs = {"dtype": "float16", "views": ["identity"], "shard_samples": 16, "encoder": "bench",
              "source": {"kind": "medical", "dataset": ds.name, "generation": ds.generation, "url": str(ds.root)}}
     run = FeatureStore.create_or_open(store, "r", keys, attrs, lambda: SHAPE)
     for s in range(run.nshards):

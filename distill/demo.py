@@ -21,7 +21,7 @@ def cache_demo(shards: str | Path, out: str | Path, size: int = 256) -> str:
              f"its features are meaningless: use --encoder vit_h --checkpoint ... for real ones"]
     datasets = sorted(p.parent for p in Path(shards).glob("*/manifest.json"))
     params = per_source(ENCODER, [SourceSpec(str(ds), "medical") for ds in datasets], out,
-                        encoder_kwargs={"img_size": size}, dtype="int8", shard_size=8, batch_size=8, device="cpu")
+                        encoder_kwargs={"img_size": size}, dtype="int8", shard_samples=8, batch_size=8, device="cpu")
     for result in cache_corpus(params):
         lines.append(f"  {out}/{result.store.run}: {result.store.n} samples, features "
                      f"{tuple(result.store.attrs['feature_shape'])} int8")

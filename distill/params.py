@@ -18,14 +18,11 @@ from .teachers import Teacher, load_teacher
 AUTOCASTS = ("auto", "bfloat16", "float16", "none")
 #: encoder batch size of a new run when none is given (a resumed run keeps its recorded one)
 DEFAULT_BATCH_SIZE = 8
-# the cache-teacher options named otherwise than their field (--shard-size means bytes in medprep build)
-FLAGS = {"shard_size": "--shard-samples"}
 
 
 @dataclass(frozen=True)
 class CacheParams:
-    """Every option of one cache run; ``medprep cache-teacher`` has an option of the same name for each (but
-    ``shard_size``: see :data:`FLAGS`).
+    """Every option of one cache run; ``medprep cache-teacher`` has an option of the same name for each.
 
     - teacher: ``encoder`` (vit_h, vit_l, vit_b, medsam, random-sam or ``package.module:callable``),
       ``checkpoint``, ``encoder_kwargs`` (for random-sam or a callable), ``normalize`` and ``resize`` (override its
@@ -34,7 +31,7 @@ class CacheParams:
     - store: ``out`` (zarr store, path or fsspec URL), ``run`` (group name; default
       ``<encoder>-<source folder name>``), ``dtype``, ``codec`` (the chunks' compression, one of
       :data:`~medprep.manifests.features.CODECS`; default: the run's recorded one, else
-      :data:`~medprep.manifests.features.CODEC`), ``views`` (identity, optionally hflip), ``shard_size``
+      :data:`~medprep.manifests.features.CODEC`), ``views`` (identity, optionally hflip), ``shard_samples``
       (samples per zarr shard object: the unit of work and of resume), ``keep_padding`` (store the encoder's output
       over the padding too, as ``SamPredictor.features``; default: 0 there, so bytes follow the image's aspect);
     - execution: ``batch_size`` (default: the run's recorded one, else :data:`DEFAULT_BATCH_SIZE`), ``device``,
@@ -63,7 +60,7 @@ class CacheParams:
     dtype: str = "float16"
     codec: str | None = None
     views: tuple[str, ...] = ("identity",)
-    shard_size: int = 16
+    shard_samples: int = 16
     keep_padding: bool = False
     batch_size: int | None = None
     device: str = "cuda"
@@ -110,10 +107,9 @@ class CacheParams:
             raise ValueError(f"unknown --autocast {self.autocast!r}: expected one of {AUTOCASTS}")
         if self.max_failures < 0:
             raise ValueError(f"--max-failures {self.max_failures}: expected a count, at least 0")
-        for name in ("shard_size", "batch_size", "decode_threads", "prefetch"):
+        for name in ("shard_samples", "batch_size", "decode_threads", "prefetch"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{FLAGS.get(name, '--' + name.replace('_', '-'))} {getattr(self, name)}: expected "
-                                 f"at least 1")
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected at least 1")
 
     @property
     def distributed(self) -> bool:
@@ -169,4 +165,4 @@ def per_source(encoder: str, sources: Sequence[SourceSpec | str], out: str | os.
     return params
 
 
-__all__ = ["AUTOCASTS", "DEFAULT_BATCH_SIZE", "FLAGS", "CacheParams", "per_source"]
+__all__ = ["AUTOCASTS", "DEFAULT_BATCH_SIZE", "CacheParams", "per_source"]

@@ -208,7 +208,7 @@ def run_attrs(teacher: Teacher, source: Source, params: CacheParams, device: str
         "dtype": params.dtype,
         **_codec(params.codec or recorded.get("codec"), recorded),
         "views": list(params.views),
-        "shard_size": params.shard_size,
+        "shard_samples": params.shard_samples,
         "keep_padding": params.keep_padding,
         "medprep_version": medprep.__version__,
     }

@@ -74,7 +74,7 @@ def prepare(realdata: Path, work: Path) -> tuple[list[Path], str]:
         built.append(out)
     if not Path(store).exists():
         cache_corpus([CacheParams(encoder=TEACHER, source=str(b), out=store, run=f"litemedsam-{b.name}",
-                                  device="cpu", batch_size=1, shard_size=4, decode_threads=1) for b in built])
+                                  device="cpu", batch_size=1, shard_samples=4, decode_threads=1) for b in built])
     return built, store
 
 

@@ -622,7 +622,7 @@ def cache_teacher(
                 encoder, source_specs(urls, source_kind, split, fraction, seed, subset_file), out, run=run,
                 checkpoint=checkpoint, encoder_kwargs=parse_options(encoder_arg, "--encoder-arg"),
                 normalize=normalize, resize=resize, dtype=dtype, codec=codec, views=tuple(views.split(",")),
-                shard_size=shard_samples, keep_padding=keep_padding, batch_size=batch_size, device=device,
+                shard_samples=shard_samples, keep_padding=keep_padding, batch_size=batch_size, device=device,
                 autocast=autocast, compile=compile, decode_threads=decode_threads,
                 devices=tuple(devices.split(",")) if devices else (), scheduler=scheduler, attention=attention,
                 threads=threads, wait=wait, max_failures=max_failures)

@@ -63,7 +63,7 @@ def test_other_encoders_and_subclasses_are_left_alone():
 def test_cache_records_and_uses_its_attention(tmp_path):
     write_sa1b_tar(tmp_path / "sa1b" / "sa_000000.tar", [1, 2, 3], np.random.default_rng(0),
                    sizes=[(48, 64), (64, 30), (64, 64)])
-    kw = dict(encoder_kwargs={"img_size": 64}, dtype="float32", shard_size=3, batch_size=3, device="cpu")
+    kw = dict(encoder_kwargs={"img_size": 64}, dtype="float32", shard_samples=3, batch_size=3, device="cpu")
     auto = cache_teacher(CacheParams("random-sam", tmp_path / "sa1b", tmp_path / "a.zarr", "r", **kw)).store
     sdpa = cache_teacher(CacheParams("random-sam", tmp_path / "sa1b", tmp_path / "s.zarr", "r", attention="sdpa",
                                      **kw)).store

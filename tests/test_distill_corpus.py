@@ -29,7 +29,7 @@ KW = {"img_size": 64}
 
 
 def _params(source, out, run=None, **kw) -> CacheParams:
-    return CacheParams("random-sam", source, out, run, encoder_kwargs=KW, device="cpu", shard_size=4, batch_size=2,
+    return CacheParams("random-sam", source, out, run, encoder_kwargs=KW, device="cpu", shard_samples=4, batch_size=2,
                        **kw)
 
 

@@ -28,7 +28,7 @@ def _features(out) -> np.ndarray:
 
 
 def _params(sa1b, out, **kw) -> CacheParams:
-    return CacheParams("random-sam", sa1b, out, "r", encoder_kwargs={"img_size": 64}, device="cpu", shard_size=4,
+    return CacheParams("random-sam", sa1b, out, "r", encoder_kwargs={"img_size": 64}, device="cpu", shard_samples=4,
                        **kw)
 
 

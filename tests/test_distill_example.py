@@ -33,7 +33,7 @@ def test_stored_features_teach_the_student_through_teacherjoin(tmp_path):
     built = [Path(build("drive", src, tmp_path / "shards", preset="litemedsam").out)]
     store = str(tmp_path / "t.zarr")
     cache_corpus([CacheParams(encoder=ex.TEACHER, source=str(built[0]), out=store, run="lite-drive", device="cpu",
-                              batch_size=1, shard_size=4, decode_threads=1)])
+                              batch_size=1, shard_samples=4, decode_threads=1)])
     teacher, pre = ex.image_encoder()
     features = TeacherFeatures(store)
     assert features.feature_shape == (256, 64, 64) and len(features) == 3

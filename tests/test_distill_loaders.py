@@ -26,7 +26,7 @@ def cached(tmp_path_factory):
     out = root / "shards" / "isic2018"
     build("isic2018", src, out.parent, size=128, resize="longest")
     params = CacheParams(TINY, out, root / "t.zarr", "r", encoder_kwargs={"img_size": 128}, dtype="float32",
-                         views=("identity", "hflip"), shard_size=2, batch_size=2, device="cpu")
+                         views=("identity", "hflip"), shard_samples=2, batch_size=2, device="cpu")
     cache_teacher(params)
     return out, params.out, params
 

@@ -53,7 +53,7 @@ def test_cached_medsam_features_equal_the_encoder_on_medsams_input(tmp_path):
     for i, img in enumerate(images):
         Image.fromarray(img).save(root / f"im{i}.png")
     params = CacheParams("random-sam", root, tmp_path / "t.zarr", "r", encoder_kwargs={"img_size": 64},
-                         normalize="minmax", resize="medsam", dtype="float32", shard_size=3, batch_size=3,
+                         normalize="minmax", resize="medsam", dtype="float32", shard_samples=3, batch_size=3,
                          device="cpu")
     store = cache_teacher(params).store
     assert store.attrs["preprocess"]["resize"] == "medsam" and store.attrs["preprocess"]["minmax"] is True

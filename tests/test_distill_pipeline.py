@@ -41,7 +41,7 @@ def _arrays(url: str, run: str) -> dict[str, np.ndarray]:
 
 
 def test_hflip_view_is_the_flipped_image(tmp_path, sa1b):
-    params = _params(sa1b, tmp_path / "t.zarr", dtype="float32", views=("identity", "hflip"), shard_size=3,
+    params = _params(sa1b, tmp_path / "t.zarr", dtype="float32", views=("identity", "hflip"), shard_samples=3,
                      batch_size=2)
     cache_teacher(params)
     teacher, src, out = params.teacher(), SA1BSource(str(sa1b)), params.out
@@ -75,7 +75,7 @@ def test_valid_cells_of_padded_sources():
 
 
 def test_same_arrays_whatever_the_partition(tmp_path, sa1b):
-    kw = dict(dtype="int8", views=("identity", "hflip"), shard_size=2, batch_size=2)
+    kw = dict(dtype="int8", views=("identity", "hflip"), shard_samples=2, batch_size=2)
     whole = cache_teacher(_params(sa1b, tmp_path / "a.zarr", **kw))
     assert whole.shards_written == [0, 1, 2, 3] and whole.images == 14
     first = cache_teacher(_params(sa1b, tmp_path / "b.zarr", decode_threads=1, **kw), shards=[3, 1])
@@ -118,7 +118,7 @@ def test_check_teacher_and_cli(tmp_path, sa1b):
 
 
 def test_dask_workers_one_per_device(tmp_path, sa1b):
-    one = _params(sa1b, tmp_path / "one.zarr", views=("identity", "hflip"), shard_size=2,
+    one = _params(sa1b, tmp_path / "one.zarr", views=("identity", "hflip"), shard_samples=2,
                   batch_size=2, decode_threads=1)
     cache_teacher(one)
     two = replace(one, out=str(tmp_path / "two.zarr"), devices=("cpu", "cpu"))
@@ -134,7 +134,7 @@ def test_unreadable_input_names_its_key_and_the_run_resumes(tmp_path):
     root = write_image_folder(tmp_path / "imgs", 4, np.random.default_rng(0))
     good = (root / "img_003.png").read_bytes()
     (root / "img_003.png").write_bytes(b"not a png")
-    kw = dict(shard_size=2, batch_size=2)
+    kw = dict(shard_samples=2, batch_size=2)
     with pytest.raises(RuntimeError, match="cannot read sample 'imgs-img_003'"):
         cache_teacher(_params(root, tmp_path / "t.zarr", decode_threads=1, **kw))
     assert FeatureStore.open(str(tmp_path / "t.zarr")).done_shards() == [True, False]
@@ -145,6 +145,6 @@ def test_unreadable_input_names_its_key_and_the_run_resumes(tmp_path):
 
 def test_fsspec_store_urls(tmp_path, sa1b):
     for url in (f"memory://{tmp_path.name}/t.zarr", f"file://{tmp_path}/t.zarr"):
-        cache_teacher(_params(sa1b, url, shard_size=4, batch_size=4))
+        cache_teacher(_params(sa1b, url, shard_samples=4, batch_size=4))
         store = FeatureStore.open(url)
         assert store.done_shards() == [True, True] and store.read(6).shape == (256, 4, 4)

@@ -16,13 +16,13 @@ from medprep.distill.synthetic import write_image_folder
 
 TINY = "medprep.distill.teachers:random_sam"
 RUN = "r"
-OPTS = {"dtype": "int8", "views": ["identity", "hflip"], "shard_size": 4, "batch_size": 2}
+OPTS = {"dtype": "int8", "views": ["identity", "hflip"], "shard_samples": 4, "batch_size": 2}
 
 
 def _cli(source: str, out: str) -> list[str]:
     return [sys.executable, "-m", "medprep.cli", "cache-teacher", "--source", source, "--out", out,
             "--encoder", TINY, "--encoder-arg", "img_size=256", "--device", "cpu", "--run", RUN,
-            "--dtype", OPTS["dtype"], "--views", ",".join(OPTS["views"]), "--shard-samples", str(OPTS["shard_size"]),
+            "--dtype", OPTS["dtype"], "--views", ",".join(OPTS["views"]), "--shard-samples", str(OPTS["shard_samples"]),
             "--batch-size", str(OPTS["batch_size"])]
 
 
@@ -41,7 +41,7 @@ def test_kill_and_resume_gives_identical_arrays(tmp_path):
     cache_teacher(CacheParams(TINY, source, ref_url, RUN, encoder_kwargs={"img_size": 256}, device="cpu", **OPTS))
     duration = time.perf_counter() - t  # kill delays scale with it, to land inside the run on any machine
     ref = _arrays(ref_url)
-    shard = OPTS["shard_size"]
+    shard = OPTS["shard_samples"]
 
     out = str(tmp_path / "killed.zarr")
     rng = np.random.default_rng(int.from_bytes(os.urandom(4), "little"))

@@ -43,7 +43,7 @@ def crafted(tmp_path):
     build("drive", src, tmp_path / "shards", size=64)
     store = tmp_path / "t.zarr"
     params = CacheParams("random-sam", tmp_path / "shards" / "drive", store, "drive", encoder_kwargs={"img_size": 64},
-                         device="cpu", shard_size=2, batch_size=2)
+                         device="cpu", shard_samples=2, batch_size=2)
     cache_teacher(params)
     marker = tmp_path / "MARKER"
     hub = {"repo_or_dir": str(store / "hub"), "model": "teacher", "source": "local", "trust_repo": True}

@@ -33,7 +33,7 @@ def test_cached_features_equal_sam_predictor(tmp_path, img_size, keep_padding):
     shapes = [(img_size, img_size), (50, 90), (90, 37), (30, 30)]
     root, images = _folder(tmp_path, shapes)
     params = CacheParams(TINY, root, tmp_path / "t.zarr", "r", encoder_kwargs={"img_size": img_size},
-                         dtype="float32", shard_size=2, batch_size=2, device="cpu", keep_padding=keep_padding)
+                         dtype="float32", shard_samples=2, batch_size=2, device="cpu", keep_padding=keep_padding)
     cache_teacher(params)
     teacher = params.teacher()
     store = FeatureStore.open(str(tmp_path / "t.zarr"), "r")

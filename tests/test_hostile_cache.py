@@ -73,7 +73,7 @@ import sys, time
 from medprep.distill import CacheParams, cache_teacher
 folder, store, seed, start = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 params = CacheParams("random-sam", folder, store, "r", encoder_kwargs={"img_size": 64, "seed": seed}, device="cpu",
-                     shard_size=2, batch_size=2, wait=120)
+                     shard_samples=2, batch_size=2, wait=120)
 time.sleep(max(0.0, start - time.time()))
 try:
     cache_teacher(params)
@@ -149,7 +149,7 @@ def test_sa1b_stream_names_the_tar_and_member_of_an_image_damaged_since_caching(
 
     tar = write_sa1b_tar(tmp_path / "sa1b" / "sa_000000.tar", [1, 2], np.random.default_rng(0))
     cache_teacher(CacheParams("random-sam", str(tar), tmp_path / "t.zarr", "sa", encoder_kwargs={"img_size": 64},
-                              device="cpu", shard_size=2, batch_size=2))
+                              device="cpu", shard_samples=2, batch_size=2))
     members = {"sa_1.jpg": b"\xff\xd8 damaged", "sa_2.jpg": b"\xff\xd8 damaged", "sa_1.json": b"{}",
                "sa_2.json": b"{}"}
     tar.write_bytes(tar_bytes(members))

@@ -49,7 +49,7 @@ def store(built, tmp_path_factory) -> Path:
     """A tiny random-weight teacher (the demo's) cached over the DRIVE build."""
     url = tmp_path_factory.mktemp("store") / "teacher.zarr"
     cache_teacher(CacheParams("medprep.distill.teachers:random_sam", built["drive"][0], url, "drive-run",
-                              encoder_kwargs={"img_size": 128}, dtype="int8", shard_size=4, batch_size=4,
+                              encoder_kwargs={"img_size": 128}, dtype="int8", shard_samples=4, batch_size=4,
                               device="cpu"))
     return url
 

@@ -131,7 +131,7 @@ def local(tmp_path_factory):
 
 
 def _params(source: str, out: str, **kw) -> CacheParams:
-    kw = {"shard_size": 3, **kw}
+    kw = {"shard_samples": 3, **kw}
     return CacheParams(TINY, source, out, "r", encoder_kwargs={"img_size": 64}, dtype="float32", batch_size=2,
                        device="cpu", **kw)
 
