@@ -25,7 +25,7 @@ STRING_KEYS_FORMAT = "medprep-teacher-v1"
 
 #: attributes renamed after runs were written under the old name (old -> new), read under the new name by
 #: :func:`upgrade`; the store format is otherwise unchanged. ``shard_size`` (samples per zarr shard) became
-#: ``shard_samples`` (``shard_size`` meant bytes in ``medprep build``).
+#: ``shard_samples`` (``shard_size`` also named the byte limit of a build's tar shards, now ``shard_bytes``).
 RENAMED = {"shard_size": "shard_samples"}
 
 #: what each attribute must be, in words (the error says it)

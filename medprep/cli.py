@@ -121,7 +121,7 @@ def setup_logging(verbose: bool) -> None:
     os.environ["DASK_LOGGING__DISTRIBUTED"] = "warning" if verbose else "error"  # dask worker processes
 
 
-def parse_size(text: str, flag: str = "--shard-size") -> int:
+def parse_size(text: str, flag: str = "--shard-bytes") -> int:
     """'1GB', '500MB', '2GiB', '1G', '123' -> bytes (``dask.utils.parse_bytes``); a ValueError naming ``flag``
     otherwise."""
     from medprep.prep.params import parse_size as parse_bytes
@@ -228,7 +228,7 @@ def build(
                                                                     "sequence)."),
     groups_file: Optional[Path] = typer.Option(None, metavar="FILE.csv", help="CSV with a frame column and a "
                                                                              "sequence column, for --group-by."),
-    shard_size: str = typer.Option("1GB", metavar="BYTES", help="Hard upper bound of a shard's size, e.g. 500MB."),
+    shard_bytes: str = typer.Option("1GB", metavar="BYTES", help="Hard upper bound of a shard's size, e.g. 500MB."),
     shard_samples: Optional[int] = typer.Option(None, metavar="N", help="Samples per shard (planned)."),
     max_pixels: Optional[int] = typer.Option(None, metavar="N", help="Most pixels one image (voxels one volume) may "
                                              "declare in its header; larger inputs fail before decoding (default "
@@ -313,7 +313,7 @@ def build(
                                 normalize=normalize, prompts=prompts, box_jitter=box_jitter, box_rule=box_rule,
                                 seed=seed,
                                 split_rule=split_rule, split_file=str(split_file) if split_file else None,
-                                group_by=group_by, shard_size=parse_size(shard_size, "--shard-size"),
+                                group_by=group_by, shard_bytes=parse_size(shard_bytes, "--shard-bytes"),
                                 shard_samples=shard_samples, max_pixels=max_pixels, options=opts)
         result = run_build(params, src, out, workers=workers, scheduler=scheduler, strict=strict,
                            overwrite=overwrite, max_failures=max_failures, allow_empty_split=allow_empty_split,

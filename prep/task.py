@@ -99,10 +99,10 @@ def _run(task: Task, src: str, partial: str, p: BuildParams, root: str,
                         if rec.modality is not None:
                             row["modality"] = rec.modality
                     size = TarShard.member_bytes(sample)
-                    if TarShard.file_size(size) > p.shard_size:
+                    if TarShard.file_size(size) > p.shard_bytes:
                         raise SampleTooLarge(f"sample {skey} takes {TarShard.file_size(size)} bytes in a tar, more "
-                                             f"than --shard-size {p.shard_size}; raise --shard-size")
-                    if state["w"] is not None and TarShard.file_size(state["bytes"] + size) > p.shard_size:
+                                             f"than --shard-bytes {p.shard_bytes}; raise --shard-bytes")
+                    if state["w"] is not None and TarShard.file_size(state["bytes"] + size) > p.shard_bytes:
                         close_part()
                     if state["w"] is None:
                         state["path"] = str(Path(scratch or partial) / f"{task.name}.part{len(parts):02d}.tar")
@@ -132,7 +132,7 @@ def _run(task: Task, src: str, partial: str, p: BuildParams, root: str,
 
 
 class SampleTooLarge(ConversionError):
-    """A sample that does not fit in a shard: the parameters (``--shard-size``) are wrong, not the input."""
+    """A sample that does not fit in a shard: the parameters (``--shard-bytes``) are wrong, not the input."""
 
 
 def _reason(e: Exception) -> str:
