@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medprep.distill import CacheParams, SA1BSource, SourceSpec, Teacher, load_teacher, open_run, write_shards
+from medprep.distill import (CacheExecution, CacheParams, SA1BSource, SourceSpec, Teacher, load_teacher, open_run,
+                             write_shards)
 from medprep.distill.pipeline import Encoder, prepare
 from medprep.distill.synthetic import write_sa1b_tar
 
@@ -51,13 +52,14 @@ def sync(encoder: Encoder) -> None:
         torch.cuda.synchronize()
 
 
-def pipeline_seconds(teacher: Teacher, source: SA1BSource, out: str, **kw) -> float:
-    """Wall time of :func:`write_shards` over a whole run, with ``teacher`` and ``source`` already loaded (store
-    creation and the shape probe excluded); ``kw``: :class:`CacheParams` options."""
+def pipeline_seconds(teacher: Teacher, source: SA1BSource, out: str, decode_threads: int, **kw) -> float:
+    """Wall time of :func:`write_shards` on the CPU over a whole run, with ``teacher`` and ``source`` already loaded
+    (store creation and the shape probe excluded); ``kw``: :class:`CacheParams` options."""
     params = CacheParams(teacher.name, SourceSpec(source.tars), out, "r", **kw)
-    store = open_run(params, teacher, source)
+    store = open_run(params, teacher, source, "cpu")
     t = time.perf_counter()
-    write_shards(store, teacher, source, params, range(store.nshards), params.device)
+    write_shards(store, teacher, source, params, CacheExecution("cpu", decode_threads=decode_threads),
+                 range(store.nshards), "cpu")
     return time.perf_counter() - t
 
 
@@ -84,8 +86,8 @@ def cpu_rows(root: Path, n: int, batch_size: int, repeats: int) -> list[tuple[st
         for _ in range(repeats):  # alternate, so load from other processes hits both alike
             bare.append(bare_seconds(encoder, prepared, batch_size))
             shutil.rmtree(out, ignore_errors=True)
-            piped.append(pipeline_seconds(teacher, source, str(out), dtype=dtype, shard_samples=8,
-                                          batch_size=batch_size, device="cpu", decode_threads=decode_threads))
+            piped.append(pipeline_seconds(teacher, source, str(out), decode_threads, dtype=dtype, shard_samples=8,
+                                          batch_size=batch_size))
         rows.append((f"(1) pipeline efficiency, {dtype}",
                      f"{min(bare) / min(piped):.3f}  (bare {n / min(bare):.2f} img/s, "
                      f"pipeline {n / min(piped):.2f} img/s)"))
@@ -112,8 +114,8 @@ def bytes_rows(root: Path, teacher: Teacher, batch_size: int, decode_threads: in
             if not tars.exists():
                 write_sa1b_tar(tars / "sa_000000.tar", list(range(1, n + 1)), rng, sizes=[(h, w)] * n)
             out = root / f"bytes-{dtype}-{name.replace(':', 'x')}.zarr"
-            pipeline_seconds(teacher, SA1BSource(str(tars)), str(out), dtype=dtype, shard_samples=n,
-                             batch_size=batch_size, device="cpu", decode_threads=decode_threads)
+            pipeline_seconds(teacher, SA1BSource(str(tars)), str(out), decode_threads, dtype=dtype, shard_samples=n,
+                             batch_size=batch_size)
             piped = disk_bytes(out / "r") / n
             syn = root / f"synthetic-{dtype}-{name.replace(':', 'x')}.zarr"
             attrs = {"dtype": dtype, "views": ["identity"], "shard_samples": n, "encoder": "N(0, 1)"}

@@ -11,8 +11,10 @@ import time
 import numpy as np
 import zarr
 
-from medprep.distill import CacheParams, cache_teacher
+from medprep.distill import CacheExecution, CacheParams, cache_teacher
 from medprep.distill.synthetic import write_image_folder
+
+CPU = CacheExecution("cpu")
 
 TINY = "medprep.distill.teachers:random_sam"
 RUN = "r"
@@ -38,7 +40,7 @@ def test_kill_and_resume_gives_identical_arrays(tmp_path):
     source = str(write_image_folder(tmp_path / "imgs", 64, np.random.default_rng(0), size=(96, 128)))
     ref_url = str(tmp_path / "ref.zarr")
     t = time.perf_counter()
-    cache_teacher(CacheParams(TINY, source, ref_url, RUN, encoder_kwargs={"img_size": 256}, device="cpu", **OPTS))
+    cache_teacher(CacheParams(TINY, source, ref_url, RUN, encoder_kwargs={"img_size": 256}, **OPTS), execution=CPU)
     duration = time.perf_counter() - t  # kill delays scale with it, to land inside the run on any machine
     ref = _arrays(ref_url)
     shard = OPTS["shard_samples"]

@@ -12,11 +12,13 @@ import zarr
 from typer.testing import CliRunner
 
 from medprep.cli import app
-from medprep.distill import FeatureStore
+from medprep.distill import CacheExecution, FeatureStore
 from medprep.loaders import collate, pinned_collate
 from medprep.loaders.teacher import TeacherFeatures, dequantise
 from medprep.manifests.chunks import ChunkFiles
 from medprep.manifests.features import CODECS, DamagedStore, FeatureReader
+
+CPU = CacheExecution("cpu")
 
 pytestmark = pytest.mark.usefixtures("collect_clients")  # object-store clients (conftest)
 
@@ -240,7 +242,7 @@ def test_codec_is_recorded_and_kept_on_resume(tmp_path):
 
     def run(codec: str | None) -> None:
         cache_teacher(CacheParams("random-sam", tmp_path / "imgs", tmp_path / "t.zarr", "r", codec=codec,
-                                  encoder_kwargs={"img_size": 64}, shard_samples=1, batch_size=1, device="cpu"))
+                                  encoder_kwargs={"img_size": 64}, shard_samples=1, batch_size=1), execution=CPU)
 
     run("zstd-1")
     group = zarr.open_group(tmp_path / "t.zarr", mode="r")["r"]

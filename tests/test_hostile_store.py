@@ -12,11 +12,13 @@ import zarr
 from typer.testing import CliRunner
 
 from medprep.cli import app
-from medprep.distill import CacheParams, cache_teacher
+from medprep.distill import CacheExecution, CacheParams, cache_teacher
 from medprep.loaders.teacher import TeacherFeatures
 from medprep.manifests.features import FeatureReader
 from medprep.manifests.runattrs import RunSchemaError
 from medprep.prep import build, synthetic
+
+CPU = CacheExecution("cpu")
 
 RUN = "drive"
 
@@ -29,7 +31,7 @@ def cached(tmp_path_factory):
     build("drive", src, tmp / "shards", size=64)
     store = tmp / "t.zarr"
     cache_teacher(CacheParams("random-sam", tmp / "shards" / "drive", store, RUN, encoder_kwargs={"img_size": 64},
-                              device="cpu", shard_samples=2, batch_size=2, views=("identity", "hflip")))
+                              shard_samples=2, batch_size=2, views=("identity", "hflip")), execution=CPU)
     return store
 
 

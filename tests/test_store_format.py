@@ -16,10 +16,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from medprep.cli import app
-from medprep.distill import CacheParams, FeatureStore, cache_teacher
+from medprep.distill import CacheExecution, CacheParams, FeatureStore, cache_teacher
 from medprep.distill.synthetic import natural_image
 from medprep.loaders.teacher import TeacherFeatures
 from medprep.manifests.features import FORMAT, DamagedStore, FeatureReader
+
+CPU = CacheExecution("cpu")
 
 TINY = "random-sam"
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -38,8 +40,8 @@ def store(tmp_path_factory) -> str:
         Image.fromarray(natural_image(h, w, rng)).save(root / "imgs" / f"im{i}.png")
     for dtype in DTYPES:
         cache_teacher(CacheParams(TINY, root / "imgs", root / "t.zarr", dtype, encoder_kwargs={"img_size": 64},
-                                  dtype=dtype, views=("identity", "hflip"), shard_samples=4, batch_size=2,
-                                  device="cpu"))
+                                  dtype=dtype, views=("identity", "hflip"), shard_samples=4, batch_size=2),
+                      execution=CPU)
     return str(root / "t.zarr")
 
 
