@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medprep.distill import CacheParams, SA1BSource, SourceSpec, Teacher, load_teacher, open_run, write_shards
+from medprep.distill import (CacheExecution, CacheParams, SA1BSource, SourceSpec, Teacher, load_teacher, open_run,
+                             write_shards)
 from medprep.distill.pipeline import Encoder, prepare
 from medprep.distill.synthetic import write_sa1b_tar
 
@@ -51,13 +52,14 @@ def sync(encoder: Encoder) -> None:
         torch.cuda.synchronize()
 
 
-def pipeline_seconds(teacher: Teacher, source: SA1BSource, out: str, **kw) -> float:
-    """Wall time of :func:`write_shards` over a whole run, with ``teacher`` and ``source`` already loaded (store
-    creation and the shape probe excluded); ``kw``: :class:`CacheParams` options."""
+def pipeline_seconds(teacher: Teacher, source: SA1BSource, out: str, decode_threads: int, **kw) -> float:
+    """Wall time of :func:`write_shards` on the CPU over a whole run, with ``teacher`` and ``source`` already loaded
+    (store creation and the shape probe excluded); ``kw``: :class:`CacheParams` options."""
     params = CacheParams(teacher.name, SourceSpec(source.tars), out, "r", **kw)
-    store = open_run(params, teacher, source)
+    store = open_run(params, teacher, source, "cpu")
     t = time.perf_counter()
-    write_shards(store, teacher, source, params, range(store.nshards), params.device)
+    write_shards(store, teacher, source, params, CacheExecution("cpu", decode_threads=decode_threads),
+                 range(store.nshards), "cpu")
     return time.perf_counter() - t
 
 
@@ -73,9 +75,9 @@ def cpu_rows(root: Path, n: int, batch_size: int, repeats: int) -> list[tuple[st
                            encoder_kwargs={"img_size": 1024, "embed_dim": 64, "depth": 2, "window_size": 14})
     encoder = Encoder(teacher, "cpu")
     prepared = [prepare(source, i, "identity", teacher.preprocess, 16) for i in range(n)]
-    workers = max(1, (os.cpu_count() or 2) - torch.get_num_threads())
+    decode_threads = max(1, (os.cpu_count() or 2) - torch.get_num_threads())
     rows = [("CPU", f"{os.cpu_count()} cores, torch intra-op threads {torch.get_num_threads()}, "
-                    f"{workers} decode thread(s); best of {repeats} alternating runs"),
+                    f"{decode_threads} decode thread(s); best of {repeats} alternating runs"),
             ("CPU encoder", "random-weight SAM ViT (embed 64, depth 2), 1024 input, 256x64x64 out"),
             ("CPU images", f"{n} SA-1B-format JPEGs 768x1024 in a tar, batch {batch_size}")]
     for dtype in ("float16", "int8"):
@@ -84,12 +86,12 @@ def cpu_rows(root: Path, n: int, batch_size: int, repeats: int) -> list[tuple[st
         for _ in range(repeats):  # alternate, so load from other processes hits both alike
             bare.append(bare_seconds(encoder, prepared, batch_size))
             shutil.rmtree(out, ignore_errors=True)
-            piped.append(pipeline_seconds(teacher, source, str(out), dtype=dtype, shard_size=8,
-                                          batch_size=batch_size, device="cpu", workers=workers))
+            piped.append(pipeline_seconds(teacher, source, str(out), decode_threads, dtype=dtype, shard_samples=8,
+                                          batch_size=batch_size))
         rows.append((f"(1) pipeline efficiency, {dtype}",
                      f"{min(bare) / min(piped):.3f}  (bare {n / min(bare):.2f} img/s, "
                      f"pipeline {n / min(piped):.2f} img/s)"))
-    return rows + bytes_rows(root, teacher, batch_size, workers)
+    return rows + bytes_rows(root, teacher, batch_size, decode_threads)
 
 
 #: image shape (h, w) at SA-1B's size, the rows of the 64x64 grid it fills at 1024, and the issue's targets in MiB
@@ -98,7 +100,7 @@ ASPECTS = {"square": ((1500, 1500), 64, (2.0003, 1.0008)), "4:3": ((1500, 2000),
            "3:2": ((1500, 2250), 43, (1.45, 0.72))}
 
 
-def bytes_rows(root: Path, teacher: Teacher, batch_size: int, workers: int, n: int = 4) -> list[tuple[str, str]]:
+def bytes_rows(root: Path, teacher: Teacher, batch_size: int, decode_threads: int, n: int = 4) -> list[tuple[str, str]]:
     """Bytes per sample on disk, per dtype and aspect: ``n`` images through the pipeline, and ``4 n`` N(0, 1)
     feature maps written with the padding rows zero."""
     from medprep.distill import FeatureStore
@@ -112,11 +114,11 @@ def bytes_rows(root: Path, teacher: Teacher, batch_size: int, workers: int, n: i
             if not tars.exists():
                 write_sa1b_tar(tars / "sa_000000.tar", list(range(1, n + 1)), rng, sizes=[(h, w)] * n)
             out = root / f"bytes-{dtype}-{name.replace(':', 'x')}.zarr"
-            pipeline_seconds(teacher, SA1BSource(str(tars)), str(out), dtype=dtype, shard_size=n,
-                             batch_size=batch_size, device="cpu", workers=workers)
+            pipeline_seconds(teacher, SA1BSource(str(tars)), str(out), decode_threads, dtype=dtype, shard_samples=n,
+                             batch_size=batch_size)
             piped = disk_bytes(out / "r") / n
             syn = root / f"synthetic-{dtype}-{name.replace(':', 'x')}.zarr"
-            attrs = {"dtype": dtype, "views": ["identity"], "shard_size": n, "encoder": "N(0, 1)"}
+            attrs = {"dtype": dtype, "views": ["identity"], "shard_samples": n, "encoder": "N(0, 1)"}
             store = FeatureStore.create_or_open(str(syn), "r", [f"k{i}" for i in range(4 * n)], attrs,
                                                 lambda: (256, 64, 64))
             for s in range(store.nshards):

@@ -26,7 +26,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from medprep.distill import CacheParams, SA1BSource, Teacher, load_teacher, open_run, write_shards
+from medprep.distill import CacheExecution, CacheParams, SA1BSource, Teacher, load_teacher, open_run, write_shards
 from medprep.distill.pipeline import Encoder, feature_shape, prepare
 from medprep.distill.synthetic import write_sa1b_tar
 
@@ -154,19 +154,19 @@ def run(root: Path, encoder: str = "vit_h", device: str = "cuda", images: int = 
     threads = decode_threads or max(1, (os.cpu_count() or 2) - 2)
     shard = best["batch_size"] * max(1, 32 // best["batch_size"])
     params = CacheParams(encoder, str(tars), str(root / f"pipeline-{encoder}.zarr"), "bench", checkpoint=str(ckpt),
-                         encoder_kwargs=kwargs, dtype="float16", shard_size=shard, batch_size=best["batch_size"],
-                         device=device, autocast="bfloat16", attention="sdpa", compile=compile, workers=threads,
-                         prefetch=8)
+                         encoder_kwargs=kwargs, dtype="float16", shard_samples=shard, batch_size=best["batch_size"],
+                         autocast="bfloat16", attention="sdpa", compile=compile)
+    execution = CacheExecution(device, decode_threads=threads, prefetch=8)
     seconds = []
     for attempt in range(2):  # the first run warms up (allocator, cuDNN, compilation); the second is measured
-        store = open_run(replace(params, run=f"bench{attempt}"), teacher, source)
+        store = open_run(replace(params, run=f"bench{attempt}"), teacher, source, device)
         with peak_memory(torch.device(device)) as mem:
             t = time.perf_counter()
-            write_shards(store, teacher, source, params, range(store.nshards), device)
+            write_shards(store, teacher, source, params, execution, range(store.nshards), device)
             seconds.append(time.perf_counter() - t)
     rate = images / seconds[-1]
     result["pipeline"] = {"images_s": rate, "efficiency": rate / best["images_s"],
-                          "peak_bytes": mem[0] if mem else None, "decode_threads": threads, "shard_size": shard}
+                          "peak_bytes": mem[0] if mem else None, "decode_threads": threads, "shard_samples": shard}
     return result
 
 
@@ -203,7 +203,7 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     out.append(("bare encoder, best", f"{best['images_s']:.1f} img/s at batch {best['batch_size']}"))
     out.append(("full pipeline", f"{pipe['images_s']:.1f} img/s over {result['images']} SA-1B-format JPEGs {h}x{w} "
                                  f"({pipe['decode_threads']} decode threads, float16 store, shards of "
-                                 f"{pipe['shard_size']}), peak GPU memory {mem(pipe['peak_bytes'])}"))
+                                 f"{pipe['shard_samples']}), peak GPU memory {mem(pipe['peak_bytes'])}"))
     out.append(("pipeline efficiency", f"{pipe['efficiency']:.3f} of the bare encoder"))
     return out
 

@@ -56,7 +56,7 @@ def bytes_per_sample(built: list[Path], teacher: torch.nn.Module, pre, root: Pat
         cells = []
         for dtype in DTYPES:
             out = root / f"bytes-{b.name}-{dtype}.zarr"
-            attrs = {"dtype": dtype, "views": ["identity"], "shard_size": len(keys), "encoder": ex.TEACHER}
+            attrs = {"dtype": dtype, "views": ["identity"], "shard_samples": len(keys), "encoder": ex.TEACHER}
             store = FeatureStore.create_or_open(str(out), "r", keys, attrs, lambda: (256, 64, 64))
             store.write_shard(0, {"identity": torch.cat(feats)}, np.array(valid))
             size = sum(f.stat().st_size for f in (out / "r").rglob("*") if f.is_file())

@@ -89,7 +89,7 @@ def features(n: int, kind: str, seed: int = 0) -> tuple[torch.Tensor, np.ndarray
 def write_store(url: str, dtype: str, codec: str, feats: torch.Tensor, valid_hw: np.ndarray, shard: int = 16) -> str:
     """A run ``r`` of these features through the real writer."""
     keys = [f"s-{i}" for i in range(len(feats))]
-    attrs = {"dtype": dtype, "views": ["identity"], "shard_size": shard, "encoder": "bench", "codec": codec}
+    attrs = {"dtype": dtype, "views": ["identity"], "shard_samples": shard, "encoder": "bench", "codec": codec}
     store = FeatureStore.create_or_open(url, "r", keys, attrs, lambda: tuple(feats.shape[1:]))
     for s in range(store.nshards):
         sl = store.shard_slice(s)

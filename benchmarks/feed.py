@@ -40,7 +40,7 @@ from features import one_thread
 
 from medprep.distill import FeatureStore
 from medprep.loaders import MedShards
-from medprep.loaders.fields import decode_png, normalise
+from medprep.loaders.fields import decode_png, normalize_image
 from medprep.loaders.teacher import TeacherFeatures, TeacherJoin
 from medprep.manifests import open_dataset
 from medprep.prep import build, synthetic
@@ -50,7 +50,7 @@ SHAPE = (256, 64, 64)
 
 def decode(image: bytes, mask: bytes, teacher: np.ndarray) -> dict[str, torch.Tensor]:
     """The sample every contender yields: MedShards' decoders for image and mask, features to float32."""
-    return {"image": normalise(decode_png(image), "sam"),
+    return {"image": normalize_image(decode_png(image), "sam"),
             "mask": torch.from_numpy((decode_png(mask) > 0).astype(np.float32)[None]),
             "teacher": torch.from_numpy(teacher).float()}
 
@@ -68,7 +68,7 @@ def prepare(work: Path, n: int, size: int) -> dict[str, Any]:
     keys = [k for k, _, _ in raw]
     feats = torch.randn(len(keys), *SHAPE, generator=torch.Generator().manual_seed(size)).half()
     store = str(work / f"teacher{size}.zarr")
-    attrs = {"dtype": "float16", "views": ["identity"], "shard_size": 16, "encoder": "bench",
+    attrs = {"dtype": "float16", "views": ["identity"], "shard_samples": 16, "encoder": "bench",
              "source": {"kind": "medical", "dataset": ds.name, "generation": ds.generation, "url": str(ds.root)}}
     run = FeatureStore.create_or_open(store, "r", keys, attrs, lambda: SHAPE)
     for s in range(run.nshards):

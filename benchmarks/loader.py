@@ -34,7 +34,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader
 
 from medprep.loaders import MedShards, collate
-from medprep.loaders.fields import decode_png, normalise
+from medprep.loaders.fields import decode_png, normalize_image
 from medprep.manifests import open_dataset
 from medprep.manifests.pixels import patch_targets
 from medprep.prep import build, synthetic
@@ -46,7 +46,7 @@ ENTRIES = ("image.png", "mask.png", "patch32.npy")
 def floor_sample(raw: dict) -> dict:
     """The bare pipeline's decode: exactly the work MedShards does for the three fields."""
     mask = decode_png(raw["mask.png"]) > 0
-    return {"image": normalise(decode_png(raw["image.png"]), "sam"),
+    return {"image": normalize_image(decode_png(raw["image.png"]), "sam"),
             "mask": torch.from_numpy(mask.astype(np.float32)[None]),
             "patch32": torch.from_numpy(np.load(io.BytesIO(raw["patch32.npy"])).astype(np.float32)[None])}
 
@@ -64,7 +64,7 @@ class FolderDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         image = cv2.cvtColor(cv2.imread(str(self.images[i]), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
         mask = cv2.imread(str(self.masks / self.images[i].name), cv2.IMREAD_GRAYSCALE) > 0
-        return {"image": normalise(image, "sam"), "mask": torch.from_numpy(mask.astype(np.float32)[None]),
+        return {"image": normalize_image(image, "sam"), "mask": torch.from_numpy(mask.astype(np.float32)[None]),
                 "patch32": torch.from_numpy(patch_targets(mask, 32).astype(np.float32)[None])}
 
 

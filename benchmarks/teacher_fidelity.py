@@ -15,7 +15,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from medprep.distill import CacheParams, cache_teacher
+from medprep.distill import CacheExecution, CacheParams, cache_teacher
 from medprep.distill.check import check_teacher
 from medprep.prep import build
 
@@ -41,7 +41,7 @@ def main() -> None:
             for name, out in builds.items():
                 run = f"{name}-{dtype}-{'keep' if keep else 'zero'}"
                 cache_teacher(CacheParams("litemedsam", out, store, run, dtype=dtype, keep_padding=keep,
-                                          views=("identity", "hflip"), device="cpu"))
+                                          views=("identity", "hflip")), execution=CacheExecution("cpu"))
                 reports.append(check_teacher(store, run, samples=1000).to_json())
             samples = [s for r in reports for s in r["samples"]]
             dice = [s["dice"] for s in samples]

@@ -1,6 +1,7 @@
-"""``cache_teacher``: one cache run from its :class:`~medprep.distill.params.CacheParams`, in this process or on
-one dask worker per device; ``cache_corpus``: several sources into one store, a run each. The CLI's
-``cache-teacher`` is a thin wrapper over them."""
+"""``cache_teacher``: one cache run from its :class:`~medprep.distill.params.CacheParams` (what it writes) and
+:class:`~medprep.distill.params.CacheExecution` (how), in this process or on one dask worker per device;
+``cache_corpus``: several sources into one store, a run each. The CLI's ``cache-teacher`` is a thin wrapper over
+them."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from medprep.manifests.lock import OutputLock
 
 from .distributed import write_distributed
 from .events import CacheEvent, OnEvent, RunOpened, Skipped
-from .params import CacheParams
+from .params import CacheExecution, CacheParams
 from .pipeline import open_run, write_shards
 from .store import FeatureStore
 from .teachers import Teacher
@@ -39,21 +40,24 @@ class CacheResult:
     skipped: list[Skipped] = field(default_factory=list)
 
 
-def cache_teacher(params: CacheParams, shards: Sequence[int] | None = None,
-                  on_event: OnEvent | None = None) -> CacheResult:
+def cache_teacher(params: CacheParams, shards: Sequence[int] | None = None, on_event: OnEvent | None = None,
+                  execution: CacheExecution = CacheExecution()) -> CacheResult:
     """Cache the teacher features of ``params.source`` into run ``params.run`` of the zarr store ``params.out``.
 
     Opens the run once (creating it, or checking that it was made with the same parameters), then writes the zarr
-    shards ``shards`` (default: all) that are not done yet; a killed run resumes where it stopped. With
-    ``params.devices`` or ``params.scheduler`` the shards are dealt to one dask worker per device. ``on_event``
-    receives :class:`~medprep.distill.events.RunOpened` once, then :class:`~medprep.distill.events.Encoded`.
+    shards ``shards`` (default: all) that are not done yet; a killed run resumes where it stopped. ``execution``:
+    how (device, decode threads, ...); with ``execution.devices`` or ``execution.scheduler`` the shards are dealt
+    to one dask worker per device. ``on_event`` receives :class:`~medprep.distill.events.RunOpened` once, then
+    :class:`~medprep.distill.events.Encoded`.
     """
-    return _cache(params, params.teacher(), shards, on_event)
+    return _cache(params, execution, params.teacher(), shards, on_event)
 
 
-def cache_corpus(params: Sequence[CacheParams], on_event: OnEvent | None = None) -> list[CacheResult]:
+def cache_corpus(params: Sequence[CacheParams], on_event: OnEvent | None = None,
+                 execution: CacheExecution = CacheExecution()) -> list[CacheResult]:
     """Cache several sources into their runs (e.g. :func:`~medprep.distill.params.per_source`), one after another,
-    loading the teacher once; each run is resumable on its own. ``on_event``: as :func:`cache_teacher`, per run.
+    loading the teacher once; each run is resumable on its own. ``on_event`` and ``execution``: as
+    :func:`cache_teacher`, per run.
 
     Refuses two entries that write the same run of the same store.
     """
@@ -66,7 +70,7 @@ def cache_corpus(params: Sequence[CacheParams], on_event: OnEvent | None = None)
     for p in params:
         if teacher is None or _teacher_key(p) != key:
             teacher, key = p.teacher(), _teacher_key(p)
-        results.append(_cache(p, teacher, None, on_event))
+        results.append(_cache(p, execution, teacher, None, on_event))
     return results
 
 
@@ -86,14 +90,14 @@ class RunLock(OutputLock):
 
 
 @contextlib.contextmanager
-def run_lock(params: CacheParams) -> Iterator[None]:
-    """Hold the lock of run ``params.run`` of a local store (stores on object storage are not locked: keep to one
-    writer per run there yourself)."""
+def run_lock(params: CacheParams, wait: float = 0.0) -> Iterator[None]:
+    """Hold the lock of run ``params.run`` of a local store, waiting up to ``wait`` seconds for another holder (stores
+    on object storage are not locked: keep to one writer per run there yourself)."""
     fs, path = fs_and_path(params.out)
     if not isinstance(fs, LocalFileSystem):
         yield
         return
-    with RunLock(path, params.run, params.wait):
+    with RunLock(path, params.run, wait):
         yield
 
 
@@ -111,14 +115,14 @@ def refuse_inside_build(out: str) -> None:
         folder = "" if parent == folder else parent
 
 
-def _cache(params: CacheParams, teacher: Teacher, shards: Sequence[int] | None,
+def _cache(params: CacheParams, execution: CacheExecution, teacher: Teacher, shards: Sequence[int] | None,
            on_event: OnEvent | None) -> CacheResult:
     refuse_inside_build(params.out)
-    with run_lock(params):
-        return _cache_locked(params, teacher, shards, on_event)
+    with run_lock(params, execution.wait):
+        return _cache_locked(params, execution, teacher, shards, on_event)
 
 
-def _cache_locked(params: CacheParams, teacher: Teacher, shards: Sequence[int] | None,
+def _cache_locked(params: CacheParams, execution: CacheExecution, teacher: Teacher, shards: Sequence[int] | None,
                   on_event: OnEvent | None) -> CacheResult:
     skipped: list[Skipped] = []
 
@@ -129,7 +133,7 @@ def _cache_locked(params: CacheParams, teacher: Teacher, shards: Sequence[int] |
             on_event(event)
 
     source = params.open_source()
-    store = open_run(params, teacher, source)
+    store = open_run(params, teacher, source, execution.worker_devices[0])
     wanted = range(store.nshards) if shards is None else list(shards)
     if any(not 0 <= s < store.nshards for s in wanted):
         raise ValueError(f"shard indices must be in [0, {store.nshards}), got {sorted(wanted)}")
@@ -140,10 +144,10 @@ def _cache_locked(params: CacheParams, teacher: Teacher, shards: Sequence[int] |
     if on_event is not None:
         resumed = sum(len(store.indices(s)) for s in done_before) * len(store.views)
         on_event(RunOpened(store.url, store.run, store.nshards, todo, images, resumed))
-    if params.distributed:
-        written = write_distributed(store, params, todo, on_event)
+    if execution.distributed:
+        written = write_distributed(store, params, execution, todo, on_event)
     else:
-        written = write_shards(store, teacher, source, params, todo, params.device, report)
+        written = write_shards(store, teacher, source, params, execution, todo, execution.device, report)
     return CacheResult(store, written, done_before, images, skipped)
 
 

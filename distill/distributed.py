@@ -1,8 +1,8 @@
 """Several cache workers (one per device) over the shared dask runner, partitioned by zarr shard.
 
 The driver opens the run once; each worker loads its own teacher and source from the same
-:class:`~medprep.distill.params.CacheParams` and writes whole zarr shards of its own, so workers never touch the
-same objects.
+:class:`~medprep.distill.params.CacheParams` (and runs as the same :class:`~medprep.distill.params.CacheExecution`)
+and writes whole zarr shards of its own, so workers never touch the same objects.
 """
 
 from __future__ import annotations
@@ -12,42 +12,42 @@ from typing import Sequence
 from medprep.manifests.runner import DaskRunner, WorkerLost
 
 from .events import Encoded, OnEvent
-from .params import CacheParams
+from .params import CacheExecution, CacheParams
 from .pipeline import CacheError, write_shards
 from .store import FeatureStore
 
 
-def _work(shards: list[int], params: CacheParams, device: str) -> list[int]:
+def _work(shards: list[int], params: CacheParams, execution: CacheExecution, device: str) -> list[int]:
     """On a worker: write ``shards`` of the run ``params`` names (opened by the driver) on ``device``."""
     store = FeatureStore.open(params.out, params.run, mode="r+")
-    return write_shards(store, params.teacher(), params.open_source(), params, shards, device)
+    return write_shards(store, params.teacher(), params.open_source(), params, execution, shards, device)
 
 
-def write_distributed(store: FeatureStore, params: CacheParams, shards: Sequence[int],
+def write_distributed(store: FeatureStore, params: CacheParams, execution: CacheExecution, shards: Sequence[int],
                       on_event: OnEvent | None = None) -> list[int]:
-    """Write ``shards`` of the open run ``store`` with one dask worker per device of ``params``; return them.
+    """Write ``shards`` of the open run ``store`` with one dask worker per device of ``execution``; return them.
 
     The shards are dealt round-robin to the devices, and each device's part runs as one dask task (on a LocalCluster
-    of one process per device, or the workers of ``params.scheduler``, idle workers taking one part each); a part
+    of one process per device, or the workers of ``execution.scheduler``, idle workers taking one part each); a part
     whose worker dies runs again on another one, and one whose worker dies every time raises :class:`CacheError`
     naming its zarr shards and samples. ``on_event`` receives :class:`~medprep.distill.events.Encoded` as each worker's part
     completes.
     """
-    devices = params.worker_devices
+    devices = execution.worker_devices
     parts = [(dev, list(shards[i::len(devices)])) for i, dev in enumerate(devices)]
     parts = [(dev, part) for dev, part in parts if part]
     if not parts:
         return []
-    with DaskRunner(workers=len(devices), scheduler=params.scheduler) as runner:
+    with DaskRunner(workers=len(devices), scheduler=execution.scheduler) as runner:
         workers = len(runner.worker_addresses())
         if workers < len(devices):
-            raise ValueError(f"dask scheduler {params.scheduler} has {workers} workers, but {len(devices)} "
+            raise ValueError(f"dask scheduler {execution.scheduler} has {workers} workers, but {len(devices)} "
                              f"devices were given ({', '.join(devices)}): start one worker per device")
         # not pinned to worker addresses: the nanny of a killed worker starts a replacement at another address, and
         # dask hands a waiting task to a new worker only if its restrictions allow it (a part pinned to the dead
         # address, even loosely, waits forever on a one-worker cluster: measured). Idle workers take one part
         # each; a part whose worker died runs again on a live one, its finished zarr shards skipped
-        futures = [runner.submit(_work, part, params, dev) for dev, part in parts]
+        futures = [runner.submit(_work, part, params, execution, dev) for dev, part in parts]
         written = []
         for future in futures:
             try:

@@ -1,5 +1,6 @@
-"""The cache's one parameter object: built by the CLI or the Python API, validated on construction, and sent
-unchanged to the driver and to every worker."""
+"""The cache's parameters (what a run writes, recorded in its attrs) and execution options (how it runs), apart as
+the build's are: both built by the CLI or the Python API, validated on construction, and sent unchanged to the
+driver and to every worker."""
 
 from __future__ import annotations
 
@@ -18,36 +19,30 @@ from .teachers import Teacher, load_teacher
 AUTOCASTS = ("auto", "bfloat16", "float16", "none")
 #: encoder batch size of a new run when none is given (a resumed run keeps its recorded one)
 DEFAULT_BATCH_SIZE = 8
-# the cache-teacher options named otherwise than their field (--shard-size and --workers mean bytes and processes in
-# medprep build)
-FLAGS = {"shard_size": "--shard-samples", "workers": "--decode-threads"}
 
 
 @dataclass(frozen=True)
 class CacheParams:
-    """Every option of one cache run; ``medprep cache-teacher`` has an option of the same name for each (but
-    ``shard_size`` and ``workers``: see :data:`FLAGS`).
+    """What a cache run writes and where: every parameter its features depend on (recorded in the run's attrs, and
+    compared when a run is resumed), with the run's place. How the run executes is :class:`CacheExecution`'s, as
+    ``medprep build`` keeps its parameters (``BuildParams``) apart from its execution options. ``medprep
+    cache-teacher`` has an option of the same name for each field.
 
     - teacher: ``encoder`` (vit_h, vit_l, vit_b, medsam, random-sam or ``package.module:callable``),
       ``checkpoint``, ``encoder_kwargs`` (for random-sam or a callable), ``normalize`` and ``resize`` (override its
       preprocessing), ``attention`` (auto: SDPA on CUDA for SAM encoders, segment_anything's own elsewhere);
     - source: ``source``, a :class:`SourceSpec` (a plain path or URL means ``SourceSpec(url)``);
-    - store: ``out`` (zarr store, path or fsspec URL), ``run`` (group name; default
-      ``<encoder>-<source folder name>``), ``dtype``, ``codec`` (the chunks' compression, one of
+    - place: ``out`` (zarr store, path or fsspec URL), ``run`` (group name; default
+      ``<encoder>-<source folder name>``);
+    - stored values: ``dtype``, ``codec`` (the chunks' compression, one of
       :data:`~medprep.manifests.features.CODECS`; default: the run's recorded one, else
-      :data:`~medprep.manifests.features.CODEC`), ``views`` (identity, optionally hflip), ``shard_size``
+      :data:`~medprep.manifests.features.CODEC`), ``views`` (identity, optionally hflip), ``shard_samples``
       (samples per zarr shard object: the unit of work and of resume), ``keep_padding`` (store the encoder's output
       over the padding too, as ``SamPredictor.features``; default: 0 there, so bytes follow the image's aspect);
-    - execution: ``batch_size`` (default: the run's recorded one, else :data:`DEFAULT_BATCH_SIZE`), ``device``,
-      ``autocast`` (auto: bfloat16 on CUDA, none elsewhere), ``compile``, ``workers`` (decode threads),
-      ``prefetch`` (batches decoded ahead), ``devices`` (one dask worker per entry, e.g.
-      ``("cuda:0", "cuda:1")``; replaces ``device``), ``scheduler`` (a running dask scheduler's address) and
-      ``threads`` (torch intra-op threads of CPU encoders; default: this process's count when the run is created,
-      then the count recorded in the run, so that every writer of a run computes bit-identical features), ``wait``
-      (seconds to wait for another ``cache-teacher`` writing the same run of a local store, then give up naming it),
-      ``max_failures`` (images of the run that may fail to be read: each is skipped, reported as a
-      :class:`~medprep.distill.events.Skipped` event and left not done, so a rerun tries it again; one more stops
-      the run; with dask workers the count is per worker).
+    - numerics (recorded, because the features' bits depend on them): ``batch_size`` (default: the run's recorded
+      one, else :data:`DEFAULT_BATCH_SIZE`), ``autocast`` (auto: bfloat16 on CUDA, none elsewhere), ``compile``
+      and ``threads`` (torch intra-op threads of CPU encoders; default: this process's count when the run is
+      created, then the count recorded in the run, so that every writer of a run computes bit-identical features).
 
     Construction normalises (``str`` paths, tuples, views in store order, the default run name) and raises
     ``ValueError`` naming the option to fix.
@@ -64,27 +59,20 @@ class CacheParams:
     dtype: str = "float16"
     codec: str | None = None
     views: tuple[str, ...] = ("identity",)
-    shard_size: int = 16
+    shard_samples: int = 16
     keep_padding: bool = False
     batch_size: int | None = None
-    device: str = "cuda"
     autocast: str = "auto"
     compile: bool = False
-    workers: int = 4
-    prefetch: int = 4
-    devices: tuple[str, ...] = ()
-    scheduler: str | None = None
     attention: str = "auto"
     threads: int | None = None
-    wait: float = 0.0
-    max_failures: int = 0
 
     def __post_init__(self) -> None:
         source = self.source if isinstance(self.source, SourceSpec) else SourceSpec(_url(self.source))
         views = tuple(self.views)
         norm = {
             "source": source, "out": os.fspath(self.out), "views": tuple(v for v in VIEWS if v in views),
-            "encoder_kwargs": dict(self.encoder_kwargs), "devices": tuple(self.devices),
+            "encoder_kwargs": dict(self.encoder_kwargs),
             "checkpoint": None if self.checkpoint is None else os.fspath(self.checkpoint),
             "run": self.run or _default_run(self.encoder, source.url),
         }
@@ -101,20 +89,53 @@ class CacheParams:
             raise ValueError(f"--normalize {self.normalize!r}: expected one of {normalizations}")
         if self.attention not in ATTENTIONS:
             raise ValueError(f"unknown --attention {self.attention!r}: expected one of {ATTENTIONS}")
-        if not self.wait >= 0:
-            raise ValueError(f"--wait {self.wait}: expected seconds, at least 0")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"--threads {self.threads}: expected at least 1")
         if self.resize is not None and self.resize not in RESIZES:
             raise ValueError(f"--resize {self.resize!r}: expected one of {RESIZES}")
         if self.autocast not in AUTOCASTS:
             raise ValueError(f"unknown --autocast {self.autocast!r}: expected one of {AUTOCASTS}")
+        _at_least_one(self, ("shard_samples", "batch_size"))
+
+    def teacher(self) -> Teacher:
+        """Load the teacher these parameters name."""
+        return load_teacher(self.encoder, self.checkpoint, normalize=self.normalize, resize=self.resize,
+                            encoder_kwargs=self.encoder_kwargs)
+
+    def open_source(self) -> Source:
+        """Open the source these parameters name."""
+        return open_source(self.source)
+
+
+@dataclass(frozen=True)
+class CacheExecution:
+    """How a cache run executes, never what it writes (not recorded; a run resumes under other values):
+
+    ``device`` (the encoder's), ``devices`` (one dask worker per entry, e.g. ``("cuda:0", "cuda:1")``; replaces
+    ``device``), ``scheduler`` (a running dask scheduler's address), ``decode_threads`` (threads decoding and
+    preprocessing images beside the encoder), ``prefetch`` (batches decoded ahead), ``wait`` (seconds to wait for
+    another ``cache-teacher`` writing the same run of a local store, then give up naming it), ``max_failures``
+    (images of the run that may fail to be read: each is skipped, reported as a
+    :class:`~medprep.distill.events.Skipped` event and left not done, so a rerun tries it again; one more stops the
+    run; with dask workers the count is per worker). ``medprep cache-teacher`` has an option of the same name for
+    each but ``prefetch``.
+    """
+
+    device: str = "cuda"
+    devices: tuple[str, ...] = ()
+    scheduler: str | None = None
+    decode_threads: int = 4
+    prefetch: int = 4
+    wait: float = 0.0
+    max_failures: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "devices", tuple(self.devices))
+        if not self.wait >= 0:
+            raise ValueError(f"--wait {self.wait}: expected seconds, at least 0")
         if self.max_failures < 0:
             raise ValueError(f"--max-failures {self.max_failures}: expected a count, at least 0")
-        for name in ("shard_size", "batch_size", "workers", "prefetch"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{FLAGS.get(name, '--' + name.replace('_', '-'))} {getattr(self, name)}: expected "
-                                 f"at least 1")
+        _at_least_one(self, ("decode_threads", "prefetch"))
 
     @property
     def distributed(self) -> bool:
@@ -126,14 +147,12 @@ class CacheParams:
         """The device of each worker: ``devices``, else ``device`` alone."""
         return self.devices or (self.device,)
 
-    def teacher(self) -> Teacher:
-        """Load the teacher these parameters name."""
-        return load_teacher(self.encoder, self.checkpoint, normalize=self.normalize, resize=self.resize,
-                            encoder_kwargs=self.encoder_kwargs)
 
-    def open_source(self) -> Source:
-        """Open the source these parameters name."""
-        return open_source(self.source)
+def _at_least_one(options: Any, names: tuple[str, ...]) -> None:
+    """Refuse a count of ``names`` below 1 (None: not given), naming its option."""
+    for name in names:
+        if getattr(options, name) is not None and getattr(options, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(options, name)}: expected at least 1")
 
 
 def _url(url: str | os.PathLike | list[str]) -> str | list[str]:
@@ -150,7 +169,8 @@ def _default_run(encoder: str, url: str | list[str]) -> str:
 def per_source(encoder: str, sources: Sequence[SourceSpec | str], out: str | os.PathLike, run: str | None = None,
                **options: Any) -> list[CacheParams]:
     """One :class:`CacheParams` per source, all into the store ``out``: one run each, named after its source
-    (``<encoder>-<source folder name>``; ``run`` only with a single source). ``options``: the other fields.
+    (``<encoder>-<source folder name>``; ``run`` only with a single source). ``options``: the other fields (how
+    the runs execute is a :class:`CacheExecution`, given to :func:`~medprep.distill.cache.cache_corpus`).
 
     Refuses two sources whose runs would have the same name (rename one folder, or cache them one at a time with
     ``run=``).
@@ -170,4 +190,4 @@ def per_source(encoder: str, sources: Sequence[SourceSpec | str], out: str | os.
     return params
 
 
-__all__ = ["AUTOCASTS", "DEFAULT_BATCH_SIZE", "FLAGS", "CacheParams", "per_source"]
+__all__ = ["AUTOCASTS", "DEFAULT_BATCH_SIZE", "CacheExecution", "CacheParams", "per_source"]

@@ -30,7 +30,7 @@ from medprep.manifests.features import CODEC, FeatureReader
 
 from .attention import resolve_attention, sam_attention_blocks, set_attention
 from .events import Encoded, OnEvent, Skipped
-from .params import AUTOCASTS, DEFAULT_BATCH_SIZE, CacheParams
+from .params import AUTOCASTS, DEFAULT_BATCH_SIZE, CacheExecution, CacheParams
 from .preprocess import PREPROCESS_VERSION, Preprocess
 from .sources import Source
 from .store import FeatureStore
@@ -214,7 +214,7 @@ def run_attrs(teacher: Teacher, source: Source, params: CacheParams, device: str
         "dtype": params.dtype,
         **_codec(params.codec or recorded.get("codec"), recorded),
         "views": list(params.views),
-        "shard_size": params.shard_size,
+        "shard_samples": params.shard_samples,
         "keep_padding": params.keep_padding,
         "medprep_version": medprep.__version__,
     }
@@ -226,13 +226,12 @@ def _codec(codec: str | None, recorded: dict[str, Any]) -> dict[str, str]:
     return {"codec": codec} if codec else {} if recorded else {"codec": CODEC}
 
 
-def open_run(params: CacheParams, teacher: Teacher, source: Source) -> FeatureStore:
+def open_run(params: CacheParams, teacher: Teacher, source: Source, device: str) -> FeatureStore:
     """Create run ``params.run`` of ``params.out`` (or reopen it, refusing other parameters); call it once.
 
     ``teacher`` and ``source`` are the ones ``params`` names, already loaded (``params.teacher()``,
-    ``params.open_source()``). The autocast and attention recorded are those of the first worker's device.
+    ``params.open_source()``). The autocast and attention recorded are those of ``device``, the first worker's.
     """
-    device = params.worker_devices[0]
     check_device(device)
     attrs = run_attrs(teacher, source, params, device, _recorded(params.out, params.run))
     return FeatureStore.create_or_open(params.out, params.run, source.keys, attrs,
@@ -247,13 +246,14 @@ def _recorded(url: str, run: str) -> dict[str, Any]:
         return {}
 
 
-def write_shards(store: FeatureStore, teacher: Teacher, source: Source, params: CacheParams, shards: Sequence[int],
-                 device: str, on_event: OnEvent | None = None) -> list[int]:
+def write_shards(store: FeatureStore, teacher: Teacher, source: Source, params: CacheParams,
+                 execution: CacheExecution, shards: Sequence[int], device: str,
+                 on_event: OnEvent | None = None) -> list[int]:
     """Encode and write the zarr shards ``shards`` of an open run on ``device``; return those written.
 
-    ``params.workers`` threads decode and preprocess, the calling thread runs the encoder (with the run's batch
-    size, autocast, attention and, on a CPU, intra-op thread count), a writer thread writes whole zarr shards;
-    ``params.prefetch`` bounds the batches decoded ahead. Shards already done are skipped. ``on_event`` receives
+    ``execution.decode_threads`` threads decode and preprocess, the calling thread runs the encoder (with the run's
+    batch size, autocast, attention and, on a CPU, intra-op thread count), a writer thread writes whole zarr shards;
+    ``execution.prefetch`` bounds the batches decoded ahead. Shards already done are skipped. ``on_event`` receives
     :class:`~medprep.distill.events.Encoded` after every batch.
     """
     a = store.attrs
@@ -265,22 +265,23 @@ def write_shards(store: FeatureStore, teacher: Teacher, source: Source, params: 
     failed: dict[int, str] = {}
 
     def on_failure(i: int, error: Exception) -> None:
-        """Skip sample ``i`` whose image could not be read, within ``params.max_failures``; else re-raise."""
-        if not params.max_failures:
+        """Skip sample ``i`` whose image could not be read, within ``execution.max_failures``; else re-raise."""
+        if not execution.max_failures:
             raise error
         if i in failed:  # its other view
             return
         failed[i] = str(error)
-        if len(failed) > params.max_failures:
+        if len(failed) > execution.max_failures:
             listed = "; ".join(f"{source.keys[j]}: {why}" for j, why in failed.items())
-            raise CacheError(f"more than --max-failures {params.max_failures} images of {store.url}/{store.run} "
+            raise CacheError(f"more than --max-failures {execution.max_failures} images of {store.url}/{store.run} "
                                f"could not be read ({listed})") from error
         if on_event is not None:
             on_event(Skipped(source.keys[i], failed[i]))
 
-    with intra_op_threads(threads), ThreadPoolExecutor(params.workers, thread_name_prefix="medprep-decode") as pool:
+    with (intra_op_threads(threads),
+          ThreadPoolExecutor(execution.decode_threads, thread_name_prefix="medprep-decode") as pool):
         batches = _Prefetch(_batches(todo, store, source, teacher.preprocess, stride, a["batch_size"], pool),
-                            params.prefetch)
+                            execution.prefetch)
         writer = _Writer(store)
         try:
             parts: dict[int, dict[str, list[Part]]] = {}

@@ -54,7 +54,7 @@ class FeatureStore(FeatureReader):
                        shape: Callable[[], tuple[int, int, int]]) -> FeatureStore:
         """Open run ``run`` for writing, creating it on first use; refuse a run made with other parameters.
 
-        ``attrs`` must hold ``dtype``, ``views`` and ``shard_size`` (``codec``: :data:`CODEC` when absent); it is
+        ``attrs`` must hold ``dtype``, ``views`` and ``shard_samples`` (``codec``: :data:`CODEC` when absent); it is
         compared with the run's attrs except for locations and versions (see :func:`identity`). ``shape()`` gives
         ``(C, H, W)`` when creating. A run whose creation was interrupted (no ``format`` attr yet) is created again.
         """
@@ -79,7 +79,7 @@ class FeatureStore(FeatureReader):
             return store
         shape = tuple(shape())
         attrs = {**attrs, "codec": attrs.get("codec", CODEC)}
-        n, ss, dtype = len(keys), attrs["shard_size"], attrs["dtype"]
+        n, ss, dtype = len(keys), attrs["shard_samples"], attrs["dtype"]
         pad = bool(attrs.get("keep_padding"))
         g = root.create_group(run, overwrite=True)
 

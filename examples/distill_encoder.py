@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from medprep.distill import CacheParams, Preprocess, cache_corpus, load_teacher, masked_mse
+from medprep.distill import CacheExecution, CacheParams, Preprocess, cache_corpus, load_teacher, masked_mse
 from medprep.distill.pipeline import region_cells
 from medprep.loaders import MedShards, collate
 from medprep.loaders.teacher import TeacherFeatures, TeacherJoin
@@ -73,8 +73,8 @@ def prepare(realdata: Path, work: Path) -> tuple[list[Path], str]:
             out = Path(build(name, realdata / folder, work / "shards", preset="litemedsam").out)
         built.append(out)
     if not Path(store).exists():
-        cache_corpus([CacheParams(encoder=TEACHER, source=str(b), out=store, run=f"litemedsam-{b.name}",
-                                  device="cpu", batch_size=1, shard_size=4, workers=1) for b in built])
+        cache_corpus([CacheParams(encoder=TEACHER, source=str(b), out=store, run=f"litemedsam-{b.name}", batch_size=1,
+                                  shard_samples=4) for b in built], execution=CacheExecution("cpu", decode_threads=1))
     return built, store
 
 

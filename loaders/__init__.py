@@ -12,12 +12,12 @@ from .augment import Affine, Augment
 from .fields import DEFAULT_FIELDS, Decoder, collate, pinned_collate
 from .indexed import MedShardsIndexed
 from .prompts import Prompts
-from .reader import open_sources, read_samples
+from .reader import open_datasets, read_samples
 from .shards import MedShards
 from .state import merge_states
 
 __all__ = [
     "Affine", "Augment", "DEFAULT_FIELDS", "Decoder", "MedShards", "MedShardsIndexed", "NORMALIZATIONS",
-    "PIXEL_MEAN", "PIXEL_STD", "Prompts", "collate", "merge_states", "open_sources", "pinned_collate",
+    "PIXEL_MEAN", "PIXEL_STD", "Prompts", "collate", "merge_states", "open_datasets", "pinned_collate",
     "read_samples",
 ]

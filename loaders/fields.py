@@ -155,7 +155,7 @@ def _lut(how: str) -> np.ndarray:
 _LUTS = {how: _lut(how) for how in NORMALIZATIONS}
 
 
-def normalise(image: np.ndarray, how: str) -> torch.Tensor:
+def normalize_image(image: np.ndarray, how: str) -> torch.Tensor:
     """uint8 ``(H, W, 3)`` RGB -> float32 ``(3, H, W)`` tensor, ``(x - mean) / std`` with the constants of ``how``
     (one table look-up per pixel and channel, straight into channel-first order)."""
     lut = _LUTS[how]
@@ -294,7 +294,7 @@ class Decoder:
         for f in self.fields:
             if f == "image":
                 out[f] = (minmax(arrays[f], arrays["_valid"], lo, hi) if self.per_image
-                          else normalise(arrays[f], self.normalize))
+                          else normalize_image(arrays[f], self.normalize))
             elif f == "inst":
                 out[f] = torch.from_numpy(np.ascontiguousarray(arrays[f], dtype=np.int32)[None])
             elif f in arrays:

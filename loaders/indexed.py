@@ -19,7 +19,7 @@ from medprep.manifests import BuiltDataset, ShardEntry, ShardIndex
 from .augment import Augment
 from .fields import recorded_decoder
 from .prompts import Prompts
-from .reader import Source, open_sources, roots
+from .reader import DatasetRef, open_datasets, roots
 
 class MedShardsIndexed(torch.utils.data.Dataset):
     """Sample ``i`` of ``split`` over one or more built datasets (sources in order, then wids index order).
@@ -29,10 +29,10 @@ class MedShardsIndexed(torch.utils.data.Dataset):
     reproducible.
     """
 
-    def __init__(self, sources: Source | Sequence[Source], split: str = "test",
+    def __init__(self, sources: DatasetRef | Sequence[DatasetRef], split: str = "test",
                  fields: Iterable[str] | None = None, *, normalize: str | None = None,
                  augment: Augment | None = None, prompts: Prompts | None = None, seed: int = 0):
-        self.datasets = open_sources(sources)
+        self.datasets = open_datasets(sources)
         self.split, self.seed = split, seed
         self.decoder = recorded_decoder(self.datasets, fields, normalize, augment, prompts)
         self.entries = self.decoder.entries

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Collection, Iterator
 
 from medprep.manifests import BuiltDataset, ShardEntry, ShardIndex, open_dataset
-from medprep.manifests.dataset import Source, open_sources
+from medprep.manifests.dataset import DatasetRef, open_datasets
 
 
 @dataclass(frozen=True)
@@ -67,4 +67,4 @@ def read_samples(url: str, entries: Collection[str] | None = None, stride: int =
     return open_dataset(root).read_shard(name, entries, stride, offset)
 
 
-__all__ = ["Shard", "Source", "open_sources", "read_samples", "roots", "split_shards"]
+__all__ = ["Shard", "DatasetRef", "open_datasets", "read_samples", "roots", "split_shards"]

@@ -17,7 +17,7 @@ from . import partition, state
 from .augment import Augment
 from .fields import recorded_decoder
 from .prompts import Prompts
-from .reader import Shard, Source, open_sources, roots, split_shards
+from .reader import Shard, DatasetRef, open_datasets, roots, split_shards
 
 BALANCE = (None, "modality")
 
@@ -55,7 +55,7 @@ class MedShards(state.Resumable, torch.utils.data.IterableDataset):
 
     def __init__(
         self,
-        sources: Source | Sequence[Source],
+        sources: DatasetRef | Sequence[DatasetRef],
         split: str = "train",
         fields: Iterable[str] | None = None,
         *,
@@ -75,7 +75,7 @@ class MedShards(state.Resumable, torch.utils.data.IterableDataset):
         partitions: int = partition.PARTITIONS,
     ):
         super().__init__()
-        self.datasets = open_sources(sources)
+        self.datasets = open_datasets(sources)
         self.split = split
         self.shards: list[Shard] = split_shards(self.datasets, split)
         self.decoder = recorded_decoder(self.datasets, fields, normalize, augment, prompts)

@@ -29,7 +29,7 @@ from medprep.manifests.features import FeatureReader, in_fraction, runs as store
 from medprep.manifests.pixels import longest_side
 
 from . import partition, state
-from .fields import minmax, normalise
+from .fields import minmax, normalize_image
 
 #: the run attrs that name a teacher: runs read together must agree on them
 TEACHER_ATTRS = ("encoder", "encoder_kwargs", "checkpoint_sha256", "preprocess", "feature_shape")
@@ -531,7 +531,7 @@ def student_image(image: np.ndarray, size: int, normalize: str) -> torch.Tensor:
     if normalize == "minmax":
         out[:, :h, :w] = minmax(image, np.ones((h, w), bool), float(image.min()), float(image.max()))
     else:
-        out[:, :h, :w] = normalise(image, normalize)
+        out[:, :h, :w] = normalize_image(image, normalize)
     return out
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from . import store
+from . import fsio
 from .dataset import BuiltDataset
 from .features import STORED, FeatureReader, runs
 from .runattrs import RunSchemaError
@@ -102,7 +102,7 @@ def card_of_dataset(ds: BuiltDataset) -> dict[str, Any]:
     """The card of the built dataset ``ds``, computed from its manifest, samples and failures lists; the command
     line and source folder come from the ``card.json`` its build wrote (None when there is none)."""
     try:
-        written = store.read_json(ds.file_url(CARD))
+        written = fsio.read_json(ds.file_url(CARD))
     except (FileNotFoundError, ValueError):
         written = {}
     return dataset_card(ds.manifest, list(ds.samples()), ds.failures(),
@@ -147,10 +147,10 @@ def store_card(url: str) -> dict[str, Any]:
 def kind_of(path: str) -> str:
     """``dataset`` for a built dataset (holding ``manifest.json``), ``teacher-store`` for a zarr teacher store;
     anything else raises ``FileNotFoundError``."""
-    fs, base = store.fs_and_path(path)
-    if fs.exists(store.join(base, MANIFEST)):
+    fs, base = fsio.fs_and_path(path)
+    if fs.exists(fsio.join(base, MANIFEST)):
         return "dataset"
-    if fs.exists(store.join(base, "zarr.json")):
+    if fs.exists(fsio.join(base, "zarr.json")):
         return "teacher-store"
     raise FileNotFoundError(f"{path} is neither a built dataset (no {MANIFEST}) nor a teacher store (no zarr.json): "
                             f"pass a folder written by 'medprep build' or 'medprep cache-teacher'")

@@ -13,7 +13,7 @@ import os
 from contextlib import contextmanager
 from typing import IO, Any, Collection, Iterator, Sequence
 
-from . import store, tar
+from . import fsio, tar
 from .schema import FAILURES, MANIFEST, SAMPLES, Manifest, ShardEntry, sample_row_problem, wids_problems
 from .tar import ShardError, ShardIndex
 from .verify import verify
@@ -28,15 +28,15 @@ class BuiltDataset:
 
     def __init__(self, root: str | os.PathLike):
         self.root = str(root).rstrip("/")
-        url = store.join(self.root, MANIFEST)
+        url = fsio.join(self.root, MANIFEST)
         try:
-            raw = store.read_bytes(url)
+            raw = fsio.read_bytes(url)
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"no {MANIFEST} under {self.root}: expected a folder written by 'medprep build' "
                 f"(a build that was interrupted has no manifest yet; rerun it to resume)"
             ) from None
-        self.manifest_sha256 = store.sha256_bytes(raw)
+        self.manifest_sha256 = fsio.sha256_bytes(raw)
         try:
             self.manifest = Manifest.from_json(json.loads(raw))
         except ValueError as e:  # json.JSONDecodeError is a ValueError too
@@ -59,7 +59,7 @@ class BuiltDataset:
         return self.manifest.generation
 
     def url(self, name: str) -> str:
-        return store.join(self.root, name)
+        return fsio.join(self.root, name)
 
     def file_url(self, name: str) -> str:
         """The URL of the build's file ``name`` (``samples.jsonl``, ``card.json``...): beside the manifest, or in
@@ -73,7 +73,7 @@ class BuiltDataset:
     def samples(self, split: str | None = None) -> Iterator[dict[str, Any]]:
         """Rows of ``samples.jsonl`` (optionally of one split), in shard order; a row that does not match the schema
         (:func:`~medprep.manifests.schema.sample_row_problem`) raises a ``ValueError`` naming its line."""
-        for n, row in enumerate(store.iter_jsonl(self.file_url(SAMPLES)), 1):
+        for n, row in enumerate(fsio.iter_jsonl(self.file_url(SAMPLES)), 1):
             problem = sample_row_problem(row, self._entries)
             if problem:
                 raise ValueError(f"{self.file_url(SAMPLES)} line {n}: {problem}; run 'medprep verify {self.root}'")
@@ -84,7 +84,7 @@ class BuiltDataset:
         return [r["key"] for r in self.samples(split)]
 
     def failures(self) -> list[dict[str, Any]]:
-        return list(store.iter_jsonl(self.file_url(FAILURES)))
+        return list(fsio.iter_jsonl(self.file_url(FAILURES)))
 
     def wids_url(self, split: str) -> str:
         return self.file_url(f"{split}.wids.json")
@@ -110,7 +110,7 @@ class BuiltDataset:
         """Raise :class:`GenerationError` if ``manifest.json`` now names another build than the one this reader
         opened (``shard`` is named in the message). Cheap when nothing changed: the manifest is read again only
         when its file stamp (fsspec ``ukey``: size, mtime, inode) differs from the last confirmed one."""
-        fs, path = store.fs_and_path(self.url(MANIFEST))
+        fs, path = fsio.fs_and_path(self.url(MANIFEST))
         gone = (f"{self.where(shard)}: the dataset was removed or is being replaced while it was read "
                 f"({MANIFEST} is gone); open it again once the build has finished")
         try:
@@ -133,7 +133,7 @@ class BuiltDataset:
         """Open a shard for reading, after checking the generation and the opened file's size (a shard cut short
         or replaced raises here, before anything is read)."""
         e = self.entry(shard)
-        fs, path = store.fs_and_path(self.url(e.name))
+        fs, path = fsio.fs_and_path(self.url(e.name))
         try:
             f = fs.open(path, "rb")
         except FileNotFoundError:
@@ -167,7 +167,7 @@ class BuiltDataset:
         e = self.entry(shard)
         lo, hi = index.span(j, entries)
         url = self.url(e.name)
-        fs, path = store.fs_and_path(url)
+        fs, path = fsio.fs_and_path(url)
         try:
             blob = fs.cat_file(path, start=lo, end=hi) if hi > lo else b""
         except FileNotFoundError:
@@ -180,7 +180,7 @@ class BuiltDataset:
         """The shards of ``split`` as its ``<split>.wids.json`` lists them, checked against the manifest."""
         url = self.wids_url(split)
         try:
-            doc = store.read_json(url)
+            doc = fsio.read_json(url)
         except FileNotFoundError:
             raise FileNotFoundError(f"no wids index {url}: {self.root} has splits "
                                     f"{', '.join(self.manifest.splits()) or 'none'}") from None
@@ -194,15 +194,16 @@ class BuiltDataset:
         return shards
 
 
-Source = str | os.PathLike | BuiltDataset
+#: a built dataset: its folder or fsspec URL, its manifest.json, or an opened one
+DatasetRef = str | os.PathLike | BuiltDataset
 
 
-def open_dataset(root: Source) -> BuiltDataset:
+def open_dataset(root: DatasetRef) -> BuiltDataset:
     """Open a built dataset by path/URL (idempotent on an already opened one)."""
     return root if isinstance(root, BuiltDataset) else BuiltDataset(root)
 
 
-def open_sources(sources: Source | Sequence[Source]) -> list[BuiltDataset]:
+def open_datasets(sources: DatasetRef | Sequence[DatasetRef]) -> list[BuiltDataset]:
     """Open one or several built datasets (folders, fsspec URLs, their manifest.json, or opened ones)."""
     if isinstance(sources, (str, os.PathLike, BuiltDataset)):
         sources = [sources]

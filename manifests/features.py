@@ -3,7 +3,7 @@
 Layout of ``<store>/<run>`` (``V`` = view suffix: "" for the identity view, "_hflip" for the flipped view)::
 
     featuresV     (N, C, H, W)  float16 | uint16 (bfloat16 bits) | float32 | int8; one chunk per sample inside
-                                zarr shards of ``shard_size`` samples
+                                zarr shards of ``shard_samples`` samples
     scaleV        (N, C)        float16 per-channel scale of int8 features: x = q * scale
     keys          (N, L)        uint8: the UTF-8 bytes of each sample key, zero-padded to the longest (L bytes)
     valid_hw      (N, 2)        int32 rows, columns of the valid (not padded) region, in embedding cells from the
@@ -22,7 +22,7 @@ the bytes per sample follow the image's aspect).
 
 The group's attrs record everything the features depend on, ``format`` (written last: a run without it was not
 finished being created) and ``feature_shape``. Every array is chunked so that zarr shard ``s`` (samples
-``[s * shard_size, (s + 1) * shard_size)``) is owned by exactly one writer. The writer lives in
+``[s * shard_samples, (s + 1) * shard_samples)``) is owned by exactly one writer. The writer lives in
 ``medprep.distill.store``; this module imports neither torch nor the cache pipeline.
 
 Format history: ``medprep-teacher-v1`` stored keys as a zarr ``string`` array (tensorstore cannot read it),
@@ -44,8 +44,8 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from .chunks import ChunkError, ChunkFiles
 from .errors import MedprepError, NotFound
-from .runattrs import DTYPES, STORED, VIEWS, RunAttrs, check_arrays, check_attrs
-from .store import fs_and_path
+from .fsio import fs_and_path
+from .runattrs import DTYPES, STORED, VIEWS, RunAttrs, check_arrays, check_attrs, upgrade
 
 FORMAT = "medprep-teacher-v2"
 #: older formats this reader still reads (never written)
@@ -203,7 +203,7 @@ class FeatureReader:
     def __init__(self, group: zarr.Group, url: str, run: str):
         self.group, self.url, self.run = group, url, run
         self._pid = os.getpid()  # the process whose event loop the group's store is bound to
-        self.attrs: dict[str, Any] = dict(group.attrs)
+        self.attrs: dict[str, Any] = upgrade(dict(group.attrs))
         self.format = self.attrs.get("format")
         if self.format is None:
             raise ValueError(f"{url}/{run} is not a finished medprep teacher store (no format attr: its creation was "
@@ -217,11 +217,11 @@ class FeatureReader:
         self.schema: RunAttrs = check_attrs(self.attrs, where)
         self.dtype: str = self.schema.dtype
         self.views: list[str] = list(self.schema.views)
-        self.shard_size: int = self.schema.shard_size
+        self.shard_samples: int = self.schema.shard_samples
         self._arrays: dict[str, zarr.Array] = check_arrays(group, self.schema, where)
         self._files: dict[str, ChunkFiles | None] = {}
         self.n: int = self.array("keys").shape[0]
-        self.nshards = -(-self.n // self.shard_size)
+        self.nshards = -(-self.n // self.shard_samples)
 
     @classmethod
     def open(cls: type[_Reader], url: str, run: str | None = None, mode: str = "r") -> _Reader:
@@ -249,7 +249,7 @@ class FeatureReader:
 
     def shard_slice(self, s: int) -> slice:
         """Sample slice of zarr shard ``s``."""
-        return slice(s * self.shard_size, min((s + 1) * self.shard_size, self.n))
+        return slice(s * self.shard_samples, min((s + 1) * self.shard_samples, self.n))
 
     def indices(self, s: int) -> range:
         """Sample indices of zarr shard ``s``."""

@@ -25,12 +25,17 @@ STORED: dict[str, str] = {"float16": "float16", "int8": "int8", "bfloat16": "uin
 #: the format whose keys are a zarr ``string`` array of shape (N,) (later formats: (N, L) uint8)
 STRING_KEYS_FORMAT = "medprep-teacher-v1"
 
+#: attributes renamed after runs were written under the old name (old -> new), read under the new name by
+#: :func:`upgrade`; the store format is otherwise unchanged. ``shard_size`` (samples per zarr shard) became
+#: ``shard_samples`` (``shard_size`` also named the byte limit of a build's tar shards, now ``shard_bytes``).
+RENAMED = {"shard_size": "shard_samples"}
+
 #: what each attribute must be, in words (the error says it)
 EXPECTED = {
     "format": "the store format written by medprep cache-teacher",
     "dtype": f"one of {', '.join(DTYPES)}",
     "views": "a list of views: 'identity', optionally 'hflip', each once",
-    "shard_size": "a positive integer (samples per zarr shard)",
+    "shard_samples": "a positive integer (samples per zarr shard)",
     "feature_shape": "a list of 3 positive integers [channels, rows, columns]",
     "keep_padding": "true or false",
     "source": "an object with 'kind' (medical, sa1b or folder) and 'url'",
@@ -52,7 +57,7 @@ class RunAttrs(BaseModel):
     format: str
     dtype: Literal["float16", "int8", "bfloat16", "float32"]
     views: list[Literal["identity", "hflip"]]
-    shard_size: PositiveInt
+    shard_samples: PositiveInt
     feature_shape: Annotated[list[PositiveInt], Len(3, 3)]
     keep_padding: bool = False
     encoder: str | None = None
@@ -78,6 +83,16 @@ class RunSchemaError(MedprepError, ValueError):
 def _advice(where: str) -> str:
     return (f"the run was changed after 'medprep cache-teacher' wrote it, or written by another tool; delete {where} "
             f"and rerun 'medprep cache-teacher' (or restore it from a copy)")
+
+
+def upgrade(attrs: dict[str, Any]) -> dict[str, Any]:
+    """``attrs`` of a run as this medprep names them: an attribute written under its old name (:data:`RENAMED`, by a
+    medprep before the rename) under its new one."""
+    out = dict(attrs)
+    for old, new in RENAMED.items():
+        if old in out and new not in out:
+            out[new] = out.pop(old)
+    return out
 
 
 def check_attrs(attrs: dict[str, Any], where: str) -> RunAttrs:
@@ -154,5 +169,5 @@ def require(attrs: dict[str, Any], names: tuple[str, ...], where: str, purpose: 
                              f"{_advice(where)}")
 
 
-__all__ = ["DTYPES", "EXPECTED", "RunAttrs", "RunSchemaError", "STORED", "VIEWS", "array_names", "check_arrays",
-           "check_attrs", "require"]
+__all__ = ["DTYPES", "EXPECTED", "RENAMED", "RunAttrs", "RunSchemaError", "STORED", "VIEWS", "array_names",
+           "check_arrays", "check_attrs", "require", "upgrade"]

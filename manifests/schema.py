@@ -25,7 +25,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import store
+from . import fsio
 from .modalities import MODALITY_MAPS, N_MODALITIES, recorded_table
 
 FORMAT = "medprep-manifest-v2"
@@ -84,7 +84,7 @@ class Manifest:
         i.e. of everything a reader reads."""
         doc = {"dataset": self.dataset, "shards": [asdict(s) for s in self.shards],
                "samples_sha256": self.files.get("samples_sha256")}
-        return store.sha256_bytes(store.dumps(doc))[:16]
+        return fsio.sha256_bytes(fsio.dumps(doc))[:16]
 
     @property
     def folder(self) -> str:

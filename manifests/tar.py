@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Collection, Iterator, Mapping
 
-from . import store
+from . import fsio
 from .errors import MedprepError
 
 TAR_MTIME = 0  # fixed member mtime (1970-01-01) for byte-identical rebuilds
@@ -101,7 +101,7 @@ class TarShard:
         return total
 
     @staticmethod
-    def shard_bytes(members: int) -> int:
+    def total_bytes(members: int) -> int:
         """Bytes of the shard file whose members take ``members`` bytes: end blocks added, padded to the 10240-byte
         record."""
         return -(-(members + 2 * tarfile.BLOCKSIZE) // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
@@ -114,7 +114,7 @@ class TarShard:
         return self.nbytes, self.hash.hexdigest()
 
 
-class OversizedSample(ValueError):
+class OversizedSample(MedprepError, ValueError):
     """A sample that alone takes more bytes in a tar than a part of a :class:`ShardWriter` may hold."""
 
     def __init__(self, key: str, nbytes: int, limit: int):
@@ -165,10 +165,10 @@ class ShardWriter:
     def write(self, sample: Mapping[str, Any]) -> int:
         """Append one sample (``__key__`` plus entry name -> bytes); returns the number of the part it went into."""
         size = TarShard.member_bytes(sample)
-        if TarShard.shard_bytes(size) > self.max_bytes:
-            raise OversizedSample(sample["__key__"], TarShard.shard_bytes(size), self.max_bytes)
+        if TarShard.total_bytes(size) > self.max_bytes:
+            raise OversizedSample(sample["__key__"], TarShard.total_bytes(size), self.max_bytes)
         full = self.max_samples is not None and self._samples >= self.max_samples
-        if self._shard is not None and (full or TarShard.shard_bytes(self._members + size) > self.max_bytes):
+        if self._shard is not None and (full or TarShard.total_bytes(self._members + size) > self.max_bytes):
             self._finish()
         if self._shard is None:
             self._path = self.folder / f"{self.prefix}.part{len(self.parts):02d}.tar"
@@ -413,7 +413,7 @@ class MemberIndex:
 
     def __init__(self, url: str):
         self.url = url
-        self.fs, self.path = store.fs_and_path(url)
+        self.fs, self.path = fsio.fs_and_path(url)
         with self.fs.open(self.path, "rb") as f:
             self.members = {m.name.removeprefix("./"): (m.offset_data, m.size)
                             for _, m in _members(f, url, regular_only=False)}

@@ -16,7 +16,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import store
+from . import fsio
 from .schema import BUILD_FOLDER, CORE_ENTRIES, FAILURES, MANIFEST, SAMPLES, Manifest, ShardEntry, schema_problems, wids_problems
 from .tar import ShardError, ShardIndex
 
@@ -73,7 +73,7 @@ class VerifyReport:
 def verify(root: str | os.PathLike) -> VerifyReport:
     """Check the built dataset at ``root`` (local path or fsspec URL); see the module docstring."""
     report = VerifyReport(str(root).rstrip("/"))
-    fs, base = store.fs_and_path(report.root)
+    fs, base = fsio.fs_and_path(report.root)
     if not fs.isdir(base):
         report.add(".", f"{report.root} is not a folder: expected a dataset folder written by 'medprep build'")
         return report
@@ -101,7 +101,7 @@ def build_problems(root: str | os.PathLike) -> list[Problem]:
     ``manifest.json`` of the medprep schema and format, every shard it lists present, and no file or folder that a
     build does not write. Empty when it is one; a build replaces a folder (``--overwrite``) only then."""
     report = VerifyReport(str(root).rstrip("/"))
-    fs, base = store.fs_and_path(report.root)
+    fs, base = fsio.fs_and_path(report.root)
     present = _listing(fs, base)
     manifest = _manifest(report, present)
     if manifest is not None and manifest.folder:
@@ -126,7 +126,7 @@ def _manifest(report: VerifyReport, present: dict[str, str]) -> Manifest | None:
         report.add(MANIFEST, "missing: not a medprep build, or a build that was interrupted before publishing")
         return None
     try:
-        doc = json.loads(store.read_bytes(store.join(report.root, MANIFEST)))
+        doc = json.loads(fsio.read_bytes(fsio.join(report.root, MANIFEST)))
     except ValueError as e:
         report.add(MANIFEST, f"not JSON ({e})")
         return None
@@ -149,9 +149,9 @@ def _jsonl(report: VerifyReport, name: str, present: dict[str, str], manifest: M
     if name not in present:
         report.add(name, "missing: every build writes it")
         return None
-    data = store.read_bytes(store.join(report.root, name))
+    data = fsio.read_bytes(fsio.join(report.root, name))
     key = f"{name.rpartition('/')[2].split('.')[0]}_sha256"
-    if manifest is not None and key in manifest.files and store.sha256_bytes(data) != manifest.files[key]:
+    if manifest is not None and key in manifest.files and fsio.sha256_bytes(data) != manifest.files[key]:
         report.add(name, "sha256 differs from the manifest")
     rows, bad = [], []
     for n, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
@@ -210,12 +210,12 @@ def _shard(report: VerifyReport, s: ShardEntry, keys: list[str] | None, present:
     if s.name not in present:
         report.add(s.name, "missing")
         return
-    url = store.join(report.root, s.name)
-    fs, path = store.fs_and_path(url)
+    url = fsio.join(report.root, s.name)
+    fs, path = fsio.fs_and_path(url)
     size = fs.size(path)
     if size != s.bytes:
         report.add(s.name, f"{size} bytes, manifest says {s.bytes}")
-    elif store.sha256_file(url) != s.sha256:
+    elif fsio.sha256_file(url) != s.sha256:
         report.add(s.name, "sha256 differs from the manifest")
     try:
         with fs.open(path, "rb") as f:
@@ -246,7 +246,7 @@ def _wids(report: VerifyReport, m: Manifest, present: dict[str, str]) -> None:
             report.add(name, f"missing: the wids index of split {split}")
             continue
         try:
-            doc = json.loads(store.read_bytes(store.join(report.root, name)))
+            doc = json.loads(fsio.read_bytes(fsio.join(report.root, name)))
         except ValueError as e:
             report.add(name, f"not JSON ({e})")
             continue

@@ -1,6 +1,6 @@
 """Converters and the build pipeline: official dataset layouts -> deterministic webdataset shards."""
 
-from .datasets import REGISTRY, Converter, Record, get_converter, load_all
+from .datasets import Converter, Record, get_converter
 from .events import BuildEvent, BuildResult, InputDone, Planned, Published, TaskDone
 from .imaging import ConversionError
 from .params import BuildError, BuildParams, InputsFailed
@@ -8,12 +8,6 @@ from .pipeline import build
 from .tree import LayoutError, SourceTree
 
 
-def datasets() -> dict[str, type[Converter]]:
-    """Every registered converter by name."""
-    load_all()
-    return dict(sorted(REGISTRY.items()))
-
-
 __all__ = ["BuildError", "BuildEvent", "BuildParams", "BuildResult", "ConversionError", "Converter", "InputDone",
-           "InputsFailed", "LayoutError", "Planned", "Published", "Record", "SourceTree", "TaskDone", "build", "datasets",
+           "InputsFailed", "LayoutError", "Planned", "Published", "Record", "SourceTree", "TaskDone", "build",
            "get_converter"]

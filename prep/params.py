@@ -21,7 +21,7 @@ from .tree import read_regular
 
 SPLIT_RULES = ("official", "811", "test", "file")
 SIZE_RANGE = (8, 8192)  # output side length in pixels; 8192 already makes one worst-case sample ~540 MB
-SHARD_SIZE_MAX = 1 << 40  # 1 TiB: a larger --shard-size is a typo (and no file system likes such a tar)
+SHARD_BYTES_MAX = 1 << 40  # 1 TiB: a larger --shard-bytes is a typo (and no file system likes such a tar)
 # recipe fields: None means not set; the manifest records them only when set
 RECIPE_FIELDS = ("preset", "interpolation", "normalize", "prompts", "box_jitter", "box_rule")
 
@@ -37,7 +37,7 @@ class InputsFailed(BuildError):
     exit_status = 1
 
 
-def parse_size(value: int | str, option: str = "--shard-size") -> int:
+def parse_size(value: int | str, option: str = "--shard-bytes") -> int:
     """Bytes from an int or a size text ('1GB', '500MB', '2GiB', '1G', '123'), read by ``dask.utils.parse_bytes``;
     a ``ValueError`` names ``option`` for anything else."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -95,7 +95,7 @@ def read_split_file(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, 
 class FailureLimit:
     """``--max-failures``: how many inputs may fail in a build that still publishes. A count (``5``), a fraction of
     the inputs found (``2%``), or the default (``None``): only failures that mean the parameters are wrong stop
-    a build (stage ``params``, e.g. a sample larger than ``--shard-size``). A build that converts nothing never
+    a build (stage ``params``, e.g. a sample larger than ``--shard-bytes``). A build that converts nothing never
     publishes."""
 
     count: int | None = None
@@ -162,7 +162,7 @@ class BuildParams:
     split_rule: str | None = None
     split_file: str | None = None
     group_by: str | None = None
-    shard_size: int | str = 1_000_000_000
+    shard_bytes: int | str = 1_000_000_000
     shard_samples: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
     preset: str | None = None
@@ -175,7 +175,7 @@ class BuildParams:
 
     def __post_init__(self) -> None:
         norm = {"dataset": dataset_name(self.dataset),  # DRIVE, Kvasir_SEG: the registered spelling
-                "patch_sizes": tuple(int(p) for p in self.patch_sizes), "shard_size": parse_size(self.shard_size),
+                "patch_sizes": tuple(int(p) for p in self.patch_sizes), "shard_bytes": parse_size(self.shard_bytes),
                 "split_file": os.fspath(self.split_file) if self.split_file else None,
                 "options": {k: v for k, v in dict(self.options).items() if v is not None}}
         for name, value in norm.items():
@@ -193,11 +193,11 @@ class BuildParams:
                              f"(or give --split-file)")
         if self.split_rule == "file" and self.split_file is None:
             raise ValueError("--split-rule file needs --split-file FILE")
-        if self.shard_size < 1 or (self.shard_samples is not None and self.shard_samples < 1):
-            raise ValueError(f"--shard-size and --shard-samples must be positive, got {self.shard_size} and "
+        if self.shard_bytes < 1 or (self.shard_samples is not None and self.shard_samples < 1):
+            raise ValueError(f"--shard-bytes and --shard-samples must be positive, got {self.shard_bytes} and "
                              f"{self.shard_samples}")
-        if self.shard_size > SHARD_SIZE_MAX:
-            raise ValueError(f"--shard-size {self.shard_size}: at most {SHARD_SIZE_MAX >> 30} GiB; shards of a few "
+        if self.shard_bytes > SHARD_BYTES_MAX:
+            raise ValueError(f"--shard-bytes {self.shard_bytes}: at most {SHARD_BYTES_MAX >> 30} GiB; shards of a few "
                              f"hundred MB to a few GB suit webdataset readers")
         if self.split_file is not None:
             read_split_file(self.split_file)  # missing, not JSON or of the wrong shape: said before any work
@@ -281,5 +281,5 @@ class BuildParams:
         return d
 
 
-__all__ = ["SHARD_SIZE_MAX", "SIZE_RANGE", "SPLIT_RULES", "BuildError", "BuildParams", "FailureLimit", "InputsFailed",
+__all__ = ["SHARD_BYTES_MAX", "SIZE_RANGE", "SPLIT_RULES", "BuildError", "BuildParams", "FailureLimit", "InputsFailed",
            "parse_size", "read_split_file"]

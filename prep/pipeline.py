@@ -20,11 +20,11 @@ from typing import Any, Sequence
 
 from medprep import __version__
 from medprep.manifests import BuiltDataset, dumps, sha256_bytes
-from medprep.manifests.store import configure, is_remote, join, local_path
+from medprep.manifests.fsio import configure, is_remote, join, local_path
 from medprep.manifests.runner import WORKER_ENV, DaskRunner, WorkerLost
 
 from .acceptance import Acceptance
-from .archive import ArchiveTree, open_source
+from .archive import ArchiveTree, open_tree
 from .datasets import Converter, looks_like
 from .events import BuildResult, InputDone, OnEvent, Planned, Published, TaskDone
 from .inputs import STAMPS, contents_sha256, digest, stamps_record, unchanged
@@ -92,7 +92,7 @@ def build(
     conv = p.converter()
     stage = _staging(out, conv.name, storage_options, keep_generations)
     src = local_path(src, "--src", SRC_URL)
-    tree = open_source(src)
+    tree = open_tree(src)
     split_sha = sha256_bytes(Path(p.split_file).read_bytes()) if p.split_file else None
     with DatasetLock(stage.out, command, wait) if isinstance(stage, LocalStaging) else nullcontext():
         planned, plan_sha = _plan(conv, tree, p, split_sha)

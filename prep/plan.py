@@ -80,7 +80,7 @@ def plan(conv: Converter, tree: SourceTree, p: BuildParams) -> Plan:
             keyed[key] = r
     assigned, report, defined = assign_splits(conv, list(keyed.values()), p, failures)
     root = common_folder([f for r in records for f in r.files()] + [f for x in failures for f in x.files])
-    per_shard = p.shard_samples or max(1, p.shard_size // max(1, worst_case_bytes(p) // 2))
+    per_shard = p.shard_samples or max(1, p.shard_bytes // max(1, worst_case_bytes(p) // 2))
     tasks = []
     for split in SPLITS + tuple(sorted(set(assigned.values()) - set(SPLITS))):
         members = [(r, k) for k, r in keyed.items() if assigned.get(r.source_id) == split]

@@ -2,7 +2,7 @@
 ``recipe.toml`` so that ``medprep build --config recipe.toml`` builds the same bytes again.
 
 Keys are the option names of ``medprep build`` without the leading dashes (``dataset``, ``src``, ``out``,
-``size``, ``patch-sizes``, ``shard-size``, ...; ``_`` may stand for ``-``); converter options (``-o KEY=VALUE``,
+``size``, ``patch-sizes``, ``shard-bytes``, ...; ``_`` may stand for ``-``); converter options (``-o KEY=VALUE``,
 ``--images``, ``--groups-file``, ...) go in an ``[options]`` table (or at the top level, by their option name) and
 are passed on as they are. Relative ``src``, ``out`` and ``split-file`` paths are relative to the recipe's folder.
 A recipe holds what decides the bytes, never how a build runs: the execution options (``RUN_OPTIONS``: scheduler,
@@ -39,6 +39,9 @@ _BARE = re.compile(r"[A-Za-z0-9_-]+")
 RUN_OPTIONS = ("scheduler", "workers", "wait", "progress_every", "quiet", "verbose", "as_json", "json", "strict",
                "overwrite", "max_failures", "allow_empty_split", "check_against", "leak_min_score", "config",
                "storage_options", "keep_generations")
+#: keys renamed since recipes were first written (old -> new), read under the new name: ``shard-size`` (the byte limit
+#: of a shard) became ``shard-bytes`` (``shard_size`` also named the teacher cache's samples per zarr shard)
+RENAMED = {"shard_size": "shard_bytes"}
 
 
 def recipe_toml(p: BuildParams, src: str) -> bytes:
@@ -57,16 +60,23 @@ def recipe_toml(p: BuildParams, src: str) -> bytes:
 
 
 def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
-    """The keys of the recipe at ``path`` as option names (``shard-size`` -> ``shard_size``), converter options
+    """The keys of the recipe at ``path`` as option names (``shard-bytes`` -> ``shard_bytes``), converter options
     under ``options``, relative ``src``/``out``/``split_file`` resolved against the recipe's folder. Raises
-    ValueError naming an unreadable file, an execution option (``RUN_OPTIONS``) and a key spelled twice. Which
-    other keys are known is the caller's (the command's options)."""
+    ValueError naming an unreadable file, an execution option (``RUN_OPTIONS``) and a key spelled twice. A key of
+    :data:`RENAMED` (a recipe written before the rename) is read under its new name. Which other keys are known is
+    the caller's (the command's options)."""
     path = Path(path)
     try:
         doc = tomllib.loads(read_regular(path).decode())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ValueError(f"--config {path}: cannot read it as a TOML recipe ({e})") from None
     out = _folded(doc, path, "")
+    for key, name in RENAMED.items():
+        if key in out and name in out:
+            raise ValueError(f"--config {path}: keys {key.replace('_', '-')!r} (the old name) and "
+                             f"{name.replace('_', '-')!r} are one option; keep {name.replace('_', '-')!r}")
+        if key in out:
+            out[name] = out.pop(key)
     run = sorted(k for k in out if k in RUN_OPTIONS)
     if run:
         flags = ", ".join("--" + ("json" if k == "as_json" else k.replace("_", "-")) for k in run)

@@ -18,10 +18,10 @@ from typing import Any, Callable, Iterator, Mapping
 
 from medprep.manifests import atomic_write, dumps, fs_and_path, join, jsonl_bytes, sha256_bytes
 from medprep.manifests.pixels import make_key
-from medprep.manifests.store import configure, is_remote
+from medprep.manifests.fsio import configure, is_remote
 from medprep.manifests.tar import OversizedSample, ShardWriter, TarPart
 
-from .archive import open_source
+from .archive import open_tree
 from .datasets import Converter, Failure, Record
 from .imaging import ConversionError, pixel_limit
 from .params import BuildParams
@@ -62,16 +62,16 @@ def run_task(task: Task, src: str, partial: str, p: BuildParams, root: str = "",
              storage_options: dict[str, Any] | None = None) -> TaskResult:
     """Convert one planned shard: read each record's files (stamped before reading, hashed), convert them into
     samples and write those into ``<partial>/<task>.partNN.tar`` (the next part when a sample would take one over
-    ``--shard-size``); an input that gives no sample is a failure with its reason. Last, record the
+    ``--shard-bytes``); an input that gives no sample is a failure with its reason. Last, record the
     :class:`TaskResult` in ``<partial>/<task>.json``, and return it.
 
     Runs in any process (dask worker or the caller); everything it needs comes in its arguments (paths are recorded
     relative to ``root``). ``on_input(samples, failed)``, when given, is called as each input is done (the caller's
     progress). ``storage_options`` configure the file system of a ``partial`` URL in this process (see
-    ``store.configure``).
+    ``fsio.configure``).
     """
     configure(partial, storage_options)
-    conv, tree = p.converter(), open_source(src, reuse=True)  # a process's tasks share its listed, mounted archives
+    conv, tree = p.converter(), open_tree(src, reuse=True)  # a process's tasks share its listed, mounted archives
     notify = on_input or (lambda samples, failed: None)
     rows: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
@@ -79,7 +79,7 @@ def run_task(task: Task, src: str, partial: str, p: BuildParams, root: str = "",
     inputs: dict[str, str | None] = {}
     converted = 0
     with (_part_folder(partial) as (folder, post), pixel_limit(p.max_pixels),
-          ShardWriter(folder, task.name, p.shard_size, post=post) as writer):
+          ShardWriter(folder, task.name, p.shard_bytes, post=post) as writer):
         for rec, key in task.records:
             produced = 0
             try:
@@ -158,12 +158,12 @@ def _write(writer: ShardWriter, sample: dict[str, Any]) -> int:
     try:
         return writer.write(sample)
     except OversizedSample as e:
-        raise SampleTooLarge(f"sample {e.key} takes {e.nbytes} bytes in a tar, more than --shard-size {e.limit}; "
-                             f"raise --shard-size") from None
+        raise SampleTooLarge(f"sample {e.key} takes {e.nbytes} bytes in a tar, more than --shard-bytes {e.limit}; "
+                             f"raise --shard-bytes") from None
 
 
 class SampleTooLarge(ConversionError):
-    """A sample that does not fit in a shard: the parameters (``--shard-size``) are wrong, not the input."""
+    """A sample that does not fit in a shard: the parameters (``--shard-bytes``) are wrong, not the input."""
 
 
 def _reason(e: Exception) -> str:

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from medprep.cli import app
 from medprep.manifests import sha256_file, tar_bytes
 from medprep.prep import build, synthetic
-from medprep.prep.archive import ArchiveError, ArchiveTree, Limits, open_source
+from medprep.prep.archive import ArchiveError, ArchiveTree, Limits, open_tree
 from medprep.prep.tree import SourceTree
 
 SIZE = 64
@@ -62,7 +62,7 @@ def extracted_and_archived(kind: str, tmp: Path) -> tuple[str, Path, Path]:
                                   "STARE tars in a zip"])
 def test_archive_gives_the_same_bytes_as_the_extracted_folder(tmp_path, kind):
     dataset, folder, archive = extracted_and_archived(kind, tmp_path)
-    assert isinstance(open_source(archive), ArchiveTree) and type(open_source(folder)) is SourceTree
+    assert isinstance(open_tree(archive), ArchiveTree) and type(open_tree(folder)) is SourceTree
     a = build(dataset, archive, tmp_path / "out-archive", size=SIZE, shard_samples=3)
     b = build(dataset, folder, tmp_path / "out-folder", size=SIZE, shard_samples=3)
     assert a.manifest.counts["samples"] > 0
@@ -82,18 +82,18 @@ def test_mount_rules_and_macosx(tmp_path):
         zf.writestr("TNBC_NucleiSegmentation/Slide_01/01_1.png", b"x")
         zf.writestr("__MACOSX/TNBC_NucleiSegmentation/Slide_01/._01_1.png", b"junk")
         zf.writestr("TNBC_NucleiSegmentation/.DS_Store", b"junk")
-    assert open_source(tmp_path / "TNBC.zip").files == ["TNBC_NucleiSegmentation/Slide_01/01_1.png"]
+    assert open_tree(tmp_path / "TNBC.zip").files == ["TNBC_NucleiSegmentation/Slide_01/01_1.png"]
     with zipfile.ZipFile(tmp_path / "loose.zip", "w") as zf:
         zf.writestr("a.png", b"a")
         zf.writestr("sub/b.png", b"b")
-    tree = open_source(tmp_path / "loose.zip")
+    tree = open_tree(tmp_path / "loose.zip")
     assert tree.files == ["loose/a.png", "loose/sub/b.png"] and tree.read("loose/sub/b.png") == b"b"
     # a folder holding a download and its extracted copy is read as the extracted folder
     (tmp_path / "dl").mkdir()
     shutil.copy(tmp_path / "loose.zip", tmp_path / "dl")
     (tmp_path / "dl" / "loose").mkdir()
     (tmp_path / "dl" / "loose" / "a.png").write_bytes(b"a")
-    assert type(open_source(tmp_path / "dl")) is SourceTree
+    assert type(open_tree(tmp_path / "dl")) is SourceTree
 
 
 def zip_with(path: Path, name: str, data: bytes = b"x", mode: int | None = None) -> Path:
@@ -111,7 +111,7 @@ def zip_with(path: Path, name: str, data: bytes = b"x", mode: int | None = None)
 def test_path_traversal_is_refused(tmp_path, member):
     archive = zip_with(tmp_path / "bad.zip", member)
     with pytest.raises(ArchiveError, match="path traversal") as e:
-        open_source(archive)
+        open_tree(archive)
     assert repr(member) in str(e.value) and "bad.zip" in str(e.value)
 
 
@@ -126,7 +126,7 @@ def test_cli_refuses_a_traversal_zip(tmp_path):
 
 def test_links_and_special_members_are_refused(tmp_path):
     with pytest.raises(ArchiveError, match="symbolic link"):
-        open_source(zip_with(tmp_path / "l.zip", "ok/link.png", b"/etc/passwd", mode=stat.S_IFLNK | 0o777))
+        open_tree(zip_with(tmp_path / "l.zip", "ok/link.png", b"/etc/passwd", mode=stat.S_IFLNK | 0o777))
     for kind in (tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.FIFOTYPE):
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tf:
@@ -135,7 +135,7 @@ def test_links_and_special_members_are_refused(tmp_path):
             tf.addfile(info)
         (tmp_path / "t.tar").write_bytes(buf.getvalue())
         with pytest.raises(ArchiveError, match="link|special file"):
-            open_source(tmp_path / "t.tar")
+            open_tree(tmp_path / "t.tar")
 
 
 def test_decompression_bombs_are_refused(tmp_path):
@@ -160,22 +160,22 @@ def test_decompression_bombs_are_refused(tmp_path):
             zf.writestr(f"l{level}/inner{level}.{'tar' if level == 0 else 'zip'}", inner)
         inner = buf.getvalue()
         (tmp_path / f"nested{level}.zip").write_bytes(inner)
-    tree = open_source(tmp_path / "nested1.zip")  # a tar in a zip in a zip: read in place
+    tree = open_tree(tmp_path / "nested1.zip")  # a tar in a zip in a zip: read in place
     assert tree.files == ["l1/l0/x/a.png"] and tree.read("l1/l0/x/a.png") == b"a"
     with pytest.raises(ArchiveError, match="deeper than 2"):
-        open_source(tmp_path / "nested2.zip")
+        open_tree(tmp_path / "nested2.zip")
 
 
 def test_damaged_unsupported_and_duplicate_archives(tmp_path):
     (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 this is not a zip")
     with pytest.raises(ArchiveError, match="download it again"):
-        open_source(tmp_path / "broken.zip")
+        open_tree(tmp_path / "broken.zip")
     (tmp_path / "set.7z").write_bytes(b"7z\xbc\xaf\x27\x1c")
     with pytest.raises(ArchiveError, match="unpack it"):
-        open_source(tmp_path / "set.7z")
+        open_tree(tmp_path / "set.7z")
     (tmp_path / "dup").mkdir()
     for name in ("a.zip", "b.zip"):
         with zipfile.ZipFile(tmp_path / "dup" / name, "w") as zf:
             zf.writestr("Data/x.png", name.encode())
     with pytest.raises(ArchiveError, match="Data/x.png is in .*a.zip and again in .*b.zip"):
-        open_source(tmp_path / "dup")
+        open_tree(tmp_path / "dup")

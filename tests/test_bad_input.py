@@ -122,7 +122,7 @@ def test_binarize_rejects_label_maps_and_images():
 
 
 @pytest.mark.parametrize("kind", ["grey", "grey16", "rgba", "palette", "la", "rgb"])
-def test_images_are_normalised_to_rgb_uint8(kind):
+def test_images_are_normalized_to_rgb_uint8(kind):
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
     if kind == "grey":

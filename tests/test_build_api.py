@@ -14,8 +14,8 @@ from medprep.prep.datasets import make_fake
     ({"size": 64, "patch_sizes": (16, 24)}, r"--patch-sizes \[24\] must divide --size 64"),
     ({"split_rule": "random"}, "--split-rule 'random': expected one of official, 811, test"),
     ({"split_rule": "file"}, "--split-rule file needs --split-file"),
-    ({"shard_size": 0}, "--shard-size and --shard-samples must be positive"),
-    ({"shard_samples": 0}, "--shard-size and --shard-samples must be positive"),
+    ({"shard_bytes": 0}, "--shard-bytes and --shard-samples must be positive"),
+    ({"shard_samples": 0}, "--shard-bytes and --shard-samples must be positive"),
     ({"modality_map": "mine"}, "--modality-map 'mine': expected one of default, esp-medsam"),
     ({"colour": "red"}, "does not take colour"),
 ])

@@ -112,9 +112,9 @@ def test_sigkill_at_several_points_then_resume(src, reference, tmp_path, finishe
     assert digest(out) == digest(reference)
 
 
-def test_shard_size_is_a_hard_bound(src, tmp_path):
+def test_shard_bytes_is_a_hard_bound(src, tmp_path):
     out = tmp_path / "small" / "dsb2018"
-    result = build("dsb2018", src, out.parent, size=64, shard_samples=50, shard_size=40_000)
+    result = build("dsb2018", src, out.parent, size=64, shard_samples=50, shard_bytes=40_000)
     sizes = [s.bytes for s in result.manifest.shards]
     assert len(sizes) > 3 and max(sizes) <= 40_000
     assert sum(s.nsamples for s in result.manifest.shards) == 14
@@ -153,11 +153,11 @@ def test_verify_detects_a_corrupt_shard(src, tmp_path):
     assert "bytes" in ds.verify()[0]
 
 
-def test_sample_larger_than_shard_size_is_a_failure(src, tmp_path):
-    """A sample larger than --shard-size fails; when every sample does, nothing is published."""
+def test_sample_larger_than_shard_bytes_is_a_failure(src, tmp_path):
+    """A sample larger than --shard-bytes fails; when every sample does, nothing is published."""
     with pytest.raises(BuildError, match=r"nothing was converted: all 14 inputs failed:\n  14 x sample dsb2018-\S+ "
-                                         r"takes \d+ bytes in a tar, more than --shard-size 5000"):
-        build("dsb2018", src, tmp_path / "tiny", size=64, shard_size=5_000)
+                                         r"takes \d+ bytes in a tar, more than --shard-bytes 5000"):
+        build("dsb2018", src, tmp_path / "tiny", size=64, shard_bytes=5_000)
     assert not (tmp_path / "tiny" / "dsb2018").exists()
 
 
@@ -193,7 +193,7 @@ def test_a_failed_rebuild_leaves_the_previous_build_intact(src, reference, tmp_p
     build("dsb2018", src, out.parent, size=64, shard_samples=3)
     before = digest(out)
     with pytest.raises(BuildError, match="--strict"):
-        build("dsb2018", src, out.parent, size=64, shard_samples=3, shard_size=5_000, strict=True, overwrite=True)
+        build("dsb2018", src, out.parent, size=64, shard_samples=3, shard_bytes=5_000, strict=True, overwrite=True)
     assert digest(out) == before
 
 

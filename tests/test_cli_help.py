@@ -181,7 +181,7 @@ def test_split_file_ids_are_documented_and_never_reported_on_both_sides(tmp_path
 
 @pytest.mark.parametrize("args, message", [
     (["--patch-sizes", "16,x"], "--patch-sizes '16,x': expected comma-separated whole numbers"),
-    (["--shard-size", "12XB"], "--shard-size"),
+    (["--shard-bytes", "12XB"], "--shard-bytes"),
     (["--size", "7"], "--size 7: expected"),
 ])
 def test_option_errors_name_the_option(tmp_path, args, message):
@@ -211,12 +211,12 @@ def test_help_is_clean(command):
 
 
 def test_one_meaning_per_option_name():
-    """--workers: processes (build, leakage), --shard-size: bytes, --json: print JSON; the cache's threads and
+    """--workers: processes (build, leakage), --shard-bytes: bytes, --json: print JSON; the cache's threads and
     samples per shard have their own names, as has the leakage report file."""
     group = typer.main.get_command(app)
     opts = {name: {o for p in cmd.params for o in p.opts} for name, cmd in group.commands.items()}
-    assert {"--workers", "--shard-size", "--shard-samples", "--json"} <= opts["build"]
-    assert "--workers" not in opts["cache-teacher"] and "--shard-size" not in opts["cache-teacher"]
+    assert {"--workers", "--shard-bytes", "--shard-samples", "--json"} <= opts["build"]
+    assert "--workers" not in opts["cache-teacher"] and "--shard-bytes" not in opts["cache-teacher"]
     assert {"--decode-threads", "--shard-samples"} <= opts["cache-teacher"]
     assert "--threads" not in opts["leakage"] and "--json" not in opts["leakage"]
     assert {"--workers", "--report"} <= opts["leakage"]
@@ -265,6 +265,25 @@ def test_hand_written_recipe_and_its_mistakes(tmp_path):
     recipe.write_text('dataset = "drive\n')
     code, out = invoke("build", "--config", recipe)
     assert code == 2 and "cannot read it as a TOML recipe" in out
+
+
+def test_recipe_written_before_the_shard_bytes_rename(tmp_path):
+    """A recipe.toml of a build made before ``shard-size`` became ``shard-bytes`` builds the same; both keys in one
+    recipe are refused, and the old flag is named as unknown with the new one offered."""
+    synthetic.make("folder", tmp_path / "src")  # -> src/folder
+    recipe = tmp_path / "r.toml"
+    head = ('dataset = "folder"\nsrc = "src/folder"\nout = "built"\nsize = 64\n'
+            'images = "imgs/*/*.png"\nmasks = "labels/{parent}/{stem}_mask.png"\n')
+    options = '[options]\nmodality = "dermoscopy"\nname = "mine"\n'
+    recipe.write_text(head + "shard-size = 5000000\n" + options)
+    code, out = invoke("build", "--config", recipe)
+    assert code == 0, out
+    assert json.loads((tmp_path / "built" / "mine" / "manifest.json").read_text())["params"]["shard_bytes"] == 5_000_000
+    recipe.write_text(head + "shard-size = 5000000\nshard-bytes = 5000000\n" + options)
+    code, out = invoke("build", "--config", recipe)
+    assert code == 2 and "'shard-size' (the old name) and 'shard-bytes' are one option" in " ".join(out.split())
+    code, out = invoke("build", "-d", "drive", "--src", tmp_path, "--out", tmp_path / "x", "--shard-size", "1GB")
+    assert code == 2 and "No such option: --shard-size" in out and "--shard-bytes" in out, out
 
 
 # --- datasets ------------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from conftest import read_built
 from PIL import Image
 
 from medprep.prep import LayoutError, build, get_converter, synthetic
-from medprep.prep.archive import open_source
+from medprep.prep.archive import open_tree
 
 SIZE = 64
 
@@ -30,7 +30,7 @@ def test_split_rule_811_still_available(tmp_path):
 def load(name: str, src: Path, source_id: str, **options):
     """Discover ``name`` under ``src`` and decode the record ``source_id`` (converter level, before resizing)."""
     conv = get_converter(name, **options)
-    tree = open_source(src)
+    tree = open_tree(src)
     records, failures = conv.discover(tree)
     rec = next(r for r in records if r.source_id == source_id)
     return rec, conv.load({f: tree.read(f) for f in rec.files()}, rec), records, failures
@@ -97,7 +97,7 @@ def test_colon_mirror_rgb_soft_masks_and_folder_choice(tmp_path):
     _, loaded, _, _ = load("cvc-300", tmp_path / "TestDataset", "2")
     np.testing.assert_array_equal(loaded.mask, raw.max(axis=2) >= 128)
     for name, n in (("cvc-colondb", 4), ("cvc-300", 3), ("etis-larib", 2)):  # one --src holding all three
-        records, _ = get_converter(name).discover(open_source(tmp_path / "TestDataset"))
+        records, _ = get_converter(name).discover(open_tree(tmp_path / "TestDataset"))
         assert len(records) == n, name
 
 
@@ -115,7 +115,7 @@ def test_stare_gzipped_ppm_in_tars_and_annotators(tmp_path):
     _, vk, _, _ = load("stare", src, "im0002", annotator="vk")
     assert vk.mask.sum() > ah.mask.sum()  # the other annotator's (thicker) vessels
     with pytest.raises(ValueError, match="annotator"):
-        get_converter("stare", annotator="xx").discover(open_source(src))
+        get_converter("stare", annotator="xx").discover(open_tree(src))
     with pytest.raises(LayoutError, match="pass the folder holding them"):
         build("stare", tmp_path, tmp_path / "out", size=SIZE)  # a folder above the tars: says what to pass
 
@@ -159,19 +159,19 @@ def test_nih_lung_folders_and_options(tmp_path):
     (src / "masks").rename(src / "lungs")
     for p in (src / "lungs").iterdir():
         p.rename(p.with_name(p.stem + "_mask.png"))  # the alternative mask naming
-    records, failures = get_converter("nih-lung", images="cxr", masks="lungs").discover(open_source(src))
+    records, failures = get_converter("nih-lung", images="cxr", masks="lungs").discover(open_tree(src))
     assert [r.masks[0] for r in records] == [f"lungs/NIH_000{i}_mask.png" for i in (1, 2, 3)] and not failures
     with pytest.raises(LayoutError, match="images/"):
-        get_converter("nih-lung").discover(open_source(src))
+        get_converter("nih-lung").discover(open_tree(src))
 
 
 def test_monuseg_polygons_to_mask_and_instances(tmp_path):
     src = synthetic.make("monuseg", tmp_path / "src", n_train=1, n_test=1)
-    records, failures = get_converter("monuseg").discover(open_source(src))
+    records, failures = get_converter("monuseg").discover(open_tree(src))
     assert not failures and sorted(r.split for r in records) == ["test", "train"]
     rec = next(r for r in records if r.split == "train")
     assert rec.masks[0].startswith("MoNuSeg 2018 Training Data/Annotations/")
-    tree = open_source(src)
+    tree = open_tree(src)
     loaded = get_converter("monuseg").load({f: tree.read(f) for f in rec.files()}, rec)
     inst = loaded.inst
     assert inst.dtype == np.uint16 and set(np.unique(inst)) == {0, 1, 2, 3, 4}

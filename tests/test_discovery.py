@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from medprep.prep import get_converter
-from medprep.prep.archive import open_source
+from medprep.prep.archive import open_tree
 from medprep.prep.imaging import binarize, binarize_box, unbox
 from medprep.prep.tree import LayoutError, SourceTree, _glob_regex, natural_key, natural_sorted
 
@@ -82,13 +82,13 @@ def test_tar_members_are_read_by_their_header_and_the_tree_is_reused_until_the_a
 
     path = tmp_path / "ds.tar"
     write(path, b"old")
-    first = open_source(path, reuse=True)
+    first = open_tree(path, reuse=True)
     assert first.read("ds/f000.txt") == b"old0" and first.read("ds/f299.txt") == b"old299"
-    assert open_source(path, reuse=True) is first
-    assert open_source(path) is not first  # only tasks ask for reuse
+    assert open_tree(path, reuse=True) is first
+    assert open_tree(path) is not first  # only tasks ask for reuse
     write(path, b"new-content")  # same names, other bytes: the tree is mounted again
     os.utime(path, ns=(1, 1))
-    again = open_source(path, reuse=True)
+    again = open_tree(path, reuse=True)
     assert again is not first and again.read("ds/f007.txt") == b"new-content7"
 
 
@@ -96,10 +96,10 @@ def test_folder_of_archives_reopens_when_an_archive_is_added(tmp_path):
     (tmp_path / "dl").mkdir()
     with zipfile.ZipFile(tmp_path / "dl" / "one.zip", "w") as zf:
         zf.writestr("one/a.png", b"a")
-    first = open_source(tmp_path / "dl", reuse=True)
+    first = open_tree(tmp_path / "dl", reuse=True)
     with zipfile.ZipFile(tmp_path / "dl" / "two.zip", "w") as zf:
         zf.writestr("two/b.png", b"b")
-    again = open_source(tmp_path / "dl", reuse=True)
+    again = open_tree(tmp_path / "dl", reuse=True)
     assert again is not first and again.files == ["one/a.png", "two/b.png"]
 
 

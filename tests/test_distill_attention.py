@@ -12,10 +12,12 @@ import pytest
 import torch
 from segment_anything.modeling.image_encoder import Attention, add_decomposed_rel_pos
 
-from medprep.distill import CacheParams, cache_teacher
+from medprep.distill import CacheExecution, CacheParams, cache_teacher
 from medprep.distill.attention import rel_pos_bias, resolve_attention, sam_attention_blocks, set_attention
 from medprep.distill.teachers import random_sam
 from medprep.distill.synthetic import write_sa1b_tar
+
+CPU = CacheExecution("cpu")
 
 CONFIGS = [  # windowed blocks with and without window padding, global attention, several heads
     {"img_size": 64},
@@ -63,14 +65,15 @@ def test_other_encoders_and_subclasses_are_left_alone():
 def test_cache_records_and_uses_its_attention(tmp_path):
     write_sa1b_tar(tmp_path / "sa1b" / "sa_000000.tar", [1, 2, 3], np.random.default_rng(0),
                    sizes=[(48, 64), (64, 30), (64, 64)])
-    kw = dict(encoder_kwargs={"img_size": 64}, dtype="float32", shard_size=3, batch_size=3, device="cpu")
-    auto = cache_teacher(CacheParams("random-sam", tmp_path / "sa1b", tmp_path / "a.zarr", "r", **kw)).store
+    kw = dict(encoder_kwargs={"img_size": 64}, dtype="float32", shard_samples=3, batch_size=3)
+    auto = cache_teacher(CacheParams("random-sam", tmp_path / "sa1b", tmp_path / "a.zarr", "r", **kw),
+                         execution=CPU).store
     sdpa = cache_teacher(CacheParams("random-sam", tmp_path / "sa1b", tmp_path / "s.zarr", "r", attention="sdpa",
-                                     **kw)).store
+                                     **kw), execution=CPU).store
     assert auto.attrs["attention"] == "reference" and sdpa.attrs["attention"] == "sdpa"
     assert np.abs(auto.read(slice(None)) - sdpa.read(slice(None))).max() <= 1e-5
     callable_teacher = cache_teacher(CacheParams("medprep.distill.teachers:random_sam", tmp_path / "sa1b",
-                                                 tmp_path / "c.zarr", "r", attention="sdpa", **kw)).store
+                                                 tmp_path / "c.zarr", "r", attention="sdpa", **kw), execution=CPU).store
     assert callable_teacher.attrs["attention"] == "sdpa"  # a SAM architecture behind a callable: still swapped
 
 

@@ -14,7 +14,7 @@ import zarr
 from typer.testing import CliRunner
 
 from medprep.cli import app
-from medprep.distill import CacheParams, cache_corpus, cache_teacher, per_source, source_specs
+from medprep.distill import CacheExecution, CacheParams, cache_corpus, cache_teacher, per_source, source_specs
 from medprep.distill.demo import cache_demo
 from medprep.distill.synthetic import write_sa1b_tar
 from medprep.loaders import collate
@@ -23,13 +23,15 @@ from medprep.manifests import open_dataset
 from medprep.manifests.features import FeatureReader, runs
 from medprep.prep import build, synthetic
 
+CPU = CacheExecution("cpu")
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_student.py"
 FIELDS = ("image", "mask", "patch16", "key")
 KW = {"img_size": 64}
 
 
 def _params(source, out, run=None, **kw) -> CacheParams:
-    return CacheParams("random-sam", source, out, run, encoder_kwargs=KW, device="cpu", shard_size=4, batch_size=2,
+    return CacheParams("random-sam", source, out, run, encoder_kwargs=KW, shard_samples=4, batch_size=2,
                        **kw)
 
 
@@ -103,7 +105,7 @@ def test_source_options_go_to_the_sources_they_apply_to(corpus, tmp_path):
 def test_ambiguous_missing_and_mixed_teacher_runs_are_refused(corpus, tmp_path):
     drive, dsb, _ = corpus
     twice = str(tmp_path / "twice.zarr")
-    cache_corpus([_params(drive, twice, "a"), _params(drive, twice, "b")])
+    cache_corpus([_params(drive, twice, "a"), _params(drive, twice, "b")], execution=CPU)
     with pytest.raises(ValueError, match=r"more than one run .* in \['a', 'b'\]"):
         TeacherFeatures(twice)
     assert len(TeacherFeatures(twice, "a")) == len(TeacherFeatures(twice, ["b"])) == 7
@@ -112,8 +114,8 @@ def test_ambiguous_missing_and_mixed_teacher_runs_are_refused(corpus, tmp_path):
     with pytest.raises(KeyError, match="not in teacher store"):
         list(TeacherJoin([{"key": "drive-nope"}], TeacherFeatures(twice, "a")))
     mixed = str(tmp_path / "mixed.zarr")
-    cache_teacher(_params(drive, mixed))
-    cache_teacher(CacheParams("random-sam", dsb, mixed, encoder_kwargs={**KW, "seed": 1}, device="cpu"))
+    cache_teacher(_params(drive, mixed), execution=CPU)
+    cache_teacher(CacheParams("random-sam", dsb, mixed, encoder_kwargs={**KW, "seed": 1}), execution=CPU)
     with pytest.raises(ValueError, match="2 different teachers"):
         TeacherFeatures(mixed)
 
@@ -141,8 +143,8 @@ def test_join_refuses_another_build_of_a_dataset(corpus, tmp_path):
 def test_hflip_only_where_a_run_cached_it(corpus, tmp_path):
     drive, dsb, _ = corpus
     store = str(tmp_path / "views.zarr")
-    cache_teacher(_params(drive, store, views=("identity", "hflip")))
-    cache_teacher(_params(dsb, store))
+    cache_teacher(_params(drive, store, views=("identity", "hflip")), execution=CPU)
+    cache_teacher(_params(dsb, store), execution=CPU)
     features = TeacherFeatures(store)
     assert features.views == ["identity"] and features.runs == ["random-sam-drive", "random-sam-dsb2018"]
     plain = {s["key"]: s for s in teacher_shards([str(drive), str(dsb)], store, fields=FIELDS, shuffle=False)}
@@ -168,8 +170,8 @@ def sa1b_store(tmp_path_factory, corpus):
                    sizes=[(48, 64), (64, 30), (64, 64), (20, 64), (50, 40)])
     write_sa1b_tar(root / "SA-1B" / "sa_000001.tar", [6, 7, 8], rng, sizes=[(64, 48)] * 3)
     store = str(root / "t.zarr")
-    cache_teacher(_params(root / "SA-1B", store, views=("identity", "hflip"), dtype="float32"))
-    cache_teacher(_params(corpus[0], store, dtype="float32"))
+    cache_teacher(_params(root / "SA-1B", store, views=("identity", "hflip"), dtype="float32"), execution=CPU)
+    cache_teacher(_params(corpus[0], store, dtype="float32"), execution=CPU)
     return root, store
 
 

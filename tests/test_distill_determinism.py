@@ -11,8 +11,10 @@ import pytest
 import torch
 import zarr
 
-from medprep.distill import CacheParams, FeatureStore, cache_teacher
+from medprep.distill import CacheExecution, CacheParams, FeatureStore, cache_teacher
 from medprep.distill.synthetic import write_sa1b_tar
+
+CPU = CacheExecution("cpu")
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +30,7 @@ def _features(out) -> np.ndarray:
 
 
 def _params(sa1b, out, **kw) -> CacheParams:
-    return CacheParams("random-sam", sa1b, out, "r", encoder_kwargs={"img_size": 64}, device="cpu", shard_size=4,
+    return CacheParams("random-sam", sa1b, out, "r", encoder_kwargs={"img_size": 64}, shard_samples=4,
                        **kw)
 
 
@@ -42,12 +44,12 @@ def within_one_step(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def test_same_threads_and_batch_size_are_bit_identical_whatever_the_process_count(tmp_path, sa1b):
-    a = cache_teacher(_params(sa1b, tmp_path / "a.zarr", threads=2, batch_size=2)).store
+    a = cache_teacher(_params(sa1b, tmp_path / "a.zarr", threads=2, batch_size=2), execution=CPU).store
     assert (a.attrs["cpu_threads"], a.attrs["batch_size"], a.attrs["attention"]) == (2, 2, "reference")
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # this process's count does not matter: the run's does
     try:
-        cache_teacher(_params(sa1b, tmp_path / "b.zarr", threads=2, batch_size=2))
+        cache_teacher(_params(sa1b, tmp_path / "b.zarr", threads=2, batch_size=2), execution=CPU)
     finally:
         torch.set_num_threads(before)
     assert torch.get_num_threads() == before  # restored after the run
@@ -55,20 +57,21 @@ def test_same_threads_and_batch_size_are_bit_identical_whatever_the_process_coun
 
 
 def test_other_thread_counts_and_batch_sizes_agree_within_one_float16_step(tmp_path, sa1b):
-    base = _features(cache_teacher(_params(sa1b, tmp_path / "a.zarr", threads=2, batch_size=2)).store.url)
+    base = _features(cache_teacher(_params(sa1b, tmp_path / "a.zarr", threads=2, batch_size=2),
+                                   execution=CPU).store.url)
     for name, kw in (("t1", {"threads": 1, "batch_size": 2}), ("b4", {"threads": 2, "batch_size": 4})):
-        other = _features(cache_teacher(_params(sa1b, tmp_path / f"{name}.zarr", **kw)).store.url)
+        other = _features(cache_teacher(_params(sa1b, tmp_path / f"{name}.zarr", **kw), execution=CPU).store.url)
         assert within_one_step(base, other), name
 
 
 def test_a_resumed_run_keeps_its_recorded_batch_size_and_threads(tmp_path, sa1b):
     params = _params(sa1b, tmp_path / "t.zarr", threads=1, batch_size=2)
-    cache_teacher(params, shards=[0])
-    resumed = cache_teacher(replace(params, threads=None, batch_size=None))  # the recorded ones
+    cache_teacher(params, shards=[0], execution=CPU)
+    resumed = cache_teacher(replace(params, threads=None, batch_size=None), execution=CPU)  # the recorded ones
     assert resumed.shards_written == [1] and resumed.store.attrs["cpu_threads"] == 1
-    whole = cache_teacher(replace(params, out=str(tmp_path / "whole.zarr")))
+    whole = cache_teacher(replace(params, out=str(tmp_path / "whole.zarr")), execution=CPU)
     assert np.array_equal(_features(tmp_path / "t.zarr"), _features(whole.store.url))
     for other in ({"threads": 2}, {"batch_size": 4}):
         with pytest.raises(ValueError, match="cached with other parameters"):
-            cache_teacher(replace(params, **other))
+            cache_teacher(replace(params, **other), execution=CPU)
     assert FeatureStore.open(str(tmp_path / "t.zarr")).done_shards() == [True, True]

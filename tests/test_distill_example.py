@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 import distill_encoder as ex  # noqa: E402
 
-from medprep.distill import CacheParams, cache_corpus, load_teacher  # noqa: E402
+from medprep.distill import CacheExecution, CacheParams, cache_corpus, load_teacher  # noqa: E402
 from medprep.loaders.teacher import TeacherFeatures  # noqa: E402
 from medprep.prep import build, synthetic  # noqa: E402
 
@@ -32,8 +32,8 @@ def test_stored_features_teach_the_student_through_teacherjoin(tmp_path):
     src = synthetic.make("drive", tmp_path / "src", n_train=2, n_test=1)
     built = [Path(build("drive", src, tmp_path / "shards", preset="litemedsam").out)]
     store = str(tmp_path / "t.zarr")
-    cache_corpus([CacheParams(encoder=ex.TEACHER, source=str(built[0]), out=store, run="lite-drive", device="cpu",
-                              batch_size=1, shard_size=4, workers=1)])
+    cache_corpus([CacheParams(encoder=ex.TEACHER, source=str(built[0]), out=store, run="lite-drive",
+                              batch_size=1, shard_samples=4)], execution=CacheExecution("cpu", decode_threads=1))
     teacher, pre = ex.image_encoder()
     features = TeacherFeatures(store)
     assert features.feature_shape == (256, 64, 64) and len(features) == 3

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from medprep.distill import CacheParams, MedicalSource, SourceSpec, cache_teacher
+from medprep.distill import CacheExecution, CacheParams, MedicalSource, SourceSpec, cache_teacher
 from medprep.distill.loss import masked_mse
 from medprep.distill.preprocess import teacher_input
 from medprep.loaders.teacher import TeacherFeatures, TeacherJoin, teacher_shards
 from medprep.prep import build, synthetic
+
+CPU = CacheExecution("cpu")
 
 TINY = "medprep.distill.teachers:random_sam"
 FIELDS = ("image", "mask", "patch16", "key")
@@ -26,8 +28,8 @@ def cached(tmp_path_factory):
     out = root / "shards" / "isic2018"
     build("isic2018", src, out.parent, size=128, resize="longest")
     params = CacheParams(TINY, out, root / "t.zarr", "r", encoder_kwargs={"img_size": 128}, dtype="float32",
-                         views=("identity", "hflip"), shard_size=2, batch_size=2, device="cpu")
-    cache_teacher(params)
+                         views=("identity", "hflip"), shard_samples=2, batch_size=2)
+    cache_teacher(params, execution=CPU)
     return out, params.out, params
 
 
@@ -75,7 +77,7 @@ def test_missing_and_unfinished_keys_fail_loudly(cached, tmp_path):
     store = str(tmp_path / "part.zarr")
     src = MedicalSource(str(out), "train")
     cache_teacher(replace(params, source=SourceSpec(str(out), split="train"), out=store, dtype="float16",
-                          views=("identity",)), shards=[0])
+                          views=("identity",)), shards=[0], execution=CPU)
     feats = TeacherFeatures(store)
     assert feats.get(src.keys[0]).shape == (256, 8, 8)
     with pytest.raises(KeyError, match="not cached yet"):

@@ -8,8 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from medprep.distill import CacheParams, FeatureStore, Preprocess, cache_teacher
+from medprep.distill import CacheExecution, CacheParams, FeatureStore, Preprocess, cache_teacher
 from medprep.distill.synthetic import natural_image
+
+CPU = CacheExecution("cpu")
 
 transform = pytest.importorskip("skimage.transform")
 
@@ -53,9 +55,8 @@ def test_cached_medsam_features_equal_the_encoder_on_medsams_input(tmp_path):
     for i, img in enumerate(images):
         Image.fromarray(img).save(root / f"im{i}.png")
     params = CacheParams("random-sam", root, tmp_path / "t.zarr", "r", encoder_kwargs={"img_size": 64},
-                         normalize="minmax", resize="medsam", dtype="float32", shard_size=3, batch_size=3,
-                         device="cpu")
-    store = cache_teacher(params).store
+                         normalize="minmax", resize="medsam", dtype="float32", shard_samples=3, batch_size=3)
+    store = cache_teacher(params, execution=CPU).store
     assert store.attrs["preprocess"]["resize"] == "medsam" and store.attrs["preprocess"]["minmax"] is True
     encoder = params.teacher().encoder
     for i, img in enumerate(images):

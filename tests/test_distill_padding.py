@@ -10,10 +10,12 @@ import pytest
 import torch
 import zarr
 
-from medprep.distill import CacheParams, cache_teacher
+from medprep.distill import CacheExecution, CacheParams, cache_teacher
 from medprep.distill.check import check_teacher, dice, teacher_box
 from medprep.distill.preprocess import PREPROCESS_VERSION, Preprocess, teacher_input
 from medprep.distill.synthetic import natural_image
+
+CPU = CacheExecution("cpu")
 
 
 def _padded(h: int, w: int, vh: int, vw: int, seed: int = 0) -> np.ndarray:
@@ -61,8 +63,8 @@ def test_version_recorded_and_check_teacher_json(tmp_path):
 
     Image.fromarray(natural_image(48, 64, np.random.default_rng(0))).save(root / "a.png")
     params = CacheParams("random-sam", root, tmp_path / "t.zarr", "r", encoder_kwargs={"img_size": 64},
-                         dtype="float32", device="cpu")
-    store = cache_teacher(params).store
+                         dtype="float32")
+    store = cache_teacher(params, execution=CPU).store
     assert store.attrs["preprocess_version"] == PREPROCESS_VERSION
     report = check_teacher(str(tmp_path / "t.zarr"))
     data = json.loads(json.dumps(report.to_json()))
@@ -75,7 +77,7 @@ def test_version_recorded_and_check_teacher_json(tmp_path):
     g.attrs.clear()
     g.attrs.update(attrs)
     with pytest.raises(ValueError, match="preprocess_version: store has None"):
-        cache_teacher(params)
+        cache_teacher(params, execution=CPU)
 
 
 def test_box_prompts_as_the_teachers_compute_them():

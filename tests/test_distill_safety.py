@@ -9,10 +9,12 @@ import zarr
 from typer.testing import CliRunner
 
 from medprep.cli import app
-from medprep.distill import CacheParams, cache_teacher, load_teacher
+from medprep.distill import CacheExecution, CacheParams, cache_teacher, load_teacher
 from medprep.distill.check import check_teacher
 from medprep.loaders.teacher import TeacherFeatures, teacher_shards
 from medprep.prep import build, synthetic
+
+CPU = CacheExecution("cpu")
 
 pytestmark = pytest.mark.filterwarnings("ignore:Object at hub is not recognized")
 
@@ -43,8 +45,8 @@ def crafted(tmp_path):
     build("drive", src, tmp_path / "shards", size=64)
     store = tmp_path / "t.zarr"
     params = CacheParams("random-sam", tmp_path / "shards" / "drive", store, "drive", encoder_kwargs={"img_size": 64},
-                         device="cpu", shard_size=2, batch_size=2)
-    cache_teacher(params)
+                         shard_samples=2, batch_size=2)
+    cache_teacher(params, execution=CPU)
     marker = tmp_path / "MARKER"
     hub = {"repo_or_dir": str(store / "hub"), "model": "teacher", "source": "local", "trust_repo": True}
     _bait(store, "drive", marker, "torch.hub:load", hub)

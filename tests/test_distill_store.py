@@ -12,7 +12,7 @@ from medprep.distill.store import encode
 from medprep.manifests.features import DTYPES, decode
 from medprep.distill.synthetic import natural_image
 
-ATTRS = {"dtype": "float16", "views": ["identity"], "shard_size": 4, "encoder": "x"}
+ATTRS = {"dtype": "float16", "views": ["identity"], "shard_samples": 4, "encoder": "x"}
 
 
 def _store(tmp_path, n=10, shape=(8, 4, 4), **attrs):

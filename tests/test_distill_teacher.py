@@ -8,8 +8,10 @@ import torch
 from PIL import Image
 from segment_anything import SamPredictor
 
-from medprep.distill import CacheParams, FeatureStore, Preprocess, cache_teacher, load_teacher
+from medprep.distill import CacheExecution, CacheParams, FeatureStore, Preprocess, cache_teacher, load_teacher
 from medprep.distill.synthetic import natural_image, sam_around
+
+CPU = CacheExecution("cpu")
 
 TINY = "medprep.distill.teachers:random_sam"
 
@@ -33,8 +35,8 @@ def test_cached_features_equal_sam_predictor(tmp_path, img_size, keep_padding):
     shapes = [(img_size, img_size), (50, 90), (90, 37), (30, 30)]
     root, images = _folder(tmp_path, shapes)
     params = CacheParams(TINY, root, tmp_path / "t.zarr", "r", encoder_kwargs={"img_size": img_size},
-                         dtype="float32", shard_size=2, batch_size=2, device="cpu", keep_padding=keep_padding)
-    cache_teacher(params)
+                         dtype="float32", shard_samples=2, batch_size=2, keep_padding=keep_padding)
+    cache_teacher(params, execution=CPU)
     teacher = params.teacher()
     store = FeatureStore.open(str(tmp_path / "t.zarr"), "r")
     predictor = SamPredictor(sam_around(teacher.encoder))
@@ -73,7 +75,7 @@ def test_builtin_teachers_need_a_checkpoint():
         load_teacher("no.such.module:fn")
 
 
-def test_normalisations_and_resize_paths():
+def test_normalizations_and_resize_paths():
     img = natural_image(40, 80, np.random.default_rng(1))
     sizes = torch.tensor([[32, 64]])
     unit = Preprocess.named("unit", img_size=64)

@@ -14,7 +14,7 @@ from conftest import read_built
 from medprep.cli import app
 from medprep.manifests.modalities import modality_id
 from medprep.prep import build
-from medprep.prep.archive import open_source
+from medprep.prep.archive import open_tree
 from medprep.prep.datasets import get_converter, make_fake, registered
 from medprep.prep.export import export
 
@@ -51,7 +51,7 @@ def test_every_datasets_exported_names_get_the_authors_loader_id(dataset, tmp_pa
     if cls.fake is None:
         pytest.skip(f"{dataset} has no fake data (the registry battery reports that)")
     conv = get_converter(dataset, **cls.fake_options)
-    tree = open_source(make_fake(dataset, tmp_path))
+    tree = open_tree(make_fake(dataset, tmp_path))
     records, _ = conv.discover(tree)
     assert records
     names = set()

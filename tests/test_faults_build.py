@@ -401,11 +401,11 @@ def test_export_refuses_to_overwrite_and_overwrite_replaces_only_its_files(tmp_p
 def test_nothing_converted_exits_1_with_the_real_reason(tmp_path):
     src = udiat(tmp_path)
     with pytest.raises(InputsFailed, match="nothing was converted: all 10 inputs failed"):
-        build("udiat", src, tmp_path / "out", size=64, shard_size="10KB")
-    res = cli(*build_cmd(src, tmp_path / "out", "--shard-size", "10KB"))
+        build("udiat", src, tmp_path / "out", size=64, shard_bytes="10KB")
+    res = cli(*build_cmd(src, tmp_path / "out", "--shard-bytes", "10KB"))
     assert res.exit_code == 1, res.output
     assert "error: nothing was converted: all 10 inputs failed:" in res.output
-    assert "10 x sample udiat-" in res.output and "more than --shard-size 10000; raise --shard-size" in res.output
+    assert "10 x sample udiat-" in res.output and "more than --shard-bytes 10000; raise --shard-bytes" in res.output
     assert not (tmp_path / "out" / "udiat").exists()
 
 
@@ -504,7 +504,7 @@ def test_max_failures_must_be_a_count_or_a_percentage(tmp_path, limit):
 
 
 def test_failures_caused_by_the_parameters_stop_the_build_by_default(tmp_path):
-    """One sample (a noise image) is larger than --shard-size, the others fit: the parameters are wrong for this
+    """One sample (a noise image) is larger than --shard-bytes, the others fit: the parameters are wrong for this
     dataset, so by default nothing is published; --max-failures 1 accepts it."""
     src = udiat(tmp_path)
     noise = np.random.default_rng(0).integers(0, 256, (256, 256, 3), np.uint8)
@@ -517,11 +517,11 @@ def test_failures_caused_by_the_parameters_stop_the_build_by_default(tmp_path):
     big = max(sizes, key=lambda s: s.bytes)
     assert by_key[big.name] == "udiat-000004"
     limit = max(s.bytes for s in sizes if s is not big)
-    res = cli(*build_cmd(src, tmp_path / "out")[:-2], "--size", "256", "--shard-size", limit)
+    res = cli(*build_cmd(src, tmp_path / "out")[:-2], "--size", "256", "--shard-bytes", limit)
     assert res.exit_code == 1
     assert "error: 1 of 10 inputs failed because of the parameters:\n  1 x sample udiat-000004 takes" in res.output
     assert "--max-failures N or P%" in res.output and not (tmp_path / "out" / "udiat").exists()
-    res = cli(*build_cmd(src, tmp_path / "out")[:-2], "--size", "256", "--shard-size", limit, "--max-failures", "1")
+    res = cli(*build_cmd(src, tmp_path / "out")[:-2], "--size", "256", "--shard-bytes", limit, "--max-failures", "1")
     assert res.exit_code == 0 and "9 samples written + 1 failures" in res.output
 
 
@@ -553,17 +553,17 @@ def test_unwritable_out_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("value, code, message", [
     ("1G", 0, None),
-    ("infGB", 2, "error: --shard-size 'infGB': expected a size in bytes like 500MB, 2GiB, 1G or 1000000"),
-    ("1e30GB", 2, "error: --shard-size 1000000000000000090824893823431825424384: at most 1024 GiB"),
-    ("0", 2, "error: --shard-size and --shard-samples must be positive, got 0"),
+    ("infGB", 2, "error: --shard-bytes 'infGB': expected a size in bytes like 500MB, 2GiB, 1G or 1000000"),
+    ("1e30GB", 2, "error: --shard-bytes 1000000000000000090824893823431825424384: at most 1024 GiB"),
+    ("0", 2, "error: --shard-bytes and --shard-samples must be positive, got 0"),
 ])
-def test_shard_size_is_read_by_dask(tmp_path, value, code, message):
-    res = cli(*build_cmd(udiat(tmp_path), tmp_path / "out", "--shard-size", value))
+def test_shard_bytes_is_read_by_dask(tmp_path, value, code, message):
+    res = cli(*build_cmd(udiat(tmp_path), tmp_path / "out", "--shard-bytes", value))
     assert res.exit_code == code, res.output
     if message:
         assert message in res.output and not (tmp_path / "out").exists()
     else:
-        assert open_dataset(tmp_path / "out" / "udiat").manifest.params["shard_size"] == 10**9
+        assert open_dataset(tmp_path / "out" / "udiat").manifest.params["shard_bytes"] == 10**9
 
 
 def test_check_against_a_missing_folder_is_refused_before_building(tmp_path):

@@ -12,11 +12,13 @@ import zarr
 from typer.testing import CliRunner
 
 from medprep.cli import app
-from medprep.distill import FeatureStore
+from medprep.distill import CacheExecution, FeatureStore
 from medprep.loaders import collate, pinned_collate
 from medprep.loaders.teacher import TeacherFeatures, dequantise
 from medprep.manifests.chunks import ChunkFiles
 from medprep.manifests.features import CODECS, DamagedStore, FeatureReader
+
+CPU = CacheExecution("cpu")
 
 pytestmark = pytest.mark.usefixtures("collect_clients")  # object-store clients (conftest)
 
@@ -27,7 +29,7 @@ N, SHARD = 6, 4
 
 def _write(url: str, dtype: str, codec: str | None, views: tuple[str, ...] = ("identity",)) -> torch.Tensor:
     """A run ``r`` of N samples (the last zarr shard partial, padding rows of sample 1 zeroed) through the writer."""
-    attrs = {"dtype": dtype, "views": list(views), "shard_size": SHARD, "encoder": "x",
+    attrs = {"dtype": dtype, "views": list(views), "shard_samples": SHARD, "encoder": "x",
              **({"codec": codec} if codec else {})}
     store = FeatureStore.create_or_open(url, "r", [f"k{i}" for i in range(N)], attrs, lambda: SHAPE)
     x = torch.randn(N, *SHAPE, generator=torch.Generator().manual_seed(0)) * 3
@@ -96,7 +98,7 @@ def test_existing_zstd_store_is_read_and_resumed(tmp_path):
     del group.attrs["codec"]
     feats = TeacherFeatures(url, "r")
     assert np.array_equal(np.stack([feats.get(k) for k in feats.keys()]), _by_zarr(url))
-    attrs = {"dtype": "float16", "views": ["identity"], "shard_size": SHARD, "encoder": "x"}
+    attrs = {"dtype": "float16", "views": ["identity"], "shard_samples": SHARD, "encoder": "x"}
     FeatureStore.create_or_open(url, "r", [f"k{i}" for i in range(N)], attrs, lambda: SHAPE)  # no refusal
 
 
@@ -183,7 +185,7 @@ def test_nan_and_inf_on_the_fast_path(tmp_path, dtype):
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_finite_features_whose_sum_overflows_are_sound(tmp_path, dtype):
     url = str(tmp_path / "s.zarr")
-    store = FeatureStore.create_or_open(url, "r", ["a"], {"dtype": dtype, "views": ["identity"], "shard_size": 1,
+    store = FeatureStore.create_or_open(url, "r", ["a"], {"dtype": dtype, "views": ["identity"], "shard_samples": 1,
                                                           "encoder": "x"}, lambda: SHAPE)
     store.write_shard(0, {"identity": torch.full((1, *SHAPE), 3e38)}, np.full((1, 2), 4, np.int32))
     x = torch.from_numpy(TeacherFeatures(url, "r").get("a"))
@@ -240,7 +242,7 @@ def test_codec_is_recorded_and_kept_on_resume(tmp_path):
 
     def run(codec: str | None) -> None:
         cache_teacher(CacheParams("random-sam", tmp_path / "imgs", tmp_path / "t.zarr", "r", codec=codec,
-                                  encoder_kwargs={"img_size": 64}, shard_size=1, batch_size=1, device="cpu"))
+                                  encoder_kwargs={"img_size": 64}, shard_samples=1, batch_size=1), execution=CPU)
 
     run("zstd-1")
     group = zarr.open_group(tmp_path / "t.zarr", mode="r")["r"]

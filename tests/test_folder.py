@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from medprep.cli import app
 from medprep.prep import LayoutError, build, get_converter, synthetic
-from medprep.prep.archive import open_source
+from medprep.prep.archive import open_tree
 
 SIZE = 64
 
@@ -63,7 +63,7 @@ def test_nested_folders_keep_ids_apart_and_masks_beside_images(tmp_path):
     (src / "data/case1/001_mask_2.png").write_bytes(synthetic.png(synthetic.u8(extra)))  # a second mask: OR-merged
     conv = get_converter("folder", images="data/*/*.png", masks="data/{parent}/{stem}_mask*.png",
                          modality="ultrasound", name="bus2")
-    tree = open_source(src)
+    tree = open_tree(src)
     records, failures = conv.discover(tree)
     assert not failures  # mask files matching the pattern are not taken for images
     assert [r.source_id for r in records] == ["case1/001", "case2/001"]

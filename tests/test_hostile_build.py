@@ -353,7 +353,7 @@ def test_nifti_with_a_header_extension_is_read(tmp_path, gz):
 
     import nibabel as nib
 
-    from medprep.prep.volumes import read_nibabel
+    from medprep.prep.volume_io import read_nibabel
 
     data = np.zeros((12, 10, 6), np.uint8)
     data[3:6, 2:5, 2] = 7

@@ -17,12 +17,15 @@ import pytest
 from typer.testing import CliRunner
 
 from medprep.cli import app
+from medprep.distill import CacheExecution
 from medprep.distill.cache import RunLock
 from medprep.distill.sources import FolderSource, SA1BSource
 from medprep.distill.synthetic import write_image_folder, write_sa1b_tar
 from medprep.manifests import tar_bytes
 from medprep.manifests.features import FeatureReader
 from medprep.manifests.lock import LockBusy
+
+CPU = CacheExecution("cpu")
 
 TINY = ["--encoder", "random-sam", "--encoder-arg", "img_size=64", "--device", "cpu", "--shard-samples", "2",
         "--batch-size", "2", "-q"]
@@ -70,13 +73,13 @@ def test_a_second_writer_of_a_run_is_refused_naming_the_holder_or_waits(tmp_path
 
 RACER = """\
 import sys, time
-from medprep.distill import CacheParams, cache_teacher
+from medprep.distill import CacheExecution, CacheParams, cache_teacher
 folder, store, seed, start = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-params = CacheParams("random-sam", folder, store, "r", encoder_kwargs={"img_size": 64, "seed": seed}, device="cpu",
-                     shard_size=2, batch_size=2, wait=120)
+params = CacheParams("random-sam", folder, store, "r", encoder_kwargs={"img_size": 64, "seed": seed},
+                     shard_samples=2, batch_size=2)
 time.sleep(max(0.0, start - time.time()))
 try:
-    cache_teacher(params)
+    cache_teacher(params, execution=CacheExecution("cpu", wait=120))
 except ValueError as e:
     print("REFUSED", e)
     sys.exit(3)
@@ -149,7 +152,7 @@ def test_sa1b_stream_names_the_tar_and_member_of_an_image_damaged_since_caching(
 
     tar = write_sa1b_tar(tmp_path / "sa1b" / "sa_000000.tar", [1, 2], np.random.default_rng(0))
     cache_teacher(CacheParams("random-sam", str(tar), tmp_path / "t.zarr", "sa", encoder_kwargs={"img_size": 64},
-                              device="cpu", shard_size=2, batch_size=2))
+                              shard_samples=2, batch_size=2), execution=CPU)
     members = {"sa_1.jpg": b"\xff\xd8 damaged", "sa_2.jpg": b"\xff\xd8 damaged", "sa_1.json": b"{}",
                "sa_2.json": b"{}"}
     tar.write_bytes(tar_bytes(members))

@@ -12,11 +12,13 @@ import zarr
 from typer.testing import CliRunner
 
 from medprep.cli import app
-from medprep.distill import CacheParams, cache_teacher
+from medprep.distill import CacheExecution, CacheParams, cache_teacher
 from medprep.loaders.teacher import TeacherFeatures
 from medprep.manifests.features import FeatureReader
 from medprep.manifests.runattrs import RunSchemaError
 from medprep.prep import build, synthetic
+
+CPU = CacheExecution("cpu")
 
 RUN = "drive"
 
@@ -29,7 +31,7 @@ def cached(tmp_path_factory):
     build("drive", src, tmp / "shards", size=64)
     store = tmp / "t.zarr"
     cache_teacher(CacheParams("random-sam", tmp / "shards" / "drive", store, RUN, encoder_kwargs={"img_size": 64},
-                              device="cpu", shard_size=2, batch_size=2, views=("identity", "hflip")))
+                              shard_samples=2, batch_size=2, views=("identity", "hflip")), execution=CPU)
     return store
 
 
@@ -67,11 +69,12 @@ def _region(name, value):
 
 # (id, change, what the error must say)
 ATTR_CASES = [
-    ("shard_size-str", _attr("shard_size", "4"), r"attribute 'shard_size' is '4', expected a positive integer"),
-    ("shard_size-null", _attr("shard_size", None), r"'shard_size' is None, expected a positive integer"),
-    ("shard_size-0", _attr("shard_size", 0), r"'shard_size' is 0, expected a positive integer"),
-    ("shard_size--1", _attr("shard_size", -1), r"'shard_size' is -1, expected a positive integer"),
-    ("shard_size-missing", _attr("shard_size", _DELETE), r"'shard_size' is missing"),
+    ("shard_samples-str", _attr("shard_samples", "4"),
+     r"attribute 'shard_samples' is '4', expected a positive integer"),
+    ("shard_samples-null", _attr("shard_samples", None), r"'shard_samples' is None, expected a positive integer"),
+    ("shard_samples-0", _attr("shard_samples", 0), r"'shard_samples' is 0, expected a positive integer"),
+    ("shard_samples--1", _attr("shard_samples", -1), r"'shard_samples' is -1, expected a positive integer"),
+    ("shard_samples-missing", _attr("shard_samples", _DELETE), r"'shard_samples' is missing"),
     ("views-null", _attr("views", None), r"'views' is None, expected a list of views"),
     ("views-str", _attr("views", "identity"), r"'views' is 'identity', expected a list of views"),
     ("dtype-unknown", _attr("dtype", "float64"), r"'dtype' is 'float64', expected one of float16, int8"),
@@ -139,4 +142,4 @@ def test_check_teacher_needs_the_teacher_attrs(cached, tmp_path):
 
 def test_untouched_store_reads(cached):
     reader = FeatureReader.open(str(cached), RUN)
-    assert reader.schema.shard_size == 2 and np.isfinite(reader.read(0)).all()
+    assert reader.schema.shard_samples == 2 and np.isfinite(reader.read(0)).all()

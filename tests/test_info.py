@@ -15,13 +15,15 @@ from typer.testing import CliRunner
 
 from conftest import read_built
 from medprep.cli import app
-from medprep.distill import CacheParams, cache_teacher
+from medprep.distill import CacheExecution, CacheParams, cache_teacher
 from medprep.loaders import DEFAULT_FIELDS, MedShards, MedShardsIndexed
 from medprep.loaders.teacher import teacher_shards
 from medprep.manifests import SPLITS, BuiltDataset, sha256_file, verify
 from medprep.manifests.card import CARD, ORIGIN, README, TOP_SIZES
 from medprep.preview import COLOURS, preview
 from medprep.prep.datasets import make_fake
+
+CPU = CacheExecution("cpu")
 
 runner = CliRunner()
 SIZE = 64
@@ -49,8 +51,8 @@ def store(built, tmp_path_factory) -> Path:
     """A tiny random-weight teacher (the demo's) cached over the DRIVE build."""
     url = tmp_path_factory.mktemp("store") / "teacher.zarr"
     cache_teacher(CacheParams("medprep.distill.teachers:random_sam", built["drive"][0], url, "drive-run",
-                              encoder_kwargs={"img_size": 128}, dtype="int8", shard_size=4, batch_size=4,
-                              device="cpu"))
+                              encoder_kwargs={"img_size": 128}, dtype="int8", shard_samples=4, batch_size=4),
+                  execution=CPU)
     return url
 
 

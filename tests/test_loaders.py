@@ -188,7 +188,7 @@ def test_tensor_types_and_values_match_the_tar(shards):
     assert torch.equal(inst["inst"] > 0, inst["mask"] > 0)
 
 
-def test_normalisations(shards):
+def test_normalizations(shards):
     raw = {n: MedShardsIndexed(shards["drive4"], "train", ["image"], normalize=n)[0]["image"] for n in NORMALIZATIONS}
     x = raw["none"]
     mean, std = torch.tensor(PIXEL_MEAN).view(3, 1, 1), torch.tensor(PIXEL_STD).view(3, 1, 1)

@@ -76,7 +76,7 @@ def test_tar_shard_size_arithmetic_is_exact(tmp_path):
     w = TarShard(tmp_path / "s.tar")
     w.write(sample)
     nbytes, digest = w.close()
-    assert nbytes == TarShard.shard_bytes(TarShard.member_bytes(sample)) == (tmp_path / "s.tar").stat().st_size
+    assert nbytes == TarShard.total_bytes(TarShard.member_bytes(sample)) == (tmp_path / "s.tar").stat().st_size
     assert digest == hashlib.sha256((tmp_path / "s.tar").read_bytes()).hexdigest()
 
 

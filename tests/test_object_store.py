@@ -29,13 +29,15 @@ import fsspec  # noqa: E402
 import fsspec.config  # noqa: E402
 from moto.server import ThreadedMotoServer  # noqa: E402
 
-from medprep.distill import CacheParams, cache_teacher  # noqa: E402
+from medprep.distill import CacheExecution, CacheParams, cache_teacher  # noqa: E402
 from medprep.loaders import MedShards, MedShardsIndexed  # noqa: E402
 from medprep.loaders.teacher import SA1BStream, TeacherFeatures, teacher_shards  # noqa: E402
 from medprep.manifests import BuiltDataset, verify  # noqa: E402
 from medprep.manifests.features import FeatureReader  # noqa: E402
 from medprep.prep import build, synthetic  # noqa: E402
 from medprep.prep.events import TaskDone  # noqa: E402
+
+CPU = CacheExecution("cpu")
 
 pytestmark = pytest.mark.usefixtures("collect_clients")  # object-store clients (conftest)
 
@@ -126,14 +128,13 @@ def local(tmp_path_factory):
     src = synthetic.make("dsb2018", root / "src", n=12)
     build("dsb2018", src, root / "shards", **BUILD)
     store = str(root / "t.zarr")
-    cache_teacher(_params(str(root / "shards" / "dsb2018"), store))
+    cache_teacher(_params(str(root / "shards" / "dsb2018"), store), execution=CPU)
     return src, root / "shards" / "dsb2018", store
 
 
 def _params(source: str, out: str, **kw) -> CacheParams:
-    kw = {"shard_size": 3, **kw}
-    return CacheParams(TINY, source, out, "r", encoder_kwargs={"img_size": 64}, dtype="float32", batch_size=2,
-                       device="cpu", **kw)
+    kw = {"shard_samples": 3, **kw}
+    return CacheParams(TINY, source, out, "r", encoder_kwargs={"img_size": 64}, dtype="float32", batch_size=2, **kw)
 
 
 def _tars(ds: BuiltDataset) -> list[bytes]:
@@ -168,7 +169,7 @@ def test_build_and_cache_on_a_cluster_equal_a_local_run(cluster, local, tmp_path
     assert not cluster.fs.exists(f"bkt/cluster/dsb2018/{ds.manifest.folder}/parts")  # removed once published
 
     store = "s3://bkt/t.zarr"
-    cache_teacher(_params(ds.root, store, scheduler=cluster.address))
+    cache_teacher(_params(ds.root, store), execution=CacheExecution("cpu", scheduler=cluster.address))
     got, want = FeatureReader.open(store, "r"), FeatureReader.open(ref_store, "r")
     assert got.keys() == want.keys() and got.done().all()
     assert np.array_equal(got.read(slice(None)), want.read(slice(None)))
@@ -183,11 +184,11 @@ def test_readers_in_dataloader_workers(cluster, local, tmp_path):
     build("dsb2018", src, "s3://bkt/readers", **BUILD)
     ds = BuiltDataset("s3://bkt/readers/dsb2018")
     store = "s3://bkt/readers.zarr"
-    cache_teacher(_params(ds.root, store))
+    cache_teacher(_params(ds.root, store), execution=CPU)
     write_sa1b_tar(tmp_path / "sa_000000.tar", [1, 2, 3, 4], np.random.default_rng(0))
     cluster.fs.put(str(tmp_path / "sa_000000.tar"), "bkt/sa1b/sa_000000.tar")
     sa_store = "s3://bkt/sa.zarr"
-    cache_teacher(_params("s3://bkt/sa1b", sa_store))
+    cache_teacher(_params("s3://bkt/sa1b", sa_store), execution=CPU)
     train = ds.keys("train")
     sa_keys = FeatureReader.open(sa_store).keys()
     feats = {**{k: TeacherFeatures(store, "r").get(k) for k in train},
@@ -353,7 +354,8 @@ def test_a_worker_dying_on_every_try_of_a_cache_part_names_it(local, tmp_path):
 
     with one_worker_dying_on("[0, 1") as address:
         with pytest.raises(CacheError, match=r"a dask worker died 2 times writing zarr shards 0, 1, ") as e:
-            cache_teacher(_params(str(local[1]), str(tmp_path / "t.zarr"), scheduler=address))
+            cache_teacher(_params(str(local[1]), str(tmp_path / "t.zarr")),
+                          execution=CacheExecution("cpu", scheduler=address))
     assert FeatureReader.open(str(local[2]), "r").keys()[0] in str(e.value)
 
 
@@ -404,8 +406,8 @@ def test_a_worker_killed_mid_cache_changes_nothing(cluster, local):
     previous = signal.signal(signal.SIGALRM, give_up)
     signal.alarm(240)
     try:
-        cache_teacher(replace(_params(str(local[1]), store, scheduler=cluster.address),
-                              encoder="slow_teacher:slow_random_sam"))
+        cache_teacher(replace(_params(str(local[1]), store), encoder="slow_teacher:slow_random_sam"),
+                      execution=CacheExecution("cpu", scheduler=cluster.address))
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)

@@ -16,7 +16,7 @@ import pytest
 
 from medprep.manifests import fs_and_path
 from medprep.prep import BuildError, synthetic
-from medprep.prep.archive import open_source
+from medprep.prep.archive import open_tree
 from medprep.prep.params import BuildParams
 from medprep.prep.plan import Plan, plan
 from medprep.prep.staging import LocalStaging, Staging, State, StoreStaging, build_folder, staging_dir
@@ -29,7 +29,7 @@ PLAN = "ab" * 32  # a plan's sha256
 def job(tmp_path):
     src = synthetic.make("udiat", tmp_path / "src", n=6)
     p = BuildParams.of("udiat", size=64, shard_samples=2)
-    tree = open_source(src)
+    tree = open_tree(src)
     return p, tree, plan(p.converter(), tree, p)
 
 

@@ -16,10 +16,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from medprep.cli import app
-from medprep.distill import CacheParams, FeatureStore, cache_teacher
+from medprep.distill import CacheExecution, CacheParams, FeatureStore, cache_teacher
 from medprep.distill.synthetic import natural_image
 from medprep.loaders.teacher import TeacherFeatures
 from medprep.manifests.features import FORMAT, DamagedStore, FeatureReader
+
+CPU = CacheExecution("cpu")
 
 TINY = "random-sam"
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -38,8 +40,8 @@ def store(tmp_path_factory) -> str:
         Image.fromarray(natural_image(h, w, rng)).save(root / "imgs" / f"im{i}.png")
     for dtype in DTYPES:
         cache_teacher(CacheParams(TINY, root / "imgs", root / "t.zarr", dtype, encoder_kwargs={"img_size": 64},
-                                  dtype=dtype, views=("identity", "hflip"), shard_size=4, batch_size=2,
-                                  device="cpu"))
+                                  dtype=dtype, views=("identity", "hflip"), shard_samples=4, batch_size=2),
+                      execution=CPU)
     return str(root / "t.zarr")
 
 
@@ -178,13 +180,31 @@ def test_nan_features_are_reported(store, tmp_path):
 
 
 def test_writer_refuses_nan_and_float16_overflow(tmp_path):
-    attrs = {"dtype": "float16", "views": ["identity"], "shard_size": 2, "encoder": "x"}
+    attrs = {"dtype": "float16", "views": ["identity"], "shard_samples": 2, "encoder": "x"}
     store = FeatureStore.create_or_open(str(tmp_path / "s.zarr"), "r", ["a", "b"], attrs, lambda: (2, 2, 2))
     x = torch.zeros(2, 2, 2, 2)
     x[1, 0, 0, 0] = 1e5  # beyond float16
     with pytest.raises(ValueError, match=r"\['b'\] .* NaN or Inf as float16.*need --dtype bfloat16"):
         store.write_shard(0, {"identity": x}, np.full((2, 2), 2, np.int32))
     assert not store.done().any()
+
+
+def test_run_written_before_the_shard_samples_rename_is_read_and_resumed(tmp_path):
+    """A run whose attrs name its samples per zarr shard ``shard_size`` (medprep before the rename to
+    ``shard_samples``) is read, and resumed, as ``shard_samples``."""
+    url = str(tmp_path / "s.zarr")
+    attrs = {"dtype": "float16", "views": ["identity"], "shard_samples": 2, "encoder": "x"}
+    FeatureStore.create_or_open(url, "r", ["a", "b", "c"], attrs, lambda: (2, 2, 2))
+    group = zarr.open_group(url, mode="a")["r"]
+    shard_samples = group.attrs["shard_samples"]
+    del group.attrs["shard_samples"]
+    group.attrs["shard_size"] = shard_samples
+    assert "shard_samples" not in zarr.open_group(url, mode="r")["r"].attrs
+    reader = FeatureReader.open(url, "r")
+    assert reader.shard_samples == 2 and reader.nshards == 2 and reader.attrs["shard_samples"] == 2
+    again = FeatureStore.create_or_open(url, "r", ["a", "b", "c"], attrs, lambda: (2, 2, 2))  # not refused
+    again.write_shard(1, {"identity": torch.ones(1, 2, 2, 2)}, np.full((1, 2), 2, np.int32))
+    assert again.done().tolist() == [False, False, True]
 
 
 def _v1_store(url: str) -> None:
@@ -206,7 +226,7 @@ def test_v1_store_is_read_but_never_written(tmp_path):
     feats = TeacherFeatures(url, "old")
     assert feats.keys() == ["a", "b", "c"]
     assert np.array_equal(feats.get("c"), np.arange(16, 24, dtype=np.float32).reshape(2, 2, 2))
-    attrs = {"dtype": "float16", "views": ["identity"], "shard_size": 2, "encoder": "x"}
+    attrs = {"dtype": "float16", "views": ["identity"], "shard_samples": 2, "encoder": "x"}
     with pytest.raises(ValueError, match=r"store format 'medprep-teacher-v1'; this medprep writes "
                                          r"'medprep-teacher-v2' .*new --run or a new store"):
         FeatureStore.create_or_open(url, "old", ["a", "b", "c"], attrs, lambda: (2, 2, 2))

@@ -13,7 +13,7 @@ from conftest import convert_all as convert_any
 from conftest import read_built
 from medprep.prep import LayoutError, SourceTree, build, get_converter
 from medprep.prep import synthetic3d as s3
-from medprep.prep.volumes import PercentileClip, Window, remove_small_objects
+from medprep.prep.volume_io import PercentileClip, Window, remove_small_objects
 
 S1, S2 = s3.SPHERES  # label 1 (100 HU), slices 6-10; label 2 (300 HU), slices 9-13 with one-voxel tips at 9 and 13
 SPECK_K = s3.SPECK[0][2]  # slice 18: a 2x2-pixel object of label 1

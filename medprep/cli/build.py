@@ -135,7 +135,7 @@ def build(
                                                                              "'medprep datasets NAME'."),
     group_by: Optional[str] = typer.Option(None, metavar="KEY", help="Keep groups in one split (cvc-clinicdb: "
                                                                     "sequence)."),
-    shard_size: str = typer.Option("1GB", metavar="BYTES", help="Hard upper bound of a shard's size, e.g. 500MB."),
+    shard_bytes: str = typer.Option("1GB", metavar="BYTES", help="Hard upper bound of a shard's size, e.g. 500MB."),
     shard_samples: Optional[int] = typer.Option(None, metavar="N", help="Samples per shard (planned)."),
     max_pixels: Optional[int] = typer.Option(None, metavar="N", help="Most pixels one image (voxels one volume) may "
                                              "declare in its header; larger inputs fail before decoding (default "
@@ -200,16 +200,16 @@ def build(
             progress.advance(event.planned - n, event.failures - f)
 
     if check_against:  # before any work: a missing dataset to check against is a mistake in the command
-        from medprep.manifests import open_sources
+        from medprep.manifests import open_datasets
 
-        open_sources(check_against)
+        open_datasets(check_against)
     with Progress(f"build {dataset}", every=progress_every, quiet=quiet) as progress:
         params = BuildParams.of(dataset, preset=preset, size=size, resize=resize, interpolation=interpolation,
                                 patch_sizes=ints("--patch-sizes", patch_sizes), modality_map=modality_map,
                                 normalize=normalize, prompts=prompts, box_jitter=box_jitter, box_rule=box_rule,
                                 seed=seed,
                                 split_rule=split_rule, split_file=str(split_file) if split_file else None,
-                                group_by=group_by, shard_size=parse_size(shard_size, "--shard-size"),
+                                group_by=group_by, shard_bytes=parse_size(shard_bytes, "--shard-bytes"),
                                 shard_samples=shard_samples, max_pixels=max_pixels, options=opts)
         result = run_build(params, src, out, workers=workers, scheduler=scheduler, strict=strict,
                            overwrite=overwrite, max_failures=max_failures, allow_empty_split=allow_empty_split,

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 
-def parse_size(text: str, flag: str = "--shard-size") -> int:
+def parse_size(text: str, flag: str = "--shard-bytes") -> int:
     """'1GB', '500MB', '2GiB', '1G', '123' -> bytes (``dask.utils.parse_bytes``); a ValueError naming ``flag``
     otherwise."""
     from medprep.prep.params import parse_size as parse_bytes

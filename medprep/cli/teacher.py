@@ -103,7 +103,7 @@ def cache_teacher(
 
     Resumable: a rerun continues where an interrupted one stopped.
     """
-    from medprep.distill import CacheEvent, RunOpened, Skipped, cache_corpus, per_source, source_specs
+    from medprep.distill import CacheEvent, CacheExecution, RunOpened, Skipped, cache_corpus, per_source, source_specs
     from medprep.progress import Progress
 
     setup_logging(verbose)
@@ -124,11 +124,12 @@ def cache_teacher(
             encoder, source_specs(urls, source_kind, split, fraction, seed, subset_file), out, run=run,
             checkpoint=checkpoint, encoder_kwargs=json_values(encoder_arg, "--encoder-arg"),
             normalize=normalize, resize=resize, dtype=dtype, codec=codec, views=tuple(views.split(",")),
-            shard_size=shard_samples, keep_padding=keep_padding, batch_size=batch_size, device=device,
-            autocast=autocast, compile=compile, workers=decode_threads,
-            devices=tuple(devices.split(",")) if devices else (), scheduler=scheduler, attention=attention,
-            threads=threads, wait=wait, max_failures=max_failures)
-        results = cache_corpus(params, on_event=draw)
+            shard_samples=shard_samples, keep_padding=keep_padding, batch_size=batch_size, autocast=autocast,
+            compile=compile, attention=attention, threads=threads)
+        execution = CacheExecution(device=device, devices=tuple(devices.split(",")) if devices else (),
+                                   scheduler=scheduler, decode_threads=decode_threads, wait=wait,
+                                   max_failures=max_failures)
+        results = cache_corpus(params, on_event=draw, execution=execution)
     if not quiet:
         for result in results:
             typer.echo(f"{out}/{result.store.run}: {len(result.shards_written)} zarr shards written "

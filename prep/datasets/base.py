@@ -182,35 +182,6 @@ def at(prefix: str, rel: str) -> str:
     return f"{prefix}/{rel}" if prefix else rel
 
 
-def pair_by_name(
-    tree: SourceTree,
-    images: list[str],
-    mask_of: Callable[[str], list[str]],
-    *,
-    split: str | None = None,
-    id_of: Callable[[str], str] = stem,
-    mask_glob: str | None = None,
-    **fields: Any,
-) -> tuple[list[Record], list[Failure]]:
-    """Records for ``images`` whose masks are named by ``mask_of(image)``; images without a mask and (when
-    ``mask_glob`` is given) masks without an image become failures."""
-    records, failures, used = [], [], set()
-    for img in images:
-        masks = mask_of(img)
-        missing = [m for m in masks if not tree.exists(m)]
-        if missing or not masks:
-            expected = ", ".join(missing) or "a mask file named after it"
-            failures.append(Failure(id_of(img), (img,), f"image without mask: expected {expected}"))
-            continue
-        used.update(masks)
-        records.append(Record(id_of(img), img, tuple(masks), split=split, **fields))
-    if mask_glob is not None:
-        for m in tree.glob(mask_glob):
-            if m not in used:
-                failures.append(Failure(stem(m), (m,), "mask without image"))
-    return records, failures
-
-
 REGISTRY: dict[str, type[Converter]] = {}
 DOMAINS = ("source", "unseen")
 
@@ -224,7 +195,7 @@ def register(cls: type[Converter]) -> type[Converter]:
 def load_all() -> None:
     """Import every converter module of this package (registering them)."""
     for mod in pkgutil.iter_modules([str(Path(__file__).parent)]):
-        if mod.name not in ("base", "options"):
+        if mod.name not in ("base", "options", "pairing"):
             importlib.import_module(f"{__package__}.{mod.name}")
 
 
@@ -293,4 +264,4 @@ def esp_split_name(dataset: str) -> str:
 
 __all__ = ["Converter", "DOMAINS", "Failure", "Loaded", "Record", "REGISTRY", "MODALITY_MAPS", "at",
            "converter_class", "dataset_name", "esp_split_name", "get_converter", "load_all", "looks_like", "make_fake",
-           "modality_id", "natural_key", "pair_by_name", "register", "registered", "stem"]
+           "modality_id", "natural_key", "register", "registered", "stem"]

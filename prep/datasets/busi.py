@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..tree import SourceTree
 from .base import Converter, Failure, Record, register
-from .folder import pair_pattern
+from .pairing import pair_pattern
 
 
 @register

@@ -8,7 +8,7 @@ from typing import Literal
 
 from ..tree import SourceTree
 from .base import Converter, Failure, Record, register
-from .folder import pair_pattern
+from .pairing import pair_pattern
 from .options import option
 
 

@@ -11,8 +11,7 @@ import numpy as np
 from ..imaging import ConversionError, decode, mask_plane
 from ..tree import LayoutError, SourceTree
 from .base import Converter, Failure, Loaded, Record, at, register
-
-from .folder import pair_pattern
+from .pairing import pair_pattern
 
 THRESHOLD = 128  # the benchmarks' own rule (PraNet evaluation: gt > 128 after reading as grey)
 

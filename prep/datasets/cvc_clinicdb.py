@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Literal
 
 from ..tree import LayoutError, SourceTree, read_regular, stem
-from .base import Converter, Failure, Record, at, pair_by_name, register
+from .base import Converter, Failure, Record, at, register
 from .options import option
+from .pairing import pair_by_name
 
 
 @register

@@ -12,7 +12,7 @@ import numpy as np
 from ..imaging import ConversionError, decode
 from ..tree import LayoutError, SourceTree
 from .base import Converter, Failure, Loaded, Record, register
-from .folder import pair_pattern
+from .pairing import pair_pattern
 
 PARTS = {"train": "train", "testA": "test", "testB": "test"}  # file name prefix -> split
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..imaging import ConversionError, check_finite, check_pixels, to_uint8
 from ..tree import LayoutError, SourceTree
-from ..volumes import cut, label_values
+from ..volume_io import cut, label_values
 from .base import Converter, Failure, Loaded, Record, register
 from .options import DatasetName, option
 from .volumes import SliceOptions

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..tree import SourceTree, stem
-from .base import Converter, Failure, Record, at, pair_by_name, register
+from .base import Converter, Failure, Record, at, register
 from .montgomery import Montgomery
+from .pairing import pair_by_name
 
 
 @register

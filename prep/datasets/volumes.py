@@ -18,12 +18,13 @@ from typing import Any, Iterator, Literal
 import numpy as np
 
 from ..tree import LayoutError, SourceTree
-from ..volumes import (
+from ..volume_io import (
     AXES, CT_PRESETS, DEFAULT_PRESET, LABEL_MODES, NIFTI_SUFFIXES, READERS, SITK_SUFFIXES, PercentileClip, Window,
     axis_name, canonical, check_grids, cut, label_values, read_volume, stack, volume_suffix,
 )
-from .base import Converter, Failure, Loaded, Record, at, pair_by_name, register
+from .base import Converter, Failure, Loaded, Record, at, register
 from .options import DatasetName, option
+from .pairing import pair_by_name
 
 INTENSITY_RULES = ("window", "percentile")
 _NNUNET = re.compile(r"(.+)_(\d{4})$")

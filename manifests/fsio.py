@@ -129,7 +129,7 @@ def read_json(url: str | os.PathLike) -> Any:
 
 
 def human_bytes(n: int) -> str:
-    """A byte count for people, in the decimal units ``--shard-size`` takes: ``1234567`` -> ``1.2 MB``."""
+    """A byte count for people, in the decimal units ``--shard-bytes`` takes: ``1234567`` -> ``1.2 MB``."""
     for unit, size in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
         if n >= size:
             return f"{n / size:.1f} {unit}"

@@ -1,4 +1,4 @@
-"""Volumes: read NIfTI / MHA / NRRD / DICOM series from bytes, check grids, reorient to RAS, cut 2D slices.
+"""Volume I/O: read NIfTI / MHA / NRRD / DICOM series from bytes, check grids, reorient to RAS, cut 2D slices.
 
 Every reader returns a :class:`Volume`: the voxel array in index order (i, j, k) and the 4x4 affine from voxel
 index to RAS millimetres. SimpleITK's arrays come in (z, y, x) = (k, j, i) order and its physical space is LPS;
