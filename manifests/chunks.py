@@ -38,6 +38,15 @@ class ChunkError(ValueError):
     """A chunk (or shard index) that fails its checksum or cannot be decoded."""
 
 
+class _Mapped:
+    """One mapped object: the file identity it was mapped for (inode, size, mtime) and its checked shard index."""
+
+    __slots__ = ("ident", "mapped", "index")
+
+    def __init__(self, ident: tuple[int, int, int], mapped: mmap.mmap):
+        self.ident, self.mapped, self.index = ident, mapped, None
+
+
 class ChunkFiles:
     """Read whole (inner) chunks of one local zarr v3 array by their grid coordinates."""
 
@@ -50,7 +59,7 @@ class ChunkFiles:
         self.sharded = shard is not None
         self.index_at_end = shard is None or shard.index_location.value == "end"
         self.decoders = [_decoder(c) for c in reversed(codecs)]
-        self._mapped: OrderedDict[str, tuple[tuple[int, int, int], mmap.mmap]] = OrderedDict()
+        self._mapped: OrderedDict[str, _Mapped] = OrderedDict()
         self._lock = threading.Lock()  # the mappings are shared by the threads reading through this object
 
     @classmethod
@@ -104,12 +113,17 @@ class ChunkFiles:
 
     def _index(self, key: str) -> tuple[np.ndarray | None, mmap.mmap | None]:
         """The ``(offset, nbytes)`` rows of shard object ``key`` (one row spanning the file when unsharded) and its
-        mapping; ``(None, None)`` when the object does not exist."""
-        mapped = self._map(key)
-        if mapped is None:
+        mapping; ``(None, None)`` when the object does not exist. The index is checked once per mapping."""
+        held = self._map(key)
+        if held is None:
             return None, None
+        if held.index is None:
+            held.index = self._check_index(key, held.mapped)
+        return held.index, held.mapped
+
+    def _check_index(self, key: str, mapped: mmap.mmap) -> np.ndarray:
         if not self.sharded:
-            return np.array([[0, len(mapped)]], dtype=np.uint64), mapped
+            return np.array([[0, len(mapped)]], dtype=np.uint64)
         n = int(np.prod(self.per_object))
         size = 16 * n + 4
         if len(mapped) < size:
@@ -118,9 +132,9 @@ class ChunkFiles:
         raw = np.frombuffer(mapped, np.uint8, size, start)
         if google_crc32c.value(raw[:-4]) != int(raw[-4:].view("<u4")[0]):
             raise ChunkError(f"{self.root / key}: the shard index fails its crc32c checksum")
-        return raw[:-4].view("<u8").reshape(n, 2), mapped
+        return raw[:-4].view("<u8").reshape(n, 2)
 
-    def _map(self, key: str) -> mmap.mmap | None:
+    def _map(self, key: str) -> _Mapped | None:
         """The mapping of object ``key``, kept while the file is the same (inode, size, mtime); None if absent."""
         path = str(self.root / key)
         try:
@@ -130,18 +144,18 @@ class ChunkFiles:
         ident = (st.st_ino, st.st_size, st.st_mtime_ns)
         with self._lock:
             held = self._mapped.get(path)
-            if held is not None and held[0] == ident:
+            if held is not None and held.ident == ident:
                 self._mapped.move_to_end(path)
-                return held[1]
+                return held
         if st.st_size == 0:
             return None
         with open(path, "rb") as f:  # zarr replaces objects whole (temp file + rename): a mapping never shrinks
-            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            held = _Mapped(ident, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
         with self._lock:
-            self._mapped[path] = (ident, mapped)
+            self._mapped[path] = held
             if len(self._mapped) > MAPPED:
                 self._mapped.popitem(last=False)  # unmapped once no array views it
-        return mapped
+        return held
 
     def _decode(self, raw: np.ndarray, key: str) -> np.ndarray:
         data: np.ndarray | bytes = raw
