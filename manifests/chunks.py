@@ -20,13 +20,14 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-import google_crc32c
 import numpy as np
 import zarr
 from numcodecs import Blosc, Zstd
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
 from zarr.codecs.bytes import Endian
 from zarr.storage import LocalStore
+
+from .kernels import crc32c
 
 #: an index entry of a chunk never written
 MISSING = 2**64 - 1
@@ -130,7 +131,7 @@ class ChunkFiles:
             raise ChunkError(f"{self.root / key}: {len(mapped)} bytes, too short for its shard index ({size} bytes)")
         start = len(mapped) - size if self.index_at_end else 0
         raw = np.frombuffer(mapped, np.uint8, size, start)
-        if google_crc32c.value(raw[:-4]) != int(raw[-4:].view("<u4")[0]):
+        if crc32c(raw[:-4]) != int(raw[-4:].view("<u4")[0]):
             raise ChunkError(f"{self.root / key}: the shard index fails its crc32c checksum")
         return raw[:-4].view("<u8").reshape(n, 2)
 
@@ -181,7 +182,7 @@ class ChunkFiles:
 def _crc32c(data: np.ndarray | bytes) -> np.ndarray | bytes:
     """The bytes without their trailing crc32c, after checking it."""
     body = np.frombuffer(data, np.uint8)
-    if len(body) < 4 or google_crc32c.value(body[:-4]) != int(body[-4:].view("<u4")[0]):
+    if len(body) < 4 or crc32c(body[:-4]) != int(body[-4:].view("<u4")[0]):
         raise ChunkError("the chunk fails its crc32c checksum (damaged bytes)")
     return body[:-4]
 
