@@ -13,6 +13,7 @@ other codecs, big-endian data), and the caller reads through zarr.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import threading
@@ -57,6 +58,7 @@ class ChunkFiles:
         grid = array.metadata.chunk_grid.chunk_shape
         self.chunk_shape: tuple[int, ...] = tuple(shard.chunk_shape) if shard else tuple(grid)
         self.per_object = tuple(g // c for g, c in zip(grid, self.chunk_shape))  # inner chunks per shard object
+        self.chunk_values = math.prod(self.chunk_shape)
         self.sharded = shard is not None
         self.index_at_end = shard is None or shard.index_location.value == "end"
         self.decoders = [_decoder(c) for c in reversed(codecs)]
@@ -102,7 +104,9 @@ class ChunkFiles:
             if entries is None:
                 out.append(None)
                 continue
-            local = int(np.ravel_multi_index(tuple(i % n for i, n in zip(c, self.per_object)), self.per_object))
+            local = 0
+            for i, n in zip(c, self.per_object):  # the inner chunk's place in the shard index (C order)
+                local = local * n + i % n
             offset, nbytes = (int(v) for v in entries[local])
             if offset == MISSING and nbytes == MISSING:
                 out.append(None)
@@ -137,7 +141,7 @@ class ChunkFiles:
 
     def _map(self, key: str) -> _Mapped | None:
         """The mapping of object ``key``, kept while the file is the same (inode, size, mtime); None if absent."""
-        path = str(self.root / key)
+        path = f"{self.root}{os.sep}{key}"
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -168,7 +172,7 @@ class ChunkFiles:
             except Exception as e:  # a codec's own error on damaged bytes
                 raise ChunkError(f"{self.root / key}: undecodable chunk ({e})") from None
         arr = np.frombuffer(data, self.dtype)
-        if arr.size != int(np.prod(self.chunk_shape)):
+        if arr.size != self.chunk_values:
             raise ChunkError(f"{self.root / key}: a chunk of {arr.size} values, expected {self.chunk_shape}")
         return arr.reshape(self.chunk_shape)
 
