@@ -78,8 +78,17 @@ def dequantise_int8(q: np.ndarray, scale: np.ndarray, out: np.ndarray) -> None:
 
 #: the reflected crc32c (Castagnoli) polynomial
 POLY = 0x82F63B78
+
+
+def _has_sse42() -> bool:
+    try:
+        return bool(llvmlite.binding.get_host_cpu_features().get("sse4.2"))
+    except RuntimeError:  # llvmlite cannot tell on this platform
+        return False
+
+
 #: whether this CPU has the crc32 instruction (SSE 4.2)
-HARDWARE_CRC = bool(llvmlite.binding.get_host_cpu_features().get("sse4.2"))
+HARDWARE_CRC = _has_sse42()
 
 
 @intrinsic
