@@ -13,9 +13,7 @@ A store is data: nothing here imports or calls anything its attrs name.
 from __future__ import annotations
 
 import io
-import math
 import multiprocessing
-import warnings
 from collections import Counter
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -26,6 +24,7 @@ from PIL import Image
 
 from medprep.manifests import BuiltDataset, MemberIndex, NotFound, fs_and_path, join
 from medprep.manifests.features import FeatureReader, in_fraction, runs as store_runs
+from medprep.manifests.kernels import to_float32, to_stored
 from medprep.manifests.pixels import longest_side
 
 from . import partition, state
@@ -168,9 +167,10 @@ class TeacherFeatures:
         for batch in groups.values():
             reader = located[batch[0]][0]
             rows = [located[b][1] for b in batch]
-            for b, (values, scale) in zip(batch, reader.stored(rows, view)):
-                _convert(values, scale, reader.dtype, out, b)
-            _check_finite(out, batch, rows, reader, view)
+            bad = [row for b, row, (values, scale) in zip(batch, rows, reader.stored(rows, view))
+                   if _convert(values, scale, reader.dtype, out, b)]
+            if bad:  # name them (and the run)
+                reader.raise_unsound(bad, view)
         return out
 
     def valid_mask(self, key: str, view: str = "identity") -> np.ndarray:
@@ -217,42 +217,16 @@ def _check_dtype(dtype: str) -> None:
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "int8": torch.int8}
 
 
-def _tensor(values: np.ndarray, dtype: str) -> torch.Tensor:
-    """Stored features (possibly a read-only view of a mapped file) as a torch tensor of the stored dtype, sharing
-    their memory: only read from it."""
-    with warnings.catch_warnings():  # a read-only view: torch warns that it cannot make it read-only
-        warnings.simplefilter("ignore", UserWarning)
-        if dtype == "bfloat16":
-            return torch.from_numpy(values.view(np.int16)).view(torch.bfloat16)
-        return torch.from_numpy(values)
-
-
-def _convert(values: np.ndarray, scale: np.ndarray | None, dtype: str, out: dict[str, torch.Tensor], b: int) -> None:
+def _convert(values: np.ndarray, scale: np.ndarray | None, dtype: str, out: dict[str, torch.Tensor], b: int) -> bool:
     """Write one sample's stored features into row ``b`` of ``out["teacher"]`` (float32: decoded, int8 times its
-    scale; else copied as stored, the scale into ``out["teacher_scale"]``)."""
-    src = _tensor(values, dtype)
+    scale; else as stored, the scale into ``out["teacher_scale"]``) in one pass that also checks finiteness;
+    whether a value (or an int8 scale) is NaN/Inf."""
     target = out["teacher"][b]
-    if target.dtype != torch.float32:
-        target.copy_(src)
-        if scale is not None:
-            out["teacher_scale"][b] = torch.from_numpy(np.asarray(scale))
-    elif scale is not None:  # int8 -> float32 copy, then the scale in place: both vectorised (a mixed-dtype mul is not)
-        target.copy_(src).mul_(torch.from_numpy(scale.astype(np.float32))[:, None, None])
-    else:
-        target.copy_(src)
-
-
-def _check_finite(out: dict[str, torch.Tensor], batch: list[int], rows: list[int], reader: FeatureReader,
-                  view: str) -> None:
-    """Raise naming the samples whose features hold NaN/Inf: one sum per sample (any NaN/Inf makes it non-finite;
-    a sum that overflowed is told apart by checking that sample's values)."""
-    x = out["teacher_scale"] if "teacher_scale" in out else out["teacher"]
-    sums = [math.isfinite(x[b].sum(dtype=torch.float32).item()) for b in batch]
-    if all(sums):
-        return
-    bad = [rows[j] for j, b in enumerate(batch) if not sums[j] and not torch.isfinite(x[b]).all()]
-    if bad:
-        reader.raise_unsound(bad, view)
+    if target.dtype == torch.float32:
+        return to_float32(values, scale, dtype, target.numpy())
+    if scale is not None:
+        out["teacher_scale"][b] = torch.from_numpy(np.asarray(scale))
+    return to_stored(values, scale, dtype, (target.view(torch.int16) if dtype == "bfloat16" else target).numpy())
 
 
 def dequantise(teacher: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:

@@ -13,6 +13,7 @@ other codecs, big-endian data), and the caller reads through zarr.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import threading
@@ -20,7 +21,6 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-import google_crc32c
 import numpy as np
 import zarr
 from numcodecs import Blosc, Zstd
@@ -29,6 +29,7 @@ from zarr.codecs.bytes import Endian
 from zarr.storage import LocalStore
 
 from .errors import MedprepError
+from .kernels import crc32c
 
 #: an index entry of a chunk never written
 MISSING = 2**64 - 1
@@ -40,6 +41,15 @@ class ChunkError(MedprepError, ValueError):
     """A chunk (or shard index) that fails its checksum or cannot be decoded."""
 
 
+class _Mapped:
+    """One mapped object: the file identity it was mapped for (inode, size, mtime) and its checked shard index."""
+
+    __slots__ = ("ident", "mapped", "index")
+
+    def __init__(self, ident: tuple[int, int, int], mapped: mmap.mmap):
+        self.ident, self.mapped, self.index = ident, mapped, None
+
+
 class ChunkFiles:
     """Read whole (inner) chunks of one local zarr v3 array by their grid coordinates."""
 
@@ -49,10 +59,11 @@ class ChunkFiles:
         grid = array.metadata.chunk_grid.chunk_shape
         self.chunk_shape: tuple[int, ...] = tuple(shard.chunk_shape) if shard else tuple(grid)
         self.per_object = tuple(g // c for g, c in zip(grid, self.chunk_shape))  # inner chunks per shard object
+        self.chunk_values = math.prod(self.chunk_shape)
         self.sharded = shard is not None
         self.index_at_end = shard is None or shard.index_location.value == "end"
         self.decoders = [_decoder(c) for c in reversed(codecs)]
-        self._mapped: OrderedDict[str, tuple[tuple[int, int, int], mmap.mmap]] = OrderedDict()
+        self._mapped: OrderedDict[str, _Mapped] = OrderedDict()
         self._lock = threading.Lock()  # the mappings are shared by the threads reading through this object
 
     @classmethod
@@ -94,7 +105,9 @@ class ChunkFiles:
             if entries is None:
                 out.append(None)
                 continue
-            local = int(np.ravel_multi_index(tuple(i % n for i, n in zip(c, self.per_object)), self.per_object))
+            local = 0
+            for i, n in zip(c, self.per_object):  # the inner chunk's place in the shard index (C order)
+                local = local * n + i % n
             offset, nbytes = (int(v) for v in entries[local])
             if offset == MISSING and nbytes == MISSING:
                 out.append(None)
@@ -106,25 +119,30 @@ class ChunkFiles:
 
     def _index(self, key: str) -> tuple[np.ndarray | None, mmap.mmap | None]:
         """The ``(offset, nbytes)`` rows of shard object ``key`` (one row spanning the file when unsharded) and its
-        mapping; ``(None, None)`` when the object does not exist."""
-        mapped = self._map(key)
-        if mapped is None:
+        mapping; ``(None, None)`` when the object does not exist. The index is checked once per mapping."""
+        held = self._map(key)
+        if held is None:
             return None, None
+        if held.index is None:
+            held.index = self._check_index(key, held.mapped)
+        return held.index, held.mapped
+
+    def _check_index(self, key: str, mapped: mmap.mmap) -> np.ndarray:
         if not self.sharded:
-            return np.array([[0, len(mapped)]], dtype=np.uint64), mapped
+            return np.array([[0, len(mapped)]], dtype=np.uint64)
         n = int(np.prod(self.per_object))
         size = 16 * n + 4
         if len(mapped) < size:
             raise ChunkError(f"{self.root / key}: {len(mapped)} bytes, too short for its shard index ({size} bytes)")
         start = len(mapped) - size if self.index_at_end else 0
         raw = np.frombuffer(mapped, np.uint8, size, start)
-        if google_crc32c.value(raw[:-4]) != int(raw[-4:].view("<u4")[0]):
+        if crc32c(raw[:-4]) != int(raw[-4:].view("<u4")[0]):
             raise ChunkError(f"{self.root / key}: the shard index fails its crc32c checksum")
-        return raw[:-4].view("<u8").reshape(n, 2), mapped
+        return raw[:-4].view("<u8").reshape(n, 2)
 
-    def _map(self, key: str) -> mmap.mmap | None:
+    def _map(self, key: str) -> _Mapped | None:
         """The mapping of object ``key``, kept while the file is the same (inode, size, mtime); None if absent."""
-        path = str(self.root / key)
+        path = f"{self.root}{os.sep}{key}"
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -132,18 +150,18 @@ class ChunkFiles:
         ident = (st.st_ino, st.st_size, st.st_mtime_ns)
         with self._lock:
             held = self._mapped.get(path)
-            if held is not None and held[0] == ident:
+            if held is not None and held.ident == ident:
                 self._mapped.move_to_end(path)
-                return held[1]
+                return held
         if st.st_size == 0:
             return None
         with open(path, "rb") as f:  # zarr replaces objects whole (temp file + rename): a mapping never shrinks
-            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            held = _Mapped(ident, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
         with self._lock:
-            self._mapped[path] = (ident, mapped)
+            self._mapped[path] = held
             if len(self._mapped) > MAPPED:
                 self._mapped.popitem(last=False)  # unmapped once no array views it
-        return mapped
+        return held
 
     def _decode(self, raw: np.ndarray, key: str) -> np.ndarray:
         data: np.ndarray | bytes = raw
@@ -155,7 +173,7 @@ class ChunkFiles:
             except Exception as e:  # a codec's own error on damaged bytes
                 raise ChunkError(f"{self.root / key}: undecodable chunk ({e})") from None
         arr = np.frombuffer(data, self.dtype)
-        if arr.size != int(np.prod(self.chunk_shape)):
+        if arr.size != self.chunk_values:
             raise ChunkError(f"{self.root / key}: a chunk of {arr.size} values, expected {self.chunk_shape}")
         return arr.reshape(self.chunk_shape)
 
@@ -169,7 +187,7 @@ class ChunkFiles:
 def _crc32c(data: np.ndarray | bytes) -> np.ndarray | bytes:
     """The bytes without their trailing crc32c, after checking it."""
     body = np.frombuffer(data, np.uint8)
-    if len(body) < 4 or google_crc32c.value(body[:-4]) != int(body[-4:].view("<u4")[0]):
+    if len(body) < 4 or crc32c(body[:-4]) != int(body[-4:].view("<u4")[0]):
         raise ChunkError("the chunk fails its crc32c checksum (damaged bytes)")
     return body[:-4]
 

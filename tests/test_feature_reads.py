@@ -269,3 +269,54 @@ def test_threads_share_one_reader(tmp_path, monkeypatch):
     with ThreadPoolExecutor(4) as pool:
         got = list(pool.map(lambda k: (k, feats.get(k)), [k for _ in range(20) for k in feats.keys()]))
     assert all(np.array_equal(x, want[k]) for k, x in got)
+
+
+def test_crc32c_kernel_equals_google_crc32c_for_any_length_and_alignment():
+    import google_crc32c
+
+    from medprep.manifests.kernels import crc32c
+
+    data = np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8)
+    for n in (0, 1, 7, 8, 23, 24, 25, 47, 48, 1001, 4999):
+        for start in (0, 1, 3):
+            assert crc32c(data[start:start + n]) == google_crc32c.value(data[start:start + n].tobytes()), (n, start)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_one_pass_kernels_decode_exactly_and_flag_every_non_finite_value(dtype):
+    """Every finite float16 / bfloat16 bit pattern converts as numpy does; any NaN/Inf (or int8 NaN scale) is
+    flagged, in the float32 and the stored output."""
+    from medprep.manifests.features import decode
+    from medprep.manifests.kernels import to_float32, to_stored
+
+    bits = np.arange(2**16, dtype=np.uint16)
+    if dtype == "int8":
+        values, scale = np.arange(-127, 128, dtype=np.int8).reshape(5, 3, 17), np.linspace(0.1, 2, 5).astype(np.float16)
+    else:
+        values = bits.view(np.float16) if dtype == "float16" else bits if dtype == "bfloat16" else \
+            np.random.default_rng(0).standard_normal(4096).astype(np.float32)
+        scale = None
+    if dtype == "float16":
+        finite = np.isfinite(values)
+    elif dtype == "bfloat16":
+        finite = (bits & 0x7F80) != 0x7F80
+    else:
+        finite = np.ones(values.shape, bool)
+    ok = values[finite] if dtype != "int8" else values
+    out = np.empty(ok.shape, np.float32)
+    assert not to_float32(ok, scale, dtype, out)
+    np.testing.assert_array_equal(out, decode(ok, scale, dtype))
+    copied = np.empty_like(ok)
+    assert not to_stored(ok, scale, dtype, copied)
+    np.testing.assert_array_equal(copied, ok)
+    if dtype == "int8":
+        bad_scale = scale.copy()
+        bad_scale[3] = np.nan
+        assert to_float32(values, bad_scale, dtype, out) and to_stored(values, bad_scale, dtype, copied)
+        return
+    nonfinite = values[~finite] if dtype != "float32" else np.array([np.inf, -np.inf, np.nan], np.float32)
+    for v in nonfinite[:: max(1, len(nonfinite) // 50)]:
+        bad = ok.copy()
+        bad[len(bad) // 2] = v
+        assert to_float32(bad, None, dtype, np.empty(bad.shape, np.float32)), v
+        assert to_stored(bad, None, dtype, np.empty_like(bad)), v
