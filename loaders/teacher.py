@@ -185,21 +185,21 @@ class TeacherFeatures:
         the same keys, e.g. ``--resize longest``) is refused naming both, unless ``allow_mismatch``. A dataset
         with no run at all is refused too (every one of its samples would miss).
         """
+        sources = {r.run: r.attrs.get("source") or {} for r in self.readers}  # older runs may record none
         for ds in datasets:
-            cached = [r for r in self.readers if r.attrs["source"].get("kind") == "medical"
-                      and r.attrs["source"].get("dataset") == ds.name]
+            cached = [r for r in self.readers if sources[r.run].get("kind") == "medical"
+                      and sources[r.run].get("dataset") == ds.name]
             if not cached:
-                have = sorted({str(r.attrs["source"].get("dataset") or r.attrs["source"].get("kind"))
-                               for r in self.readers})
+                have = sorted({str(s.get("dataset") or s.get("kind") or "not recorded") for s in sources.values()})
                 raise ValueError(f"no run of teacher store {self.url} (runs {self.runs}, sources {have}) was cached "
                                  f"from dataset {ds.name!r} ({ds.root}): run 'medprep cache-teacher --source "
                                  f"{ds.root} --out {self.url}'")
             for reader in cached:
-                src = reader.attrs["source"]
+                src = sources[reader.run]
                 if _same_build(src, ds) or allow_mismatch:
                     continue
                 raise ValueError(
-                    f"run {reader.run!r} of teacher store {self.url} was cached from {src['url']} (generation "
+                    f"run {reader.run!r} of teacher store {self.url} was cached from {src.get('url')} (generation "
                     f"{src.get('generation')}, manifest sha256 {src.get('manifest_sha256')}), but {ds.root} is "
                     f"another build of {ds.name!r} (generation {ds.generation}, manifest sha256 "
                     f"{ds.manifest_sha256}): the same keys may hold other pixels. Cache this build "

@@ -140,6 +140,18 @@ def test_check_teacher_needs_the_teacher_attrs(cached, tmp_path):
     assert res.exit_code == 2 and "attribute(s) 'encoder' missing, needed to recompute" in res.output, res.output
 
 
+def test_a_run_without_a_recorded_source_is_not_taken_for_a_dataset(cached, tmp_path):
+    """Older runs may record no ``source``: checking a dataset against them says no run was cached from it (one
+    ValueError naming the store, the dataset and the command), not a KeyError."""
+    from medprep.manifests import BuiltDataset
+
+    store = _copy(cached, tmp_path, _attr("source", _DELETE))
+    features = TeacherFeatures(str(store))
+    with pytest.raises(ValueError, match=r"no run of teacher store .* \(runs \['drive'\], sources \['not recorded'\]\) "
+                                         r"was cached from dataset 'drive'.*medprep cache-teacher --source"):
+        features.check_sources([BuiltDataset(cached.parent / "shards" / "drive")])
+
+
 def test_untouched_store_reads(cached):
     reader = FeatureReader.open(str(cached), RUN)
     assert reader.schema.shard_samples == 2 and np.isfinite(reader.read(0)).all()
