@@ -105,6 +105,12 @@ class TeacherFeatures:
     def __contains__(self, key: str) -> bool:
         return key in self._index
 
+    def is_done(self, key: str) -> bool:
+        """Whether ``key`` is in the store and its features were written when the store was opened (a sample the
+        cache skipped, e.g. an unreadable image under ``--max-failures``, is in the store but never done)."""
+        where = self._index.get(key)
+        return where is not None and bool(self._done[where[0]][where[1]])
+
     def locate(self, key: str) -> tuple[FeatureReader, int]:
         """The run holding ``key`` and its row; a ``KeyError`` that says what to do when it is missing or not
         cached yet."""
@@ -363,7 +369,7 @@ class SA1BStream(state.Resumable, torch.utils.data.IterableDataset):
     ``size``, padded bottom/right with 0 after normalising with ``normalize``, e.g. ``sam``); ``teacher``,
     ``teacher_valid``, ``teacher_view`` as :class:`TeacherJoin`. ``hflip`` and ``dtype`` as :class:`TeacherJoin`.
 
-    Every cached sample once per epoch: the tars, shuffled by ``(seed, epoch)``, are cut into ``partitions``
+    Every cached sample once per epoch (one the cache skipped, an unreadable image, is left out): the tars, shuffled by ``(seed, epoch)``, are cut into ``partitions``
     canonical partitions (a tar shared by several is split by its images), each shuffled through a
     ``shuffle_buffer`` of keys by ``(seed, epoch, partition)`` and read by one of the ranks x DataLoader workers;
     call ``set_epoch`` before each epoch. ``state_dict`` / ``load_state_dict`` / ``merge_states`` resume an epoch
@@ -468,7 +474,7 @@ class _CachedMembers:
         if tar not in self._cached:
             index = MemberIndex(self.tars[tar])
             self._cached[tar] = index, [(m, key) for m in index.members if m.endswith(".jpg")
-                                        and (key := f"sa1b-{m.removesuffix('.jpg')}") in self.features]
+                                        and self.features.is_done(key := f"sa1b-{m.removesuffix('.jpg')}")]
         return self._cached[tar]
 
     def _bounds(self, run: tuple[int, int, int]) -> tuple[int, int]:

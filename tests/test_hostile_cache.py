@@ -201,3 +201,7 @@ def test_max_failures_skips_and_lists_bad_members(tmp_path):
     assert res.exit_code == 0 and "sa1b-sa_3: cannot read" in res.output, res.output
     res = CliRunner().invoke(app, ["check-teacher", str(store), "--run", "sa", "--samples", "2"])
     assert res.exit_code == 0 and "damaged" not in res.output, res.output  # a skipped sample is not damage
+    from medprep.loaders.teacher import SA1BStream
+
+    stream = SA1BStream(str(store), size=64, shuffle=False)  # the images that were cached, the skipped one left out
+    assert [s["key"] for s in stream] == ["sa1b-sa_1", "sa1b-sa_2", "sa1b-sa_4"]
