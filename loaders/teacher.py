@@ -231,7 +231,7 @@ def _convert(values: np.ndarray, scale: np.ndarray | None, dtype: str, out: dict
     if target.dtype == torch.float32:
         return to_float32(values, scale, dtype, target.numpy())
     if scale is not None:
-        out["teacher_scale"][b] = torch.from_numpy(np.asarray(scale))
+        out["teacher_scale"][b].numpy()[...] = scale  # copied: the scale may be a read-only view of a mapping
     return to_stored(values, scale, dtype, (target.view(torch.int16) if dtype == "bfloat16" else target).numpy())
 
 
