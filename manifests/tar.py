@@ -17,6 +17,7 @@ import hashlib
 import os
 import re
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Collection, Iterator, Mapping
@@ -236,6 +237,12 @@ _NUMBERS = re.compile(rb"([0-7]{7})\x00([0-7]{7})\x00([0-7]{7})\x00([0-7]{11})\x
 _NO_DEVICE = tarfile.NUL * 16  # devmajor and devminor of a regular member
 
 
+def _byte_sum(block: bytes) -> int:
+    """The sum of the bytes of a 512-byte block, in C: adler32's low half is 1 + the sum of the bytes modulo 65521,
+    exact for 256 bytes (at most 65280)."""
+    return (zlib.adler32(block[:256]) & 0xFFFF) + (zlib.adler32(block[256:]) & 0xFFFF) - 2
+
+
 class _ShardTarInfo(tarfile.TarInfo):
     """``tarfile.TarInfo`` whose header parser takes a fast path for the headers a shard holds (a ustar regular
     file, no name prefix, the numeric fields as ``tarfile`` writes them, the unsigned checksum right) and builds the
@@ -246,7 +253,7 @@ class _ShardTarInfo(tarfile.TarInfo):
     def frombuf(cls, buf: bytes, encoding: str, errors: str) -> tarfile.TarInfo:
         fields = _NUMBERS.fullmatch(buf, 100, 157) if len(buf) == tarfile.BLOCKSIZE else None
         if (fields is None or buf[257:265] != tarfile.POSIX_MAGIC or buf[345] or buf[329:345] != _NO_DEVICE
-                or int(fields[6], 8) != 256 + sum(buf) - sum(buf[148:156])):
+                or int(fields[6], 8) != 256 + _byte_sum(buf) - sum(buf[148:156])):
             return super().frombuf(buf, encoding, errors)
         obj = cls()
         obj.name = tarfile.nts(buf[0:100], encoding, errors)

@@ -13,7 +13,7 @@ from medprep.loaders import MedShards
 from medprep.loaders.partition import resumable
 from medprep.loaders.shards import _Reader
 from medprep.manifests import BuiltDataset, ShardError, open_dataset, tar_bytes
-from medprep.manifests.tar import _NUMBERS, _ShardTarInfo
+from medprep.manifests.tar import _NUMBERS, _ShardTarInfo, _byte_sum
 
 ATTRS = ("name", "mode", "uid", "gid", "size", "mtime", "chksum", "type", "linkname", "uname", "gname", "devmajor",
          "devminor")
@@ -56,6 +56,7 @@ def test_shard_headers_parse_exactly_as_tarfile_parses_them(tiny_drive):
         for at in range(0, len(blob), 512):
             block = blob[at:at + 512]
             assert _parsed(_ShardTarInfo, block) == _parsed(tarfile.TarInfo, block), (at, block[:100])
+            assert len(block) < 512 or _byte_sum(block) == sum(block)
     fast = sum(_NUMBERS.fullmatch(blob, at + 100, at + 157) is not None for blob in blobs
                for at in range(0, len(blob), 512))
     members = 0
