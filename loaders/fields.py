@@ -273,7 +273,8 @@ class Decoder:
 
     def __call__(self, raw: dict[str, Any], rng: np.random.Generator | None = None) -> dict[str, Any]:
         arrays = self.decode_arrays(raw)
-        rng = rng if rng is not None else np.random.default_rng()
+        if rng is None and (self.augment is not None or self.prompt_fields):  # only draws need one
+            rng = np.random.default_rng()
         if self.per_image or self.recorded_box:
             meta = decode_meta(self._entry(raw, "meta.json"), _where(raw, "meta.json"))
         if self.per_image:

@@ -145,10 +145,11 @@ _END = object()
 
 
 def resumable(runs: Iterable[R], count: Callable[[R], int], read: Callable[[R, int], Iterator[T]],
-              fetch: Callable[[R, int], T], size: int, gen: np.random.Generator, skip: int = 0
+              fetch: Callable[[R, int], T], size: int, gen: np.random.Generator | None, skip: int = 0
               ) -> Iterator[tuple[int, T]]:
     """``(position, item)`` of the items of ``runs`` (``count(run)`` items each, positions numbered across runs),
-    through a shuffle buffer of ``size`` drawn from ``gen`` (:func:`shuffled`), without the first ``skip`` outputs.
+    through a shuffle buffer of ``size`` drawn from ``gen`` (:func:`shuffled`; ``gen`` may be None when ``size`` is
+    at most 1: no buffer, no draws), without the first ``skip`` outputs.
 
     The order is computed on positions, so skipping reads nothing: the items that were pulled into the buffer
     before the resume point and are still in it are fetched one by one (``fetch(run, k)``: item ``k`` of ``run``),
@@ -170,7 +171,9 @@ def resumable(runs: Iterable[R], count: Callable[[R], int], read: Callable[[R, i
                 yield first + k, run, k
             first += n
 
-    order = shuffled(positions(), size, gen) if size > 1 else positions()
+    if size > 1 and gen is None:
+        raise ValueError(f"a shuffle buffer of {size} items needs a generator")
+    order = shuffled(positions(), size, gen) if size > 1 and gen is not None else positions()
     next(itertools.islice(order, skip, skip), None)  # the first ``skip`` outputs, on positions only
     resume = pulled
     cache: dict[int, T] = {}

@@ -102,6 +102,7 @@ class MedShards(state.Resumable, torch.utils.data.IterableDataset):
             raise ValueError(f"partitions={partitions}: expected a positive number of canonical partitions")
         self.partitions = partitions
         self._epoch = multiprocessing.RawValue("q", epoch)  # shared with (persistent) DataLoader workers
+        self._indexes: dict[int, ShardIndex] = {}  # shard offset indexes this process read, kept across epochs
 
     def __repr__(self) -> str:
         return (f"MedShards({roots(self.datasets)}, split={self.split!r}, samples={self.nsamples()}, "
@@ -154,12 +155,15 @@ class MedShards(state.Resumable, torch.utils.data.IterableDataset):
         if self.shuffle:
             order = partition.rng(self.seed, epoch).permutation(order)
         blocks = partition.Blocks([s.nsamples for s in self.shards], order, self.partitions)
-        reader = _Reader(self.shards, self.entries)
+        reader = _Reader(self.shards, self.entries, self._indexes)
         cursors = progress["cursors"]
         for p in partition.visit_order(partition.owned(consumer, self.partitions), self.seed, epoch, self.shuffle):
-            for u, sample in partition.resumable(blocks.runs(p), _Reader.count, reader.read, reader.fetch,
-                                                 self.shuffle_buffer, partition.rng(self.seed, epoch, 2, p),
-                                                 cursors[p]):
+            runs = blocks.runs(p)
+            if not runs:  # an empty partition (more partitions than samples): no generator to seed
+                continue
+            gen = partition.rng(self.seed, epoch, 2, p) if self.shuffle_buffer > 1 else None
+            for u, sample in partition.resumable(runs, _Reader.count, reader.read, reader.fetch, self.shuffle_buffer,
+                                                 gen, cursors[p]):
                 cursors[p] += 1
                 yield (2, p, u), sample
 
@@ -176,7 +180,7 @@ class MedShards(state.Resumable, torch.utils.data.IterableDataset):
                 k = shards[int(gen.choice(len(shards), p=p))]
                 yield k, 0, self.shards[k].nsamples
 
-        reader = _Reader(self.shards, self.entries)
+        reader = _Reader(self.shards, self.entries, self._indexes)
         return partition.resumable(endless(), _Reader.count, reader.read, reader.fetch, buffer, gen, skip)
 
     def _resampled(self, consumer: partition.Consumer, epoch: int, progress: dict[str, Any]
@@ -220,13 +224,14 @@ class MedShards(state.Resumable, torch.utils.data.IterableDataset):
 class _Reader:
     """Reads ``(shard, start, stop)`` runs of ``shards``: a long run by streaming the shard's tar from ``start``, a
     short one (small partitions) and single samples by ranged reads through the shard's index (its tar headers,
-    read once)."""
+    read once per process and kept in ``indexes``, shared by the readers of one ``MedShards``, for the last
+    ``INDEXES`` shards used; every ranged read still checks the dataset's generation and the bytes it got)."""
 
     STREAM = 16  # runs of at least this many samples are streamed
+    INDEXES = 64  # offset indexes kept (those used last)
 
-    def __init__(self, shards: list[Shard], entries: set[str]):
-        self.shards, self.entries = shards, entries
-        self.indexes: dict[int, ShardIndex] = {}
+    def __init__(self, shards: list[Shard], entries: set[str], indexes: dict[int, ShardIndex]):
+        self.shards, self.entries, self.indexes = shards, entries, indexes
 
     @staticmethod
     def count(run: tuple[int, int, int]) -> int:
@@ -240,9 +245,13 @@ class _Reader:
 
     def fetch(self, run: tuple[int, int, int], k: int) -> dict[str, Any]:
         shard, start, _ = run
-        if shard not in self.indexes:
-            self.indexes[shard] = self.shards[shard].index()
-        return self.shards[shard].fetch(self.indexes[shard], start + k, self.entries)
+        index = self.indexes.pop(shard, None)
+        if index is None:
+            index = self.shards[shard].index()
+        self.indexes[shard] = index  # (re)inserted last: the dict's order is the order of use
+        while len(self.indexes) > self.INDEXES:
+            del self.indexes[next(iter(self.indexes))]
+        return self.shards[shard].fetch(index, start + k, self.entries)
 
 
 def _draws(sources: list[int], weights: list[float], gen: np.random.Generator) -> Iterator[int]:

@@ -43,6 +43,8 @@ class BuiltDataset:
             raise ValueError(f"{url}: {e}; run 'medprep verify {self.root}'") from None
         self._entries = {s.name: s for s in self.manifest.shards}
         self._stamp: str | None = None  # manifest.json's file stamp when its generation was last confirmed
+        self._resolved: dict[str, tuple[Any, str]] = {}  # URL -> (file system, path), see :meth:`_fs_path`
+        self._resolved_pid = os.getpid()
 
     def __repr__(self) -> str:
         splits = {s: self.manifest.nsamples(s) for s in self.manifest.splits()}
@@ -60,6 +62,17 @@ class BuiltDataset:
 
     def url(self, name: str) -> str:
         return fsio.join(self.root, name)
+
+    def _fs_path(self, url: str) -> tuple[Any, str]:
+        """``fsio.fs_and_path(url)``, resolved once per URL and process for this reader (every ranged read and
+        generation check uses it; a forked DataLoader worker resolves again, so it never shares its parent's file
+        system objects; storage options set with ``fsio.configure`` after the first read of a file do not reach it)."""
+        if self._resolved_pid != os.getpid():
+            self._resolved, self._resolved_pid = {}, os.getpid()
+        hit = self._resolved.get(url)
+        if hit is None:
+            hit = self._resolved[url] = fsio.fs_and_path(url)
+        return hit
 
     def file_url(self, name: str) -> str:
         """The URL of the build's file ``name`` (``samples.jsonl``, ``card.json``...): beside the manifest, or in
@@ -110,7 +123,7 @@ class BuiltDataset:
         """Raise :class:`GenerationError` if ``manifest.json`` now names another build than the one this reader
         opened (``shard`` is named in the message). Cheap when nothing changed: the manifest is read again only
         when its file stamp (fsspec ``ukey``: size, mtime, inode) differs from the last confirmed one."""
-        fs, path = fsio.fs_and_path(self.url(MANIFEST))
+        fs, path = self._fs_path(self.url(MANIFEST))
         gone = (f"{self.where(shard)}: the dataset was removed or is being replaced while it was read "
                 f"({MANIFEST} is gone); open it again once the build has finished")
         try:
@@ -133,7 +146,7 @@ class BuiltDataset:
         """Open a shard for reading, after checking the generation and the opened file's size (a shard cut short
         or replaced raises here, before anything is read)."""
         e = self.entry(shard)
-        fs, path = fsio.fs_and_path(self.url(e.name))
+        fs, path = self._fs_path(self.url(e.name))
         try:
             f = fs.open(path, "rb")
         except FileNotFoundError:
@@ -167,7 +180,7 @@ class BuiltDataset:
         e = self.entry(shard)
         lo, hi = index.span(j, entries)
         url = self.url(e.name)
-        fs, path = fsio.fs_and_path(url)
+        fs, path = self._fs_path(url)
         try:
             blob = fs.cat_file(path, start=lo, end=hi) if hi > lo else b""
         except FileNotFoundError:

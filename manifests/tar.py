@@ -17,6 +17,7 @@ import hashlib
 import os
 import re
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Collection, Iterator, Mapping
@@ -230,6 +231,41 @@ def seekable_size(f: IO[bytes]) -> int:
     return size
 
 
+# the header fields tarfile writes for a regular member of a shard: mode, uid, gid, size, mtime as zero-padded octal
+# with a NUL, the checksum as six octal digits, NUL, space, then the type flag ``0``
+_NUMBERS = re.compile(rb"([0-7]{7})\x00([0-7]{7})\x00([0-7]{7})\x00([0-7]{11})\x00([0-7]{11})\x00([0-7]{6})\x00 0")
+_NO_DEVICE = tarfile.NUL * 16  # devmajor and devminor of a regular member
+
+
+def _byte_sum(block: bytes) -> int:
+    """The sum of the bytes of a 512-byte block, in C: adler32's low half is 1 + the sum of the bytes modulo 65521,
+    exact for 256 bytes (at most 65280)."""
+    return (zlib.adler32(block[:256]) & 0xFFFF) + (zlib.adler32(block[256:]) & 0xFFFF) - 2
+
+
+class _ShardTarInfo(tarfile.TarInfo):
+    """``tarfile.TarInfo`` whose header parser takes a fast path for the headers a shard holds (a ustar regular
+    file, no name prefix, the numeric fields as ``tarfile`` writes them, the unsigned checksum right) and builds the
+    same object ``tarfile`` would; any other block goes to ``tarfile``'s own parser, so what is accepted, refused
+    or skipped is unchanged."""
+
+    @classmethod
+    def frombuf(cls, buf: bytes, encoding: str, errors: str) -> tarfile.TarInfo:
+        fields = _NUMBERS.fullmatch(buf, 100, 157) if len(buf) == tarfile.BLOCKSIZE else None
+        if (fields is None or buf[257:265] != tarfile.POSIX_MAGIC or buf[345] or buf[329:345] != _NO_DEVICE
+                or int(fields[6], 8) != 256 + _byte_sum(buf) - sum(buf[148:156])):
+            return super().frombuf(buf, encoding, errors)
+        obj = cls()
+        obj.name = tarfile.nts(buf[0:100], encoding, errors)
+        obj.mode, obj.uid, obj.gid, obj.size, obj.mtime, obj.chksum = (int(x, 8) for x in fields.groups())
+        obj.type = tarfile.REGTYPE
+        obj.linkname = tarfile.nts(buf[157:257], encoding, errors)
+        obj.uname = tarfile.nts(buf[265:297], encoding, errors)
+        obj.gname = tarfile.nts(buf[297:329], encoding, errors)
+        obj.devmajor = obj.devminor = 0
+        return obj
+
+
 def _members(f: IO[bytes], where: str, regular_only: bool) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
     """Members of the tar in ``f`` in file order, headers read by seeking (data is read only when asked for).
 
@@ -238,7 +274,7 @@ def _members(f: IO[bytes], where: str, regular_only: bool) -> Iterator[tuple[tar
     other members are skipped.
     """
     try:
-        tf = tarfile.open(fileobj=f, mode="r:")
+        tf = tarfile.open(fileobj=f, mode="r:", tarinfo=_ShardTarInfo)
     except tarfile.TarError as e:
         raise ShardError(f"{where}: not a readable tar ({e})") from None
     with tf:
