@@ -43,10 +43,8 @@ def write_distributed(store: FeatureStore, params: CacheParams, execution: Cache
         if workers < len(devices):
             raise ValueError(f"dask scheduler {execution.scheduler} has {workers} workers, but {len(devices)} "
                              f"devices were given ({', '.join(devices)}): start one worker per device")
-        # not pinned to worker addresses: the nanny of a killed worker starts a replacement at another address, and
-        # dask hands a waiting task to a new worker only if its restrictions allow it (a part pinned to the dead
-        # address, even loosely, waits forever on a one-worker cluster: measured). Idle workers take one part
-        # each; a part whose worker died runs again on a live one, its finished zarr shards skipped
+        # idle workers take one part each; a part whose worker died runs again on a live one (not pinned: see
+        # DaskRunner), its finished zarr shards skipped
         futures = [runner.submit(_work, part, params, execution, dev) for dev, part in parts]
         written = []
         for future in futures:

@@ -7,8 +7,8 @@ API::
     with DaskRunner(workers=2, scheduler=None, env=WORKER_ENV) as r:
         for res in r.map(fn, items, p=params):    # fn(item, p=params) on the workers, results as completed
             ...
-        fut = r.submit(fn, arg, workers=[addr], resources={"GPU": 1})   # pinned / resource-bound submission
-        r.gather([fut]); r.client                                      # the dask Client for anything else
+        fut = r.submit(fn, arg, p=params)          # one call; its input is what WorkerLost names
+        r.gather([fut]); r.client                  # results in order; the dask Client for anything else
 
 ``scheduler=None`` starts a ``LocalCluster`` of ``workers`` processes with one thread each, no dashboard and the
 ``env`` dask config applied while the workers spawn (default :data:`WORKER_ENV`); a scheduler address
@@ -17,7 +17,9 @@ answer within ``connect_timeout`` seconds raises ``ConnectionError`` naming it. 
 ``with`` block closes the client and the cluster it started (a connected cluster is left running). Extra keywords
 go to ``LocalCluster`` (e.g. ``resources={"GPU": 1}``). dask is imported only when a runner starts. Keyword
 arguments of :meth:`map`/:meth:`submit` go to ``fn``, so they must not be named like dask's own (``key``,
-``workers``, ``resources``, ``allow_other_workers``, ``retries``, ``priority``...).
+``workers``, ``resources``, ``retries``, ``priority``...). Tasks are not pinned to workers: the nanny of a killed
+worker starts it again at another address, and dask gives a waiting task to a new worker only if its restrictions
+allow it (a task pinned to the dead address, even loosely, waits forever on a one-worker cluster: measured).
 """
 
 from __future__ import annotations
@@ -119,18 +121,13 @@ class DaskRunner:
         return self._client
 
     def worker_addresses(self) -> list[str]:
-        """Addresses of the connected workers, sorted (for worker-pinned :meth:`submit`)."""
+        """Addresses of the connected workers, sorted."""
         return sorted(self.client.scheduler_info()["workers"])
 
-    def submit(self, fn: Callable[..., Any], *args: Any, workers: Sequence[str] | None = None,
-               resources: Mapping[str, float] | None = None, allow_other_workers: bool = False,
-               **kwargs: Any) -> Any:
-        """Submit one call (never deduplicated: ``pure=False``), optionally pinned to ``workers`` (preferred only,
-        with ``allow_other_workers``: a pinned task whose worker died runs on another one) or needing
-        ``resources``; returns its future. Its first argument is the task's input :class:`WorkerLost` names."""
-        future = self.client.submit(fn, *args, workers=list(workers) if workers else None,
-                                    resources=dict(resources) if resources else None, pure=False,
-                                    allow_other_workers=allow_other_workers, **kwargs)
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Submit one call ``fn(*args, **kwargs)`` (never deduplicated: ``pure=False``); returns its future. Its first
+        argument is the task's input :class:`WorkerLost` names."""
+        future = self.client.submit(fn, *args, pure=False, **kwargs)
         self._item_of[future.key] = args[0] if args else None
         return future
 
