@@ -24,7 +24,6 @@ from PIL import Image
 
 from medprep.manifests import BuiltDataset, MemberIndex, NotFound, fs_and_path, join
 from medprep.manifests.features import FeatureReader, in_fraction, runs as store_runs
-from medprep.manifests.kernels import to_float32, to_stored
 from medprep.manifests.pixels import longest_side
 
 from . import partition, state
@@ -141,8 +140,8 @@ class TeacherFeatures:
         Raises :class:`~medprep.manifests.features.DamagedStore` naming the key and run when its chunk fails its
         checksum, is missing, or holds NaN/Inf.
         """
-        x = self.get_batch([key], view, dtype)["teacher"][0]
-        return x.numpy() if dtype == "float32" else x
+        values, _, kind = self._read([key], view, dtype)
+        return values[0] if dtype == "float32" else _tensor(values, kind)[0]
 
     __getitem__ = get
 
@@ -157,27 +156,30 @@ class TeacherFeatures:
     def get_batch(self, keys: Sequence[str], view: str = "identity", dtype: str = "float32") -> dict[str, torch.Tensor]:
         """Features of several keys in one read per zarr shard: ``{"teacher": (B, C, H, W)}`` as :meth:`get`'s
         ``dtype`` (always torch), plus ``"teacher_scale"`` (float16 ``(B, C)``) for stored int8 features."""
+        values, scale, kind = self._read(keys, view, dtype)
+        out = {"teacher": _tensor(values, kind)}
+        if scale is not None:
+            out["teacher_scale"] = torch.from_numpy(scale)
+        return out
+
+    def _read(self, keys: Sequence[str], view: str, dtype: str) -> tuple[np.ndarray, np.ndarray | None, str]:
+        """The features of ``keys`` ``(B, C, H, W)`` as ``dtype`` asks (bfloat16 as its int16 bits), the float16
+        scales ``(B, C)`` of stored int8 ones (else None), and the dtype they are in."""
         _check_dtype(dtype)
         located = [self.locate(key) for key in keys]
-        groups: dict[int, list[int]] = {}
-        for b, (reader, _) in enumerate(located):
-            groups.setdefault(id(reader), []).append(b)
         stored = {r.dtype for r, _ in located}
         if dtype == "stored" and len(stored) > 1:
             raise ValueError(f"the runs {self.runs} of {self.url} store features as {sorted(stored)}: one batch in "
                              f"the stored dtype needs one; read them with dtype='float32'")
         kind = next(iter(stored)) if dtype == "stored" else "float32"
-        out = {"teacher": torch.empty((len(keys), *self.feature_shape), dtype=TORCH_DTYPES[kind])}
-        if kind == "int8":
-            out["teacher_scale"] = torch.empty((len(keys), self.feature_shape[0]), dtype=torch.float16)
+        values = np.empty((len(keys), *self.feature_shape), "int16" if kind == "bfloat16" else kind)
+        scale = np.empty((len(keys), self.feature_shape[0]), np.float16) if kind == "int8" else None
+        groups: dict[int, list[int]] = {}
+        for b, (reader, _) in enumerate(located):
+            groups.setdefault(id(reader), []).append(b)
         for batch in groups.values():
-            reader = located[batch[0]][0]
-            rows = [located[b][1] for b in batch]
-            bad = [row for b, row, (values, scale) in zip(batch, rows, reader.stored(rows, view))
-                   if _convert(values, scale, reader.dtype, out, b)]
-            if bad:  # name them (and the run)
-                reader.raise_unsound(bad, view)
-        return out
+            located[batch[0]][0].read_into([located[b][1] for b in batch], view, values, scale, at=batch)
+        return values, scale, kind
 
     def valid_mask(self, key: str, view: str = "identity") -> np.ndarray:
         """Boolean ``(H, W)`` mask of the cells that see image content (False over padding)."""
@@ -219,20 +221,10 @@ def _check_dtype(dtype: str) -> None:
                          f"dequantise)")
 
 
-#: the torch dtype of each stored feature dtype (bfloat16 is stored as its bits: reinterpreted, not converted)
-TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "int8": torch.int8}
-
-
-def _convert(values: np.ndarray, scale: np.ndarray | None, dtype: str, out: dict[str, torch.Tensor], b: int) -> bool:
-    """Write one sample's stored features into row ``b`` of ``out["teacher"]`` (float32: decoded, int8 times its
-    scale; else as stored, the scale into ``out["teacher_scale"]``) in one pass that also checks finiteness;
-    whether a value (or an int8 scale) is NaN/Inf."""
-    target = out["teacher"][b]
-    if target.dtype == torch.float32:
-        return to_float32(values, scale, dtype, target.numpy())
-    if scale is not None:
-        out["teacher_scale"][b].numpy()[...] = scale  # copied: the scale may be a read-only view of a mapping
-    return to_stored(values, scale, dtype, (target.view(torch.int16) if dtype == "bfloat16" else target).numpy())
+def _tensor(values: np.ndarray, kind: str) -> torch.Tensor:
+    """Features read as ``kind`` as a tensor sharing their memory (bfloat16: its int16 bits reinterpreted)."""
+    x = torch.from_numpy(values)
+    return x.view(torch.bfloat16) if kind == "bfloat16" else x
 
 
 def dequantise(teacher: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:

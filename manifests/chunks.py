@@ -42,12 +42,14 @@ class ChunkError(MedprepError, ValueError):
 
 
 class _Mapped:
-    """One mapped object: the file identity it was mapped for (inode, size, mtime) and its checked shard index."""
+    """One mapped object: the file identity it was mapped for (inode, size, mtime), its checked shard index and the
+    chunks found in it so far (their coordinates)."""
 
-    __slots__ = ("ident", "mapped", "index")
+    __slots__ = ("ident", "mapped", "index", "found")
 
     def __init__(self, ident: tuple[int, int, int], mapped: mmap.mmap):
         self.ident, self.mapped, self.index = ident, mapped, None
+        self.found: list[tuple[int, ...]] = []
 
 
 class ChunkFiles:
@@ -63,7 +65,10 @@ class ChunkFiles:
         self.sharded = shard is not None
         self.index_at_end = shard is None or shard.index_location.value == "end"
         self.decoders = [_decoder(c) for c in reversed(codecs)]
+        #: whether a chunk is its values and then their crc32c (no compression)
+        self.plain = len(codecs) == 1 and isinstance(codecs[0], Crc32cCodec)
         self._mapped: OrderedDict[str, _Mapped] = OrderedDict()
+        self._found: dict[tuple[int, ...], np.ndarray] = {}  # chunk coordinates -> bytes, in the objects mapped
         self._lock = threading.Lock()  # the mappings are shared by the threads reading through this object
 
     @classmethod
@@ -95,37 +100,59 @@ class ChunkFiles:
 
     def read_many(self, coords: list[tuple[int, ...]]) -> list[np.ndarray | None]:
         """:meth:`read` of several chunks; chunks of one shard object share one index read."""
-        out: list[np.ndarray | None] = []
-        index: tuple[str, np.ndarray | None, mmap.mmap | None] = ("", None, None)
+        return [None if raw is None else self._decode(raw, key) for raw, key in self._encoded(coords)]
+
+    def encoded_many(self, coords: list[tuple[int, ...]]) -> list[np.ndarray | None]:
+        """The bytes of chunks ``coords`` as stored (uint8, read-only views of the mapped file: the encoded values
+        and, last, their crc32c; not checked), or None for a chunk never written; chunks of one shard object share
+        one index read. :meth:`read_many` decodes them; uncompressed ones (:attr:`plain`) are for
+        :func:`~medprep.manifests.kernels.decode_chunk`, which checks and converts in one pass.
+
+        A chunk found once is found again without looking at its file while its object stays mapped: a reader sees
+        a chunk as it was when first read (zarr replaces a shard object whole; medprep writes a done one never
+        again)."""
+        out = [self._found.get(c) for c in coords]
+        unknown = [k for k, raw in enumerate(out) if raw is None]
+        for k, (raw, _) in zip(unknown, self._encoded([coords[k] for k in unknown]) if unknown else ()):
+            out[k] = raw
+        return out
+
+    def _encoded(self, coords: list[tuple[int, ...]]) -> list[tuple[np.ndarray | None, str]]:
+        """Each chunk's stored bytes (None: never written) and the key of its object."""
+        out: list[tuple[np.ndarray | None, str]] = []
+        index: tuple[str, _Mapped | None] = ("", None)
         for c in coords:
             key = self.array.metadata.encode_chunk_key(tuple(i // n for i, n in zip(c, self.per_object)))
             if key != index[0]:
-                index = (key, *self._index(key))
-            _, entries, mapped = index
-            if entries is None:
-                out.append(None)
+                index = (key, self._indexed(key))
+            held = index[1]
+            if held is None:
+                out.append((None, key))
                 continue
             local = 0
             for i, n in zip(c, self.per_object):  # the inner chunk's place in the shard index (C order)
                 local = local * n + i % n
-            offset, nbytes = (int(v) for v in entries[local])
+            offset, nbytes = (int(v) for v in held.index[local])
             if offset == MISSING and nbytes == MISSING:
-                out.append(None)
+                out.append((None, key))
                 continue
-            if offset + nbytes > len(mapped):
+            if offset + nbytes > len(held.mapped):
                 raise ChunkError(f"{self.root / key}: chunk {c} lies beyond the end of the file (truncated)")
-            out.append(self._decode(np.frombuffer(mapped, np.uint8, nbytes, offset), key))
+            raw = np.frombuffer(held.mapped, np.uint8, nbytes, offset)
+            with self._lock:
+                if self._mapped.get(f"{self.root}{os.sep}{key}") is held:  # still mapped: remember where it is
+                    held.found.append(c)
+                    self._found[c] = raw
+            out.append((raw, key))
         return out
 
-    def _index(self, key: str) -> tuple[np.ndarray | None, mmap.mmap | None]:
-        """The ``(offset, nbytes)`` rows of shard object ``key`` (one row spanning the file when unsharded) and its
-        mapping; ``(None, None)`` when the object does not exist. The index is checked once per mapping."""
+    def _indexed(self, key: str) -> _Mapped | None:
+        """The mapping of shard object ``key`` with its ``(offset, nbytes)`` rows (one row spanning the file when
+        unsharded) checked, once per mapping; None when the object does not exist."""
         held = self._map(key)
-        if held is None:
-            return None, None
-        if held.index is None:
+        if held is not None and held.index is None:
             held.index = self._check_index(key, held.mapped)
-        return held.index, held.mapped
+        return held
 
     def _check_index(self, key: str, mapped: mmap.mmap) -> np.ndarray:
         if not self.sharded:
@@ -158,9 +185,11 @@ class ChunkFiles:
         with open(path, "rb") as f:  # zarr replaces objects whole (temp file + rename): a mapping never shrinks
             held = _Mapped(ident, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
         with self._lock:
+            for gone in [self._mapped.pop(path, None)] + [
+                    self._mapped.popitem(last=False)[1] for _ in range(len(self._mapped) + 1 - MAPPED)]:
+                for c in gone.found if gone else ():  # unmapped once no array views it
+                    self._found.pop(c, None)
             self._mapped[path] = held
-            if len(self._mapped) > MAPPED:
-                self._mapped.popitem(last=False)  # unmapped once no array views it
         return held
 
     def _decode(self, raw: np.ndarray, key: str) -> np.ndarray:
@@ -178,10 +207,10 @@ class ChunkFiles:
         return arr.reshape(self.chunk_shape)
 
     def __getstate__(self) -> dict[str, Any]:  # mappings and lock are made again where it is unpickled
-        return {k: v for k, v in self.__dict__.items() if k not in ("_mapped", "_lock")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_mapped", "_found", "_lock")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _mapped=OrderedDict(), _lock=threading.Lock())
+        self.__dict__.update(state, _mapped=OrderedDict(), _found={}, _lock=threading.Lock())
 
 
 def _crc32c(data: np.ndarray | bytes) -> np.ndarray | bytes:

@@ -43,6 +43,7 @@ from fsspec.implementations.local import LocalFileSystem
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from .chunks import ChunkError, ChunkFiles
+from .kernels import CHECKSUM, NONFINITE, SIZE, SOUND, decode_chunk, to_float32, to_stored
 from .errors import MedprepError, NotFound
 from .fsio import fs_and_path
 from .runattrs import DTYPES, STORED, VIEWS, RunAttrs, check_arrays, check_attrs, upgrade
@@ -173,6 +174,12 @@ def _rows(files: ChunkFiles, rows: Sequence[int]) -> list[np.ndarray | None]:
     per = files.chunk_shape[0]
     chunks = files.read_many([(int(i) // per,) + (0,) * (len(files.chunk_shape) - 1) for i in rows])
     return [None if c is None else c[int(i) % per] for i, c in zip(rows, chunks)]
+
+
+#: why a sample read by :func:`~medprep.manifests.kernels.decode_chunk` is unsound, by its status
+WHY = {CHECKSUM: "cannot be read (its chunk fails its crc32c checksum: damaged bytes)",
+       NONFINITE: "holds NaN or Inf features",
+       SIZE: "cannot be read (its chunk does not hold one sample of the run's feature shape and dtype)"}
 
 
 def _open_root(url: str, mode: str = "r") -> zarr.Group:
@@ -308,13 +315,62 @@ class FeatureReader:
                          for i in absent], view)
         return list(zip(values, scale))
 
-    def raise_unsound(self, rows: Sequence[int], view: str = "identity") -> None:
-        """Raise :class:`DamagedStore` for the samples of ``rows`` that hold NaN/Inf (a reader that found
-        non-finite values calls this to name them)."""
-        bad = [(int(i), "holds NaN or Inf features") for i, (values, scale) in zip(rows, self.stored(rows, view))
-               if unsound(values[None], None if scale is None else scale[None], self.dtype)[0]]
-        if bad:
-            self._raise(bad, view)
+    def read_into(self, rows: Sequence[int], view: str, out: np.ndarray, scale_out: np.ndarray | None = None,
+                  at: Sequence[int] | None = None) -> None:
+        """Samples ``rows`` decoded into ``out[at]`` (``out``: ``(B, C, H, W)``; ``at``: by default ``0, 1, ...``):
+        float32 (int8 times its scale, bfloat16 widened), or the stored dtype (bfloat16 as any 2-byte dtype; int8
+        with its float16 scale into ``scale_out`` ``(B, C)``). Every chunk's crc32c is checked and every value for
+        NaN/Inf; raises :class:`DamagedStore` naming the samples and the run.
+
+        An uncompressed local run (``codec`` none) is checked and converted in one pass per sample
+        (:func:`~medprep.manifests.kernels.decode_chunk`); others are decoded first (:meth:`stored`).
+        """
+        at = range(len(rows)) if at is None else at
+        files = self._chunk_files(view)
+        if files is not None and files[0].plain:
+            problems = self._decode_plain(files, rows, view, out, scale_out, at)
+        else:
+            convert = to_float32 if out.dtype == np.float32 else to_stored
+            problems = []
+            for b, i, (values, scale) in zip(at, rows, self.stored(rows, view)):
+                if scale_out is not None:
+                    scale_out[b] = scale
+                if convert(values, scale, self.dtype, out[b]):
+                    problems.append((int(i), WHY[NONFINITE]))
+        if problems:
+            self._raise(problems, view)
+
+    def _decode_plain(self, files: tuple[ChunkFiles, ChunkFiles | None], rows: Sequence[int], view: str,
+                      out: np.ndarray, scale_out: np.ndarray | None, at: Sequence[int]) -> list[tuple[int, str]]:
+        """:meth:`read_into` of an uncompressed local run: ``(row, what is wrong)`` of each unsound sample."""
+        features, scales = files
+        try:
+            values = features.encoded_many([(int(i), 0, 0, 0) for i in rows])
+            if scales is None:
+                scale = [None] * len(rows)
+            elif scale_out is None:  # each sample's scale chunk (its zarr shard's scales), checked by the kernel
+                scale = scales.encoded_many([(int(i) // scales.chunk_shape[0], 0) for i in rows])
+            else:
+                scale = _rows(scales, rows)
+        except ChunkError as e:  # a damaged shard index or file: find which samples
+            return [(int(i), why) for i in rows if (why := self._unreadable(int(i), view))] or [
+                (int(rows[0]), f"cannot be read ({e})")]
+        absent = [int(i) for i, v, s in zip(rows, values, scale) if v is None or (scales is not None and s is None)]
+        if absent:
+            done = self.done()
+            return [(i, "is marked done but its chunk is missing" if done[i] else "is not cached yet") for i in absent]
+        problems = []
+        for b, i, v, s in zip(at, rows, values, scale):
+            if scales is None:
+                status = decode_chunk(v, self.dtype, out[b])
+            elif scale_out is None:
+                status = decode_chunk(v, self.dtype, out[b], s, int(i) % scales.chunk_shape[0])
+            else:  # the stored int8 values and their float16 scale
+                scale_out[b] = s
+                status = decode_chunk(v, self.dtype, out[b]) or (SOUND if np.isfinite(s).all() else NONFINITE)
+            if status:
+                problems.append((int(i), WHY[status]))
+        return problems
 
     def _chunk_files(self, view: str) -> tuple[ChunkFiles, ChunkFiles | None] | None:
         """The chunk files of the view's features (and int8 scale), or None when only zarr reads them."""

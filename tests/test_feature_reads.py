@@ -135,8 +135,10 @@ def test_damage_on_the_fast_path_names_the_key(tmp_path, codec):
     assert np.array_equal(feats.get("k3"), FeatureReader.open(url, "r").read(3))  # the shard's other samples read
     raw[-2] ^= 0x01  # the shard index's own checksum
     shard.write_bytes(bytes(raw))
+    with pytest.raises(DamagedStore, match=r"sample 'k1' .*run 'r'.*(checksum|cannot be read)"):
+        feats.get("k1")  # a chunk not read before: its shard object is mapped again and its index checked
     with pytest.raises(DamagedStore, match=r"sample 'k0' .*run 'r'.*(checksum|cannot be read)"):
-        feats.get("k0")
+        TeacherFeatures(url, "r").get("k0")
 
 
 def test_missing_chunks_on_the_fast_path(tmp_path):
