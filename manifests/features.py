@@ -12,7 +12,7 @@ Layout of ``<store>/<run>`` (``V`` = view suffix: "" for the identity view, "_hf
     done          (N,)          bool resume ledger, set for a shard only after all its data is written
 
 Only standard zarr v3 data types and codecs, so zarr-python and tensorstore read every array: each chunk is
-``bytes`` (little endian) -> the run's codec (``blosc`` lz4 by default, ``zstd`` or none: the ``codec`` attr) ->
+``bytes`` (little endian) -> the run's codec (none by default, ``blosc`` lz4 or ``zstd``: the ``codec`` attr) ->
 ``crc32c``, so damage is detected on read. Each array's attrs say its
 logical dtype and how to decode it (:func:`array_attrs`). Fill values are never written as data, so a missing
 chunk is told apart from real values: NaN for float features and scales (bfloat16: the bits 0x7FC0, a NaN),
@@ -63,9 +63,10 @@ DECODE: dict[str, str] = {
 #: the bytes-to-bytes codec choices of a run's chunks (``--codec``; each followed by a crc32c checksum): standard zarr
 #: v3 codecs only (blosc-lz4: blosc with lz4, level 5, no shuffle)
 CODECS = ("blosc-lz4", "zstd-1", "zstd-3", "none")
-#: the codec of a new run, chosen by measurement (``benchmarks/features.py``, README "Feeding a student"): lz4
-#: drops the zero padding as zstd does and decodes ~10x faster; zstd saves 10-25% more bytes
-CODEC = "blosc-lz4"
+#: the codec of a new run, chosen by measurement (``benchmarks/features.py``, README "Feeding a student"): an
+#: uncompressed chunk is checked and converted in one pass, near the raw-record floor; compressed ones need a decode
+#: pass first (blosc-lz4 ~2.5x, zstd ~10x the read time) and save only the zero padding (15-30% of the bytes)
+CODEC = "none"
 
 _Reader = TypeVar("_Reader", bound="FeatureReader")
 

@@ -74,15 +74,6 @@ def copy_checked(src: np.ndarray, out: np.ndarray, exponent: np.integer) -> bool
     return bad
 
 
-@numba.njit(nogil=True, cache=True, boundscheck=False)
-def dequantise_int8(q: np.ndarray, scale: np.ndarray, out: np.ndarray) -> None:
-    """int8 features ``(C, N)`` times their float32 per-channel ``scale`` ``(C,)`` -> float32 ``out`` ``(C, N)``."""
-    for c in range(q.shape[0]):
-        s = scale[c]
-        for j in range(q.shape[1]):
-            out[c, j] = np.float32(q[c, j]) * s
-
-
 #: the reflected crc32c (Castagnoli) polynomial
 POLY = 0x82F63B78
 
@@ -289,14 +280,13 @@ def _fused_loop(kind: int) -> Any:
     return loop
 
 
-_LOOPS = tuple(_fused_loop(kind) for kind in range(6))
-_LOOP_HALF, _LOOP_BFLOAT, _LOOP_COPY16, _LOOP_COPY32, _LOOP_INT8, _LOOP_COPY8 = _LOOPS
+_LOOP_HALF, _LOOP_BFLOAT, _LOOP_COPY16, _LOOP_COPY32, _LOOP_INT8, _LOOP_COPY8 = (_fused_loop(k) for k in range(6))
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
-def _dequantise_span(q: np.ndarray, scale: np.ndarray, per: int, first: int, out: np.ndarray) -> None:
-    """int8 values ``q`` (1-D) from value index ``first`` of their sample on, times their channel's ``scale``
-    (``per`` values a channel) -> float32 ``out``."""
+def dequantise_int8(q: np.ndarray, scale: np.ndarray, per: int, first: int, out: np.ndarray) -> None:
+    """int8 features ``q`` (1-D: values ``first, first + 1, ...`` of a sample, ``per`` values a channel) times their
+    channel's float32 ``scale`` -> float32 ``out`` (1-D)."""
     j = 0
     while j < q.size:
         c = (first + j) // per
@@ -321,7 +311,7 @@ def _convert_span(kind: int, src: np.ndarray, out: np.ndarray, mask: int, scale:
     if kind == COPY32:
         return copy_checked(src.view(np.uint32), out.view(np.uint32), np.uint32(mask))
     if kind == INT8:
-        _dequantise_span(src.view(np.int8), scale, per, first, out.view(np.float32))
+        dequantise_int8(src.view(np.int8), scale, per, first, out.view(np.float32))
     else:
         out[:] = src
     return False
@@ -399,6 +389,8 @@ def decode_chunk(chunk: np.ndarray, dtype: str, out: np.ndarray, scale_chunk: np
     scales ``(rows, C)`` of the same form, checksum checked too; the stored dtype, bfloat16 as any 2-byte dtype:
     copied) and checks them for NaN/Inf. Returns :data:`SOUND`, :data:`CHECKSUM`, :data:`NONFINITE` or :data:`SIZE`
     (``out`` is not to be used then). Without the crc32 instruction it checks, then converts."""
+    if not (chunk.dtype == np.uint8 and chunk.ndim == 1 and chunk.flags.c_contiguous and out.flags.c_contiguous):
+        raise ValueError("decode_chunk reads a contiguous 1-D uint8 chunk into a C-contiguous array")
     as_float, as_stored, mask = KINDS[dtype]
     itemsize = 2 if dtype in ("float16", "bfloat16") else 4 if dtype == "float32" else 1
     decoded = out.dtype == np.float32 and dtype != "float32"
@@ -435,7 +427,7 @@ def to_float32(values: np.ndarray, scale: np.ndarray | None, dtype: str, out: np
         s = np.asarray(scale, np.float32)
         if not np.isfinite(s).all():
             return True
-        dequantise_int8(values.reshape(len(s), -1), s, out.reshape(len(s), -1))
+        dequantise_int8(values.reshape(-1), s, values.size // len(s), 0, out.reshape(-1))
         return False
     src = values.reshape(-1)
     if dtype == "float16":
@@ -455,5 +447,6 @@ def to_stored(values: np.ndarray, scale: np.ndarray | None, dtype: str, out: np.
     return copy_checked(values.reshape(-1).view(bits), out.reshape(-1).view(bits), EXPONENT[dtype])
 
 
-__all__ = ["EXPONENT", "HARDWARE_CRC", "POLY", "copy_checked", "crc32c", "dequantise_int8", "to_float32", "to_stored", "widen_bfloat16",
-           "widen_float16"]
+__all__ = ["BFLOAT", "CHECKSUM", "COPY16", "COPY32", "COPY8", "EXPONENT", "HALF", "HARDWARE_CRC", "INT8", "KINDS",
+           "NONFINITE", "POLY", "SIZE", "SOUND", "STEP", "copy_checked", "crc32c", "decode_chunk", "dequantise_int8",
+           "to_float32", "to_stored", "widen_bfloat16", "widen_float16"]

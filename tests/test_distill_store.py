@@ -68,15 +68,27 @@ MIB = 1 << 20
 
 @pytest.mark.parametrize("dtype, rows, limit", [
     ("float16", 64, 2.0008), ("float16", 48, 1.6), ("float16", 43, 1.45),  # square, 4:3, 3:2 images at 1024
-    ("int8", 64, 1.0015), ("int8", 48, 0.80), ("int8", 43, 0.72),  # full grids: raw bytes + metadata (blosc-lz4)
+    ("int8", 64, 1.0015), ("int8", 48, 0.80), ("int8", 43, 0.72),  # full grids: raw bytes + metadata
 ])
 def test_bytes_per_sample_follow_the_aspect(tmp_path, dtype, rows, limit):
-    """SAM's 256x64x64 grid; an image of aspect 4:3 (3:2) fills 48 (43) rows: the padding costs (almost) nothing."""
-    store = _store(tmp_path, n=8, shape=(256, 64, 64), dtype=dtype)
+    """SAM's 256x64x64 grid; an image of aspect 4:3 (3:2) fills 48 (43) rows: with blosc-lz4 the padding costs
+    (almost) nothing."""
+    store = _store(tmp_path, n=8, shape=(256, 64, 64), dtype=dtype, codec="blosc-lz4")
     for s in range(2):
         store.write_shard(s, {"identity": torch.randn(4, 256, 64, 64)}, np.full((4, 2), (rows, 64), np.int32))
     per_sample = _disk_bytes(tmp_path / "s.zarr") / 8
     assert per_sample <= limit * MIB, per_sample / MIB
+
+
+@pytest.mark.parametrize("dtype, limit", [("float16", 2.0008), ("int8", 1.0015)])
+def test_uncompressed_runs_hold_the_whole_grid(tmp_path, dtype, limit):
+    """The default codec (none): every sample holds the whole grid, padding included (2 MiB float16, 1 MiB int8)."""
+    store = _store(tmp_path, n=8, shape=(256, 64, 64), dtype=dtype)
+    assert store.attrs["codec"] == "none"
+    for s in range(2):
+        store.write_shard(s, {"identity": torch.randn(4, 256, 64, 64)}, np.full((4, 2), (43, 64), np.int32))
+    per_sample = _disk_bytes(tmp_path / "s.zarr") / 8 / MIB
+    assert limit - 0.0015 <= per_sample <= limit, per_sample
 
 
 def test_run_identity_is_checked(tmp_path):

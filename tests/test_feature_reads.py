@@ -169,10 +169,11 @@ def test_a_chunk_absent_from_its_shard_index(tmp_path):
         TeacherFeatures(url, "r").get("k1")
 
 
+@pytest.mark.parametrize("codec", ["none", "blosc-lz4"])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
-def test_nan_and_inf_on_the_fast_path(tmp_path, dtype):
+def test_nan_and_inf_on_the_fast_path(tmp_path, dtype, codec):
     url = str(tmp_path / "s.zarr")
-    _write(url, dtype, "blosc-lz4")
+    _write(url, dtype, codec)
     array = zarr.open_group(url, mode="r+")["r"]["features"]
     values = array[5]
     values[3, 1, 2] = 0x7F80 if dtype == "bfloat16" else np.inf
@@ -182,6 +183,90 @@ def test_nan_and_inf_on_the_fast_path(tmp_path, dtype):
                  lambda: feats.get_batch(["k4", "k5"])):
         with pytest.raises(DamagedStore, match=r"sample 'k5' .*run 'r'.*NaN or Inf"):
             read()
+
+
+def test_damaged_int8_scales_name_the_sample(tmp_path):
+    """An uncompressed int8 run: a flipped byte in the scales of samples 0-3 fails every read of those samples."""
+    url = str(tmp_path / "s.zarr")
+    _write(url, "int8", "none")
+    chunk = Path(url) / "r" / "scale" / "c" / "0" / "0"
+    raw = bytearray(chunk.read_bytes())
+    raw[5] ^= 0x10
+    chunk.write_bytes(bytes(raw))
+    feats = TeacherFeatures(url, "r")
+    for read in (lambda: feats.get("k1"), lambda: feats.get("k1", dtype="stored"),
+                 lambda: feats.get_batch(["k5", "k1"])):
+        with pytest.raises(DamagedStore, match=r"sample 'k1' .*run 'r'.*(checksum)"):
+            read()
+    assert feats.get("k5").shape == SHAPE  # the other zarr shard's scales are sound
+
+
+def _chunk(values: np.ndarray) -> np.ndarray:
+    """A zarr chunk of ``values`` as the codec none writes it: their little-endian bytes, then their crc32c."""
+    import google_crc32c
+
+    raw = np.ascontiguousarray(values).view(np.uint8).reshape(-1)
+    return np.concatenate([raw, np.frombuffer(google_crc32c.value(raw.tobytes()).to_bytes(4, "little"), np.uint8)])
+
+
+@pytest.mark.parametrize("two_pass", [False, True], ids=["one-pass", "two-pass"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_decode_chunk_checks_and_converts_chunks_of_any_size_and_alignment(dtype, two_pass, monkeypatch):
+    """decode_chunk equals decode (float32) and a copy (stored dtype) for sizes that leave any tail beside the three
+    crc streams, chunks at any byte offset and int8 channels the streams can or cannot step through; it reports a
+    flipped bit, a NaN/Inf anywhere (start, a stream's first value, the tail) or in the sample's own scale row, and a
+    chunk of the wrong size. two-pass: CPUs without the crc32 instruction."""
+    from medprep.manifests import kernels
+    from medprep.manifests.features import decode
+
+    monkeypatch.setattr(kernels, "HARDWARE_CRC", kernels.HARDWARE_CRC and not two_pass)
+    rng = np.random.default_rng(0)
+    shapes = [(1, 1, 1), (3, 5, 7), (4, 8, 8), (8, 16, 16), (7, 13, 17)] + ([] if two_pass else [(256, 64, 64)])
+    for shape in shapes:
+        c = shape[0]
+        if dtype == "int8":
+            values = rng.integers(-127, 128, shape).astype(np.int8)
+            scales = (rng.random((3, c)) + 0.1).astype(np.float16)  # the sample is row 1 of its zarr shard's scales
+            scale_chunk = _chunk(scales)
+        else:
+            values = (rng.standard_normal(shape) * 3).astype(np.float32)
+            values = (values.view(np.uint32) >> 16).astype(np.uint16) if dtype == "bfloat16" else values.astype(dtype)
+            scales, scale_chunk = None, None
+        want = decode(values, None if scales is None else scales[1], dtype)
+        for offset in (0, 1, 4):  # inside a shard file a chunk is only 4-byte aligned
+            buffer = np.zeros(_chunk(values).size + offset, np.uint8)
+            buffer[offset:] = _chunk(values)
+            chunk = buffer[offset:]
+            out = np.full(shape, np.nan, np.float32)
+            assert kernels.decode_chunk(chunk, dtype, out, scale_chunk, 1) == kernels.SOUND, (shape, offset)
+            np.testing.assert_array_equal(out, want)
+            copied = np.zeros_like(values)
+            assert kernels.decode_chunk(chunk, dtype, copied) == kernels.SOUND
+            np.testing.assert_array_equal(copied, values)
+            damaged = chunk.copy()
+            damaged[rng.integers(0, damaged.size)] ^= np.uint8(1 << int(rng.integers(0, 8)))
+            assert kernels.decode_chunk(damaged, dtype, out, scale_chunk, 1) == kernels.CHECKSUM
+        assert kernels.decode_chunk(chunk[:-1], dtype, out, scale_chunk, 1) == kernels.SIZE
+        if dtype == "int8":
+            assert kernels.decode_chunk(chunk, dtype, out) == kernels.SIZE  # float32 output needs the scales
+            assert kernels.decode_chunk(chunk, dtype, out, scale_chunk, 3) == kernels.SIZE
+            for row, want_status in ((1, kernels.NONFINITE), (2, kernels.SOUND)):
+                bad = scales.copy()
+                bad[row, c // 2] = np.nan
+                assert kernels.decode_chunk(chunk, dtype, out, _chunk(bad), 1) == want_status
+            damaged = scale_chunk.copy()
+            damaged[0] ^= 1
+            assert kernels.decode_chunk(chunk, dtype, out, damaged, 1) == kernels.CHECKSUM
+            continue
+        n = values.size
+        nonfinite = {"float16": [0x7C00, 0xFC00, 0x7E01], "bfloat16": [0x7F80, 0xFF80, 0x7FC1],
+                     "float32": [0x7F800000, 0xFF800000, 0x7FC00001]}[dtype]
+        bits = np.uint32 if dtype == "float32" else np.uint16
+        for k, at in enumerate(sorted({0, n // 3, n // 2, n - 1})):
+            bad = values.copy()
+            bad.reshape(-1).view(bits)[at] = nonfinite[k % 3]
+            assert kernels.decode_chunk(_chunk(bad), dtype, out) == kernels.NONFINITE, (shape, at)
+            assert kernels.decode_chunk(_chunk(bad), dtype, np.zeros_like(values)) == kernels.NONFINITE, (shape, at)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])

@@ -64,9 +64,10 @@ def cache_teacher(
                                                                         "(sa_N per line)."),
     dtype: str = typer.Option("float16", metavar="TYPE", help="float16, int8 (per-channel scale), bfloat16 or "
                                                              "float32."),
-    codec: Optional[str] = typer.Option(None, metavar="CODEC", help="Chunk compression: blosc-lz4 (default: "
-                                                                   "fast reads), zstd-1, zstd-3 (fewer bytes) or "
-                                                                   "none; a resumed run keeps its own."),
+    codec: Optional[str] = typer.Option(None, metavar="CODEC", help="Chunk compression: none (default: the "
+                                                                   "fastest reads), blosc-lz4 or zstd-1, zstd-3 "
+                                                                   "(fewer bytes: the padding); a resumed run keeps "
+                                                                   "its own."),
     views: str = typer.Option("identity", metavar="VIEWS", help="identity or identity,hflip."),
     shard_samples: int = typer.Option(16, metavar="N", help="Samples per zarr shard object (the unit of work and "
                                                            "resume)."),
