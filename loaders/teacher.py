@@ -13,6 +13,7 @@ A store is data: nothing here imports or calls anything its attrs name.
 from __future__ import annotations
 
 import io
+import math
 import multiprocessing
 from collections import Counter
 from typing import Any, Iterable, Iterator, Sequence
@@ -172,7 +173,7 @@ class TeacherFeatures:
             raise ValueError(f"the runs {self.runs} of {self.url} store features as {sorted(stored)}: one batch in "
                              f"the stored dtype needs one; read them with dtype='float32'")
         kind = next(iter(stored)) if dtype == "stored" else "float32"
-        values = np.empty((len(keys), *self.feature_shape), "int16" if kind == "bfloat16" else kind)
+        values = _aligned_empty((len(keys), *self.feature_shape), "int16" if kind == "bfloat16" else kind)
         scale = np.empty((len(keys), self.feature_shape[0]), np.float16) if kind == "int8" else None
         groups: dict[int, list[int]] = {}
         for b, (reader, _) in enumerate(located):
@@ -219,6 +220,15 @@ def _check_dtype(dtype: str) -> None:
     if dtype not in ("float32", "stored"):
         raise ValueError(f"dtype={dtype!r}: expected 'float32' (decoded) or 'stored' (as stored, to decode with "
                          f"dequantise)")
+
+
+def _aligned_empty(shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """An uninitialised C-contiguous array starting on a 64-byte cache line, as torch's are: the decode kernels'
+    vector stores then never straddle two lines (malloc's 16-byte alignment made a read up to 1.2x slower)."""
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    raw = np.empty(nbytes + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
 def _tensor(values: np.ndarray, kind: str) -> torch.Tensor:
