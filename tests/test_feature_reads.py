@@ -141,6 +141,27 @@ def test_damage_on_the_fast_path_names_the_key(tmp_path, codec):
         TeacherFeatures(url, "r").get("k0")
 
 
+@pytest.mark.parametrize("change", [-8, -1, 4, 40])
+def test_a_shard_index_that_lies_about_a_chunk_size_is_damage(tmp_path, change):
+    """A hostile shard index (its own crc32c recomputed) gives sample 2's uncompressed chunk a size other than one
+    sample's values and their crc32c: the read names the sample; nothing is read or written out of bounds."""
+    import google_crc32c
+
+    url = str(tmp_path / "s.zarr")
+    _write(url, "float16", "none")
+    shard = Path(url) / "r" / "features" / "c" / "0" / "0" / "0" / "0"
+    raw = bytearray(shard.read_bytes())
+    at = len(raw) - 16 * SHARD - 4 + 16 * 2 + 8
+    raw[at:at + 8] = (int(np.frombuffer(raw, "<u8", 1, at)[0]) + change).to_bytes(8, "little")
+    index = bytes(raw[len(raw) - 16 * SHARD - 4:-4])
+    raw[-4:] = google_crc32c.value(index).to_bytes(4, "little")
+    shard.write_bytes(bytes(raw))
+    feats = TeacherFeatures(url, "r")
+    with pytest.raises(DamagedStore, match=r"sample 'k2' .*run 'r'.*cannot be read"):
+        feats.get("k2")
+    assert feats.get("k1").shape == SHAPE
+
+
 def test_missing_chunks_on_the_fast_path(tmp_path):
     url = str(tmp_path / "s.zarr")
     _write(url, "int8", "none")
