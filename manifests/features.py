@@ -43,7 +43,7 @@ from fsspec.implementations.local import LocalFileSystem
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from .chunks import ChunkError, ChunkFiles
-from .kernels import CHECKSUM, NONFINITE, SIZE, SOUND, decode_chunk, to_float32, to_stored
+from .kernels import CHECKSUM, NONFINITE, SIZE, copy_scale, decode_chunk, to_float32, to_stored
 from .errors import MedprepError, NotFound
 from .fsio import fs_and_path
 from .runattrs import DTYPES, STORED, VIEWS, RunAttrs, check_arrays, check_attrs, upgrade
@@ -347,12 +347,8 @@ class FeatureReader:
         features, scales = files
         try:
             values = features.encoded_many([(int(i), 0, 0, 0) for i in rows])
-            if scales is None:
-                scale = [None] * len(rows)
-            elif scale_out is None:  # each sample's scale chunk (its zarr shard's scales), checked by the kernel
-                scale = scales.encoded_many([(int(i) // scales.chunk_shape[0], 0) for i in rows])
-            else:
-                scale = _rows(scales, rows)
+            scale = [None] * len(rows) if scales is None else scales.encoded_many(  # a zarr shard's int8 scales
+                [(int(i) // scales.chunk_shape[0], 0) for i in rows])
         except ChunkError as e:  # a damaged shard index or file: find which samples
             return [(int(i), why) for i in rows if (why := self._unreadable(int(i), view))] or [
                 (int(rows[0]), f"cannot be read ({e})")]
@@ -367,8 +363,8 @@ class FeatureReader:
             elif scale_out is None:
                 status = decode_chunk(v, self.dtype, out[b], s, int(i) % scales.chunk_shape[0])
             else:  # the stored int8 values and their float16 scale
-                scale_out[b] = s
-                status = decode_chunk(v, self.dtype, out[b]) or (SOUND if np.isfinite(s).all() else NONFINITE)
+                status = decode_chunk(v, self.dtype, out[b]) or copy_scale(s, int(i) % scales.chunk_shape[0],
+                                                                           scale_out[b])
             if status:
                 problems.append((int(i), WHY[status]))
         return problems

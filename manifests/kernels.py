@@ -326,15 +326,52 @@ def _stored_crc(chunk: np.ndarray) -> np.uint32:
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
+def _scale_row(scale_chunk: np.ndarray, row: int, channels: int) -> tuple[int, np.ndarray]:
+    """The float16 bits of row ``row`` of a chunk of int8 scales ``(rows, channels)`` (values, then crc32c), after
+    checking the chunk's crc32c (:data:`SOUND` or :data:`CHECKSUM`)."""
+    scales = scale_chunk[:scale_chunk.size - 4]
+    bits = scales.view(np.uint16)[row * channels:(row + 1) * channels]
+    if _crc32c(scales, scales[:scales.size // 8 * 8].view(np.uint64)) != _stored_crc(scale_chunk):
+        return CHECKSUM, bits
+    return SOUND, bits
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def _copy_scale(scale_chunk: np.ndarray, row: int, out: np.ndarray) -> int:
+    status, bits = _scale_row(scale_chunk, row, out.size)
+    if status != SOUND:
+        return status
+    return NONFINITE if copy_checked(bits, out, np.uint16(0x7C00)) else SOUND
+
+
+def copy_scale(scale_chunk: np.ndarray, row: int, out: np.ndarray) -> int:
+    """Row ``row`` of an uncompressed chunk of int8 scales (float16 ``(rows, C)``, then its crc32c) copied into the
+    float16 ``out`` ``(C,)`` after checking the crc32c: :data:`SOUND`, :data:`CHECKSUM`, :data:`NONFINITE` (a scale
+    of this row is NaN/Inf) or :data:`SIZE`."""
+    if not (out.dtype == np.float16 and out.ndim == 1 and out.flags.c_contiguous and scale_chunk.dtype == np.uint8
+            and scale_chunk.ndim == 1 and scale_chunk.flags.c_contiguous):
+        raise ValueError("copy_scale reads a contiguous 1-D uint8 chunk into a contiguous 1-D float16 array")
+    if out.size == 0 or (scale_chunk.size - 4) % (2 * out.size) or not 0 <= row < (scale_chunk.size - 4) // (
+            2 * out.size):
+        return SIZE
+    if not HARDWARE_CRC:
+        if crc32c(scale_chunk[:-4]) != int(scale_chunk[-4:].view("<u4")[0]):
+            return CHECKSUM
+        out[:] = scale_chunk[:-4].view("<f2").reshape(-1, out.size)[row]
+        return SOUND if np.isfinite(out).all() else NONFINITE
+    return int(_copy_scale(scale_chunk, row, out.view(np.uint16)))
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
 def _decode_chunk(chunk: np.ndarray, out: np.ndarray, kind: int, mask: int, scale_chunk: np.ndarray,
                   scale_row: int, channels: int) -> int:
     """:func:`decode_chunk` on the bytes of ``chunk``, ``out`` and (int8) ``scale_chunk``."""
     scale = np.empty(channels if kind == INT8 else 0, np.float32)
     if kind == INT8:
-        scales = scale_chunk[:scale_chunk.size - 4]
-        if _crc32c(scales, scales[:scales.size // 8 * 8].view(np.uint64)) != _stored_crc(scale_chunk):
-            return CHECKSUM
-        if widen_float16(scales.view(np.uint16)[scale_row * channels:(scale_row + 1) * channels], scale):
+        status, bits = _scale_row(scale_chunk, scale_row, channels)
+        if status != SOUND:
+            return status
+        if widen_float16(bits, scale):
             return NONFINITE
     body = chunk[:chunk.size - 4]
     per = body.size // channels if kind == INT8 else 1  # values a channel
@@ -448,5 +485,5 @@ def to_stored(values: np.ndarray, scale: np.ndarray | None, dtype: str, out: np.
 
 
 __all__ = ["BFLOAT", "CHECKSUM", "COPY16", "COPY32", "COPY8", "EXPONENT", "HALF", "HARDWARE_CRC", "INT8", "KINDS",
-           "NONFINITE", "POLY", "SIZE", "SOUND", "STEP", "copy_checked", "crc32c", "decode_chunk", "dequantise_int8",
+           "NONFINITE", "POLY", "SIZE", "SOUND", "STEP", "copy_checked", "copy_scale", "crc32c", "decode_chunk", "dequantise_int8",
            "to_float32", "to_stored", "widen_bfloat16", "widen_float16"]

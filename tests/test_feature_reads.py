@@ -172,8 +172,10 @@ def test_missing_chunks_on_the_fast_path(tmp_path):
     with pytest.raises(DamagedStore, match=r"sample 'k4' .*run 'r'.*marked done but its chunk is missing"):
         feats.get("k4")
     (Path(url) / "r" / "scale" / "c" / "0" / "0").unlink()  # the scales of samples 0-3
-    with pytest.raises(DamagedStore, match=r"sample 'k1' .*marked done but its chunk is missing"):
-        feats.get("k1", dtype="stored")
+    feats = TeacherFeatures(url, "r")  # (the reader above found that chunk already: it still reads its mapping)
+    for dtype in ("float32", "stored"):
+        with pytest.raises(DamagedStore, match=r"sample 'k1' .*marked done but its chunk is missing"):
+            feats.get("k1", dtype=dtype)
 
 
 def test_a_chunk_absent_from_its_shard_index(tmp_path):
@@ -278,6 +280,12 @@ def test_decode_chunk_checks_and_converts_chunks_of_any_size_and_alignment(dtype
             damaged = scale_chunk.copy()
             damaged[0] ^= 1
             assert kernels.decode_chunk(chunk, dtype, out, damaged, 1) == kernels.CHECKSUM
+            row = np.zeros(c, np.float16)  # the stored dtype's scale: copy_scale
+            assert kernels.copy_scale(scale_chunk, 1, row) == kernels.SOUND and np.array_equal(row, scales[1])
+            assert kernels.copy_scale(damaged, 1, row) == kernels.CHECKSUM
+            assert kernels.copy_scale(_chunk(bad), 1, row) == kernels.SOUND  # row 2's NaN is not this sample's
+            assert kernels.copy_scale(_chunk(bad), 2, row) == kernels.NONFINITE
+            assert kernels.copy_scale(scale_chunk, 3, row) == kernels.SIZE
             continue
         n = values.size
         nonfinite = {"float16": [0x7C00, 0xFC00, 0x7E01], "bfloat16": [0x7F80, 0xFF80, 0x7FC1],
