@@ -328,7 +328,7 @@ class FeatureReader:
         """
         at = range(len(rows)) if at is None else at
         files = self._chunk_files(view)
-        if files is not None and files[0].plain:
+        if files is not None and files[0].plain and files[0].chunk_shape[0] == 1:  # a chunk per sample
             problems = self._decode_plain(files, rows, view, out, scale_out, at)
         else:
             convert = to_float32 if out.dtype == np.float32 else to_stored
@@ -379,9 +379,12 @@ class FeatureReader:
 
     def _files_of(self, name: str) -> ChunkFiles | None:
         """Array ``name``'s chunk files, or None when only zarr reads them (remote store, format v1, other
-        codecs)."""
+        codecs, chunks that split a row)."""
         if name not in self._files:
-            self._files[name] = ChunkFiles.of(self.array(name)) if self.format == FORMAT else None
+            array = self.array(name)
+            files = ChunkFiles.of(array) if self.format == FORMAT else None
+            whole_rows = files is not None and files.chunk_shape[1:] == array.shape[1:]  # as the writer chunks
+            self._files[name] = files if whole_rows else None
         return self._files[name]
 
     def _stored_by_zarr(self, rows: Sequence[int], view: str) -> list[tuple[np.ndarray, np.ndarray | None]]:

@@ -162,6 +162,29 @@ def test_a_shard_index_that_lies_about_a_chunk_size_is_damage(tmp_path, change):
     assert feats.get("k1").shape == SHAPE
 
 
+@pytest.mark.parametrize("codec", ["none", "blosc-lz4"])
+def test_a_run_chunked_otherwise_reads_the_same(tmp_path, codec):
+    """Another writer's chunking (two samples a feature chunk; scales split across channels): reads give the same
+    features (through zarr where a chunk does not hold whole rows)."""
+    from medprep.manifests.features import compressors
+
+    url = str(tmp_path / "s.zarr")
+    _write(url, "int8", codec)
+    want = TeacherFeatures(url, "r")
+    want = {k: (want.get(k), want.get(k, dtype="stored"), want.scale(k)) for k in want.keys()}
+    group = zarr.open_group(url, mode="r+")["r"]
+    for name, chunks in (("features", (2, *SHAPE)), ("scale", (4, SHAPE[0] // 2))):
+        old = group[name]
+        values, attrs = old[:], dict(old.attrs)
+        new = group.create_array(name, shape=old.shape, dtype=old.dtype, fill_value=old.fill_value, chunks=chunks,
+                                 compressors=compressors(codec), attributes=attrs, overwrite=True)
+        new[:] = values
+    feats = TeacherFeatures(url, "r")
+    for k, (x, stored, scale) in want.items():
+        assert np.array_equal(feats.get(k), x) and torch.equal(feats.get(k, dtype="stored"), stored)
+        assert torch.equal(feats.scale(k), scale)
+
+
 def test_missing_chunks_on_the_fast_path(tmp_path):
     url = str(tmp_path / "s.zarr")
     _write(url, "int8", "none")
