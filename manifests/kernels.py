@@ -33,11 +33,59 @@ from numba.extending import intrinsic
 EXPONENT = {"float16": np.uint16(0x7C00), "bfloat16": np.uint16(0x7F80), "float32": np.uint32(0x7F800000)}
 
 
+def _target_features() -> set[str]:
+    """The CPU features numba compiles for: ``NUMBA_CPU_FEATURES``, else this CPU's."""
+    from numba.core import config
+
+    try:
+        flat = config.CPU_FEATURES if config.CPU_FEATURES is not None else \
+            llvmlite.binding.get_host_cpu_features().flatten()
+    except RuntimeError:  # llvmlite cannot tell on this platform
+        return set()
+    return {f[1:] for f in flat.split(",") if f.startswith("+")}
+
+
+_FEATURES = _target_features()
+_X86 = llvmlite.binding.get_process_triple().startswith(("x86_64", "i686", "i386"))
+#: whether LLVM converts float16 in hardware here: an x86 CPU without F16C (those without AVX) has no conversion
+#: instruction, and the library call LLVM would emit is missing from numba's JIT ("Symbol not found:
+#: __extendhfsf2", an abort): there the conversion is integer arithmetic
+HARDWARE_HALF = not _X86 or "f16c" in _FEATURES
+
+
+def _widen_half(builder: ir.IRBuilder, bits: ir.Value) -> ir.Value:
+    """float32 of float16 ``bits`` (i16 or a vector of i16), exact for every bit pattern: the CPU's conversion,
+    or (no F16C) the exponent rebiased in integers, subnormals renormalised by one float subtraction."""
+    lanes = bits.type.count if isinstance(bits.type, ir.VectorType) else None
+
+    def of(element: ir.Type) -> ir.Type:
+        return ir.VectorType(element, lanes) if lanes else element
+
+    if HARDWARE_HALF:
+        return builder.fpext(builder.bitcast(bits, of(ir.HalfType())), of(ir.FloatType()))
+
+    def const(v: int) -> ir.Constant:
+        return ir.Constant(of(ir.IntType(32)), [v] * lanes if lanes else v)
+
+    h = builder.zext(bits, of(ir.IntType(32)))
+    o = builder.shl(builder.and_(h, const(0x7FFF)), const(13))  # exponent and mantissa, in place
+    exponent = builder.and_(o, const(0x0F800000))
+    o = builder.add(o, const((127 - 15) << 23))  # rebias
+    o = builder.select(builder.icmp_unsigned("==", exponent, const(0x0F800000)), builder.add(o, const(
+        (128 - 16) << 23)), o)  # Inf/NaN: exponent all ones, mantissa (payload) kept
+    magic = builder.bitcast(const(113 << 23), of(ir.FloatType()))  # 2 ** -14
+    subnormal = builder.bitcast(builder.fsub(builder.bitcast(builder.add(o, const(1 << 23)), of(ir.FloatType())),
+                                             magic), of(ir.IntType(32)))
+    o = builder.select(builder.icmp_unsigned("==", exponent, const(0)), subnormal, o)  # zero, subnormal
+    o = builder.or_(o, builder.shl(builder.and_(h, const(0x8000)), const(16)))  # sign
+    return builder.bitcast(o, of(ir.FloatType()))
+
+
 @intrinsic
 def _half(typingctx, bits):  # noqa: ARG001 (numba's intrinsic signature)
-    """The float32 value of float16 ``bits`` (exact; LLVM emits the CPU's conversion, vectorised with F16C)."""
+    """The float32 value of float16 ``bits`` (exact; vectorised by LLVM)."""
     def codegen(context, builder, signature, args):
-        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+        return _widen_half(builder, args[0])
     return types.float32(types.uint16), codegen
 
 
@@ -78,15 +126,8 @@ def copy_checked(src: np.ndarray, out: np.ndarray, exponent: np.integer) -> bool
 POLY = 0x82F63B78
 
 
-def _has_sse42() -> bool:
-    try:
-        return bool(llvmlite.binding.get_host_cpu_features().get("sse4.2"))
-    except RuntimeError:  # llvmlite cannot tell on this platform
-        return False
-
-
-#: whether this CPU has the crc32 instruction (SSE 4.2)
-HARDWARE_CRC = _has_sse42()
+#: whether the CPU numba compiles for has the crc32 instruction (SSE 4.2)
+HARDWARE_CRC = _X86 and "sse4.2" in _FEATURES
 
 
 @intrinsic
@@ -246,7 +287,7 @@ def _fused_loop(kind: int) -> Any:
                     masked = builder.and_(v, bits)
                     top = builder.select(builder.icmp_unsigned(">", masked, top), masked, top)
                 if kind == HALF:
-                    v = builder.fpext(builder.bitcast(v, ir.VectorType(ir.HalfType(), vin.count)), vout)
+                    v = _widen_half(builder, v)
                 elif kind == BFLOAT:
                     v = builder.shl(builder.zext(v, vout), _splat(builder, vout, ir.Constant(ir.IntType(32), 16)))
                 elif kind == INT8:
@@ -484,6 +525,7 @@ def to_stored(values: np.ndarray, scale: np.ndarray | None, dtype: str, out: np.
     return copy_checked(values.reshape(-1).view(bits), out.reshape(-1).view(bits), EXPONENT[dtype])
 
 
-__all__ = ["BFLOAT", "CHECKSUM", "COPY16", "COPY32", "COPY8", "EXPONENT", "HALF", "HARDWARE_CRC", "INT8", "KINDS",
+__all__ = ["BFLOAT", "CHECKSUM", "COPY16", "COPY32", "COPY8", "EXPONENT", "HALF", "HARDWARE_CRC", "HARDWARE_HALF", "INT8",
+           "KINDS",
            "NONFINITE", "POLY", "SIZE", "SOUND", "STEP", "copy_checked", "copy_scale", "crc32c", "decode_chunk", "dequantise_int8",
            "to_float32", "to_stored", "widen_bfloat16", "widen_float16"]

@@ -321,6 +321,47 @@ def test_decode_chunk_checks_and_converts_chunks_of_any_size_and_alignment(dtype
             assert kernels.decode_chunk(_chunk(bad), dtype, np.zeros_like(values)) == kernels.NONFINITE, (shape, at)
 
 
+NO_F16C = """
+import numpy as np
+import google_crc32c
+from medprep.manifests import kernels
+assert kernels.HARDWARE_CRC and not kernels.HARDWARE_HALF, (kernels.HARDWARE_CRC, kernels.HARDWARE_HALF)
+bits = np.arange(2**16, dtype=np.uint16)
+want = bits.view(np.float16).astype(np.float32)
+finite = np.isfinite(want)
+out = np.empty(bits.size, np.float32)
+assert kernels.widen_float16(bits, out)  # NaN/Inf flagged
+assert np.array_equal(out[finite], want[finite]) and np.array_equal(np.isinf(out), np.isinf(want))
+assert np.isnan(out[np.isnan(want)]).all()
+values = bits[finite].view(np.float16).reshape(2, -1)  # every finite value, in 2 channels
+raw = values.view(np.uint8).reshape(-1)
+chunk = np.concatenate([raw, np.frombuffer(google_crc32c.value(raw.tobytes()).to_bytes(4, "little"), np.uint8)])
+out = np.empty(values.shape, np.float32)
+assert kernels.decode_chunk(chunk, "float16", out) == kernels.SOUND
+assert np.array_equal(out, values.astype(np.float32))
+print("exact")
+"""
+
+
+
+def test_float16_without_f16c_is_exact(tmp_path):
+    """numba compiling for an x86 CPU without F16C (any without AVX): float16 converts exactly, in integers. (LLVM
+    would call a library function numba's JIT lacks: "Symbol not found: __extendhfsf2", an abort.) Every bit
+    pattern, through the per-value and the one-pass kernels, in a process whose numba targets such a CPU."""
+    import os
+    import subprocess
+    import sys
+
+    from medprep.manifests import kernels
+
+    if not kernels._X86:
+        pytest.skip("an x86 question: other CPUs convert float16 in hardware")
+    env = {**os.environ, "NUMBA_CPU_NAME": "x86-64", "NUMBA_CACHE_DIR": str(tmp_path),
+           "NUMBA_CPU_FEATURES": "+64bit,+sse,+sse2,+sse3,+ssse3,+sse4.1,+sse4.2,+crc32,+popcnt,-avx,-avx2,-f16c"}
+    res = subprocess.run([sys.executable, "-c", NO_F16C], env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0 and "exact" in res.stdout, res.stderr[-3000:]
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_finite_features_whose_sum_overflows_are_sound(tmp_path, dtype):
     url = str(tmp_path / "s.zarr")
