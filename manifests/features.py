@@ -43,7 +43,7 @@ from fsspec.implementations.local import LocalFileSystem
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from .chunks import ChunkError, ChunkFiles
-from .kernels import CHECKSUM, NONFINITE, SIZE, copy_scale, decode_chunk, to_float32, to_stored
+from .kernels import CHECKSUM, NONFINITE, SIZE, convert, copy_scale, decode_chunk
 from .errors import MedprepError, NotFound
 from .fsio import fs_and_path
 from .runattrs import DTYPES, STORED, VIEWS, RunAttrs, check_arrays, check_attrs, upgrade
@@ -331,7 +331,6 @@ class FeatureReader:
         if files is not None and files[0].plain and files[0].chunk_shape[0] == 1:  # a chunk per sample
             problems = self._decode_plain(files, rows, view, out, scale_out, at)
         else:
-            convert = to_float32 if out.dtype == np.float32 else to_stored
             problems = []
             for b, i, (values, scale) in zip(at, rows, self.stored(rows, view)):
                 if scale_out is not None:

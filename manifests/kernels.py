@@ -29,10 +29,6 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-#: the exponent bits of each stored dtype, all set for Inf and NaN (the dtype of its bits)
-EXPONENT = {"float16": np.uint16(0x7C00), "bfloat16": np.uint16(0x7F80), "float32": np.uint32(0x7F800000)}
-
-
 def _target_features() -> set[str]:
     """The CPU features numba compiles for: ``NUMBA_CPU_FEATURES``, else this CPU's."""
     from numba.core import config
@@ -500,41 +496,33 @@ def _decode_two_pass(chunk: np.ndarray, dtype: str, out: np.ndarray, scale_chunk
     """:func:`decode_chunk` with ``google_crc32c``: the checksums first, then the values."""
     if any(crc32c(c[:-4]) != int(c[-4:].view("<u4")[0]) for c in (chunk, scale_chunk) if c is not None):
         return CHECKSUM
-    values = chunk[:-4].view({"float16": "<u2", "bfloat16": "<u2", "float32": "<u4", "int8": "i1"}[dtype])
     scale = None if scale_chunk is None else scale_chunk[:-4].view("<f2").reshape(-1, len(out))[scale_row]
-    convert = to_float32 if out.dtype == np.float32 else to_stored
-    return NONFINITE if convert(values.reshape(out.shape), scale, dtype, out) else SOUND
+    return NONFINITE if convert(chunk[:-4], scale, dtype, out) else SOUND
 
 
-def to_float32(values: np.ndarray, scale: np.ndarray | None, dtype: str, out: np.ndarray) -> bool:
+_NO_SCALE32 = np.zeros(0, np.float32)
+
+
+def convert(values: np.ndarray, scale: np.ndarray | None, dtype: str, out: np.ndarray) -> bool:
     """Stored features of one sample (``dtype``: float16, bfloat16 as its uint16 bits, float32, int8 with its
-    per-channel ``scale``) decoded into the float32 array ``out`` of their shape; whether a value (or an int8 scale)
-    was NaN/Inf."""
-    if dtype == "int8":
-        s = np.asarray(scale, np.float32)
-        if not np.isfinite(s).all():
-            return True
-        dequantise_int8(values.reshape(-1), s, values.size // len(s), 0, out.reshape(-1))
-        return False
-    src = values.reshape(-1)
-    if dtype == "float16":
-        return widen_float16(src.view(np.uint16), out.reshape(-1))
-    if dtype == "bfloat16":
-        return widen_bfloat16(src.view(np.uint16), out.reshape(-1).view(np.uint32))
-    return copy_checked(src.view(np.uint32), out.reshape(-1).view(np.uint32), EXPONENT["float32"])
+    per-channel ``scale``; or their bytes) into ``out``: a float32 array is decoded into (int8 times its channel's
+    scale), one of the stored dtype's size copied into (bfloat16 as any 2-byte dtype); whether a value (or an int8
+    scale) was NaN/Inf."""
+    as_float, as_stored, mask = KINDS[dtype]
+    kind = as_float if out.dtype == np.float32 else as_stored
+    widen = 4 if kind == INT8 else 2 if kind in (HALF, BFLOAT) else 1
+    if not out.flags.c_contiguous or out.nbytes != values.nbytes * widen or (kind == INT8) > (scale is not None):
+        raise ValueError(f"cannot convert {values.nbytes} bytes of {dtype} values (scale: {scale is not None}) into "
+                         f"a {'C-contiguous' if out.flags.c_contiguous else 'non-contiguous'} {out.dtype} array of "
+                         f"{out.nbytes} bytes")
+    s = _NO_SCALE32 if scale is None else np.asarray(scale, np.float32).reshape(-1)
+    if not np.isfinite(s).all():
+        return True
+    return bool(_convert_span(kind, values.reshape(-1).view(np.uint8), out.reshape(-1).view(np.uint8), mask, s,
+                              out.size // max(1, s.size), 0))
 
 
-def to_stored(values: np.ndarray, scale: np.ndarray | None, dtype: str, out: np.ndarray) -> bool:
-    """Stored features of one sample copied into ``out`` (their dtype and shape; bfloat16 as any 2-byte dtype);
-    whether a value (or an int8 scale) was NaN/Inf."""
-    if dtype == "int8":
-        out[...] = values
-        return scale is not None and not np.isfinite(np.asarray(scale, np.float32)).all()
-    bits = np.uint32 if dtype == "float32" else np.uint16
-    return copy_checked(values.reshape(-1).view(bits), out.reshape(-1).view(bits), EXPONENT[dtype])
-
-
-__all__ = ["AHEAD", "BFLOAT", "CHECKSUM", "COPY16", "COPY32", "COPY8", "EXPONENT", "HALF", "HARDWARE_CRC",
+__all__ = ["AHEAD", "BFLOAT", "CHECKSUM", "COPY16", "COPY32", "COPY8", "HALF", "HARDWARE_CRC",
            "HARDWARE_HALF", "INT8", "KINDS", "NONFINITE", "POLY", "SIZE", "SOUND", "STEP", "copy_checked",
-           "copy_scale", "crc32c", "decode_chunk", "dequantise_int8", "to_float32", "to_stored", "widen_bfloat16",
+           "convert", "copy_scale", "crc32c", "decode_chunk", "dequantise_int8", "widen_bfloat16",
            "widen_float16"]

@@ -467,7 +467,7 @@ def test_one_pass_kernels_decode_exactly_and_flag_every_non_finite_value(dtype):
     """Every finite float16 / bfloat16 bit pattern converts as numpy does; any NaN/Inf (or int8 NaN scale) is
     flagged, in the float32 and the stored output."""
     from medprep.manifests.features import decode
-    from medprep.manifests.kernels import to_float32, to_stored
+    from medprep.manifests.kernels import convert
 
     bits = np.arange(2**16, dtype=np.uint16)
     if dtype == "int8":
@@ -484,19 +484,21 @@ def test_one_pass_kernels_decode_exactly_and_flag_every_non_finite_value(dtype):
         finite = np.ones(values.shape, bool)
     ok = values[finite] if dtype != "int8" else values
     out = np.empty(ok.shape, np.float32)
-    assert not to_float32(ok, scale, dtype, out)
+    assert not convert(ok, scale, dtype, out)
     np.testing.assert_array_equal(out, decode(ok, scale, dtype))
+    with pytest.raises(ValueError, match="cannot convert"):  # never past the end of a smaller output
+        convert(ok, scale, dtype, np.empty(ok.size - 1, np.float32))
     copied = np.empty_like(ok)
-    assert not to_stored(ok, scale, dtype, copied)
+    assert not convert(ok, scale, dtype, copied)
     np.testing.assert_array_equal(copied, ok)
     if dtype == "int8":
         bad_scale = scale.copy()
         bad_scale[3] = np.nan
-        assert to_float32(values, bad_scale, dtype, out) and to_stored(values, bad_scale, dtype, copied)
+        assert convert(values, bad_scale, dtype, out) and convert(values, bad_scale, dtype, copied)
         return
     nonfinite = values[~finite] if dtype != "float32" else np.array([np.inf, -np.inf, np.nan], np.float32)
     for v in nonfinite[:: max(1, len(nonfinite) // 50)]:
         bad = ok.copy()
         bad[len(bad) // 2] = v
-        assert to_float32(bad, None, dtype, np.empty(bad.shape, np.float32)), v
-        assert to_stored(bad, None, dtype, np.empty_like(bad)), v
+        assert convert(bad, None, dtype, np.empty(bad.shape, np.float32)), v
+        assert convert(bad, None, dtype, np.empty_like(bad)), v
