@@ -294,7 +294,7 @@ class FeatureReader:
     def stored(self, rows: Sequence[int], view: str = "identity") -> list[tuple[np.ndarray, np.ndarray | None]]:
         """Samples ``rows`` as stored: features ``(C, H, W)`` in the stored dtype (read-only) and the int8 scale
         (float16 ``(C,)``, else None). Checksums are checked and an absent chunk raises (:class:`DamagedStore` for a
-        done sample, naming its key and the run); the values are not (see :meth:`raise_unsound`).
+        done sample, naming its key and the run); the values are not (:meth:`read_into` checks them).
 
         A local v2 run is read straight from its chunk files (:class:`ChunkFiles`: the shard index finds each
         chunk, rows of one zarr shard share one index read); other stores through zarr.
